@@ -1,0 +1,38 @@
+"""sdlite: Stable Diffusion sampling (and, soon, training) as a small CLI and Python API.
+
+The Python API mirrors the commands: build a config, call the function, get data back.
+
+    from sdlite import SampleConfig, Generation, sample
+    run = sample(SampleConfig(model="path/to/model", generations=(Generation("a red circle", seed=1),)))
+    print(run.images[0].path)
+
+Names are imported lazily so that `import sdlite` (and `sdlite --help`) stays instant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Generation": "sdlite.config",
+    "SampleConfig": "sdlite.config",
+    "InitConfig": "sdlite.config",
+    "InfoConfig": "sdlite.config",
+    "sample": "sdlite.sampling",
+    "SampleResult": "sdlite.sampling",
+    "SampleRun": "sdlite.sampling",
+    "init_model": "sdlite.presets",
+    "describe": "sdlite.info",
+    "SdliteError": "sdlite.errors",
+}
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sdlite' has no attribute {name!r}")

@@ -1,0 +1,271 @@
+"""Frozen settings objects, one per command, validated once before any model loads.
+
+Nothing here imports torch or diffusers: a bad value must be reported instantly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdlite.errors import DataError, UsageError
+from sdlite.schedulers import SCHEDULERS
+
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRESETS = ("tiny", "sd15")
+MODEL_ENV = "SDLITE_MODEL"
+# Stable Diffusion v1 VAEs downsample by 8; the loaded model's own factor is checked again later.
+DEFAULT_VAE_FACTOR = 8
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Everything besides the model that decides the pixels of one prompt's images.
+
+    Image j of this prompt uses seed `seed + j`; height/width None mean the model's native size.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 50
+    guidance: float = 7.5
+    scheduler: str = "ddim"
+    eta: float = 0.0
+    seed: int = 0
+    num_images: int = 1
+    height: int | None = None
+    width: int | None = None
+
+
+# Per-prompt settings a prompts-file line or `--from-image` may carry.
+GENERATION_KEYS = tuple(f.name for f in dataclasses.fields(Generation))
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """A whole `sdlite sample` run: which model, which images, where they go."""
+
+    model: str
+    generations: tuple[Generation, ...]
+    out: Path = Path("outputs")
+    batch_size: int = 1
+    dtype: str = "auto"
+    device: str = "auto"
+    grid: bool = False
+    offline: bool = False
+    allow_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.generations:
+            raise UsageError("no prompt given: pass PROMPT arguments, --prompts-file or --from-image")
+        for gen in self.generations:
+            validate_generation(gen)
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        _check_choice("--dtype", self.dtype, DTYPES)
+        _check_choice("--device", self.device, DEVICES)
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """`sdlite init`: which preset architecture to write, where, and from which seed."""
+
+    out: Path
+    preset: str = "tiny"
+    seed: int = 0
+    dtype: str = "fp32"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("--preset", self.preset, PRESETS)
+        _check_choice("--dtype", self.dtype, ("fp32", "fp16", "bf16"))
+        _check_seed(self.seed)
+
+
+@dataclass(frozen=True)
+class InfoConfig:
+    """`sdlite info`: which model to describe, and at which image size to trace the shapes."""
+
+    model: str
+    height: int | None = None
+    width: int | None = None
+    offline: bool = False
+    allow_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        validate_size(self.height, self.width, DEFAULT_VAE_FACTOR)
+
+
+@dataclass(frozen=True)
+class SampleOverrides:
+    """What the user typed for `sdlite sample`, None where an option was not given.
+
+    Kept apart from SampleConfig so that prompts files and `--from-image` can supply values the
+    command line did not, while an explicit option always wins.
+    """
+
+    prompts: tuple[str, ...] = ()
+    model: str | None = None
+    prompts_file: Path | None = None
+    from_image: Path | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # Generation fields given on the command line
+    out: Path | None = None
+    batch_size: int | None = None
+    dtype: str | None = None
+    device: str | None = None
+    grid: bool = False
+    offline: bool = False
+    allow_pickle: bool = False
+
+
+def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None) -> SampleConfig:
+    """Merge command line, prompts file, source-image metadata and defaults into one SampleConfig.
+
+    Precedence: command line > prompts-file line > `--from-image` metadata > defaults. Seeds are
+    resolved here (random when not given) so the config says exactly which images will be made.
+    """
+    env = dict(os.environ) if env is None else env
+    cli = {k: v for k, v in opts.settings.items() if v is not None}
+    unknown = set(cli) - set(GENERATION_KEYS)
+    if unknown:
+        raise UsageError(f"unknown sample settings: {', '.join(sorted(unknown))}")
+
+    base: dict[str, Any] = {}
+    model = opts.model
+    if opts.from_image is not None:
+        from sdlite.metadata import read_settings
+
+        recorded = read_settings(opts.from_image)
+        base = {k: recorded[k] for k in GENERATION_KEYS if k in recorded}
+        model = model or recorded.get("model")
+    model = resolve_model_source(model, env)
+
+    rows: list[dict[str, Any]] = [{"prompt": p} for p in opts.prompts]
+    if opts.prompts_file is not None:
+        rows += read_prompts_file(opts.prompts_file)
+    if not rows and opts.from_image is not None:
+        rows = [{}]
+
+    first_seed = cli.get("seed", base.get("seed"))
+    if first_seed is None:
+        first_seed = secrets.randbelow(MAX_SEED + 1)
+    _check_seed(first_seed)
+    generations = []
+    next_seed = first_seed
+    for row in rows:
+        merged = {**base, **row, **{k: v for k, v in cli.items() if k != "seed"}}
+        if "seed" not in row or "seed" in cli:
+            merged["seed"] = next_seed
+        if "prompt" not in merged:
+            raise UsageError("no prompt given: pass PROMPT arguments, --prompts-file or --from-image")
+        try:
+            gen = Generation(**merged)
+        except TypeError as exc:
+            raise UsageError(f"bad sample settings: {exc}") from exc
+        generations.append(gen)
+        next_seed = gen.seed + gen.num_images
+
+    return SampleConfig(
+        model=model,
+        generations=tuple(generations),
+        out=opts.out or Path("outputs"),
+        batch_size=opts.batch_size or 1,
+        dtype=opts.dtype or "auto",
+        device=opts.device or "auto",
+        grid=opts.grid,
+        offline=opts.offline,
+        allow_pickle=opts.allow_pickle,
+    )
+
+
+def resolve_model_source(model: str | None, env: dict[str, str] | None = None) -> str:
+    """The model to use: the one given, else $SDLITE_MODEL; a usage error when neither is set."""
+    env = dict(os.environ) if env is None else env
+    model = model or env.get(MODEL_ENV)
+    if not model:
+        raise UsageError(
+            f"no model given: pass --model PATH_OR_HUB_ID or set {MODEL_ENV} "
+            "(make a test model with `sdlite init DIR --preset tiny`)"
+        )
+    return model
+
+
+def read_prompts_file(path: Path) -> list[dict[str, Any]]:
+    """Read one prompt per line, or JSON objects with `prompt` plus per-line setting overrides.
+
+    Blank lines and lines starting with `#` are skipped. A bad line is a data error naming the line.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read prompts file {path}: {exc}") from exc
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if not text.startswith("{"):
+            rows.append({"prompt": text})
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+        unknown = set(row) - set(GENERATION_KEYS)
+        if unknown:
+            raise DataError(f"{path}:{number}: unknown keys {sorted(unknown)}; allowed: {', '.join(GENERATION_KEYS)}")
+        if not isinstance(row.get("prompt"), str):
+            raise DataError(f'{path}:{number}: a JSON line needs a string "prompt"')
+        rows.append(row)
+    if not rows:
+        raise DataError(f"prompts file {path} holds no prompts")
+    return rows
+
+
+def validate_generation(gen: Generation) -> None:
+    """Reject values that cannot produce an image, naming the option and a valid alternative."""
+    if gen.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {gen.steps}")
+    if gen.guidance < 0:
+        raise UsageError(f"--guidance must be 0 or more, got {gen.guidance}")
+    if gen.num_images < 1:
+        raise UsageError(f"--num-images must be at least 1, got {gen.num_images}")
+    _check_choice("--scheduler", gen.scheduler, tuple(SCHEDULERS))
+    if gen.eta < 0:
+        raise UsageError(f"--eta must be 0 or more, got {gen.eta}")
+    if gen.eta > 0 and not SCHEDULERS[gen.scheduler].accepts_eta:
+        names = [n for n, s in SCHEDULERS.items() if s.accepts_eta]
+        raise UsageError(f"--eta has no effect with --scheduler {gen.scheduler}; it applies to: {', '.join(names)}")
+    _check_seed(gen.seed)
+    validate_size(gen.height, gen.width, DEFAULT_VAE_FACTOR)
+
+
+def validate_size(height: int | None, width: int | None, factor: int) -> None:
+    """Height and width must be positive multiples of the VAE's downsampling factor."""
+    for name, value in (("--height", height), ("--width", width)):
+        if value is None:
+            continue
+        if value < factor:
+            raise UsageError(f"{name} must be at least {factor}, got {value}")
+        if value % factor:
+            low = value - value % factor
+            raise UsageError(
+                f"{name} {value} is not a multiple of the VAE factor {factor}; nearest valid: {low} or {low + factor}"
+            )
+
+
+def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"{option} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")

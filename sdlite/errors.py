@@ -1,0 +1,58 @@
+"""Exception types sdlite raises on purpose, each with the exit code the CLI turns it into.
+
+Exit codes are part of the public contract (scripts branch on them); never renumber them.
+"""
+
+from __future__ import annotations
+
+EXIT_CODES: dict[int, str] = {
+    0: "ok",
+    1: "internal error (a bug: rerun with SDLITE_DEBUG=1 and report the traceback)",
+    2: "usage error (bad option, value or combination)",
+    3: "bad input data (an image, a prompts file, a metadata file)",
+    4: "model missing, incomplete, corrupt or unsafe (pickle without --allow-pickle)",
+    5: "out of memory or disk",
+    6: "numerical failure (NaN or inf)",
+    130: "interrupted",
+}
+
+
+class SdliteError(Exception):
+    """Base class: a failure the user can act on, reported as one line."""
+
+    exit_code: int = 1
+
+
+class UsageError(SdliteError):
+    """An option value or combination that cannot work; raised before any model loads."""
+
+    exit_code = 2
+
+
+class DataError(SdliteError):
+    """Input data (images, prompt files, PNG metadata) that cannot be used."""
+
+    exit_code = 3
+
+
+class ModelError(SdliteError):
+    """A model that is missing, incomplete, corrupt, not cached, or unsafe to load."""
+
+    exit_code = 4
+
+
+class ResourceError(SdliteError):
+    """Out of memory or disk space, or an output location that cannot be written."""
+
+    exit_code = 5
+
+
+class NumericalError(SdliteError):
+    """Non-finite values where finite ones are required (NaN latents or pixels)."""
+
+    exit_code = 6
+
+
+def exit_code_table() -> str:
+    """The exit-code table as plain text, for `--help` and the README."""
+    return "\n".join(f"{code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())

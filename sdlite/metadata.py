@@ -1,0 +1,151 @@
+"""What makes an image reproducible: PNG text chunks, model hashes, library versions.
+
+Each PNG carries two chunks: `parameters`, the A1111 text line the common UIs read, and `sdlite`,
+a JSON object with the full resolved settings that `sample --from-image` reads back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from sdlite.errors import DataError
+
+CHUNK = "sdlite"
+A1111_CHUNK = "parameters"
+FORMAT_VERSION = 1
+_LIBRARIES = ("sdlite", "torch", "diffusers", "transformers", "safetensors")
+
+
+def a1111_parameters(settings: dict[str, Any], sampler_label: str, model_hash: str, model_name: str) -> str:
+    """The `parameters` text A1111, ComfyUI and civitai parse: prompt, negative prompt, then key: value pairs."""
+    lines = [settings["prompt"]]
+    if settings.get("negative_prompt"):
+        lines.append(f"Negative prompt: {settings['negative_prompt']}")
+    pairs = [
+        f"Steps: {settings['steps']}",
+        f"Sampler: {sampler_label}",
+        f"CFG scale: {settings['guidance']:g}",
+        f"Seed: {settings['seed']}",
+        f"Size: {settings['width']}x{settings['height']}",
+        f"Model hash: {model_hash[:10]}",
+        f"Model: {model_name}",
+    ]
+    if settings.get("eta"):
+        pairs.append(f"Eta: {settings['eta']:g}")
+    pairs.append(f"Version: sdlite {library_versions()['sdlite']}")
+    lines.append(", ".join(pairs))
+    return "\n".join(lines)
+
+
+def png_info(parameters: str, record: dict[str, Any]) -> Any:
+    """PIL PngInfo with both chunks (iTXt is used automatically for non-Latin-1 prompts)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(A1111_CHUNK, parameters)
+    info.add_text(CHUNK, json.dumps(record, sort_keys=True))
+    return info
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """The `sdlite` JSON chunk of a PNG sdlite wrote; DataError when absent or unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            text = dict(getattr(image, "text", {}) or {})
+    except FileNotFoundError as exc:
+        raise DataError(f"{path} does not exist") from exc
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"{path} is not a readable image: {exc}") from exc
+    if CHUNK not in text:
+        raise DataError(f"{path} has no sdlite metadata (was it written by `sdlite sample`?)")
+    try:
+        record = json.loads(text[CHUNK])
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: its sdlite metadata is not valid JSON") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        raise DataError(f"{path}: its sdlite metadata has no settings")
+    return record
+
+
+def read_settings(path: Path) -> dict[str, Any]:
+    """The generation settings and model recorded in a PNG, for regenerating exactly that image."""
+    record = read_record(path)
+    settings = dict(record["settings"])
+    settings["num_images"] = 1
+    settings["model"] = record.get("model", {}).get("source")
+    return settings
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide the pixels, plus Python and the platform."""
+    versions = {}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    versions["python"] = platform.python_version()
+    versions["platform"] = platform.platform()
+    return versions
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, cached by (path, size, mtime) because model files are large and rarely change."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_file = cache_dir() / "hashes.json"
+    cache = _load_cache(cache_file)
+    if key in cache:
+        return cache[key]
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    cache[key] = digest.hexdigest()
+    _save_cache(cache_file, cache)
+    return cache[key]
+
+
+def model_hashes(root: Path, files: tuple[Path, ...]) -> tuple[str, dict[str, str]]:
+    """(model hash, per-file sha256). A single file's hash is its own sha256, as in A1111; a folder's
+    is the sha256 of its sorted `relative/path sha256` lines, so any changed weight changes it."""
+    per_file = {str(Path(f).relative_to(root)) if root.is_dir() else Path(f).name: file_sha256(f) for f in files}
+    if len(per_file) == 1:
+        return next(iter(per_file.values())), per_file
+    lines = "".join(f"{name} {digest}\n" for name, digest in sorted(per_file.items()))
+    return hashlib.sha256(lines.encode()).hexdigest(), per_file
+
+
+def cache_dir() -> Path:
+    """Where sdlite keeps small caches: SDLITE_CACHE_DIR, else $XDG_CACHE_HOME/sdlite, else ~/.cache/sdlite."""
+    if os.environ.get("SDLITE_CACHE_DIR"):
+        return Path(os.environ["SDLITE_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sdlite"
+
+
+def _load_cache(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _save_cache(path: Path, cache: dict[str, str]) -> None:
+    """Best effort: a cache that cannot be written only costs a rehash next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, path)
+    except OSError:
+        pass

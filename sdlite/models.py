@@ -1,0 +1,258 @@
+"""Finding, checking and loading models: a diffusers folder, a hub id, or a single file.
+
+Every file is judged by its content before anything loads it: safetensors load freely; a pickle
+(.ckpt/.bin/.pt, whatever its name) is refused unless the user opted in, because loading one can
+run code. Only diffusers/transformers classes named in `model_index.json` are accepted, and
+`trust_remote_code` is never passed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdlite.errors import ModelError, UsageError
+
+PIPELINE_CLASSES = ("StableDiffusionPipeline",)
+REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
+TRUSTED_LIBRARIES = ("diffusers", "transformers")
+SAFE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model located on disk and checked: where it is, what the user called it, what it weighs."""
+
+    source: str  # what the user passed: a path or a hub id
+    path: Path  # the local folder (a hub id resolves to its cached snapshot)
+    weight_files: tuple[Path, ...]
+    uses_pickle: bool
+
+
+def file_format(path: Path) -> str:
+    """'safetensors' or 'pickle', judged from the bytes; ModelError when the file is neither or is damaged."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) == 8:
+                (header_len,) = struct.unpack("<Q", head)
+                if 2 <= header_len <= min(_MAX_HEADER, size - 8):
+                    header = f.read(header_len)
+                    if header[:1] == b"{":
+                        _check_safetensors(path, header, size - 8 - header_len)
+                        return "safetensors"
+    except OSError as exc:
+        raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if head[:1] == b"\x80" or (zipfile.is_zipfile(path) and _zip_holds_pickle(path)):
+        return "pickle"
+    raise ModelError(f"{path} is neither a safetensors nor a PyTorch file (corrupt or truncated?)")
+
+
+def _check_safetensors(path: Path, header: bytes, data_size: int) -> None:
+    """Parse the JSON header and check that every tensor lies inside the file (catches truncation)."""
+    try:
+        entries = json.loads(header)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: corrupt safetensors header ({exc})") from exc
+    try:
+        end = max((e["data_offsets"][1] for k, e in entries.items() if k != "__metadata__"), default=0)
+    except (AttributeError, KeyError, IndexError, TypeError) as exc:
+        raise ModelError(f"{path}: corrupt safetensors header (bad tensor entry)") from exc
+    if end > data_size:
+        raise ModelError(f"{path} is truncated: its header needs {end} bytes of tensors, the file has {data_size}")
+
+
+def _zip_holds_pickle(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith(".pkl") for name in archive.namelist())
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a model config file; a missing or malformed one is a ModelError naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelError(f"{path} is missing: the model folder is incomplete") from exc
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} should hold a JSON object")
+    return data
+
+
+def check_folder(path: Path, allow_pickle: bool) -> tuple[tuple[Path, ...], bool]:
+    """Check a diffusers folder is complete, uses only trusted classes, and has loadable weights.
+
+    Returns the weight files that will load and whether any of them is a pickle.
+    """
+    index = read_json(path / "model_index.json")
+    if index.get("_class_name") not in PIPELINE_CLASSES:
+        raise ModelError(
+            f"{path}: pipeline {index.get('_class_name')!r} is not supported (expected {', '.join(PIPELINE_CLASSES)})"
+        )
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or entry[0] is None:
+            continue
+        if entry[0] not in TRUSTED_LIBRARIES:
+            raise ModelError(
+                f"{path}: component {name} needs code from {entry[0]!r}; sdlite runs no model-supplied code"
+            )
+    missing = [c for c in REQUIRED_COMPONENTS if not isinstance(index.get(c), list) or index[c][0] is None]
+    if missing:
+        raise ModelError(f"{path}/model_index.json lacks components: {', '.join(missing)}")
+    weights: list[Path] = []
+    uses_pickle = False
+    for component in WEIGHT_COMPONENTS:
+        files, pickled = _component_weights(path / component, allow_pickle)
+        weights += files
+        uses_pickle |= pickled
+    read_json(path / "scheduler" / "scheduler_config.json")
+    if not (path / "tokenizer").is_dir() or not any((path / "tokenizer").iterdir()):
+        raise ModelError(f"{path}/tokenizer is missing or empty: the model folder is incomplete")
+    return tuple(weights), uses_pickle
+
+
+def _component_weights(folder: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
+    read_json(folder / "config.json")
+    safe = sorted(p for p in folder.iterdir() if p.suffix in SAFE_SUFFIXES)
+    pickled = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    _check_shards(folder)
+    if safe:
+        for file in safe:
+            if file_format(file) != "safetensors":
+                raise ModelError(f"{file} is named .safetensors but holds a pickle; refusing to load it")
+        return safe, False
+    if not pickled:
+        raise ModelError(f"{folder} holds no weights (*.safetensors): the model folder is incomplete")
+    for file in pickled:
+        file_format(file)
+    if not allow_pickle:
+        raise ModelError(
+            f"{folder} holds only pickle weights ({pickled[0].name}); loading a pickle can run code: "
+            "pass --allow-pickle only if you trust its source"
+        )
+    return pickled, True
+
+
+def _check_shards(folder: Path) -> None:
+    """A sharded checkpoint's index must not point at shards that are absent."""
+    for index_file in folder.glob("*.index.json"):
+        shards = set(read_json(index_file).get("weight_map", {}).values())
+        absent = sorted(s for s in shards if not (folder / s).is_file())
+        if absent:
+            raise ModelError(f"{folder}: shards listed in {index_file.name} are missing: {', '.join(absent)}")
+
+
+def resolve_model(source: str, offline: bool = False, allow_pickle: bool = False) -> ResolvedModel:
+    """Locate `source` (folder, single file or hub id), check it, and say which files will load."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        weights, pickled = check_folder(path, allow_pickle)
+        return ResolvedModel(source, path, weights, pickled)
+    if path.is_file():
+        kind = file_format(path)
+        if kind == "pickle" and not allow_pickle:
+            raise ModelError(
+                f"{path} is a pickle checkpoint; loading it can run code: pass --allow-pickle only if you trust its source"
+            )
+        raise ModelError(
+            f"{path} is a single-file {kind} checkpoint; sdlite cannot load single files yet: "
+            "pass a diffusers folder or hub id"
+        )
+    if not _HUB_ID.match(source) or source.startswith((".", "/", "~")):
+        raise ModelError(f"model {source!r} not found: no such folder or file, and not a hub id (ORG/NAME)")
+    folder = _hub_snapshot(source, offline or _env_offline(), allow_pickle)
+    weights, pickled = check_folder(folder, allow_pickle)
+    return ResolvedModel(source, folder, weights, pickled)
+
+
+def _env_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_snapshot(repo_id: str, offline: bool, allow_pickle: bool) -> Path:
+    """The local snapshot folder of a hub model: the cache when offline, else downloaded (no pickles unless allowed)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    patterns = ["*.json", "*.txt", "*.safetensors"] + (["*.bin"] if allow_pickle else [])
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=offline, allow_patterns=patterns))
+    except LocalEntryNotFoundError as exc:
+        where = "offline mode is on" if offline else "it could not be downloaded"
+        raise ModelError(
+            f"hub model {repo_id} is not in the local cache and {where}; "
+            "download it once online, or point HF_HUB_CACHE at a cache that has it"
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelError(f"hub model {repo_id} does not exist or needs a login (HF_TOKEN)") from exc
+    except OSError as exc:
+        raise ModelError(f"could not fetch hub model {repo_id}: {exc}") from exc
+
+
+def pick_device(requested: str) -> str:
+    """'auto' means the best accelerator present; an explicit one must exist."""
+    import torch
+
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if requested == "auto":
+        return next(d for d in ("cuda", "mps", "cpu") if available[d])
+    if not available[requested]:
+        raise UsageError(f"--device {requested} is not available on this machine; use --device auto or cpu")
+    return requested
+
+
+def pick_dtype(requested: str, device: str) -> Any:
+    """'auto' means fp16 on CUDA (the usual inference precision) and fp32 elsewhere."""
+    import torch
+
+    if requested == "auto":
+        requested = "fp16" if device == "cuda" else "fp32"
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[requested]
+
+
+def load_pipeline(model: ResolvedModel, device: str, dtype: Any) -> Any:
+    """Load the checked folder as a StableDiffusionPipeline on `device` (no safety checker, no remote code)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()  # the core reports progress through callbacks, never prints
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            model.path,
+            dtype=dtype,
+            use_safetensors=not model.uses_pickle,
+            local_files_only=True,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"cannot load model {model.source} ({model.path}): {_first_line(exc)}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def vae_factor(vae_config: dict[str, Any]) -> int:
+    """The VAE's spatial downsampling factor: one halving per encoder block after the first."""
+    return 2 ** (len(vae_config.get("block_out_channels", (0,))) - 1)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

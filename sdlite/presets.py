@@ -1,0 +1,168 @@
+"""Model architectures sdlite can create offline with random weights (`sdlite init --preset`).
+
+`tiny` is for tests and CI scripting (samples in well under a second on a CPU); `sd15` is the
+Stable Diffusion v1.5 architecture (public component configs) for shape checks and benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sdlite.config import InitConfig
+from sdlite.errors import ResourceError, UsageError
+
+# The classic SD v1 noise schedule; DDIM settings that avoid diffusers' deprecation warnings.
+SCHEDULE: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "unet": {
+            "sample_size": 8,
+            "in_channels": 4,
+            "out_channels": 4,
+            "block_out_channels": (32, 64),
+            "layers_per_block": 1,
+            "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+            "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+            "cross_attention_dim": 32,
+            "attention_head_dim": 8,
+            "norm_num_groups": 8,
+        },
+        "vae": {
+            "in_channels": 3,
+            "out_channels": 3,
+            "block_out_channels": (16, 16, 32, 32),
+            "down_block_types": ("DownEncoderBlock2D",) * 4,
+            "up_block_types": ("UpDecoderBlock2D",) * 4,
+            "layers_per_block": 1,
+            "latent_channels": 4,
+            "norm_num_groups": 8,
+            "sample_size": 64,
+            "scaling_factor": 0.18215,
+        },
+        "text_encoder": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu",
+        },
+    },
+    "sd15": {
+        "unet": {
+            "sample_size": 64,
+            "in_channels": 4,
+            "out_channels": 4,
+            "block_out_channels": (320, 640, 1280, 1280),
+            "layers_per_block": 2,
+            "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            "cross_attention_dim": 768,
+            "attention_head_dim": 8,
+            "norm_num_groups": 32,
+        },
+        "vae": {
+            "in_channels": 3,
+            "out_channels": 3,
+            "block_out_channels": (128, 256, 512, 512),
+            "down_block_types": ("DownEncoderBlock2D",) * 4,
+            "up_block_types": ("UpDecoderBlock2D",) * 4,
+            "layers_per_block": 2,
+            "latent_channels": 4,
+            "norm_num_groups": 32,
+            "sample_size": 512,
+            "scaling_factor": 0.18215,
+        },
+        "text_encoder": {
+            "vocab_size": 49408,
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu",
+        },
+    },
+}
+
+
+def build_pipeline(preset: str, seed: int) -> Any:
+    """Assemble a StableDiffusionPipeline of `preset` with weights drawn from `seed` (same seed, same weights)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sdlite.tokenizer import build_tokenizer
+
+    spec = PRESETS[preset]
+    tokenizer = build_tokenizer()
+    text_config = {
+        "vocab_size": len(tokenizer),
+        **spec["text_encoder"],
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    # Each component draws from its own seeded stream, so adding one never changes another's weights.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**spec["unet"])
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(**spec["vae"])
+        torch.manual_seed(seed + 2)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(**SCHEDULE),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def init_model(config: InitConfig) -> Path:
+    """Write a complete diffusers folder for `config.preset` to `config.out`, atomically.
+
+    The folder is written under a temporary name beside OUT and renamed into place, so an
+    interrupted init never leaves a half-written model that looks complete.
+    """
+    import torch
+
+    out = Path(config.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.overwrite:
+        raise UsageError(f"{out} already exists and is not empty; pass --force to replace it")
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    pipe = build_pipeline(config.preset, config.seed)
+    if config.dtype != "fp32":
+        pipe = pipe.to(dtype=dtypes[config.dtype])
+    parent = out.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+        pipe.save_pretrained(staging, safe_serialization=True)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(staging, out)
+    except OSError as exc:
+        raise ResourceError(f"cannot write model to {out}: {exc.strerror or exc}") from exc
+    finally:
+        if "staging" in locals() and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out

@@ -1,0 +1,244 @@
+"""Text-to-image: `sample(config)` runs the diffusers pipeline and writes PNGs with their metadata.
+
+The pipeline itself is diffusers' own StableDiffusionPipeline; sdlite only chooses the scheduler,
+seeds one CPU generator per image (image i of a run uses seed + i, so any image can be regenerated
+alone, on any device), and records what made each image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdlite import metadata
+from sdlite.config import Generation, SampleConfig, validate_size
+from sdlite.errors import NumericalError, ResourceError
+from sdlite.models import ResolvedModel, load_pipeline, pick_device, pick_dtype, read_json, resolve_model, vae_factor
+from sdlite.schedulers import SCHEDULERS, make_scheduler
+
+log = logging.getLogger("sdlite")
+ProgressFn = Callable[[int, int], None]
+_NAME = re.compile(r"^(\d{5})-")
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """One written image and the settings that reproduce it."""
+
+    path: Path
+    index: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    scheduler: str
+    eta: float
+    height: int
+    width: int
+    model: str
+    model_hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what `--json` prints)."""
+        return {**dataclasses.asdict(self), "path": str(self.path)}
+
+
+@dataclass(frozen=True)
+class SampleRun:
+    """Everything a run produced: the images in order, the optional grid, and any warnings."""
+
+    images: tuple[SampleResult, ...]
+    grid: Path | None
+    warnings: tuple[str, ...]
+
+
+def sample(
+    config: SampleConfig,
+    progress: ProgressFn | None = None,
+    on_image: Callable[[SampleResult], None] | None = None,
+) -> SampleRun:
+    """Generate every image `config` asks for and write them under `config.out`.
+
+    `progress(done, total)` is called after each denoising step, `on_image` after each file is
+    written, so callers can stream results; nothing here prints.
+    """
+    # 1. Locate and check the model; check sizes against its own VAE before loading any weights.
+    model = resolve_model(config.model, config.offline, config.allow_pickle)
+    factor = vae_factor(read_json(model.path / "vae" / "config.json"))
+    native = read_json(model.path / "unet" / "config.json").get("sample_size", 64) * factor
+    for gen in config.generations:
+        validate_size(gen.height, gen.width, factor)
+
+    # 2. Load the pipeline on the chosen device and precision.
+    device = pick_device(config.device)
+    pipe = load_pipeline(model, device, pick_dtype(config.dtype, device))
+    model_hash, file_hashes = metadata.model_hashes(model.path, model.weight_files)
+    model_ref = _model_ref(config.model, model)
+    versions = metadata.library_versions()
+
+    # 3. Denoise in batches and write each image as soon as its batch is done.
+    out = _prepare_out(config.out)
+    counter = _StepCounter(progress, sum(g.steps * g.num_images for g in config.generations))
+    warnings: list[str] = []
+    results: list[SampleResult] = []
+    schedulers: dict[str, Any] = {}
+    for gen in config.generations:
+        warning = _truncation_warning(pipe.tokenizer, gen.prompt)
+        if warning:
+            log.warning(warning)
+            warnings.append(warning)
+        if gen.scheduler not in schedulers:
+            schedulers[gen.scheduler] = make_scheduler(gen.scheduler, pipe.scheduler.config)
+        pipe.scheduler = schedulers[gen.scheduler]
+        height, width = gen.height or native, gen.width or native
+        for start in range(0, gen.num_images, config.batch_size):
+            seeds = list(range(gen.seed + start, gen.seed + min(gen.num_images, start + config.batch_size)))
+            pixels = _generate(pipe, gen, seeds, height, width, counter)
+            for seed, image in zip(seeds, pipe.numpy_to_pil(pixels), strict=True):
+                settings = {**dataclasses.asdict(gen), "seed": seed, "height": height, "width": width}
+                settings.pop("num_images")
+                record = {
+                    "format": metadata.FORMAT_VERSION,
+                    "settings": settings,
+                    "model": {"source": model_ref, "hash": model_hash, "files": file_hashes},
+                    "run": {"batch_size": config.batch_size, "device": device, "dtype": str(pipe.unet.dtype)},
+                    "versions": versions,
+                }
+                info = metadata.png_info(
+                    metadata.a1111_parameters(
+                        settings, SCHEDULERS[gen.scheduler].label, model_hash, _model_name(model)
+                    ),
+                    record,
+                )
+                path, index = _write_png(out, seed, image, info)
+                result = SampleResult(path=path, index=index, model=model_ref, model_hash=model_hash, **settings)
+                results.append(result)
+                if on_image:
+                    on_image(result)
+
+    grid = _write_grid(out, results) if config.grid else None
+    return SampleRun(tuple(results), grid, tuple(warnings))
+
+
+def _generate(pipe: Any, gen: Generation, seeds: list[int], height: int, width: int, counter: _StepCounter) -> Any:
+    """One pipeline call for one batch; returns float pixels in [0, 1], refusing NaN/inf results."""
+    import numpy as np
+    import torch
+
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    extra = {"eta": gen.eta} if SCHEDULERS[gen.scheduler].accepts_eta else {}
+    try:
+        output = pipe(
+            prompt=[gen.prompt] * len(seeds),
+            negative_prompt=[gen.negative_prompt] * len(seeds) if gen.negative_prompt else None,
+            num_inference_steps=gen.steps,
+            guidance_scale=gen.guidance,
+            height=height,
+            width=width,
+            generator=generators,
+            output_type="np",
+            callback_on_step_end=counter,
+            **extra,
+        )
+    except torch.OutOfMemoryError as exc:
+        raise ResourceError(
+            f"out of memory generating {len(seeds)} image(s) at {width}x{height}: lower --batch-size"
+        ) from exc
+    pixels = output.images
+    if not np.isfinite(pixels).all():
+        raise NumericalError(
+            f"the model produced NaN/inf pixels for seeds {seeds[0]}..{seeds[-1]} "
+            "(fp16 overflow? try --dtype fp32 or bf16); nothing was saved for them"
+        )
+    return pixels
+
+
+class _StepCounter:
+    """A pipeline step-end callback that reports overall progress across all batches."""
+
+    def __init__(self, progress: ProgressFn | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        self.done += kwargs["latents"].shape[0] if "latents" in kwargs else 1
+        if self.progress:
+            self.progress(min(self.done, self.total), self.total)
+        return kwargs
+
+
+def _truncation_warning(tokenizer: Any, prompt: str) -> str | None:
+    """Name the words the text encoder will never see (CLIP keeps only its first 77 tokens)."""
+    limit = tokenizer.model_max_length
+    ids = tokenizer(prompt, truncation=False, add_special_tokens=True).input_ids
+    if len(ids) <= limit:
+        return None
+    dropped = tokenizer.decode(ids[limit - 1 : -1], skip_special_tokens=True).strip()
+    return f"prompt is longer than {limit} tokens; these words are ignored: {dropped!r}"
+
+
+def _model_ref(source: str, model: ResolvedModel) -> str:
+    """How to find the model again: an absolute path for local folders, the id for hub models."""
+    return str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
+
+
+def _model_name(model: ResolvedModel) -> str:
+    return model.source if not Path(model.source).expanduser().exists() else model.path.resolve().name
+
+
+def _prepare_out(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResourceError(f"cannot create output folder {out}: {exc.strerror or exc}") from exc
+    return out
+
+
+def _write_png(out: Path, seed: int, image: Any, info: Any) -> tuple[Path, int]:
+    """Write `NNNNN-SEED.png` under the next free index; exclusive creation, so nothing is overwritten."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    index = _next_index(out)
+    while True:
+        path = out / f"{index:05d}-{seed}.png"
+        try:
+            with path.open("xb") as f:
+                f.write(buffer.getvalue())
+            return path, index
+        except FileExistsError:
+            index += 1
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            raise ResourceError(f"cannot write {path}: {reason}") from exc
+
+
+def _next_index(out: Path) -> int:
+    taken = [int(m.group(1)) for p in out.iterdir() if (m := _NAME.match(p.name))]
+    return max(taken, default=-1) + 1
+
+
+def _write_grid(out: Path, results: list[SampleResult]) -> Path:
+    """A contact sheet of every image with its prompt and seed underneath, saved as grid-NNNNN.png."""
+    from sdlite.grid import contact_sheet
+
+    sheet = contact_sheet([(r.path, f"{r.prompt} | seed {r.seed}") for r in results])
+    index = results[0].index if results else _next_index(out)
+    path = out / f"grid-{index:05d}.png"
+    n = 0
+    while path.exists():
+        n += 1
+        path = out / f"grid-{index:05d}-{n}.png"
+    try:
+        sheet.save(path)
+    except OSError as exc:
+        raise ResourceError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return path

@@ -1,0 +1,57 @@
+"""Sampler names users type, mapped onto diffusers scheduler classes.
+
+The table is plain data so that `--help` and usage errors need no diffusers import; the classes
+themselves are imported only when a scheduler is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """One user-facing sampler: its diffusers class, config overrides and A1111 display name."""
+
+    class_name: str
+    label: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    accepts_eta: bool = False
+
+
+SCHEDULERS: dict[str, SchedulerSpec] = {
+    "ddim": SchedulerSpec("DDIMScheduler", "DDIM", accepts_eta=True),
+    "ddpm": SchedulerSpec("DDPMScheduler", "DDPM"),
+    "pndm": SchedulerSpec("PNDMScheduler", "PLMS", {"skip_prk_steps": True}),
+    "euler": SchedulerSpec("EulerDiscreteScheduler", "Euler"),
+    "euler-a": SchedulerSpec("EulerAncestralDiscreteScheduler", "Euler a"),
+    "dpm++2m": SchedulerSpec(
+        "DPMSolverMultistepScheduler",
+        "DPM++ 2M",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2},
+    ),
+    "unipc": SchedulerSpec("UniPCMultistepScheduler", "UniPC"),
+    "lms": SchedulerSpec("LMSDiscreteScheduler", "LMS"),
+}
+
+# Keys of a saved scheduler config that describe that scheduler's own algorithm; dropped when switching
+# to another class (e.g. a DPM++ config saved with a model must not make DDIM do something else).
+_ALGORITHM_KEYS = ("algorithm_type", "solver_order", "skip_prk_steps", "solver_type", "use_karras_sigmas")
+
+
+def scheduler_names() -> list[str]:
+    """The names `--scheduler` accepts, in the order `--help` lists them."""
+    return list(SCHEDULERS)
+
+
+def make_scheduler(name: str, base_config: Any) -> Any:
+    """Build scheduler `name` from a model's saved scheduler config (its betas and timestep settings)."""
+    import diffusers
+
+    spec = SCHEDULERS[name]
+    cls = getattr(diffusers, spec.class_name)
+    config = dict(base_config)
+    if config.get("_class_name") != spec.class_name:
+        config = {k: v for k, v in config.items() if k not in _ALGORITHM_KEYS}
+    return cls.from_config(config, **spec.overrides)
