@@ -23,7 +23,8 @@ from sdlite.config import DEVICES, DTYPES, PRESETS, InfoConfig, InitConfig, Samp
 from sdlite.errors import EXIT_CODES, SdliteError
 from sdlite.schedulers import scheduler_names
 
-EPILOG = "Exit codes: " + " · ".join(f"{code} {text.split(' (')[0]}" for code, text in EXIT_CODES.items())
+# "\b" keeps click from re-wrapping the table.
+EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
 DEBUG_ENV = "SDLITE_DEBUG"
 
 app = typer.Typer(

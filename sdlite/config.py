@@ -61,6 +61,9 @@ class SampleConfig:
     grid: bool = False
     offline: bool = False
     allow_pickle: bool = False
+    # When set, only images with these seeds are written. `--from-image` uses it to recompute the
+    # whole batch an image was made in: batched matmuls round differently from single ones.
+    keep_seeds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.generations:
@@ -128,7 +131,8 @@ class SampleOverrides:
 def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None) -> SampleConfig:
     """Merge command line, prompts file, source-image metadata and defaults into one SampleConfig.
 
-    Precedence: command line > prompts-file line > `--from-image` metadata > defaults. Seeds are
+    Precedence: command line > prompts-file line > `--from-image` metadata > defaults, except that
+    a prompts-file line's own seed beats `--seed`, which only starts the run's counter. Seeds are
     resolved here (random when not given) so the config says exactly which images will be made.
     """
     env = dict(os.environ) if env is None else env
@@ -139,12 +143,18 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
 
     base: dict[str, Any] = {}
     model = opts.model
+    batch_size, keep_seeds = opts.batch_size, ()
     if opts.from_image is not None:
         from sdlite.metadata import read_settings
 
         recorded = read_settings(opts.from_image)
         base = {k: recorded[k] for k in GENERATION_KEYS if k in recorded}
         model = model or recorded.get("model")
+        batch = recorded.get("batch_seeds") or [base.get("seed")]
+        remake_batch = not ({"seed", "num_images"} & set(cli) or opts.prompts or opts.prompts_file or batch_size)
+        if remake_batch and len(batch) > 1:
+            base.update(seed=batch[0], num_images=len(batch))
+            batch_size, keep_seeds = len(batch), (recorded["seed"],)
     model = resolve_model_source(model, env)
 
     rows: list[dict[str, Any]] = [{"prompt": p} for p in opts.prompts]
@@ -161,7 +171,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
     next_seed = first_seed
     for row in rows:
         merged = {**base, **row, **{k: v for k, v in cli.items() if k != "seed"}}
-        if "seed" not in row or "seed" in cli:
+        if "seed" not in row:  # a line's own seed wins; --seed only starts the run's counter
             merged["seed"] = next_seed
         if "prompt" not in merged:
             raise UsageError("no prompt given: pass PROMPT arguments, --prompts-file or --from-image")
@@ -176,12 +186,13 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         model=model,
         generations=tuple(generations),
         out=opts.out or Path("outputs"),
-        batch_size=opts.batch_size or 1,
+        batch_size=batch_size or 1,
         dtype=opts.dtype or "auto",
         device=opts.device or "auto",
         grid=opts.grid,
         offline=opts.offline,
         allow_pickle=opts.allow_pickle,
+        keep_seeds=keep_seeds,
     )
 
 

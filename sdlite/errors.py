@@ -51,8 +51,3 @@ class NumericalError(SdliteError):
     """Non-finite values where finite ones are required (NaN latents or pixels)."""
 
     exit_code = 6
-
-
-def exit_code_table() -> str:
-    """The exit-code table as plain text, for `--help` and the README."""
-    return "\n".join(f"{code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())

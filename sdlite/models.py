@@ -229,14 +229,13 @@ def pick_dtype(requested: str, device: str) -> Any:
 def load_pipeline(model: ResolvedModel, device: str, dtype: Any) -> Any:
     """Load the checked folder as a StableDiffusionPipeline on `device` (no safety checker, no remote code)."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import logging as diffusers_logging
 
-    diffusers_logging.disable_progress_bar()  # the core reports progress through callbacks, never prints
+    silence_library_progress()
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             model.path,
             dtype=dtype,
-            use_safetensors=not model.uses_pickle,
+            use_safetensors=None if model.uses_pickle else True,  # None: safetensors first, pickle as fallback
             local_files_only=True,
             safety_checker=None,
             feature_extractor=None,
@@ -246,6 +245,15 @@ def load_pipeline(model: ResolvedModel, device: str, dtype: Any) -> Any:
         raise ModelError(f"cannot load model {model.source} ({model.path}): {_first_line(exc)}") from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def silence_library_progress() -> None:
+    """Turn off diffusers' and transformers' own tqdm bars: sdlite's core reports through callbacks."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
 
 def vae_factor(vae_config: dict[str, Any]) -> int:

@@ -145,6 +145,9 @@ def init_model(config: InitConfig) -> Path:
     """
     import torch
 
+    from sdlite.models import silence_library_progress
+
+    silence_library_progress()
     out = Path(config.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.overwrite:
         raise UsageError(f"{out} already exists and is not empty; pass --force to replace it")

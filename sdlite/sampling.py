@@ -102,13 +102,15 @@ def sample(
             seeds = list(range(gen.seed + start, gen.seed + min(gen.num_images, start + config.batch_size)))
             pixels = _generate(pipe, gen, seeds, height, width, counter)
             for seed, image in zip(seeds, pipe.numpy_to_pil(pixels), strict=True):
+                if config.keep_seeds and seed not in config.keep_seeds:
+                    continue
                 settings = {**dataclasses.asdict(gen), "seed": seed, "height": height, "width": width}
                 settings.pop("num_images")
                 record = {
                     "format": metadata.FORMAT_VERSION,
                     "settings": settings,
                     "model": {"source": model_ref, "hash": model_hash, "files": file_hashes},
-                    "run": {"batch_size": config.batch_size, "device": device, "dtype": str(pipe.unet.dtype)},
+                    "run": {"batch_seeds": seeds, "device": device, "dtype": str(pipe.unet.dtype)},
                     "versions": versions,
                 }
                 info = metadata.png_info(

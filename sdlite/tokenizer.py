@@ -1,13 +1,14 @@
 """A CLIP-compatible BPE tokenizer built offline, for models sdlite creates itself.
 
-The real CLIP vocabulary cannot be downloaded here, so we train a byte-level BPE with CLIP's own
-normalisation, splitting and `</w>` word ends on a built-in word list. Every byte (and byte + `</w>`)
-is in the vocabulary, so no text is ever unknown; listed words become one token each.
+The real CLIP vocabulary cannot be downloaded here, so we learn byte-pair merges on a built-in word
+list and hand them to transformers' CLIPTokenizer, which applies CLIP's own normalisation, splitting
+and `</w>` word ends. Every byte (and byte + `</w>`) is in the vocabulary, so no text is ever unknown;
+listed words become one token each.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 from typing import Any
 
 BOS = "<|startoftext|>"
@@ -29,39 +30,50 @@ _WORD_LIST = """
 """
 WORDS: tuple[str, ...] = tuple(_WORD_LIST.split())
 
-# CLIP's pre-tokenizer pattern: special tokens, contractions, letter runs, single digits, punctuation.
-_SPLIT_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+def learn_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Byte-pair merges that turn each word into one `word</w>` symbol, most frequent pair first.
+
+    Ties break alphabetically, so the result (and every token id) is the same on every run; the
+    `tokenizers` trainer breaks ties by hash order and is not.
+    """
+    pieces = {word: [*word[:-1], word[-1] + "</w>"] for word in sorted(set(words))}
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for symbols in pieces.values():
+            for pair in itertools.pairwise(symbols):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        for word, symbols in pieces.items():
+            pieces[word] = _merge(symbols, best)
+
+
+def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    merged: list[str] = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            merged.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return merged
 
 
 def build_vocab_and_merges(words: tuple[str, ...] = WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Train byte-level BPE merges on `words`; return a CLIP-ordered vocabulary and the merges.
+    """A CLIP-ordered vocabulary and its merges: the 256 byte symbols, the same with `</w>`, one entry
+    per merge, then BOS/EOS. Words must be lowercase ASCII (their byte symbols are the letters)."""
+    from tokenizers import pre_tokenizers
 
-    Order as in CLIP: the 256 byte symbols, the same with `</w>`, one entry per merge, then BOS/EOS.
-    Deterministic: the same words give the same ids.
-    """
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-
-    bpe = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="</w>", unk_token=EOS))
-    bpe.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-    )
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_SPLIT_PATTERN), behavior="removed", invert=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ]
-    )
+    if not all(word.isascii() and word.isalpha() and word.islower() for word in words):
+        raise ValueError("tokenizer words must be lowercase ASCII letters")
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=ord)
-    trainer = trainers.BpeTrainer(
-        vocab_size=10**6,
-        min_frequency=0,
-        initial_alphabet=alphabet,
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    bpe.train_from_iterator(words, trainer)
-    merges = [_as_pair(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
-
+    merges = learn_merges(words)
     symbols = alphabet + [s + "</w>" for s in alphabet] + [a + b for a, b in merges] + [BOS, EOS]
     vocab: dict[str, int] = {}
     for symbol in symbols:
@@ -75,8 +87,3 @@ def build_tokenizer(words: tuple[str, ...] = WORDS, max_length: int = MAX_LENGTH
 
     vocab, merges = build_vocab_and_merges(words)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
-
-
-def _as_pair(merge: str | list[str]) -> tuple[str, str]:
-    first, second = merge.split(" ") if isinstance(merge, str) else merge
-    return first, second

@@ -1,0 +1,28 @@
+"""Shared fixtures: everything offline, a tiny model built once per session, caches in temp folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hash caches and the default-model variable never leak between tests or from the user's shell."""
+    monkeypatch.setenv("SDLITE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sdlite-cache"))
+    monkeypatch.delenv("SDLITE_MODEL", raising=False)
+    monkeypatch.delenv("SDLITE_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random model (seed 0), shared read-only by the whole session."""
+    from sdlite.testing import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny")

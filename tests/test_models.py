@@ -1,0 +1,151 @@
+"""Model safety and loading: content-based pickle refusal, clear errors for broken folders, hub cache."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sdlite.errors import ModelError
+from sdlite.models import file_format, resolve_model
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the marker file. sdlite must never let that happen."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(self.marker),))  # type: ignore[return-value]
+
+
+def write_malicious_pickle(path: Path, marker: Path) -> Path:
+    path.write_bytes(pickle.dumps({"weight": _Payload(marker)}, protocol=4))
+    return path
+
+
+@pytest.fixture
+def model_copy(tiny_model: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_model, tmp_path / "model"))
+
+
+@pytest.mark.parametrize("name", ["model.ckpt", "model.bin", "model.pt", "innocent.safetensors", "noext"])
+def test_single_pickle_file_is_refused_without_running_it(tmp_path: Path, name: str) -> None:
+    marker = tmp_path / "pwned"
+    path = write_malicious_pickle(tmp_path / name, marker)
+    assert file_format(path) == "pickle"
+    with pytest.raises(ModelError, match="pickle"):
+        resolve_model(str(path))
+    assert not marker.exists()
+
+
+def test_torch_zip_checkpoint_is_recognised_as_pickle(tmp_path: Path) -> None:
+    import torch
+
+    path = tmp_path / "weights.safetensors"
+    torch.save({"w": torch.zeros(2)}, path)
+    assert file_format(path) == "pickle"
+
+
+def test_single_safetensors_file_is_checked_then_explained(tiny_model: Path) -> None:
+    path = tiny_model / "unet" / "diffusion_pytorch_model.safetensors"
+    assert file_format(path) == "safetensors"
+    with pytest.raises(ModelError, match="single-file safetensors checkpoint"):
+        resolve_model(str(path))
+
+
+def test_pickle_weights_in_folder_need_opt_in(model_copy: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    (model_copy / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    write_malicious_pickle(model_copy / "unet" / "diffusion_pytorch_model.bin", marker)
+    with pytest.raises(ModelError, match=r"only pickle weights.*--allow-pickle"):
+        resolve_model(str(model_copy))
+    resolved = resolve_model(str(model_copy), allow_pickle=True)
+    assert resolved.uses_pickle
+    assert not marker.exists()
+
+
+def test_pickle_named_safetensors_inside_folder_is_refused(model_copy: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    write_malicious_pickle(model_copy / "vae" / "diffusion_pytorch_model.safetensors", marker)
+    with pytest.raises(ModelError, match=r"named \.safetensors but holds a pickle"):
+        resolve_model(str(model_copy), allow_pickle=True)
+    assert not marker.exists()
+
+
+def test_missing_path_names_it(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"model '.*nowhere' not found"):
+        resolve_model(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize(
+    ("breakage", "fragment"),
+    [
+        (lambda m: (m / "unet" / "diffusion_pytorch_model.safetensors").unlink(), "unet holds no weights"),
+        (lambda m: (m / "vae" / "config.json").unlink(), r"vae/config.json is missing"),
+        (lambda m: (m / "model_index.json").write_text("{not json"), "not readable JSON"),
+        (lambda m: shutil.rmtree(m / "tokenizer"), "tokenizer is missing"),
+        (lambda m: (m / "scheduler" / "scheduler_config.json").unlink(), "scheduler_config.json is missing"),
+    ],
+)
+def test_incomplete_folder_names_what_is_missing(model_copy: Path, breakage: object, fragment: str) -> None:
+    breakage(model_copy)  # type: ignore[operator]
+    with pytest.raises(ModelError, match=fragment):
+        resolve_model(str(model_copy))
+
+
+def test_truncated_weights_are_caught(model_copy: Path) -> None:
+    path = model_copy / "unet" / "diffusion_pytorch_model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="is truncated"):
+        resolve_model(str(model_copy))
+
+
+def test_garbage_weights_are_caught(model_copy: Path) -> None:
+    (model_copy / "text_encoder" / "model.safetensors").write_bytes(b"hello world, not weights")
+    with pytest.raises(ModelError, match="neither a safetensors nor a PyTorch file"):
+        resolve_model(str(model_copy))
+
+
+def test_components_needing_foreign_code_are_refused(model_copy: Path) -> None:
+    index = json.loads((model_copy / "model_index.json").read_text())
+    index["unet"] = ["evil_package", "EvilUNet"]
+    (model_copy / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelError, match="needs code from 'evil_package'"):
+        resolve_model(str(model_copy))
+
+
+def test_missing_shard_is_named(model_copy: Path) -> None:
+    (model_copy / "unet" / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "diffusion_pytorch_model-00002-of-00002.safetensors"}})
+    )
+    with pytest.raises(ModelError, match=r"00002-of-00002\.safetensors"):
+        resolve_model(str(model_copy))
+
+
+def test_hub_id_loads_from_local_cache_offline(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    from sdlite.testing import make_hub_cache
+
+    snapshot = make_hub_cache(tiny_model, tmp_path / "hub", "sdlite-test/tiny")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    resolved = resolve_model("sdlite-test/tiny")
+    assert resolved.path == snapshot
+    with pytest.raises(
+        ModelError, match="hub model sdlite-test/absent is not in the local cache and offline mode is on"
+    ):
+        resolve_model("sdlite-test/absent")
+
+
+def test_not_a_path_nor_hub_id(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not a hub id"):
+        resolve_model("a/b/c")
