@@ -66,6 +66,7 @@ class SampleConfig:
     keep_seeds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))  # Python callers may pass a str
         if not self.generations:
             raise UsageError("no prompt given: pass PROMPT arguments, --prompts-file or --from-image")
         for gen in self.generations:
@@ -87,6 +88,7 @@ class InitConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))  # Python callers may pass a str
         _check_choice("--preset", self.preset, PRESETS)
         _check_choice("--dtype", self.dtype, ("fp32", "fp16", "bf16"))
         _check_seed(self.seed)

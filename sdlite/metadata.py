@@ -6,6 +6,7 @@ a JSON object with the full resolved settings that `sample --from-image` reads b
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -87,6 +88,12 @@ def read_settings(path: Path) -> dict[str, Any]:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that decide the pixels, plus Python and the platform."""
+    return dict(_library_versions())
+
+
+@functools.cache
+def _library_versions() -> dict[str, str]:
+    # Looked up once per process: reading package metadata scans site-packages (milliseconds a call).
     versions = {}
     for name in _LIBRARIES:
         try:
