@@ -203,7 +203,7 @@ def _print_result(result: Any, json_out: bool) -> None:
 @contextmanager
 def _errors() -> Iterator[None]:
     """Turn sdlite's errors into `error: ...` on stderr and their exit code; Ctrl-C exits 130."""
-    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
+    _show_warnings()
     try:
         yield
     except SdliteError as exc:
@@ -224,6 +224,24 @@ def _errors() -> Iterator[None]:
             f"internal error: {type(exc).__name__}: {message} (rerun with {DEBUG_ENV}=1 for the traceback)", err=True
         )
         raise typer.Exit(1) from None
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (test runners replace it between calls)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(self.format(record) + "\n")
+
+
+def _show_warnings() -> None:
+    """sdlite's own warnings (e.g. a truncated prompt) go to stderr as `warning: ...` lines."""
+    logger = logging.getLogger("sdlite")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
 
 
 @contextmanager

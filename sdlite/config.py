@@ -64,6 +64,8 @@ class SampleConfig:
     # When set, only images with these seeds are written. `--from-image` uses it to recompute the
     # whole batch an image was made in: batched matmuls round differently from single ones.
     keep_seeds: tuple[int, ...] = ()
+    # The model hash recorded in a `--from-image` source: a different model gets a warning.
+    expected_model_hash: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))  # Python callers may pass a str
@@ -145,13 +147,14 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
 
     base: dict[str, Any] = {}
     model = opts.model
-    batch_size, keep_seeds = opts.batch_size, ()
+    batch_size, keep_seeds, expected_hash = opts.batch_size, (), None
     if opts.from_image is not None:
         from sdlite.metadata import read_settings
 
         recorded = read_settings(opts.from_image)
         base = {k: recorded[k] for k in GENERATION_KEYS if k in recorded}
         model = model or recorded.get("model")
+        expected_hash = recorded.get("model_hash")
         batch = recorded.get("batch_seeds") or [base.get("seed")]
         remake_batch = not ({"seed", "num_images"} & set(cli) or opts.prompts or opts.prompts_file or batch_size)
         if remake_batch and len(batch) > 1:
@@ -195,6 +198,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         offline=opts.offline,
         allow_pickle=opts.allow_pickle,
         keep_seeds=keep_seeds,
+        expected_model_hash=expected_hash,
     )
 
 

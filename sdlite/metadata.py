@@ -82,6 +82,7 @@ def read_settings(path: Path) -> dict[str, Any]:
     settings = dict(record["settings"])
     settings["num_images"] = 1
     settings["model"] = record.get("model", {}).get("source")
+    settings["model_hash"] = record.get("model", {}).get("hash")
     settings["batch_seeds"] = record.get("run", {}).get("batch_seeds")
     return settings
 

@@ -82,18 +82,23 @@ def sample(
     model_hash, file_hashes = metadata.model_hashes(model.path, model.weight_files)
     model_ref = _model_ref(config.model, model)
     versions = metadata.library_versions()
+    warnings: list[str] = []
+    if config.expected_model_hash and config.expected_model_hash != model_hash:
+        _warn(
+            warnings,
+            f"model {model_ref} (hash {model_hash[:10]}) is not the one the source image was made with "
+            f"(hash {config.expected_model_hash[:10]}); the pixels will differ",
+        )
 
     # 3. Denoise in batches and write each image as soon as its batch is done.
     out = _prepare_out(config.out)
     counter = _StepCounter(progress, sum(g.steps * g.num_images for g in config.generations))
-    warnings: list[str] = []
     results: list[SampleResult] = []
     schedulers: dict[str, Any] = {}
     for gen in config.generations:
         warning = _truncation_warning(pipe.tokenizer, gen.prompt)
         if warning:
-            log.warning(warning)
-            warnings.append(warning)
+            _warn(warnings, warning)
         if gen.scheduler not in schedulers:
             schedulers[gen.scheduler] = make_scheduler(gen.scheduler, pipe.scheduler.config)
         pipe.scheduler = schedulers[gen.scheduler]
@@ -173,6 +178,12 @@ class _StepCounter:
         if self.progress:
             self.progress(min(self.done, self.total), self.total)
         return kwargs
+
+
+def _warn(warnings: list[str], message: str) -> None:
+    """Log a warning now (the CLI shows it on stderr) and keep it for the run's result."""
+    log.warning(message)
+    warnings.append(message)
 
 
 def _truncation_warning(tokenizer: Any, prompt: str) -> str | None:

@@ -268,3 +268,71 @@ def test_help_and_usage_errors_do_not_import_torch() -> None:
 def test_python_dash_m() -> None:
     result = subprocess.run([sys.executable, "-m", "sdlite", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("sdlite ")
+
+
+def test_long_prompt_warning_on_stderr(tiny_model: Path, tmp_path: Path) -> None:
+    prompt = " ".join(["blue"] * 75) + " purple elephant"  # 77 = BOS + 75 words + EOS
+    result = invoke(
+        "sample", prompt, "--model", str(tiny_model), "--steps", "1", "--seed", "0", "--out", str(tmp_path), "--json"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "warning: prompt is longer than 77 tokens; these words are ignored: 'purple elephant'" in result.stderr
+    assert len(result.stdout.splitlines()) == 1  # stdout stays pure JSON
+
+
+def test_from_image_with_another_model_warns(tiny_model: Path, tmp_path: Path) -> None:
+    first = invoke(
+        "sample", "a", "--model", str(tiny_model), "--steps", "1", "--seed", "0", "--out", str(tmp_path / "a"), "--json"
+    )
+    other = invoke("init", str(tmp_path / "other"), "--seed", "9")
+    assert other.exit_code == 0
+    source = json.loads(first.stdout)["path"]
+    result = invoke("sample", "--from-image", source, "--model", str(tmp_path / "other"), "--out", str(tmp_path / "b"))
+    assert result.exit_code == 0, result.stderr
+    assert "is not the one the source image was made with" in result.stderr
+
+
+def test_hub_id_sample_offline(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    from sdlite.testing import make_hub_cache
+
+    make_hub_cache(tiny_model, tmp_path / "hub", "sdlite-test/tiny")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    by_id = invoke(
+        "sample",
+        "a",
+        "--model",
+        "sdlite-test/tiny",
+        "--steps",
+        "2",
+        "--seed",
+        "4",
+        "--out",
+        str(tmp_path / "id"),
+        "--json",
+        "--offline",
+    )
+    assert by_id.exit_code == 0, by_id.stderr
+    row = json.loads(by_id.stdout)
+    assert row["model"] == "sdlite-test/tiny"
+    by_path = invoke(
+        "sample",
+        "a",
+        "--model",
+        str(tiny_model),
+        "--steps",
+        "2",
+        "--seed",
+        "4",
+        "--out",
+        str(tmp_path / "path"),
+        "--json",
+    )
+    assert Path(row["path"]).read_bytes() != b"" and row["model_hash"] == json.loads(by_path.stdout)["model_hash"]
+    from PIL import Image
+
+    assert Image.open(row["path"]).tobytes() == Image.open(json.loads(by_path.stdout)["path"]).tobytes()
+    missing = invoke("sample", "a", "--model", "sdlite-test/absent", "--offline", "--out", str(tmp_path / "x"))
+    assert missing.exit_code == 4
+    assert "hub model sdlite-test/absent is not in the local cache" in missing.stderr
