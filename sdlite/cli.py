@@ -197,7 +197,10 @@ def info(
 
 def _print_result(result: Any, json_out: bool) -> None:
     """One line per written image on stdout: JSON, or the path and the seed that remakes it."""
-    typer.echo(json.dumps(result.to_dict()) if json_out else f"{result.path}  seed {result.seed}")
+    from tqdm import tqdm
+
+    with tqdm.external_write_mode():  # lift a progress bar out of the way instead of printing over it
+        typer.echo(json.dumps(result.to_dict()) if json_out else f"{result.path}  seed {result.seed}")
 
 
 @contextmanager
@@ -250,19 +253,29 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
     if not (enabled and sys.stderr.isatty()):
         yield None
         return
-    from tqdm import tqdm
-
-    bar = tqdm(total=0, unit="step", file=sys.stderr, dynamic_ncols=True)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
+    bar = _StepBar()
     try:
-        yield update
+        yield bar.update
     finally:
         bar.close()
+
+
+class _StepBar:
+    """A tqdm bar created at the first report, when the total number of steps is known."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _quiet_libraries(offline: bool = False) -> None:
