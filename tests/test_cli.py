@@ -336,3 +336,56 @@ def test_hub_id_sample_offline(tiny_model: Path, tmp_path: Path, monkeypatch: py
     missing = invoke("sample", "a", "--model", "sdlite-test/absent", "--offline", "--out", str(tmp_path / "x"))
     assert missing.exit_code == 4
     assert "hub model sdlite-test/absent is not in the local cache" in missing.stderr
+
+
+def test_prompts_file_through_cli(tiny_model: Path, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('a red circle\n{"prompt": "a blue square", "seed": 77, "steps": 3, "height": 32}\n')
+    result = invoke(
+        "sample",
+        "--prompts-file",
+        str(prompts),
+        "--model",
+        str(tiny_model),
+        "--steps",
+        "2",
+        "--seed",
+        "10",
+        "--out",
+        str(tmp_path / "o"),
+        "--json",
+    )
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["prompt"], r["seed"], r["steps"], r["height"]) for r in rows] == [
+        ("a red circle", 10, 2, 64),
+        ("a blue square", 77, 2, 32),
+    ]
+
+
+def test_unwritable_output_exits_5(tiny_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    result = invoke("sample", "a", "--model", str(tiny_model), "--steps", "1", "--out", str(tmp_path / "taken" / "sub"))
+    assert result.exit_code == 5
+    assert "cannot create output folder" in result.stderr
+
+
+def test_progress_bar_only_on_a_terminal_and_not_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from sdlite.cli import _progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with _progress_bar(enabled=True) as update:
+        update(3, 6)
+    assert "3/6" in terminal.getvalue()
+    with _progress_bar(enabled=False) as update:
+        assert update is None
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with _progress_bar(enabled=True) as update:
+        assert update is None
