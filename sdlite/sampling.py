@@ -76,17 +76,16 @@ def sample(
     for gen in config.generations:
         validate_size(gen.height, gen.width, factor)
 
-    # 2. Load the pipeline on the chosen device and precision.
+    # 2. Load the pipeline on the chosen device and precision; note what identifies the model.
     device = pick_device(config.device)
     pipe = load_pipeline(model, device, pick_dtype(config.dtype, device))
-    model_hash, file_hashes = metadata.model_hashes(model.path, model.weight_files)
-    model_ref = _model_ref(config.model, model)
-    versions = metadata.library_versions()
+    base_scheduler_config = pipe.scheduler.config  # every sampler is built from the model's own schedule
+    facts = _facts(config.model, model, device, str(pipe.unet.dtype))
     warnings: list[str] = []
-    if config.expected_model_hash and config.expected_model_hash != model_hash:
+    if config.expected_model_hash and config.expected_model_hash != facts.model_hash:
         _warn(
             warnings,
-            f"model {model_ref} (hash {model_hash[:10]}) is not the one the source image was made with "
+            f"model {facts.ref} (hash {facts.model_hash[:10]}) is not the one the source image was made with "
             f"(hash {config.expected_model_hash[:10]}); the pixels will differ",
         )
 
@@ -94,14 +93,11 @@ def sample(
     out = _prepare_out(config.out)
     counter = _StepCounter(progress, sum(g.steps * g.num_images for g in config.generations))
     results: list[SampleResult] = []
-    schedulers: dict[str, Any] = {}
     for gen in config.generations:
         warning = _truncation_warning(pipe.tokenizer, gen.prompt)
         if warning:
             _warn(warnings, warning)
-        if gen.scheduler not in schedulers:
-            schedulers[gen.scheduler] = make_scheduler(gen.scheduler, pipe.scheduler.config)
-        pipe.scheduler = schedulers[gen.scheduler]
+        pipe.scheduler = make_scheduler(gen.scheduler, base_scheduler_config)
         height, width = gen.height or native, gen.width or native
         for start in range(0, gen.num_images, config.batch_size):
             seeds = list(range(gen.seed + start, gen.seed + min(gen.num_images, start + config.batch_size)))
@@ -111,27 +107,56 @@ def sample(
                     continue
                 settings = {**dataclasses.asdict(gen), "seed": seed, "height": height, "width": width}
                 settings.pop("num_images")
-                record = {
-                    "format": metadata.FORMAT_VERSION,
-                    "settings": settings,
-                    "model": {"source": model_ref, "hash": model_hash, "files": file_hashes},
-                    "run": {"batch_seeds": seeds, "device": device, "dtype": str(pipe.unet.dtype)},
-                    "versions": versions,
-                }
-                info = metadata.png_info(
-                    metadata.a1111_parameters(
-                        settings, SCHEDULERS[gen.scheduler].label, model_hash, _model_name(model)
-                    ),
-                    record,
-                )
-                path, index = _write_png(out, seed, image, info)
-                result = SampleResult(path=path, index=index, model=model_ref, model_hash=model_hash, **settings)
+                result = _save(out, image, settings, seeds, facts)
                 results.append(result)
                 if on_image:
                     on_image(result)
 
     grid = _write_grid(out, results) if config.grid else None
     return SampleRun(tuple(results), grid, tuple(warnings))
+
+
+@dataclass(frozen=True)
+class _ModelFacts:
+    """What each image records about the model and the run that made it."""
+
+    ref: str
+    name: str
+    model_hash: str
+    file_hashes: dict[str, str]
+    device: str
+    dtype: str
+    versions: dict[str, str]
+
+
+def _facts(source: str, model: ResolvedModel, device: str, dtype: str) -> _ModelFacts:
+    model_hash, file_hashes = metadata.model_hashes(model.path, model.weight_files)
+    local = Path(source).expanduser().exists()
+    return _ModelFacts(
+        # How to find the model again: an absolute path for local folders, the id for hub models.
+        ref=str(Path(source).expanduser().resolve()) if local else source,
+        name=model.path.resolve().name if local else source,
+        model_hash=model_hash,
+        file_hashes=file_hashes,
+        device=device,
+        dtype=dtype,
+        versions=metadata.library_versions(),
+    )
+
+
+def _save(out: Path, image: Any, settings: dict[str, Any], batch: list[int], facts: _ModelFacts) -> SampleResult:
+    """Write one PNG with both metadata chunks and describe it."""
+    record = {
+        "format": metadata.FORMAT_VERSION,
+        "settings": settings,
+        "model": {"source": facts.ref, "hash": facts.model_hash, "files": facts.file_hashes},
+        "run": {"batch_seeds": batch, "device": facts.device, "dtype": facts.dtype},
+        "versions": facts.versions,
+    }
+    label = SCHEDULERS[settings["scheduler"]].label
+    info = metadata.png_info(metadata.a1111_parameters(settings, label, facts.model_hash, facts.name), record)
+    path, index = _write_png(out, settings["seed"], image, info)
+    return SampleResult(path=path, index=index, model=facts.ref, model_hash=facts.model_hash, **settings)
 
 
 def _generate(pipe: Any, gen: Generation, seeds: list[int], height: int, width: int, counter: _StepCounter) -> Any:
@@ -194,15 +219,6 @@ def _truncation_warning(tokenizer: Any, prompt: str) -> str | None:
         return None
     dropped = tokenizer.decode(ids[limit - 1 : -1], skip_special_tokens=True).strip()
     return f"prompt is longer than {limit} tokens; these words are ignored: {dropped!r}"
-
-
-def _model_ref(source: str, model: ResolvedModel) -> str:
-    """How to find the model again: an absolute path for local folders, the id for hub models."""
-    return str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
-
-
-def _model_name(model: ResolvedModel) -> str:
-    return model.source if not Path(model.source).expanduser().exists() else model.path.resolve().name
 
 
 def _prepare_out(out: Path) -> Path:

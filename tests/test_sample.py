@@ -241,3 +241,15 @@ def test_unavailable_device_is_a_usage_error(tiny_model: Path, tmp_path: Path) -
 def test_bf16_runs_finite(tiny_model: Path, tmp_path: Path) -> None:
     path = run(tiny_model, tmp_path, Generation("a", seed=0, steps=2), dtype="bf16")[0]
     assert pixels(path).std() > 0
+
+
+def test_schedulers_in_one_run_are_independent(tiny_model: Path, tmp_path: Path) -> None:
+    """Each prompt's sampler is built from the model's schedule, not from the previous prompt's sampler."""
+    mixed = run(
+        tiny_model,
+        tmp_path / "mixed",
+        Generation("a", seed=1, steps=3, scheduler="dpm++2m"),
+        Generation("b", seed=2, steps=3, scheduler="ddim"),
+    )
+    alone = run(tiny_model, tmp_path / "alone", Generation("b", seed=2, steps=3, scheduler="ddim"))
+    np.testing.assert_array_equal(pixels(mixed[1]), pixels(alone[0]))
