@@ -299,6 +299,7 @@ def test_hub_id_sample_offline(tiny_model: Path, tmp_path: Path, monkeypatch: py
 
     make_hub_cache(tiny_model, tmp_path / "hub", "sdlite-test/tiny")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # only --offline keeps these calls off the network
     by_id = invoke(
         "sample",
         "a",
@@ -335,7 +336,7 @@ def test_hub_id_sample_offline(tiny_model: Path, tmp_path: Path, monkeypatch: py
     assert Image.open(row["path"]).tobytes() == Image.open(json.loads(by_path.stdout)["path"]).tobytes()
     missing = invoke("sample", "a", "--model", "sdlite-test/absent", "--offline", "--out", str(tmp_path / "x"))
     assert missing.exit_code == 4
-    assert "hub model sdlite-test/absent is not in the local cache" in missing.stderr
+    assert "hub model sdlite-test/absent is not in the local cache and offline mode is on" in missing.stderr
 
 
 def test_prompts_file_through_cli(tiny_model: Path, tmp_path: Path) -> None:
