@@ -19,7 +19,17 @@ from typing import Annotated, Any
 import typer
 
 from sdlite import __version__
-from sdlite.config import DEVICES, DTYPES, PRESETS, InfoConfig, InitConfig, SampleOverrides, build_sample_config
+from sdlite.config import (
+    DEVICES,
+    DTYPES,
+    LR_SCHEDULERS,
+    PRESETS,
+    InfoConfig,
+    InitConfig,
+    SampleOverrides,
+    build_sample_config,
+    build_train_config,
+)
 from sdlite.errors import EXIT_CODES, SdliteError
 from sdlite.schedulers import scheduler_names
 
@@ -130,6 +140,10 @@ def sample(
     grid: Annotated[bool, typer.Option("--grid", help="Also save a labelled contact sheet of the run.")] = False,
     json_out: JsonOut = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    lora: Annotated[
+        str | None, typer.Option(help="A LoRA adapter: a folder holding pytorch_lora_weights.safetensors, or the file.")
+    ] = None,
+    lora_scale: Annotated[float | None, typer.Option(help="Strength of the LoRA adapter. [default: 1.0]")] = None,
     offline: Offline = False,
     allow_pickle: AllowPickle = False,
 ) -> None:
@@ -159,6 +173,8 @@ def sample(
                 grid=grid,
                 offline=offline,
                 allow_pickle=allow_pickle,
+                lora=lora,
+                lora_scale=lora_scale,
             )
         )
         _quiet_libraries(offline)
@@ -168,6 +184,86 @@ def sample(
             run = run_sample(config, progress=progress, on_image=partial(_print_result, json_out=json_out))
         if run.grid and not json_out:
             typer.echo(f"{run.grid}  grid")
+
+
+@app.command()
+def train(
+    model: Annotated[str | None, typer.Option(help="Base model: diffusers folder or hub id. Default: $SDLITE_MODEL.", show_default=False)] = None,
+    data: Annotated[Path | None, typer.Option(help="Captioned images: metadata.jsonl, metadata.csv or .txt sidecars.", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder: the trained model, checkpoints/, validation/, loss.csv, loss.png.", show_default=False)] = None,
+    config_file: Annotated[Path | None, typer.Option("--config", help="TOML file with any of these options; the command line wins.")] = None,
+    resolution: Annotated[int | None, typer.Option(help="Training size (square). [default: the model's native size]")] = None,
+    center_crop: Annotated[bool | None, typer.Option("--center-crop/--random-crop", help="Crop to a square at the center or at random. [default: center]", show_default=False)] = None,
+    random_flip: Annotated[bool | None, typer.Option("--random-flip", help="Flip images horizontally at random.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per process per micro-batch. [default: 1]")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step. [default: 1]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (AdamW). [default: 1e-5]")] = None,
+    lr_scheduler: Annotated[str | None, typer.Option(help=f"{', '.join(LR_SCHEDULERS)}. [default: constant]")] = None,
+    warmup_steps: Annotated[int | None, typer.Option(help="LR warm-up steps. [default: 0]")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps to train (or --epochs).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the data (or --max-steps).")] = None,
+    mixed_precision: Annotated[str | None, typer.Option(help="no, fp16 or bf16 (trainable weights stay fp32). [default: no]")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seeds data order, augmentation and noise. [default: 0]")] = None,
+    gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")] = None,
+    ema: Annotated[bool | None, typer.Option("--ema", help="Keep an EMA of the UNet; OUT gets the EMA weights.")] = None,
+    ema_decay: Annotated[float | None, typer.Option(help="EMA decay. [default: 0.9999]")] = None,
+    snr_gamma: Annotated[float | None, typer.Option(help="Min-SNR-gamma loss weighting (5 is typical). [default: off]")] = None,
+    noise_offset: Annotated[float | None, typer.Option(help="Noise offset (0.05-0.1 typical). [default: 0]")] = None,
+    prediction_type: Annotated[str | None, typer.Option(help="epsilon or v_prediction. [default: the model's]")] = None,
+    caption_dropout: Annotated[float | None, typer.Option(help="Probability of training on an empty caption (for guidance). [default: 0]")] = None,
+    train_text_encoder: Annotated[bool | None, typer.Option("--train-text-encoder", help="Train the text encoder too.")] = None,
+    lora: Annotated[bool | None, typer.Option("--lora", help="Train a LoRA adapter on the UNet; OUT holds only the adapter.")] = None,
+    lora_rank: Annotated[int | None, typer.Option(help="LoRA rank. [default: 4]")] = None,
+    lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha. [default: the rank]")] = None,
+    cache: Annotated[bool | None, typer.Option("--cache", help="Precompute VAE latents and text embeddings once, on disk (fixed augmentation only).")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Save a resumable, usable checkpoint every N steps.")] = None,
+    keep_checkpoints: Annotated[int | None, typer.Option(help="Keep only the newest K checkpoints. [default: all]")] = None,
+    resume: Annotated[str | None, typer.Option(help="latest, or a checkpoint folder sdlite wrote.")] = None,
+    validation_prompt: Annotated[list[str] | None, typer.Option(help="Prompt sampled for validation grids (repeatable).")] = None,
+    validate_every: Annotated[int | None, typer.Option(help="Save a validation grid every N steps (and at the end).")] = None,
+    caption_column: Annotated[str | None, typer.Option(help="Caption column in metadata.jsonl/csv. [default: text]")] = None,
+    skip_bad_images: Annotated[bool | None, typer.Option("--skip-bad-images", help="Skip unreadable images (listed at the end) instead of stopping.")] = None,
+    allow_missing_captions: Annotated[bool | None, typer.Option("--allow-missing-captions", help="Train images without a caption on an empty one.")] = None,
+    num_processes: Annotated[int | None, typer.Option(help="Launch N processes through accelerate (multi-GPU, or CPU for tests).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check data and settings, print the plan as JSON, train nothing.")] = False,
+    json_events: Annotated[bool, typer.Option("--json-events", help="JSON lines on stdout: plan, step, checkpoint, warning, done.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    offline: Offline = False,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Fine-tune a model on a captioned image folder (full, or LoRA), resumable, on one or many processes."""
+    with _errors():
+        if num_processes and num_processes > 1 and "WORLD_SIZE" not in os.environ:
+            from sdlite.launch import relaunch
+
+            raise typer.Exit(relaunch(num_processes))
+        cli_values = {
+            "model": model, "data": data, "out": out, "resolution": resolution,
+            "crop": None if center_crop is None else ("center" if center_crop else "random"),
+            "random_flip": random_flip, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr,
+            "lr_scheduler": lr_scheduler, "warmup_steps": warmup_steps, "max_steps": max_steps, "epochs": epochs,
+            "mixed_precision": mixed_precision, "seed": seed, "gradient_checkpointing": gradient_checkpointing,
+            "ema": ema, "ema_decay": ema_decay, "snr_gamma": snr_gamma, "noise_offset": noise_offset,
+            "prediction_type": prediction_type, "caption_dropout": caption_dropout,
+            "train_text_encoder": train_text_encoder, "lora": lora, "lora_rank": lora_rank, "lora_alpha": lora_alpha,
+            "cache": cache, "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints,
+            "resume": resume, "validation_prompts": tuple(validation_prompt) if validation_prompt else None,
+            "validate_every": validate_every, "caption_column": caption_column, "skip_bad_images": skip_bad_images,
+            "allow_missing_captions": allow_missing_captions, "offline": offline or None, "allow_pickle": allow_pickle or None,
+        }  # fmt: skip
+        config = build_train_config(cli_values, config_file)
+        _quiet_libraries(offline)
+        from sdlite import training
+
+        if dry_run:
+            typer.echo(json.dumps(training.dry_run(config).to_dict(), indent=2))
+            return
+        with _train_reporter(json_events, quiet) as report:
+            result = training.train(config, on_event=report)
+        if not json_events and _is_main_process():
+            typer.echo(f"{result.out}  {result.steps} steps, final loss {result.final_loss}")
+            for note in result.skipped:
+                typer.echo(f"skipped: {note}", err=True)
 
 
 @app.command()
@@ -276,6 +372,33 @@ class _StepBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextmanager
+def _train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
+    """Training events as JSON lines on stdout, or a progress bar (loss, images/s) and warnings on stderr."""
+    bar = _StepBar() if not json_events and not quiet and sys.stderr.isatty() else None
+
+    def report(event: dict[str, Any]) -> None:
+        if json_events:
+            typer.echo(json.dumps(event, default=str))
+        elif event["event"] == "warning":
+            typer.echo(f"warning: {event['message']}", err=True)
+        elif event["event"] == "step" and bar is not None:
+            bar.update(event["step"], event["steps"])
+            bar.bar.set_postfix(loss=f"{event['loss']:.4f}", img_s=f"{event['images_per_s']:.1f}", refresh=False)
+        elif event["event"] in ("checkpoint", "validation", "resume"):
+            typer.echo(f"{event['event']}: {event.get('path') or event.get('checkpoint')} (step {event['step']})", err=True)
+
+    try:
+        yield report
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _quiet_libraries(offline: bool = False) -> None:

@@ -66,6 +66,8 @@ class SampleConfig:
     keep_seeds: tuple[int, ...] = ()
     # The model hash recorded in a `--from-image` source: a different model gets a warning.
     expected_model_hash: str | None = None
+    lora: str | None = None  # a LoRA adapter (folder with pytorch_lora_weights.safetensors, or the file)
+    lora_scale: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))  # Python callers may pass a str
@@ -130,6 +132,8 @@ class SampleOverrides:
     grid: bool = False
     offline: bool = False
     allow_pickle: bool = False
+    lora: str | None = None
+    lora_scale: float | None = None
 
 
 def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None) -> SampleConfig:
@@ -148,6 +152,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
     base: dict[str, Any] = {}
     model = opts.model
     batch_size, keep_seeds, expected_hash = opts.batch_size, (), None
+    lora, lora_scale = opts.lora, opts.lora_scale
     if opts.from_image is not None:
         from sdlite.metadata import read_settings
 
@@ -155,6 +160,8 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         base = {k: recorded[k] for k in GENERATION_KEYS if k in recorded}
         model = model or recorded.get("model")
         expected_hash = recorded.get("model_hash")
+        if recorded.get("lora") and not lora:
+            lora, lora_scale = recorded["lora"]["source"], lora_scale if lora_scale is not None else recorded["lora"]["scale"]
         batch = recorded.get("batch_seeds") or [base.get("seed")]
         remake_batch = not ({"seed", "num_images"} & set(cli) or opts.prompts or opts.prompts_file or batch_size)
         if remake_batch and len(batch) > 1:
@@ -199,6 +206,8 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         allow_pickle=opts.allow_pickle,
         keep_seeds=keep_seeds,
         expected_model_hash=expected_hash,
+        lora=lora,
+        lora_scale=1.0 if lora_scale is None else lora_scale,
     )
 
 
@@ -286,3 +295,159 @@ def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
 def _check_seed(seed: int) -> None:
     if not 0 <= seed <= MAX_SEED:
         raise UsageError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+
+
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+PRECISIONS = ("no", "fp16", "bf16")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole `sdlite train` run. Fields that change the trained weights are part of the
+    checkpoint fingerprint (see `fingerprint`): resuming with different ones is refused."""
+
+    model: str
+    data: Path
+    out: Path
+    resolution: int | None = None  # None: the model's native size
+    crop: str = "center"  # center | random
+    random_flip: bool = False
+    batch_size: int = 1  # per process
+    grad_accum: int = 1
+    lr: float = 1e-5
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+    max_steps: int | None = None
+    epochs: int | None = None
+    mixed_precision: str = "no"
+    seed: int = 0
+    gradient_checkpointing: bool = False
+    ema: bool = False
+    ema_decay: float = 0.9999
+    snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    prediction_type: str | None = None  # None: the model's own
+    caption_dropout: float = 0.0
+    train_text_encoder: bool = False
+    lora: bool = False
+    lora_rank: int = 4
+    lora_alpha: float | None = None  # None: equal to the rank (scale 1)
+    cache: bool = False
+    checkpoint_every: int | None = None
+    keep_checkpoints: int | None = None  # None: keep all
+    resume: str | None = None  # "latest" or a checkpoint folder
+    validation_prompts: tuple[str, ...] = ()
+    validate_every: int | None = None
+    caption_column: str = "text"
+    skip_bad_images: bool = False
+    allow_missing_captions: bool = False
+    max_grad_norm: float = 1.0
+    offline: bool = False
+    allow_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", Path(self.data))
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "validation_prompts", tuple(self.validation_prompts))
+        if self.resolution is not None:
+            validate_size(self.resolution, None, DEFAULT_VAE_FACTOR)
+        _check_choice("--crop", self.crop, ("center", "random"))
+        _check_choice("--lr-scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        _check_choice("--mixed-precision", self.mixed_precision, PRECISIONS)
+        if self.prediction_type is not None:
+            _check_choice("--prediction-type", self.prediction_type, PREDICTION_TYPES)
+        for option, value in (("--batch-size", self.batch_size), ("--grad-accum", self.grad_accum), ("--lora-rank", self.lora_rank)):
+            if value < 1:
+                raise UsageError(f"{option} must be at least 1, got {value}")
+        for option, value in (
+            ("--max-steps", self.max_steps),
+            ("--epochs", self.epochs),
+            ("--checkpoint-every", self.checkpoint_every),
+            ("--keep-checkpoints", self.keep_checkpoints),
+            ("--validate-every", self.validate_every),
+        ):
+            if value is not None and value < 1:
+                raise UsageError(f"{option} must be at least 1, got {value}")
+        if (self.max_steps is None) == (self.epochs is None):
+            raise UsageError("give exactly one of --max-steps or --epochs")
+        if self.lr <= 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise UsageError(f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
+        if not 0 <= self.caption_dropout < 1:
+            raise UsageError(f"--caption-dropout must be in [0, 1), got {self.caption_dropout}")
+        if not 0 < self.ema_decay < 1:
+            raise UsageError(f"--ema-decay must be between 0 and 1, got {self.ema_decay}")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise UsageError(f"--snr-gamma must be positive, got {self.snr_gamma}")
+        if self.noise_offset < 0:
+            raise UsageError(f"--noise-offset must be 0 or more, got {self.noise_offset}")
+        if self.lora and self.train_text_encoder:
+            raise UsageError("--lora trains a UNet adapter only; drop --train-text-encoder")
+        if self.lora and self.ema:
+            raise UsageError("--ema applies to full fine-tuning; drop it with --lora")
+        if self.cache and (self.crop == "random" or self.random_flip):
+            raise UsageError("--cache needs a fixed augmentation: drop --random-crop / --random-flip")
+        if self.validate_every is not None and not self.validation_prompts:
+            raise UsageError("--validate-every needs at least one --validation-prompt")
+        _check_seed(self.seed)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a checkpoint must share with the run that resumes it (not length, output or I/O)."""
+        ignored = {
+            "max_steps", "epochs", "out", "resume", "checkpoint_every", "keep_checkpoints", "cache",
+            "gradient_checkpointing", "validation_prompts", "validate_every", "offline", "allow_pickle",
+            "skip_bad_images", "allow_missing_captions",
+        }  # fmt: skip
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(self).items() if k not in ignored}
+
+
+TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def build_train_config(cli: dict[str, Any], config_file: Path | None = None, env: dict[str, str] | None = None) -> TrainConfig:
+    """Merge a TOML file (any option, dashes or underscores) under the command line's explicit options.
+
+    `cli` holds the command-line values, None where an option was not given.
+    """
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        merged.update(read_toml(config_file))
+    merged.update({k: v for k, v in cli.items() if v is not None})
+    merged["model"] = resolve_model_source(merged.get("model"), env)
+    for required in ("data", "out"):
+        if not merged.get(required):
+            raise UsageError(f"--{required} is required (on the command line or in the --config file)")
+    if isinstance(merged.get("validation_prompts"), str):
+        merged["validation_prompts"] = (merged["validation_prompts"],)
+    try:
+        return TrainConfig(**merged)
+    except TypeError as exc:
+        raise UsageError(f"bad training settings: {exc}") from exc
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Options from a TOML file: top-level keys named like the command-line options."""
+    import tomllib
+
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UsageError(f"config file {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from exc
+    options = {key.replace("-", "_"): value for key, value in raw.items()}
+    options = {("validation_prompts" if k == "validation_prompt" else k): v for k, v in options.items()}
+    unknown = sorted(set(options) - set(TRAIN_KEYS))
+    if unknown:
+        raise UsageError(f"config file {path}: unknown options {', '.join(unknown)}")
+    return options
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value

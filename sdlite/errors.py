@@ -51,3 +51,9 @@ class NumericalError(SdliteError):
     """Non-finite values where finite ones are required (NaN latents or pixels)."""
 
     exit_code = 6
+
+
+class Interrupted(SdliteError):
+    """The user pressed Ctrl-C; whatever could be saved was saved first."""
+
+    exit_code = 130

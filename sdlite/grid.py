@@ -11,11 +11,11 @@ MIN_TILE = 128  # small images are enlarged (nearest neighbour) so their labels 
 PAD = 4
 
 
-def contact_sheet(items: list[tuple[Path, str]], columns: int | None = None) -> Any:
-    """Lay out (image path, label) pairs on a white sheet, `columns` wide (default: near square)."""
+def contact_sheet(items: list[tuple[Any, str]], columns: int | None = None) -> Any:
+    """Lay out (image or image path, label) pairs on a white sheet, `columns` wide (default: near square)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    images = [Image.open(path).convert("RGB") for path, _ in items]
+    images = [(Image.open(item) if isinstance(item, str | Path) else item).convert("RGB") for item, _ in items]
     tile = max(MIN_TILE, *(max(im.size) for im in images)) if images else MIN_TILE
     font = ImageFont.load_default()
     chars_per_line = max(8, tile // 7)

@@ -84,6 +84,7 @@ def read_settings(path: Path) -> dict[str, Any]:
     settings["model"] = record.get("model", {}).get("source")
     settings["model_hash"] = record.get("model", {}).get("hash")
     settings["batch_seeds"] = record.get("run", {}).get("batch_seeds")
+    settings["lora"] = record.get("lora")
     return settings
 
 

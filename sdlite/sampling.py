@@ -80,7 +80,8 @@ def sample(
     device = pick_device(config.device)
     pipe = load_pipeline(model, device, pick_dtype(config.dtype, device))
     base_scheduler_config = pipe.scheduler.config  # every sampler is built from the model's own schedule
-    facts = _facts(config.model, model, device, str(pipe.unet.dtype))
+    lora = load_lora(pipe, config.lora, config.lora_scale) if config.lora else None
+    facts = _facts(config.model, model, device, str(pipe.unet.dtype), lora)
     warnings: list[str] = []
     if config.expected_model_hash and config.expected_model_hash != facts.model_hash:
         _warn(
@@ -101,7 +102,7 @@ def sample(
         height, width = gen.height or native, gen.width or native
         for start in range(0, gen.num_images, config.batch_size):
             seeds = list(range(gen.seed + start, gen.seed + min(gen.num_images, start + config.batch_size)))
-            pixels = _generate(pipe, gen, seeds, height, width, counter)
+            pixels = _generate(pipe, gen, seeds, height, width, counter, config.lora_scale if lora else None)
             for seed, image in zip(seeds, pipe.numpy_to_pil(pixels), strict=True):
                 if config.keep_seeds and seed not in config.keep_seeds:
                     continue
@@ -127,9 +128,28 @@ class _ModelFacts:
     device: str
     dtype: str
     versions: dict[str, str]
+    lora: dict[str, Any] | None
 
 
-def _facts(source: str, model: ResolvedModel, device: str, dtype: str) -> _ModelFacts:
+def load_lora(pipe: Any, source: str, scale: float) -> dict[str, Any]:
+    """Load a LoRA adapter (diffusers' own loader) after checking it is safetensors; returns its record."""
+    from sdlite.errors import ModelError
+    from sdlite.models import file_format
+
+    path = Path(source).expanduser()
+    file = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        raise ModelError(f"LoRA {source}: no such file (expected a folder with pytorch_lora_weights.safetensors, or the file)")
+    if file_format(file) != "safetensors":
+        raise ModelError(f"LoRA {file} is a pickle; sdlite loads LoRA adapters only as safetensors")
+    try:
+        pipe.load_lora_weights(str(file.parent), weight_name=file.name)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"cannot load LoRA {file}: {str(exc).strip().splitlines()[0]}") from exc
+    return {"source": str(file.resolve()), "hash": metadata.file_sha256(file), "scale": scale}
+
+
+def _facts(source: str, model: ResolvedModel, device: str, dtype: str, lora: dict[str, Any] | None) -> _ModelFacts:
     model_hash, file_hashes = metadata.model_hashes(model.path, model.weight_files)
     local = Path(source).expanduser().exists()
     return _ModelFacts(
@@ -141,6 +161,7 @@ def _facts(source: str, model: ResolvedModel, device: str, dtype: str) -> _Model
         device=device,
         dtype=dtype,
         versions=metadata.library_versions(),
+        lora=lora,
     )
 
 
@@ -152,6 +173,7 @@ def _save(out: Path, image: Any, settings: dict[str, Any], batch: list[int], fac
         "model": {"source": facts.ref, "hash": facts.model_hash, "files": facts.file_hashes},
         "run": {"batch_seeds": batch, "device": facts.device, "dtype": facts.dtype},
         "versions": facts.versions,
+        "lora": facts.lora,
     }
     label = SCHEDULERS[settings["scheduler"]].label
     info = metadata.png_info(metadata.a1111_parameters(settings, label, facts.model_hash, facts.name), record)
@@ -159,13 +181,16 @@ def _save(out: Path, image: Any, settings: dict[str, Any], batch: list[int], fac
     return SampleResult(path=path, index=index, model=facts.ref, model_hash=facts.model_hash, **settings)
 
 
-def _generate(pipe: Any, gen: Generation, seeds: list[int], height: int, width: int, counter: _StepCounter) -> Any:
+def _generate(pipe: Any, gen: Generation, seeds: list[int], height: int, width: int, counter: _StepCounter,
+              lora_scale: float | None) -> Any:  # fmt: skip
     """One pipeline call for one batch; returns float pixels in [0, 1], refusing NaN/inf results."""
     import numpy as np
     import torch
 
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    extra = {"eta": gen.eta} if SCHEDULERS[gen.scheduler].accepts_eta else {}
+    extra: dict[str, Any] = {"eta": gen.eta} if SCHEDULERS[gen.scheduler].accepts_eta else {}
+    if lora_scale is not None:
+        extra["cross_attention_kwargs"] = {"scale": lora_scale}
     try:
         output = pipe(
             prompt=[gen.prompt] * len(seeds),

@@ -1,0 +1,602 @@
+"""Fine-tuning: `train(config)` minimises the noise-prediction loss with Accelerate.
+
+Every random draw comes from a generator seeded by (seed, micro-step, example position), and the
+data order from a permutation seeded by (seed, epoch). Nothing depends on hidden RNG state, so a
+resumed run sees exactly the batches and noise of an uninterrupted one, whatever the number of
+processes, and checkpoints need no pickled RNG state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdlite import checkpoints
+from sdlite.config import TrainConfig, validate_size
+from sdlite.errors import Interrupted, NumericalError, UsageError
+from sdlite.models import ResolvedModel, read_json, resolve_model, silence_library_progress, vae_factor
+
+EventFn = Callable[[dict[str, Any]], None]
+LossHook = Callable[[int, Any], Any]  # (global step, loss) -> loss; lets tests inject faults
+MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
+VALIDATION_STEPS = 25
+LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What a run will do, computed before any weights load (`--dry-run` prints it)."""
+
+    images: int
+    captioned: int
+    skipped: tuple[str, ...]
+    resolution: int
+    num_processes: int
+    batch_size: int
+    grad_accum: int
+    effective_batch: int
+    micro_batches_per_epoch: int
+    steps_per_epoch: float
+    steps: int
+    epochs: float
+    cache: bool
+    trains: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    steps: int
+    final_loss: float | None
+    checkpoints: tuple[Path, ...]
+    skipped: tuple[str, ...]
+    bad_steps: int
+
+
+def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, Any, ResolvedModel]:
+    """Check the model and every image, and work out steps, epochs and batch sizes."""
+    from sdlite.data import check_images, discover
+
+    model = resolve_model(config.model, config.offline, config.allow_pickle)
+    factor = vae_factor(read_json(model.path / "vae" / "config.json"))
+    resolution = config.resolution or read_json(model.path / "unet" / "config.json").get("sample_size", 64) * factor
+    validate_size(resolution, None, factor)
+    dataset = check_images(
+        discover(config.data, config.caption_column, config.allow_missing_captions), config.skip_bad_images
+    )
+    per_micro = config.batch_size * num_processes
+    micro_per_epoch = len(dataset.examples) // per_micro
+    if micro_per_epoch == 0:
+        raise UsageError(
+            f"{len(dataset.examples)} images cannot fill one batch of {config.batch_size} x {num_processes} processes; "
+            "lower --batch-size"
+        )
+    steps_per_epoch = micro_per_epoch / config.grad_accum
+    steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))  # type: ignore[operator]
+    trains = ("unet lora",) if config.lora else ("unet", "text_encoder") if config.train_text_encoder else ("unet",)
+    plan = TrainPlan(
+        images=len(dataset.examples),
+        captioned=sum(1 for e in dataset.examples if e.caption),
+        skipped=dataset.skipped,
+        resolution=resolution,
+        num_processes=num_processes,
+        batch_size=config.batch_size,
+        grad_accum=config.grad_accum,
+        effective_batch=per_micro * config.grad_accum,
+        micro_batches_per_epoch=micro_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        steps=steps,
+        epochs=steps / steps_per_epoch,
+        cache=config.cache,
+        trains=trains,
+    )
+    return plan, dataset, model
+
+
+def dry_run(config: TrainConfig) -> TrainPlan:
+    """Validate data and settings and return the plan; nothing is trained or written."""
+    import os
+
+    return make_plan(config, int(os.environ.get("WORLD_SIZE", "1")))[0]
+
+
+def train(config: TrainConfig, on_event: EventFn | None = None, loss_hook: LossHook | None = None) -> TrainResult:
+    """Train as `config` says and write OUT (a diffusers folder, or a LoRA adapter with `--lora`)."""
+    import torch
+    from accelerate import Accelerator
+
+    silence_library_progress()
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    emit = _Emitter(on_event, accelerator.is_main_process)
+    try:
+        return _train(config, accelerator, emit, loss_hook, torch)
+    finally:
+        accelerator.end_training()  # tear the process group down cleanly (else gloo aborts at exit)
+
+
+def _train(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: LossHook | None, torch: Any) -> TrainResult:
+    # 1. Plan: model and data checked before any weights load.
+    plan, dataset, model = make_plan(config, accelerator.num_processes)
+    emit("plan", **plan.to_dict())
+    for note in plan.skipped:
+        emit("warning", message=note)
+
+    # 2. Components: frozen ones in the compute precision, trained ones in fp32.
+    parts = _load_components(model, config, accelerator, torch)
+    params = [p for m in parts.trained for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-2)
+    from diffusers.optimization import get_scheduler
+
+    lr_schedule = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=plan.steps)
+    ema = None
+    if config.ema:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(parts.unet.parameters(), decay=config.ema_decay)
+
+    # 3. Resume: weights, optimizer, schedule and EMA from a verified checkpoint; the step says the rest.
+    start_step = 0
+    if config.resume:
+        folder = checkpoints.find_resume(config.out, config.resume)
+        manifest = checkpoints.verify(folder, config.fingerprint())
+        _load_trained_weights(parts, folder, config, torch)
+        checkpoints.load_optimizer(optimizer, folder / "training")
+        lr_schedule.load_state_dict(json.loads((folder / "training" / "lr_schedule.json").read_text()))
+        if ema is not None:
+            checkpoints.load_ema(ema, folder / "training")
+        start_step = manifest["step"]
+        emit("resume", checkpoint=str(folder), step=start_step)
+
+    prepared = accelerator.prepare(*parts.trained, optimizer)
+    wrapped, optimizer = list(prepared[:-1]), prepared[-1]
+    unet = wrapped[0]
+    text_encoder = wrapped[1] if config.train_text_encoder else parts.text_encoder
+
+    cache = None
+    if config.cache:
+        from sdlite.cache import EncodingCache
+
+        cache = EncodingCache(parts, model, plan.resolution, not config.train_text_encoder)
+        with accelerator.main_process_first():
+            counts = cache.fill(dataset.examples, accelerator.is_main_process)
+        emit("cache", **counts)
+
+    # 4. The loop: one optimizer step per `grad_accum` micro-batches on every process.
+    log = _LossLog(config.out, start_step, accelerator.is_main_process)
+    stop = _StopFlag()
+    bad_in_row, bad_total, last_loss, saved = 0, 0, None, []
+    started, images = time.perf_counter(), 0
+    with stop.armed():
+        for step in range(start_step, plan.steps):
+            if accelerator.reduce(torch.tensor(float(stop.requested)), "sum").item() > 0:
+                path = _save_checkpoint(parts, unet, text_encoder, optimizer, lr_schedule, ema, config, model, step, accelerator)
+                emit("checkpoint", step=step, path=str(path), reason="interrupted")
+                raise Interrupted(f"interrupted at step {step}; resume with --resume latest (checkpoint {path})")
+            losses = []
+            for micro in range(config.grad_accum):
+                m = step * config.grad_accum + micro
+                syncing = micro == config.grad_accum - 1
+                with _no_sync(accelerator, wrapped, not syncing), accelerator.autocast():
+                    loss = _micro_loss(m, plan, dataset, parts, unet, text_encoder, cache, config, accelerator, torch)
+                    if loss_hook is not None:
+                        loss = loss_hook(step, loss)
+                    accelerator.backward(loss / config.grad_accum)
+                losses.append(loss.detach().float())
+            step_loss = accelerator.reduce(torch.stack(losses).mean(), "mean")
+            images += plan.effective_batch
+            if torch.isfinite(step_loss):
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                if ema is not None:
+                    ema.step(parts.unet.parameters())
+                bad_in_row, last_loss = 0, float(step_loss)
+            else:
+                bad_in_row, bad_total = bad_in_row + 1, bad_total + 1
+                emit("warning", step=step + 1, message=f"non-finite loss at step {step + 1}; step skipped")
+                if bad_in_row >= MAX_BAD_STEPS:
+                    raise NumericalError(
+                        f"{bad_in_row} non-finite losses in a row (last at step {step + 1}); stopped. "
+                        "Lower --lr, or use --mixed-precision bf16/no; earlier checkpoints are intact"
+                    )
+            optimizer.zero_grad(set_to_none=True)
+            lr_schedule.step()
+            done = step + 1
+            rate = images / max(time.perf_counter() - started, 1e-9)
+            lr = lr_schedule.get_last_lr()[0]
+            log.add(done, float(step_loss), lr)
+            emit("step", step=done, steps=plan.steps, loss=float(step_loss), lr=lr, images_per_s=rate)
+            if config.checkpoint_every and done % config.checkpoint_every == 0 and done < plan.steps:
+                path = _save_checkpoint(parts, unet, text_encoder, optimizer, lr_schedule, ema, config, model, done, accelerator)
+                saved.append(path)
+                emit("checkpoint", step=done, path=str(path))
+            if config.validate_every and done % config.validate_every == 0:
+                grid = _validate(parts, unet, text_encoder, ema, config, model, done, accelerator, torch)
+                if grid:
+                    emit("validation", step=done, path=str(grid))
+
+    # 5. Output: the trained model (EMA weights with --ema), the loss log and its curve.
+    _save_output(parts, unet, text_encoder, ema, config, model, plan, accelerator)
+    if config.validation_prompts and not (config.validate_every and plan.steps % config.validate_every == 0):
+        grid = _validate(parts, unet, text_encoder, ema, config, model, plan.steps, accelerator, torch)
+        if grid:
+            emit("validation", step=plan.steps, path=str(grid))
+    log.close(plot=True)
+    emit("done", out=str(config.out), steps=plan.steps, loss=last_loss, skipped=list(plan.skipped), bad_steps=bad_total)
+    return TrainResult(config.out, plan.steps, last_loss, tuple(saved), plan.skipped, bad_total)
+
+
+@dataclass
+class _Parts:
+    """The loaded components; `trained` lists the modules the optimizer updates, UNet first."""
+
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    unet: Any
+    noise_scheduler: Any
+    trained: list[Any]
+    weight_dtype: Any
+
+
+def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any, torch: Any) -> _Parts:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    root, safe = model.path, not model.uses_pickle
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
+    tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", use_safetensors=safe or None)
+    vae = AutoencoderKL.from_pretrained(root / "vae", use_safetensors=safe or None)
+    unet = UNet2DConditionModel.from_pretrained(root / "unet", use_safetensors=safe or None)
+    scheduler_config = dict(read_json(root / "scheduler" / "scheduler_config.json"))
+    if config.prediction_type:
+        scheduler_config["prediction_type"] = config.prediction_type
+    noise_scheduler = DDPMScheduler.from_config(scheduler_config)
+
+    vae.requires_grad_(False)
+    text_encoder.requires_grad_(config.train_text_encoder)
+    unet.requires_grad_(not config.lora)
+    trained = [unet, text_encoder] if config.train_text_encoder else [unet]
+    if config.lora:
+        from peft import LoraConfig
+
+        unet.add_adapter(
+            LoraConfig(
+                r=config.lora_rank,
+                lora_alpha=config.lora_alpha or config.lora_rank,
+                init_lora_weights="gaussian",
+                target_modules=LORA_TARGETS,
+            )
+        )
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if config.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+    device = accelerator.device
+    vae.to(device, dtype=weight_dtype)
+    if not config.train_text_encoder:
+        text_encoder.to(device, dtype=weight_dtype)
+    for module in trained:
+        module.to(device, dtype=torch.float32)  # trainable weights stay fp32 under autocast
+        module.train()
+    return _Parts(tokenizer, text_encoder, vae, unet, noise_scheduler, trained, weight_dtype)
+
+
+def batch_indices(m: int, plan: TrainPlan, seed: int, rank: int) -> tuple[list[int], list[int]]:
+    """(dataset indices, global positions) of micro-batch `m` for process `rank`; epoch order is a
+    permutation seeded by (seed, epoch), so it is the same however and whenever it is computed."""
+    import torch
+
+    epoch, position = divmod(m, plan.micro_batches_per_epoch)
+    order = torch.randperm(plan.images, generator=torch.Generator().manual_seed(mix(seed, epoch))).tolist()
+    start = position * plan.batch_size * plan.num_processes + rank * plan.batch_size
+    positions = list(range(start, start + plan.batch_size))
+    return [order[p] for p in positions], positions
+
+
+def _micro_loss(m: int, plan: TrainPlan, dataset: Any, parts: _Parts, unet: Any, text_encoder: Any, cache: Any,
+                config: TrainConfig, accelerator: Any, torch: Any) -> Any:  # fmt: skip
+    """The noise-prediction loss of one micro-batch on this process."""
+    from sdlite.data import load_image, preprocess
+
+    indices, positions = batch_indices(m, plan, config.seed, accelerator.process_index)
+    epoch = m // plan.micro_batches_per_epoch
+    examples = [dataset.examples[i] for i in indices]
+    gens = [torch.Generator().manual_seed(mix(config.seed, m, p)) for p in positions]
+    drop = [config.caption_dropout > 0 and torch.rand((), generator=g).item() < config.caption_dropout for g in gens]
+    captions = ["" if d else e.caption for d, e in zip(drop, examples, strict=True)]
+    device = accelerator.device
+
+    if cache is not None:
+        mean, std = cache.latent_stats(examples)
+    else:
+        pixels = torch.stack(
+            [
+                preprocess(load_image(e.path), plan.resolution, config.crop, config.random_flip, mix(config.seed, epoch, i))
+                for e, i in zip(examples, indices, strict=True)
+            ]
+        )
+        with torch.no_grad():
+            dist = parts.vae.encode(pixels.to(device, dtype=parts.weight_dtype)).latent_dist
+        mean, std = dist.mean.float(), dist.std.float()
+    mean, std = mean.to(device), std.to(device)
+    sample_noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens]).to(device)
+    latents = (mean + std * sample_noise) * parts.vae.config.scaling_factor
+
+    if cache is not None and cache.has_text:
+        text = cache.text_embeddings(captions).to(device)
+    else:
+        ids = parts.tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids.to(device)
+        with torch.set_grad_enabled(config.train_text_encoder):
+            text = text_encoder(ids)[0]
+
+    noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in gens]).to(device)
+    if config.noise_offset:
+        offset = torch.stack([torch.randn(latents.shape[1], 1, 1, generator=g) for g in gens]).to(device)
+        noise = noise + config.noise_offset * offset
+    steps = parts.noise_scheduler.config.num_train_timesteps
+    timesteps = torch.stack([torch.randint(0, steps, (), generator=g) for g in gens]).to(device)
+    noisy = parts.noise_scheduler.add_noise(latents, noise, timesteps)
+    if parts.noise_scheduler.config.prediction_type == "v_prediction":
+        target = parts.noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    prediction = unet(noisy, timesteps, encoder_hidden_states=text.to(dtype=noisy.dtype)).sample
+    per_example = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_example * loss_weights(parts.noise_scheduler, timesteps, config.snr_gamma)).mean()
+
+
+def loss_weights(noise_scheduler: Any, timesteps: Any, snr_gamma: float | None) -> Any:
+    """Min-SNR-gamma weights (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v."""
+    import torch
+
+    if snr_gamma is None:
+        return torch.ones(timesteps.shape, device=timesteps.device)
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps)
+    clipped = torch.clamp(snr, max=snr_gamma)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped / snr
+
+
+def mix(*numbers: int) -> int:
+    """A 63-bit seed from integers: well spread, and the same on every machine and process."""
+    digest = hashlib.sha256(json.dumps(numbers).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+@contextlib.contextmanager
+def _no_sync(accelerator: Any, modules: list[Any], skip: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce on micro-batches that do not end an accumulation."""
+    with contextlib.ExitStack() as stack:
+        if skip:
+            for module in modules:
+                stack.enter_context(accelerator.no_sync(module))
+        yield
+
+
+def _unwrapped(accelerator: Any, module: Any) -> Any:
+    return accelerator.unwrap_model(module)
+
+
+def _assemble(parts: _Parts, unet: Any, text_encoder: Any, config: TrainConfig, model: ResolvedModel,
+              folder: Path, accelerator: Any) -> None:  # fmt: skip
+    """Write a usable model into `folder`: frozen components linked from the base, trained ones saved."""
+    if config.lora:
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(_unwrapped(accelerator, unet)))
+        StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
+        return
+    for name in ("tokenizer", "vae", "model_index.json", *(() if config.train_text_encoder else ("text_encoder",))):
+        source = model.path / name
+        if source.is_dir():
+            checkpoints.link_or_copy_tree(source, folder / name)
+        else:
+            shutil.copy2(source, folder / name)
+    (folder / "scheduler").mkdir()
+    scheduler_config = dict(read_json(model.path / "scheduler" / "scheduler_config.json"))
+    scheduler_config["prediction_type"] = parts.noise_scheduler.config.prediction_type
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2))
+    _unwrapped(accelerator, unet).save_pretrained(folder / "unet", safe_serialization=True)
+    if config.train_text_encoder:
+        _unwrapped(accelerator, text_encoder).save_pretrained(folder / "text_encoder", safe_serialization=True)
+
+
+def _save_checkpoint(parts: _Parts, unet: Any, text_encoder: Any, optimizer: Any, lr_schedule: Any, ema: Any,
+                     config: TrainConfig, model: ResolvedModel, step: int, accelerator: Any) -> Path:  # fmt: skip
+    """Write checkpoint `step` atomically (main process only), then drop the oldest beyond --keep-checkpoints."""
+    final = checkpoints.checkpoint_dir(config.out, step)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            _assemble(parts, unet, text_encoder, config, model, staging, accelerator)
+            state = staging / "training"
+            state.mkdir()
+            if config.lora:
+                from peft.utils import get_peft_model_state_dict
+                from safetensors.torch import save_file
+
+                adapter = get_peft_model_state_dict(_unwrapped(accelerator, unet))
+                save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, state / "adapter.safetensors")
+            checkpoints.save_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, state)
+            (state / "lr_schedule.json").write_text(json.dumps(lr_schedule.state_dict()))
+            if ema is not None:
+                checkpoints.save_ema(ema, state)
+            checkpoints.write_manifest(staging, step, config.fingerprint())
+            checkpoints.commit(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        checkpoints.prune(config.out, config.keep_checkpoints)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _load_trained_weights(parts: _Parts, folder: Path, config: TrainConfig, torch: Any) -> None:
+    from safetensors.torch import load_file
+
+    if config.lora:
+        from peft.utils import set_peft_model_state_dict
+
+        set_peft_model_state_dict(parts.unet, load_file(folder / "training" / "adapter.safetensors"))
+        return
+    parts.unet.load_state_dict(_load_folder_weights(folder / "unet", load_file))
+    if config.train_text_encoder:
+        parts.text_encoder.load_state_dict(_load_folder_weights(folder / "text_encoder", load_file))
+
+
+def _load_folder_weights(folder: Path, load_file: Any) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(file))
+    return state
+
+
+def _save_output(parts: _Parts, unet: Any, text_encoder: Any, ema: Any, config: TrainConfig, model: ResolvedModel,
+                 plan: TrainPlan, accelerator: Any) -> None:  # fmt: skip
+    """OUT becomes the trained model (EMA weights with --ema) plus the resolved config and plan."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".final.", dir=out))
+        try:
+            with _ema_weights(ema, _unwrapped(accelerator, unet)):
+                _assemble(parts, unet, text_encoder, config, model, staging, accelerator)
+            for item in staging.iterdir():
+                target = out / item.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                item.replace(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        record = {"config": config.fingerprint() | {"max_steps": config.max_steps, "epochs": config.epochs},
+                  "plan": plan.to_dict()}  # fmt: skip
+        (out / "sdlite-train.json").write_text(json.dumps(record, indent=2, default=str))
+    accelerator.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def _ema_weights(ema: Any, unet: Any) -> Iterator[None]:
+    """Temporarily put the EMA weights into the UNet (for saving or validation), then restore."""
+    if ema is None:
+        yield
+        return
+    ema.store(unet.parameters())
+    ema.copy_to(unet.parameters())
+    try:
+        yield
+    finally:
+        ema.restore(unet.parameters())
+
+
+def _validate(parts: _Parts, unet: Any, text_encoder: Any, ema: Any, config: TrainConfig, model: ResolvedModel,
+              step: int, accelerator: Any, torch: Any) -> Path | None:  # fmt: skip
+    """Sample the validation prompts with fixed seeds and save a labelled grid under OUT/validation."""
+    if not accelerator.is_main_process:
+        return None
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from sdlite.grid import contact_sheet
+
+    raw_unet = _unwrapped(accelerator, unet)
+    scheduler = DDIMScheduler.from_config(read_json(model.path / "scheduler" / "scheduler_config.json"),
+                                          prediction_type=parts.noise_scheduler.config.prediction_type)  # fmt: skip
+    pipe = StableDiffusionPipeline(
+        vae=parts.vae, text_encoder=_unwrapped(accelerator, text_encoder), tokenizer=parts.tokenizer, unet=raw_unet,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    raw_unet.eval()
+    with _ema_weights(ema, raw_unet), torch.no_grad(), accelerator.autocast():
+        for i, prompt in enumerate(config.validation_prompts):
+            generator = torch.Generator("cpu").manual_seed(config.seed + i)
+            image = pipe(prompt, num_inference_steps=VALIDATION_STEPS, generator=generator).images[0]
+            images.append((image, f"{prompt} | seed {config.seed + i}"))
+    raw_unet.train()
+    folder = Path(config.out) / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step-{step:06d}.png"
+    contact_sheet(images).save(path)
+    return path
+
+
+class _Emitter:
+    """Sends events to the caller's callback, from the main process only."""
+
+    def __init__(self, on_event: EventFn | None, main: bool) -> None:
+        self.on_event, self.main = on_event, main
+
+    def __call__(self, kind: str, **data: Any) -> None:
+        if self.on_event is not None and self.main:
+            self.on_event({"event": kind, **data})
+
+
+class _LossLog:
+    """OUT/loss.csv (step, loss, lr), continued on resume; OUT/loss.png drawn at the end."""
+
+    def __init__(self, out: Path, start_step: int, main: bool) -> None:
+        self.path, self.main = Path(out) / "loss.csv", main
+        if not main:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = ["step,loss,lr"]
+        if start_step and self.path.exists():
+            kept += [row for row in self.path.read_text().splitlines()[1:] if int(row.split(",")[0]) <= start_step]
+        self.path.write_text("\n".join(kept) + "\n")
+
+    def add(self, step: int, loss: float, lr: float) -> None:
+        if self.main:
+            with self.path.open("a") as f:
+                f.write(f"{step},{loss:.6g},{lr:.6g}\n")
+
+    def close(self, plot: bool) -> None:
+        if self.main and plot:
+            from sdlite.plot import loss_curve
+
+            loss_curve(self.path, self.path.with_suffix(".png"))
+
+
+class _StopFlag:
+    """Ctrl-C sets a flag; the loop saves a checkpoint at the next step boundary and stops."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[None]:
+        try:
+            previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: Ctrl-C keeps its default meaning
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
