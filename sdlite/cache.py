@@ -54,7 +54,9 @@ class EncodingCache:
             for caption in sorted({e.caption for e in examples} | {""}):  # "" serves caption dropout
                 path = self._text_path(caption)
                 if not path.exists() and compute:
-                    ids = self.parts.tokenizer(caption, padding="max_length", truncation=True, return_tensors="pt").input_ids
+                    ids = self.parts.tokenizer(
+                        caption, padding="max_length", truncation=True, return_tensors="pt"
+                    ).input_ids
                     with torch.no_grad():
                         embedding = self.parts.text_encoder(ids.to(self.parts.text_encoder.device))[0][0]
                     _save(path, {"embedding": embedding.float()})

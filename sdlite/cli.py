@@ -188,13 +188,37 @@ def sample(
 
 @app.command()
 def train(
-    model: Annotated[str | None, typer.Option(help="Base model: diffusers folder or hub id. Default: $SDLITE_MODEL.", show_default=False)] = None,
-    data: Annotated[Path | None, typer.Option(help="Captioned images: metadata.jsonl, metadata.csv or .txt sidecars.", show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder: the trained model, checkpoints/, validation/, loss.csv, loss.png.", show_default=False)] = None,
-    config_file: Annotated[Path | None, typer.Option("--config", help="TOML file with any of these options; the command line wins.")] = None,
-    resolution: Annotated[int | None, typer.Option(help="Training size (square). [default: the model's native size]")] = None,
-    center_crop: Annotated[bool | None, typer.Option("--center-crop/--random-crop", help="Crop to a square at the center or at random. [default: center]", show_default=False)] = None,
-    random_flip: Annotated[bool | None, typer.Option("--random-flip", help="Flip images horizontally at random.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Base model: diffusers folder or hub id. Default: $SDLITE_MODEL.", show_default=False),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Captioned images: metadata.jsonl, metadata.csv or .txt sidecars.", show_default=False),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output folder: the trained model, checkpoints/, validation/, loss.csv, loss.png.", show_default=False
+        ),
+    ] = None,
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="TOML file with any of these options; the command line wins.")
+    ] = None,
+    resolution: Annotated[
+        int | None, typer.Option(help="Training size (square). [default: the model's native size]")
+    ] = None,
+    center_crop: Annotated[
+        bool | None,
+        typer.Option(
+            "--center-crop/--random-crop",
+            help="Crop to a square at the center or at random. [default: center]",
+            show_default=False,
+        ),
+    ] = None,
+    random_flip: Annotated[
+        bool | None, typer.Option("--random-flip", help="Flip images horizontally at random.")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per process per micro-batch. [default: 1]")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step. [default: 1]")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (AdamW). [default: 1e-5]")] = None,
@@ -202,31 +226,71 @@ def train(
     warmup_steps: Annotated[int | None, typer.Option(help="LR warm-up steps. [default: 0]")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps to train (or --epochs).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Passes over the data (or --max-steps).")] = None,
-    mixed_precision: Annotated[str | None, typer.Option(help="no, fp16 or bf16 (trainable weights stay fp32). [default: no]")] = None,
+    mixed_precision: Annotated[
+        str | None, typer.Option(help="no, fp16 or bf16 (trainable weights stay fp32). [default: no]")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seeds data order, augmentation and noise. [default: 0]")] = None,
-    gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")] = None,
-    ema: Annotated[bool | None, typer.Option("--ema", help="Keep an EMA of the UNet; OUT gets the EMA weights.")] = None,
+    gradient_checkpointing: Annotated[
+        bool | None, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")
+    ] = None,
+    ema: Annotated[
+        bool | None, typer.Option("--ema", help="Keep an EMA of the UNet; OUT gets the EMA weights.")
+    ] = None,
     ema_decay: Annotated[float | None, typer.Option(help="EMA decay. [default: 0.9999]")] = None,
-    snr_gamma: Annotated[float | None, typer.Option(help="Min-SNR-gamma loss weighting (5 is typical). [default: off]")] = None,
+    snr_gamma: Annotated[
+        float | None, typer.Option(help="Min-SNR-gamma loss weighting (5 is typical). [default: off]")
+    ] = None,
     noise_offset: Annotated[float | None, typer.Option(help="Noise offset (0.05-0.1 typical). [default: 0]")] = None,
     prediction_type: Annotated[str | None, typer.Option(help="epsilon or v_prediction. [default: the model's]")] = None,
-    caption_dropout: Annotated[float | None, typer.Option(help="Probability of training on an empty caption (for guidance). [default: 0]")] = None,
-    train_text_encoder: Annotated[bool | None, typer.Option("--train-text-encoder", help="Train the text encoder too.")] = None,
-    lora: Annotated[bool | None, typer.Option("--lora", help="Train a LoRA adapter on the UNet; OUT holds only the adapter.")] = None,
+    caption_dropout: Annotated[
+        float | None, typer.Option(help="Probability of training on an empty caption (for guidance). [default: 0]")
+    ] = None,
+    train_text_encoder: Annotated[
+        bool | None, typer.Option("--train-text-encoder", help="Train the text encoder too.")
+    ] = None,
+    lora: Annotated[
+        bool | None, typer.Option("--lora", help="Train a LoRA adapter on the UNet; OUT holds only the adapter.")
+    ] = None,
     lora_rank: Annotated[int | None, typer.Option(help="LoRA rank. [default: 4]")] = None,
     lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha. [default: the rank]")] = None,
-    cache: Annotated[bool | None, typer.Option("--cache", help="Precompute VAE latents and text embeddings once, on disk (fixed augmentation only).")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option(help="Save a resumable, usable checkpoint every N steps.")] = None,
-    keep_checkpoints: Annotated[int | None, typer.Option(help="Keep only the newest K checkpoints. [default: all]")] = None,
+    cache: Annotated[
+        bool | None,
+        typer.Option(
+            "--cache", help="Precompute VAE latents and text embeddings once, on disk (fixed augmentation only)."
+        ),
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="Save a resumable, usable checkpoint every N steps.")
+    ] = None,
+    keep_checkpoints: Annotated[
+        int | None, typer.Option(help="Keep only the newest K checkpoints. [default: all]")
+    ] = None,
     resume: Annotated[str | None, typer.Option(help="latest, or a checkpoint folder sdlite wrote.")] = None,
-    validation_prompt: Annotated[list[str] | None, typer.Option(help="Prompt sampled for validation grids (repeatable).")] = None,
-    validate_every: Annotated[int | None, typer.Option(help="Save a validation grid every N steps (and at the end).")] = None,
-    caption_column: Annotated[str | None, typer.Option(help="Caption column in metadata.jsonl/csv. [default: text]")] = None,
-    skip_bad_images: Annotated[bool | None, typer.Option("--skip-bad-images", help="Skip unreadable images (listed at the end) instead of stopping.")] = None,
-    allow_missing_captions: Annotated[bool | None, typer.Option("--allow-missing-captions", help="Train images without a caption on an empty one.")] = None,
-    num_processes: Annotated[int | None, typer.Option(help="Launch N processes through accelerate (multi-GPU, or CPU for tests).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check data and settings, print the plan as JSON, train nothing.")] = False,
-    json_events: Annotated[bool, typer.Option("--json-events", help="JSON lines on stdout: plan, step, checkpoint, warning, done.")] = False,
+    validation_prompt: Annotated[
+        list[str] | None, typer.Option(help="Prompt sampled for validation grids (repeatable).")
+    ] = None,
+    validate_every: Annotated[
+        int | None, typer.Option(help="Save a validation grid every N steps (and at the end).")
+    ] = None,
+    caption_column: Annotated[
+        str | None, typer.Option(help="Caption column in metadata.jsonl/csv. [default: text]")
+    ] = None,
+    skip_bad_images: Annotated[
+        bool | None,
+        typer.Option("--skip-bad-images", help="Skip unreadable images (listed at the end) instead of stopping."),
+    ] = None,
+    allow_missing_captions: Annotated[
+        bool | None, typer.Option("--allow-missing-captions", help="Train images without a caption on an empty one.")
+    ] = None,
+    num_processes: Annotated[
+        int | None, typer.Option(help="Launch N processes through accelerate (multi-GPU, or CPU for tests).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check data and settings, print the plan as JSON, train nothing.")
+    ] = False,
+    json_events: Annotated[
+        bool, typer.Option("--json-events", help="JSON lines on stdout: plan, step, checkpoint, warning, done.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     offline: Offline = False,
     allow_pickle: AllowPickle = False,
@@ -392,7 +456,9 @@ def _train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
             bar.update(event["step"], event["steps"])
             bar.bar.set_postfix(loss=f"{event['loss']:.4f}", img_s=f"{event['images_per_s']:.1f}", refresh=False)
         elif event["event"] in ("checkpoint", "validation", "resume"):
-            typer.echo(f"{event['event']}: {event.get('path') or event.get('checkpoint')} (step {event['step']})", err=True)
+            typer.echo(
+                f"{event['event']}: {event.get('path') or event.get('checkpoint')} (step {event['step']})", err=True
+            )
 
     try:
         yield report

@@ -161,7 +161,10 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         model = model or recorded.get("model")
         expected_hash = recorded.get("model_hash")
         if recorded.get("lora") and not lora:
-            lora, lora_scale = recorded["lora"]["source"], lora_scale if lora_scale is not None else recorded["lora"]["scale"]
+            lora, lora_scale = (
+                recorded["lora"]["source"],
+                lora_scale if lora_scale is not None else recorded["lora"]["scale"],
+            )
         batch = recorded.get("batch_seeds") or [base.get("seed")]
         remake_batch = not ({"seed", "num_images"} & set(cli) or opts.prompts or opts.prompts_file or batch_size)
         if remake_batch and len(batch) > 1:
@@ -357,7 +360,11 @@ class TrainConfig:
         _check_choice("--mixed-precision", self.mixed_precision, PRECISIONS)
         if self.prediction_type is not None:
             _check_choice("--prediction-type", self.prediction_type, PREDICTION_TYPES)
-        for option, value in (("--batch-size", self.batch_size), ("--grad-accum", self.grad_accum), ("--lora-rank", self.lora_rank)):
+        for option, value in (
+            ("--batch-size", self.batch_size),
+            ("--grad-accum", self.grad_accum),
+            ("--lora-rank", self.lora_rank),
+        ):
             if value < 1:
                 raise UsageError(f"{option} must be at least 1, got {value}")
         for option, value in (
@@ -406,7 +413,9 @@ class TrainConfig:
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
-def build_train_config(cli: dict[str, Any], config_file: Path | None = None, env: dict[str, str] | None = None) -> TrainConfig:
+def build_train_config(
+    cli: dict[str, Any], config_file: Path | None = None, env: dict[str, str] | None = None
+) -> TrainConfig:
     """Merge a TOML file (any option, dashes or underscores) under the command line's explicit options.
 
     `cli` holds the command-line values, None where an option was not given.

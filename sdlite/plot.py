@@ -29,7 +29,10 @@ def loss_curve(csv_path: Path, png_path: Path) -> Path:
 
         draw.line([xy(s, v) for s, v in points], fill=(150, 170, 220), width=1)
         window = max(1, len(points) // 20)
-        smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1]) for i in range(len(losses))]
+        smooth = [
+            sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+            for i in range(len(losses))
+        ]
         draw.line([xy(s, v) for s, v in zip(steps, smooth, strict=True)], fill=(20, 60, 180), width=2)
         draw.text((4, top), f"{l1:.4g}", fill="black")
         draw.text((4, bottom - 10), f"{l0:.4g}", fill="black")

@@ -139,7 +139,9 @@ def load_lora(pipe: Any, source: str, scale: float) -> dict[str, Any]:
     path = Path(source).expanduser()
     file = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
     if not file.is_file():
-        raise ModelError(f"LoRA {source}: no such file (expected a folder with pytorch_lora_weights.safetensors, or the file)")
+        raise ModelError(
+            f"LoRA {source}: no such file (expected a folder with pytorch_lora_weights.safetensors, or the file)"
+        )
     if file_format(file) != "safetensors":
         raise ModelError(f"LoRA {file} is a pickle; sdlite loads LoRA adapters only as safetensors")
     try:

@@ -129,7 +129,9 @@ def train(config: TrainConfig, on_event: EventFn | None = None, loss_hook: LossH
         accelerator.end_training()  # tear the process group down cleanly (else gloo aborts at exit)
 
 
-def _train(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: LossHook | None, torch: Any) -> TrainResult:
+def _train(
+    config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: LossHook | None, torch: Any
+) -> TrainResult:
     # 1. Plan: model and data checked before any weights load.
     plan, dataset, model = make_plan(config, accelerator.num_processes)
     emit("plan", **plan.to_dict())
@@ -142,7 +144,9 @@ def _train(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: Los
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-2)
     from diffusers.optimization import get_scheduler
 
-    lr_schedule = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=plan.steps)
+    lr_schedule = get_scheduler(
+        config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=plan.steps
+    )
     ema = None
     if config.ema:
         from diffusers.training_utils import EMAModel
@@ -184,7 +188,9 @@ def _train(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: Los
     with stop.armed():
         for step in range(start_step, plan.steps):
             if accelerator.reduce(torch.tensor(float(stop.requested)), "sum").item() > 0:
-                path = _save_checkpoint(parts, unet, text_encoder, optimizer, lr_schedule, ema, config, model, step, accelerator)
+                path = _save_checkpoint(
+                    parts, unet, text_encoder, optimizer, lr_schedule, ema, config, model, step, accelerator
+                )
                 emit("checkpoint", step=step, path=str(path), reason="interrupted")
                 raise Interrupted(f"interrupted at step {step}; resume with --resume latest (checkpoint {path})")
             losses = []
@@ -222,7 +228,9 @@ def _train(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: Los
             log.add(done, float(step_loss), lr)
             emit("step", step=done, steps=plan.steps, loss=float(step_loss), lr=lr, images_per_s=rate)
             if config.checkpoint_every and done % config.checkpoint_every == 0 and done < plan.steps:
-                path = _save_checkpoint(parts, unet, text_encoder, optimizer, lr_schedule, ema, config, model, done, accelerator)
+                path = _save_checkpoint(
+                    parts, unet, text_encoder, optimizer, lr_schedule, ema, config, model, done, accelerator
+                )
                 saved.append(path)
                 emit("checkpoint", step=done, path=str(path))
             if config.validate_every and done % config.validate_every == 0:
@@ -261,9 +269,11 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
     root, safe = model.path, not model.uses_pickle
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
     tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", use_safetensors=safe or None)
-    vae = AutoencoderKL.from_pretrained(root / "vae", use_safetensors=safe or None)
-    unet = UNet2DConditionModel.from_pretrained(root / "unet", use_safetensors=safe or None)
+    # Frozen components load in the compute precision; trained ones in fp32 (kept so under autocast).
+    text_dtype = torch.float32 if config.train_text_encoder else weight_dtype
+    text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", use_safetensors=safe or None, dtype=text_dtype)
+    vae = AutoencoderKL.from_pretrained(root / "vae", use_safetensors=safe or None, dtype=weight_dtype)
+    unet = UNet2DConditionModel.from_pretrained(root / "unet", use_safetensors=safe or None, dtype=torch.float32)
     scheduler_config = dict(read_json(root / "scheduler" / "scheduler_config.json"))
     if config.prediction_type:
         scheduler_config["prediction_type"] = config.prediction_type
@@ -288,12 +298,9 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
         unet.enable_gradient_checkpointing()
         if config.train_text_encoder:
             text_encoder.gradient_checkpointing_enable()
-    device = accelerator.device
-    vae.to(device, dtype=weight_dtype)
-    if not config.train_text_encoder:
-        text_encoder.to(device, dtype=weight_dtype)
+    for module in (vae, text_encoder, unet):
+        module.to(accelerator.device)
     for module in trained:
-        module.to(device, dtype=torch.float32)  # trainable weights stay fp32 under autocast
         module.train()
     return _Parts(tokenizer, text_encoder, vae, unet, noise_scheduler, trained, weight_dtype)
 
@@ -328,7 +335,9 @@ def _micro_loss(m: int, plan: TrainPlan, dataset: Any, parts: _Parts, unet: Any,
     else:
         pixels = torch.stack(
             [
-                preprocess(load_image(e.path), plan.resolution, config.crop, config.random_flip, mix(config.seed, epoch, i))
+                preprocess(
+                    load_image(e.path), plan.resolution, config.crop, config.random_flip, mix(config.seed, epoch, i)
+                )
                 for e, i in zip(examples, indices, strict=True)
             ]
         )
