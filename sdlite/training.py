@@ -127,6 +127,9 @@ def train(config: TrainConfig, on_event: EventFn | None = None, loss_hook: LossH
         return _train(config, accelerator, emit, loss_hook, torch)
     finally:
         accelerator.end_training()  # tear the process group down cleanly (else gloo aborts at exit)
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()  # let a later train() in this process choose its own precision
 
 
 def _train(
@@ -221,13 +224,15 @@ def _train(
                         "Lower --lr, or use --mixed-precision bf16/no; earlier checkpoints are intact"
                     )
             optimizer.zero_grad(set_to_none=True)
+            lr = lr_schedule.get_last_lr()[0]  # the rate this step used
             lr_schedule.step()
             done = step + 1
             rate = images / max(time.perf_counter() - started, 1e-9)
-            lr = lr_schedule.get_last_lr()[0]
             log.add(done, float(step_loss), lr)
             emit("step", step=done, steps=plan.steps, loss=float(step_loss), lr=lr, images_per_s=rate)
-            if config.checkpoint_every and done % config.checkpoint_every == 0 and done < plan.steps:
+            # A checkpoint right after a non-finite loss could hold damaged state: keep the last good one.
+            due = config.checkpoint_every and done % config.checkpoint_every == 0 and done < plan.steps
+            if due and bad_in_row == 0:
                 path = _save_checkpoint(
                     parts, unet, text_encoder, optimizer, lr_schedule, ema, config, model, done, accelerator
                 )

@@ -1,0 +1,342 @@
+"""`train`: the loss falls, every option does what it says, resume is exact, faults are handled."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load_file
+
+from sdlite.config import TrainConfig
+from sdlite.errors import DataError, Interrupted, ModelError, NumericalError, UsageError
+from sdlite.testing import make_shapes_dataset
+from sdlite.training import train
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n=8)
+
+
+def run(tiny_model: Path, data: Path, out: Path, hook: Any = None, **settings: Any) -> tuple[Any, list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+    options = {"max_steps": 4, "batch_size": 2, "lr": 1e-3, **settings}
+    result = train(
+        TrainConfig(model=str(tiny_model), data=data, out=out, **options), on_event=events.append, loss_hook=hook
+    )
+    return result, events
+
+
+def losses(events: list[dict[str, Any]]) -> list[float]:
+    return [e["loss"] for e in events if e["event"] == "step"]
+
+
+def unet_weights(folder: Path) -> dict[str, Any]:
+    return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def max_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def test_loss_falls_and_output_is_a_usable_model(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    result, events = run(tiny_model, shapes, tmp_path / "out", max_steps=40, batch_size=4)
+    curve = losses(events)
+    assert len(curve) == 40
+    assert sum(curve[-10:]) / 10 < 0.7 * sum(curve[:10]) / 10
+    out = result.out
+    rows = (out / "loss.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,lr" and len(rows) == 41 and rows[-1].startswith("40,")
+    from PIL import Image
+
+    with Image.open(out / "loss.png") as curve_png:
+        assert curve_png.size == (640, 360) and len(set(curve_png.getdata())) > 2
+    record = json.loads((out / "sdlite-train.json").read_text())
+    assert record["plan"]["steps"] == 40 and record["config"]["lr"] == 1e-3
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    assert max_diff(unet_weights(out), unet_weights(tiny_model)) > 0
+    assert pipe.unet.config.sample_size == 8
+    from sdlite.config import Generation, SampleConfig
+    from sdlite.sampling import sample
+
+    images = sample(
+        SampleConfig(model=str(out), generations=(Generation("a red circle", seed=0, steps=2),), out=tmp_path / "s")
+    )
+    assert images.images[0].path.is_file()
+
+
+def test_plan_and_events(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    _, events = run(tiny_model, shapes, tmp_path / "o", max_steps=3, grad_accum=2)
+    plan = events[0]
+    assert plan["event"] == "plan"
+    assert (plan["images"], plan["effective_batch"], plan["micro_batches_per_epoch"], plan["steps"]) == (8, 4, 4, 3)
+    assert plan["epochs"] == pytest.approx(1.5)
+    steps = [e for e in events if e["event"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3]
+    assert all(e["images_per_s"] > 0 and math.isfinite(e["loss"]) for e in steps)
+    assert events[-1]["event"] == "done"
+
+
+def test_epochs_set_the_step_count(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    result, _ = run(tiny_model, shapes, tmp_path / "o", max_steps=None, epochs=2, batch_size=4)
+    assert result.steps == 4  # 8 images / batch 4 = 2 steps per epoch
+
+
+def test_exact_resume_after_ctrl_c(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    settings = {"max_steps": 8, "grad_accum": 2, "lr_scheduler": "cosine", "warmup_steps": 2, "ema": True,
+                "ema_decay": 0.9, "caption_dropout": 0.3, "snr_gamma": 5.0, "noise_offset": 0.05, "random_flip": True}  # fmt: skip
+    run(tiny_model, shapes, tmp_path / "a", **settings)
+
+    def ctrl_c_at_step_3(step: int, loss: Any) -> Any:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    with pytest.raises(Interrupted, match="interrupted at step 4"):
+        run(tiny_model, shapes, tmp_path / "b", hook=ctrl_c_at_step_3, **settings)
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["step-000004"]
+    _, events = run(tiny_model, shapes, tmp_path / "b", resume="latest", **settings)
+    assert [e["step"] for e in events if e["event"] == "step"] == [5, 6, 7, 8]
+    assert max_diff(unet_weights(tmp_path / "a"), unet_weights(tmp_path / "b")) == 0.0
+    assert (tmp_path / "a" / "loss.csv").read_text() == (tmp_path / "b" / "loss.csv").read_text()
+
+
+def test_checkpoints_are_usable_kept_and_verified(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    run(tiny_model, shapes, out, max_steps=7, checkpoint_every=2, keep_checkpoints=2)
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["step-000004", "step-000006"]
+    from sdlite.models import resolve_model
+
+    assert resolve_model(str(out / "checkpoints" / "step-000006")).weight_files  # a complete model folder
+    # Settings that change the weights must match; a tampered or foreign folder is refused.
+    with pytest.raises(UsageError, match=r"different settings.*lr"):
+        run(tiny_model, shapes, out, max_steps=8, lr=5e-4, resume="latest")
+    tampered = out / "checkpoints" / "step-000006" / "training" / "lr_schedule.json"
+    tampered.write_text(tampered.read_text().replace("1", "2"))
+    with pytest.raises(ModelError, match="modified after sdlite wrote it"):
+        run(tiny_model, shapes, out, max_steps=8, resume="latest")
+    foreign = tmp_path / "foreign"
+    shutil.copytree(tiny_model, foreign)
+    with pytest.raises(ModelError, match="sdlite only resumes from checkpoints it wrote"):
+        run(tiny_model, shapes, out, max_steps=8, resume=str(foreign))
+
+
+def test_lora_trains_only_the_adapter(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    result, _ = run(tiny_model, shapes, tmp_path / "lora", lora=True, lora_rank=4, max_steps=6, lr=1e-2)
+    out = result.out
+    assert (out / "pytorch_lora_weights.safetensors").is_file() and not (out / "unet").exists()
+    adapter = load_file(out / "pytorch_lora_weights.safetensors")
+    assert adapter and all("lora" in k for k in adapter)
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    def image(lora_scale: float | None) -> Any:
+        pipe = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        kwargs: dict[str, Any] = {}
+        if lora_scale is not None:
+            pipe.load_lora_weights(out)
+            kwargs["cross_attention_kwargs"] = {"scale": lora_scale}
+        gen = torch.Generator().manual_seed(0)
+        return pipe("a red circle", num_inference_steps=2, generator=gen, output_type="np", **kwargs).images[0]
+
+    plain, with_lora = image(None), image(0.7)
+    assert not np.allclose(plain, with_lora)
+    from PIL import Image
+
+    from sdlite.config import Generation, SampleConfig
+    from sdlite.sampling import sample
+
+    config = SampleConfig(model=str(tiny_model), generations=(Generation("a red circle", seed=0, steps=2),), out=tmp_path / "s",
+                          lora=str(out), lora_scale=0.7)  # fmt: skip
+    ours = np.asarray(Image.open(sample(config).images[0].path))
+    np.testing.assert_array_equal(ours, (with_lora * 255).round().astype(np.uint8))
+
+
+def test_lora_model_has_only_adapter_parameters_trainable(tiny_model: Path, shapes: Path) -> None:
+    from accelerate import Accelerator
+
+    import sdlite.training as training
+    from sdlite.models import resolve_model
+
+    config = TrainConfig(model=str(tiny_model), data=shapes, out=Path("unused"), max_steps=1, lora=True)
+    parts = training._load_components(
+        resolve_model(str(tiny_model)), config, Accelerator(cpu=True), __import__("torch")
+    )
+    trainable = [n for n, p in parts.unet.named_parameters() if p.requires_grad]
+    assert trainable and all("lora" in n for n in trainable)
+    assert not any(p.requires_grad for p in parts.text_encoder.parameters())
+    assert not any(p.requires_grad for p in parts.vae.parameters())
+
+
+def test_ema_output_differs_from_raw(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    run(tiny_model, shapes, tmp_path / "raw", max_steps=5)
+    run(tiny_model, shapes, tmp_path / "ema", max_steps=5, ema=True, ema_decay=0.5, checkpoint_every=4)
+    raw, ema = unet_weights(tmp_path / "raw"), unet_weights(tmp_path / "ema")
+    assert max_diff(raw, ema) > 0
+    # The EMA sits between the base weights and the raw weights it averages.
+    base = unet_weights(tiny_model)
+    key = next(k for k in raw if raw[k].numel() > 100 and max_diff({k: raw[k]}, {k: base[k]}) > 0)
+    assert (ema[key] - base[key]).abs().sum() < (raw[key] - base[key]).abs().sum()
+
+
+def test_snr_gamma_changes_the_weighting(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    import torch
+    from diffusers import DDPMScheduler
+
+    from sdlite.training import loss_weights
+
+    scheduler = DDPMScheduler.from_pretrained(tiny_model / "scheduler")
+    t = torch.tensor([1, 500, 999])
+    w = loss_weights(scheduler, t, 5.0)
+    assert w[0] < 0.01 and w[1] == 1 and w[2] == 1  # low noise (high SNR) is down-weighted to gamma/SNR
+    assert torch.equal(loss_weights(scheduler, t, None), torch.ones(3))
+    _, plain = run(tiny_model, shapes, tmp_path / "a", max_steps=1)
+    _, snr = run(tiny_model, shapes, tmp_path / "b", max_steps=1, snr_gamma=0.001)  # below every SNR: all down-weighted
+    assert losses(snr)[0] < losses(plain)[0]
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"noise_offset": 0.1},
+        {"prediction_type": "v_prediction"},
+        {"caption_dropout": 0.9},
+        {"crop": "random"},
+        {"random_flip": True},
+    ],
+)
+def test_option_changes_first_loss(tiny_model: Path, shapes: Path, tmp_path: Path, option: dict[str, Any]) -> None:
+    from PIL import Image
+
+    wide = Path(shutil.copytree(shapes, tmp_path / "wide"))  # 96x64: room for a random crop
+    for png in wide.glob("*.png"):
+        Image.open(png).resize((96, 64)).save(png)
+    _, a = run(tiny_model, wide, tmp_path / "a", max_steps=1)
+    _, b = run(tiny_model, wide, tmp_path / "b", max_steps=1, **option)
+    assert losses(a)[0] != losses(b)[0]
+
+
+def test_v_prediction_is_saved_in_the_scheduler(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    result, _ = run(tiny_model, shapes, tmp_path / "v", max_steps=1, prediction_type="v_prediction")
+    assert (
+        json.loads((result.out / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
+        == "v_prediction"
+    )
+
+
+def test_cache_same_first_loss_and_reuse(
+    tiny_model: Path, shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SDLITE_CACHE_DIR", str(tmp_path / "cache"))
+    _, plain = run(tiny_model, shapes, tmp_path / "plain", max_steps=2)
+    _, first = run(tiny_model, shapes, tmp_path / "c1", max_steps=2, cache=True)
+    _, second = run(tiny_model, shapes, tmp_path / "c2", max_steps=2, cache=True)
+    assert losses(first)[0] == pytest.approx(losses(plain)[0], rel=1e-5)
+    counts1 = next(e for e in first if e["event"] == "cache")
+    counts2 = next(e for e in second if e["event"] == "cache")
+    assert counts1["latents_computed"] == 8 and counts2["latents_reused"] == 8 and counts2["latents_computed"] == 0
+    _, other = run(tiny_model, shapes, tmp_path / "c3", max_steps=1, cache=True, resolution=32)
+    assert next(e for e in other if e["event"] == "cache")["latents_computed"] == 8  # new settings, new entries
+    with pytest.raises(UsageError, match="--cache needs a fixed augmentation"):
+        TrainConfig(model="m", data=shapes, out=tmp_path, max_steps=1, cache=True, random_flip=True)
+
+
+def test_train_text_encoder(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    result, _ = run(tiny_model, shapes, tmp_path / "te", max_steps=3, train_text_encoder=True)
+    base = load_file(tiny_model / "text_encoder" / "model.safetensors")
+    trained = load_file(result.out / "text_encoder" / "model.safetensors")
+    assert max_diff(base, trained) > 0
+    frozen, _ = run(tiny_model, shapes, tmp_path / "frozen", max_steps=1)
+    assert max_diff(base, load_file(frozen.out / "text_encoder" / "model.safetensors")) == 0
+
+
+def test_gradient_checkpointing_and_bf16(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    _, plain = run(tiny_model, shapes, tmp_path / "a", max_steps=2)
+    _, ckpt = run(tiny_model, shapes, tmp_path / "b", max_steps=2, gradient_checkpointing=True)
+    assert losses(ckpt) == pytest.approx(losses(plain), rel=1e-5)
+    result, bf16 = run(tiny_model, shapes, tmp_path / "c", max_steps=2, mixed_precision="bf16")
+    assert all(math.isfinite(v) for v in losses(bf16)) and losses(bf16)[0] != losses(plain)[0]
+    assert {str(v.dtype) for v in unet_weights(result.out).values()} == {"torch.float32"}
+
+
+def test_lr_warmup_is_logged(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    _, events = run(tiny_model, shapes, tmp_path / "o", max_steps=4, lr=1e-3, lr_scheduler="linear", warmup_steps=2)
+    lrs = [e["lr"] for e in events if e["event"] == "step"]
+    # diffusers' linear schedule: warm up from 0 over 2 steps, then decay to 0 at step 4.
+    assert lrs == pytest.approx([0.0, 5e-4, 1e-3, 5e-4])
+    logged = [float(row.split(",")[2]) for row in (tmp_path / "o" / "loss.csv").read_text().splitlines()[1:]]
+    assert logged == pytest.approx(lrs)
+
+
+def test_validation_grids(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    _, events = run(
+        tiny_model,
+        shapes,
+        tmp_path / "o",
+        max_steps=4,
+        validation_prompts=("a red circle", "a blue square"),
+        validate_every=2,
+    )
+    grids = [e["path"] for e in events if e["event"] == "validation"]
+    assert [Path(g).name for g in grids] == ["step-000002.png", "step-000004.png"]
+    from PIL import Image
+
+    with Image.open(grids[0]) as grid:
+        assert grid.width > 2 * 128
+
+
+def test_non_finite_losses_are_skipped_then_stop(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    import torch
+
+    def one_nan(step: int, loss: Any) -> Any:
+        return loss * torch.tensor(float("nan")) if step == 1 else loss
+
+    result, events = run(tiny_model, shapes, tmp_path / "a", hook=one_nan, max_steps=3)
+    assert result.bad_steps == 1
+    assert any(e["event"] == "warning" and "non-finite loss at step 2" in e["message"] for e in events)
+
+    def nan_from_step_2(step: int, loss: Any) -> Any:
+        return loss * torch.tensor(float("inf")) if step >= 2 else loss
+
+    out = tmp_path / "b"
+    with pytest.raises(NumericalError, match="5 non-finite losses in a row"):
+        run(tiny_model, shapes, out, hook=nan_from_step_2, max_steps=20, checkpoint_every=2)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"]
+    assert not (out / "unet").exists()
+
+
+def test_bad_images_and_captions(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    data = Path(shutil.copytree(shapes, tmp_path / "data"))
+    (data / "003.png").write_bytes(b"not a png")
+    out = tmp_path / "o"
+    with pytest.raises(DataError, match=r"003\.png.*--skip-bad-images"):
+        run(tiny_model, data, out)
+    assert not (out / "loss.csv").exists()  # stopped before any step
+    result, events = run(tiny_model, data, out, skip_bad_images=True)
+    assert len(result.skipped) == 1 and "003.png" in result.skipped[0]
+    assert next(e for e in events if e["event"] == "plan")["images"] == 7
+    rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
+    del rows[0]["text"]
+    (data / "003.png").unlink()
+    rows = [r for r in rows if r["file_name"] != "003.png"]
+    (data / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(DataError, match="--allow-missing-captions"):
+        run(tiny_model, data, tmp_path / "o2")
+    result, _ = run(tiny_model, data, tmp_path / "o3", allow_missing_captions=True)
+    assert any("missing caption" in s for s in result.skipped)
+
+
+def test_too_few_images_for_a_batch(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="cannot fill one batch"):
+        run(tiny_model, shapes, tmp_path / "o", batch_size=16)
