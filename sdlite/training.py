@@ -121,7 +121,10 @@ def train(config: TrainConfig, on_event: EventFn | None = None, loss_hook: LossH
     from accelerate import Accelerator
 
     silence_library_progress()
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    # On a machine with no accelerator, cpu=True is what makes `accelerate launch` processes join one
+    # gloo world (without it, each of them trains alone).
+    no_accelerator = not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=no_accelerator)
     emit = _Emitter(on_event, accelerator.is_main_process)
     try:
         return _train(config, accelerator, emit, loss_hook, torch)

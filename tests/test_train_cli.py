@@ -1,0 +1,150 @@
+"""`sdlite train` from the command line: dry-run, TOML config, JSON events, 2 processes, real Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from sdlite.cli import app
+from sdlite.testing import make_shapes_dataset
+
+runner = CliRunner()
+SDLITE = [sys.executable, "-m", "sdlite"]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n=8)
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["train", "--model", str(tiny_model), "--data", str(shapes), "--out", str(out),
+                                 "--epochs", "3", "--batch-size", "2", "--grad-accum", "2", "--dry-run"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert (plan["images"], plan["captioned"], plan["effective_batch"], plan["steps"], plan["epochs"]) == (
+        8,
+        8,
+        4,
+        6,
+        3,
+    )
+    assert plan["resolution"] == 64 and plan["trains"] == ["unet"]
+    assert not out.exists()
+
+
+def test_toml_config_with_command_line_override(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    config = tmp_path / "train.toml"
+    config.write_text(
+        f'model = "{tiny_model}"\ndata = "{shapes}"\nout = "{tmp_path / "out"}"\n'
+        'max-steps = 5\nbatch_size = 4\nlr = 0.001\nvalidation-prompt = ["a red circle"]\n'
+    )
+    result = runner.invoke(app, ["train", "--config", str(config), "--max-steps", "2", "--json-events"])
+    assert result.exit_code == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    plan = events[0]
+    assert plan["event"] == "plan" and plan["steps"] == 2 and plan["batch_size"] == 4
+    assert [e["step"] for e in events if e["event"] == "step"] == [1, 2]
+    assert any(e["event"] == "validation" for e in events)
+    assert events[-1]["event"] == "done"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("learning_rate = 1\n")
+    result = runner.invoke(app, ["train", "--config", str(bad)])
+    assert result.exit_code == 2 and "unknown options learning_rate" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["--max-steps", "0"], 2, "--max-steps must be at least 1"),
+        (["--epochs", "1"], 2, "give exactly one of --max-steps or --epochs"),
+        (["--lr-scheduler", "magic"], 2, "--lr-scheduler must be one of"),
+        (["--cache", "--random-flip"], 2, "--cache needs a fixed augmentation"),
+        (["--resume", "latest"], 2, "no checkpoints under"),
+    ],
+)
+def test_usage_errors(
+    tiny_model: Path, shapes: Path, tmp_path: Path, args: list[str], code: int, fragment: str
+) -> None:
+    result = runner.invoke(app, ["train", "--model", str(tiny_model), "--data", str(shapes), "--out", str(tmp_path / "o"),
+                                 "--max-steps", "1", *args])  # fmt: skip
+    assert result.exit_code == code, result.stderr
+    assert fragment in result.stderr
+
+
+def test_bad_image_exits_3_before_training(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = Path(shutil.copytree(shapes, tmp_path / "data"))
+    (data / "005.png").write_bytes((data / "005.png").read_bytes()[:100])  # truncated
+    result = runner.invoke(app, ["train", "--model", str(tiny_model), "--data", str(data), "--out", str(tmp_path / "o"),
+                                 "--max-steps", "1", "--json-events"])  # fmt: skip
+    assert result.exit_code == 3
+    assert "005.png" in result.stderr and result.stdout == ""
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_same_global_batch(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    common = [
+        "train",
+        "--model",
+        str(tiny_model),
+        "--data",
+        str(shapes),
+        "--max-steps",
+        "3",
+        "--lr",
+        "1e-3",
+        "--json-events",
+    ]
+    two = subprocess.run([*SDLITE, *common, "--out", str(tmp_path / "two"), "--batch-size", "1", "--num-processes", "2"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-2000:]
+    events = [json.loads(line) for line in two.stdout.splitlines() if line.startswith("{")]
+    assert events[0]["num_processes"] == 2 and events[0]["effective_batch"] == 2
+    assert sum(e["event"] == "done" for e in events) == 1  # only the main process reports
+    one = runner.invoke(app, [*common, "--out", str(tmp_path / "one"), "--batch-size", "2"])
+    assert one.exit_code == 0, one.stderr
+    one_losses = [json.loads(line)["loss"] for line in one.stdout.splitlines() if '"event": "step"' in line]
+    two_losses = [e["loss"] for e in events if e["event"] == "step"]
+    assert two_losses == pytest.approx(one_losses, rel=1e-5)
+    # Same data, noise and averaged gradients; only the float summation order differs (DDP all-reduce),
+    # which Adam's normalisation can magnify on near-zero gradients: compare against the update size.
+    a = load_file(tmp_path / "two" / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "one" / "unet" / "diffusion_pytorch_model.safetensors")
+    base = load_file(tiny_model / "unet" / "diffusion_pytorch_model.safetensors")
+    update = max((b[k] - base[k]).abs().max().item() for k in b)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 0.05 * update
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_exits_130_and_resume_finishes(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = [*SDLITE, "train", "--model", str(tiny_model), "--data", str(shapes), "--out", str(out), "--max-steps", "400",
+            "--batch-size", "2", "--json-events"]  # fmt: skip
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if json.loads(line).get("step") == 3:
+            process.send_signal(signal.SIGINT)
+            break
+    rest, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    saved = [json.loads(line) for line in rest.splitlines() if '"checkpoint"' in line]
+    assert saved and saved[0]["reason"] == "interrupted"
+    step = saved[0]["step"]
+    assert (out / "checkpoints" / f"step-{step:06d}" / "sdlite-checkpoint.json").is_file()
+    resumed = subprocess.run([*args[:-5], "--max-steps", str(step + 2), "--batch-size", "2", "--resume", "latest", "--json-events"],
+                             capture_output=True, text=True, timeout=120, env={**os.environ})  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    steps = [json.loads(line)["step"] for line in resumed.stdout.splitlines() if '"event": "step"' in line]
+    assert steps == [step + 1, step + 2]
