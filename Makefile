@@ -35,6 +35,7 @@ demo: install
 
 bench: install
 	$(OFFLINE) $(PY) benchmarks/bench_sample.py
+	$(OFFLINE) $(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf build outputs .pytest_cache .ruff_cache
