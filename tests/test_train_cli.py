@@ -148,3 +148,27 @@ def test_ctrl_c_saves_exits_130_and_resume_finishes(tiny_model: Path, shapes: Pa
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     steps = [json.loads(line)["step"] for line in resumed.stdout.splitlines() if '"event": "step"' in line]
     assert steps == [step + 1, step + 2]
+
+
+def test_sample_with_lora_flags(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    trained = runner.invoke(app, ["train", "--model", str(tiny_model), "--data", str(shapes), "--out", str(tmp_path / "lora"),
+                                  "--max-steps", "3", "--lr", "1e-2", "--lora", "--lora-rank", "2"])  # fmt: skip
+    assert trained.exit_code == 0, trained.stderr
+    common = ["sample", "a red circle", "--model", str(tiny_model), "--steps", "2", "--seed", "0", "--json"]
+    rows = {}
+    for name, extra in {"plain": [], "full": ["--lora", str(tmp_path / "lora")],
+                        "half": ["--lora", str(tmp_path / "lora"), "--lora-scale", "0.5"]}.items():  # fmt: skip
+        result = runner.invoke(app, [*common, "--out", str(tmp_path / name), *extra])
+        assert result.exit_code == 0, result.stderr
+        rows[name] = json.loads(result.stdout)
+    from PIL import Image
+
+    pixels = {k: Image.open(v["path"]).tobytes() for k, v in rows.items()}
+    assert len(set(pixels.values())) == 3  # the adapter and its scale both change the image
+    again = runner.invoke(
+        app, ["sample", "--from-image", rows["half"]["path"], "--out", str(tmp_path / "again"), "--json"]
+    )
+    assert again.exit_code == 0, again.stderr
+    assert Image.open(json.loads(again.stdout)["path"]).tobytes() == pixels["half"]  # LoRA and scale were recorded
+    missing = runner.invoke(app, [*common, "--out", str(tmp_path / "x"), "--lora", str(tmp_path / "nope")])
+    assert missing.exit_code == 4 and "LoRA" in missing.stderr
