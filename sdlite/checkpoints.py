@@ -8,7 +8,6 @@ manifest still refuses folders sdlite did not write, or that changed since.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlite.errors import ModelError, ResourceError, UsageError
+from sdlite.metadata import sha256_uncached
 
 MANIFEST = "sdlite-checkpoint.json"
 FORMAT = 1
@@ -42,7 +42,9 @@ def link_or_copy_tree(src: Path, dst: Path) -> None:
 def write_manifest(folder: Path, step: int, fingerprint: dict[str, Any]) -> None:
     """Record what this checkpoint is and the sha256 of every file in it."""
     files = {
-        str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST
+        str(p.relative_to(folder)): sha256_uncached(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
     }
     manifest = {"format": FORMAT, "writer": "sdlite", "step": step, "fingerprint": fingerprint, "files": files}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
@@ -106,7 +108,7 @@ def verify(folder: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
         file = folder / name
         if not file.is_file():
             raise ModelError(f"checkpoint {folder} is incomplete: {name} is missing")
-        if _sha256(file) != digest:
+        if sha256_uncached(file) != digest:
             raise ModelError(f"checkpoint {folder} was modified after sdlite wrote it: {name}")
     extra = sorted(
         str(p.relative_to(folder))
@@ -167,11 +169,3 @@ def load_ema(ema: Any, folder: Path) -> None:
     tensors = load_file(folder / "ema.safetensors")
     state["shadow_params"] = [tensors[k] for k in sorted(tensors)]
     ema.load_state_dict(state)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

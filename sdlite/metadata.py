@@ -116,13 +116,18 @@ def file_sha256(path: Path) -> str:
     cache = _load_cache(cache_file)
     if key in cache:
         return cache[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    cache[key] = digest.hexdigest()
+    cache[key] = sha256_uncached(path)
     _save_cache(cache_file, cache)
     return cache[key]
+
+
+def sha256_uncached(path: Path) -> str:
+    """sha256 of a file's bytes, read now (for checks that must see the file as it is)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def model_hashes(root: Path, files: tuple[Path, ...]) -> tuple[str, dict[str, str]]:
