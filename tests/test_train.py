@@ -340,3 +340,12 @@ def test_bad_images_and_captions(tiny_model: Path, shapes: Path, tmp_path: Path)
 def test_too_few_images_for_a_batch(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="cannot fill one batch"):
         run(tiny_model, shapes, tmp_path / "o", batch_size=16)
+
+
+def test_fp16_keeps_trainable_weights_fp32(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    result, events = run(tiny_model, shapes, tmp_path / "fp16", max_steps=2, mixed_precision="fp16")
+    assert all(math.isfinite(v) for v in losses(events))
+    assert {str(v.dtype) for v in unet_weights(result.out).values()} == {"torch.float32"}
+    # Frozen components are the base model's own files, untouched by the fp16 compute copy.
+    base_vae = tiny_model / "vae" / "diffusion_pytorch_model.safetensors"
+    assert (result.out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == base_vae.read_bytes()
