@@ -202,6 +202,11 @@ def train(
             help="Output folder: the trained model, checkpoints/, validation/, loss.csv, loss.png.", show_default=False
         ),
     ] = None,
+    component: Annotated[
+        str | None,
+        typer.Option(help="What to train: unet (the usual) or vae (the autoencoder, from scratch). [default: unet]"),
+    ] = None,
+    kl_weight: Annotated[float | None, typer.Option(help="--component vae: weight of the KL term. [default: 1e-6]")] = None,
     config_file: Annotated[
         Path | None, typer.Option("--config", help="TOML file with any of these options; the command line wins.")
     ] = None,
@@ -302,7 +307,8 @@ def train(
 
             raise typer.Exit(relaunch(num_processes))
         cli_values = {
-            "model": model, "data": data, "out": out, "resolution": resolution,
+            "model": model, "data": data, "out": out, "component": component, "kl_weight": kl_weight,
+            "resolution": resolution,
             "crop": None if center_crop is None else ("center" if center_crop else "random"),
             "random_flip": random_flip, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr,
             "lr_scheduler": lr_scheduler, "warmup_steps": warmup_steps, "max_steps": max_steps, "epochs": epochs,
@@ -328,6 +334,24 @@ def train(
             typer.echo(f"{result.out}  {result.steps} steps, final loss {result.final_loss}")
             for note in result.skipped:
                 typer.echo(f"skipped: {note}", err=True)
+
+
+data_app = typer.Typer(help="Make training datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("shapes")
+def data_shapes(
+    out: Annotated[Path, typer.Argument(help="Folder to create: PNGs + metadata.jsonl (Hugging Face imagefolder).")],
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 10000,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
+    seed: Annotated[int, typer.Option(help="Same seed, same dataset.")] = 0,
+) -> None:
+    """Synthetic scenes captioned `a {color} {shape} on a {color} background` (held-out triples excluded)."""
+    with _errors():
+        from sdlite.shapes import write_dataset
+
+        typer.echo(str(write_dataset(out, n, size, seed)))
 
 
 @app.command()

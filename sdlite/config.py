@@ -18,7 +18,7 @@ from sdlite.schedulers import SCHEDULERS
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRESETS = ("tiny", "sd15")
+PRESETS = ("tiny", "shapes", "sd15")
 MODEL_ENV = "SDLITE_MODEL"
 # Stable Diffusion v1 VAEs downsample by 8; the loaded model's own factor is checked again later.
 DEFAULT_VAE_FACTOR = 8
@@ -313,6 +313,8 @@ class TrainConfig:
     model: str
     data: Path
     out: Path
+    component: str = "unet"  # unet: the denoiser (the usual fine-tune); vae: the autoencoder
+    kl_weight: float = 1e-6  # --component vae: weight of the KL term against reconstruction MSE
     resolution: int | None = None  # None: the model's native size
     crop: str = "center"  # center | random
     random_flip: bool = False
@@ -355,6 +357,20 @@ class TrainConfig:
         object.__setattr__(self, "validation_prompts", tuple(self.validation_prompts))
         if self.resolution is not None:
             validate_size(self.resolution, None, DEFAULT_VAE_FACTOR)
+        _check_choice("--component", self.component, ("unet", "vae"))
+        if self.component == "vae":
+            unet_only = {
+                "--lora": self.lora, "--train-text-encoder": self.train_text_encoder, "--ema": self.ema,
+                "--cache": self.cache, "--snr-gamma": self.snr_gamma is not None, "--noise-offset": self.noise_offset > 0,
+                "--prediction-type": self.prediction_type is not None, "--caption-dropout": self.caption_dropout > 0,
+                "--checkpoint-every": self.checkpoint_every is not None, "--resume": self.resume is not None,
+                "--validation-prompt": bool(self.validation_prompts),
+            }  # fmt: skip
+            given = [name for name, used in unet_only.items() if used]
+            if given:
+                raise UsageError(f"--component vae does not support {', '.join(given)}")
+        if self.kl_weight < 0:
+            raise UsageError(f"--kl-weight must be 0 or more, got {self.kl_weight}")
         _check_choice("--crop", self.crop, ("center", "random"))
         _check_choice("--lr-scheduler", self.lr_scheduler, LR_SCHEDULERS)
         _check_choice("--mixed-precision", self.mixed_precision, PRECISIONS)

@@ -1,7 +1,8 @@
 """Model architectures sdlite can create offline with random weights (`sdlite init --preset`).
 
-`tiny` is for tests and CI scripting (samples in well under a second on a CPU); `sd15` is the
-Stable Diffusion v1.5 architecture (public component configs) for shape checks and benchmarks.
+`tiny` is for tests and CI scripting (samples in well under a second on a CPU); `shapes` is the
+small architecture of sdlite's built-in model, trained from scratch on synthetic scenes; `sd15` is
+the Stable Diffusion v1.5 architecture (public component configs) for shape checks and benchmarks.
 """
 
 from __future__ import annotations
@@ -62,6 +63,41 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "hidden_act": "quick_gelu",
         },
     },
+    # The built-in default model: 64x64 scenes, 16x16x4 latents, whole-word tokens, 16-token prompts.
+    "shapes": {
+        "unet": {
+            "sample_size": 16,
+            "in_channels": 4,
+            "out_channels": 4,
+            "block_out_channels": (64, 128),
+            "layers_per_block": 1,
+            "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            "cross_attention_dim": 64,
+            "attention_head_dim": 8,
+            "norm_num_groups": 32,
+        },
+        "vae": {
+            "in_channels": 3,
+            "out_channels": 3,
+            "block_out_channels": (32, 64, 64),
+            "down_block_types": ("DownEncoderBlock2D",) * 3,
+            "up_block_types": ("UpDecoderBlock2D",) * 3,
+            "layers_per_block": 1,
+            "latent_channels": 4,
+            "norm_num_groups": 32,
+            "sample_size": 64,
+            "scaling_factor": 1.0,  # replaced by 1/std of the latents when the VAE is trained
+        },
+        "text_encoder": {
+            "hidden_size": 64,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 16,
+            "hidden_act": "quick_gelu",
+        },
+    },
     "sd15": {
         "unet": {
             "sample_size": 64,
@@ -109,7 +145,7 @@ def build_pipeline(preset: str, seed: int) -> Any:
     from sdlite.tokenizer import build_tokenizer
 
     spec = PRESETS[preset]
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(max_length=spec["text_encoder"]["max_position_embeddings"])
     text_config = {
         "vocab_size": len(tokenizer),
         **spec["text_encoder"],

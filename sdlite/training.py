@@ -89,6 +89,8 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
     steps_per_epoch = micro_per_epoch / config.grad_accum
     steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))  # type: ignore[operator]
     trains = ("unet lora",) if config.lora else ("unet", "text_encoder") if config.train_text_encoder else ("unet",)
+    if config.component == "vae":
+        trains = ("vae",)
     plan = TrainPlan(
         images=len(dataset.examples),
         captioned=sum(1 for e in dataset.examples if e.caption),
@@ -127,6 +129,10 @@ def train(config: TrainConfig, on_event: EventFn | None = None, loss_hook: LossH
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=no_accelerator)
     emit = _Emitter(on_event, accelerator.is_main_process)
     try:
+        if config.component == "vae":
+            from sdlite.vae_training import train_vae
+
+            return train_vae(config, accelerator, emit, loss_hook)
         return _train(config, accelerator, emit, loss_hook, torch)
     finally:
         accelerator.end_training()  # tear the process group down cleanly (else gloo aborts at exit)

@@ -1,0 +1,137 @@
+"""`train --component vae`: the autoencoder, trained on reconstruction MSE plus a small KL term.
+
+Used to build sdlite's own models from scratch (the built-in shapes model). It shares the data
+order, per-example seeding, events and loss log of UNet training; it writes OUT as the base model
+with the new VAE, whose `scaling_factor` is set from the data (1 / std of the latents) so the
+diffusion model sees unit-variance latents.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sdlite import checkpoints
+from sdlite.config import TrainConfig
+from sdlite.errors import NumericalError
+from sdlite.training import MAX_BAD_STEPS, TrainResult, _Emitter, _LossLog, batch_indices, make_plan, mix
+
+SCALE_SAMPLES = 256  # images used to measure the latent std
+
+
+def train_vae(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: Any) -> TrainResult:
+    import torch
+    from diffusers import AutoencoderKL
+    from diffusers.optimization import get_scheduler
+
+    plan, dataset, model = make_plan(config, accelerator.num_processes)
+    emit("plan", **plan.to_dict())
+    vae = AutoencoderKL.from_pretrained(model.path / "vae", use_safetensors=not model.uses_pickle or None)
+    vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=1e-2, fused=True)
+    schedule = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=plan.steps)
+    vae, optimizer = accelerator.prepare(vae, optimizer)
+
+    log = _LossLog(config.out, 0, accelerator.is_main_process)
+    bad_in_row, bad_total, last_loss, started = 0, 0, None, time.perf_counter()
+    for step in range(plan.steps):
+        for micro in range(config.grad_accum):
+            m = step * config.grad_accum + micro
+            with accelerator.autocast():
+                loss = _vae_loss(vae, m, plan, dataset, config, accelerator, torch)
+                if loss_hook is not None:
+                    loss = loss_hook(step, loss)
+                accelerator.backward(loss / config.grad_accum)
+        step_loss = accelerator.reduce(loss.detach().float(), "mean")
+        if torch.isfinite(step_loss):
+            if config.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(vae.parameters(), config.max_grad_norm)
+            optimizer.step()
+            bad_in_row, last_loss = 0, float(step_loss)
+        else:
+            bad_in_row, bad_total = bad_in_row + 1, bad_total + 1
+            emit("warning", step=step + 1, message=f"non-finite loss at step {step + 1}; step skipped")
+            if bad_in_row >= MAX_BAD_STEPS:
+                raise NumericalError(f"{bad_in_row} non-finite losses in a row (last at step {step + 1}); stopped")
+        optimizer.zero_grad(set_to_none=True)
+        lr = schedule.get_last_lr()[0]
+        schedule.step()
+        log.add(step + 1, float(step_loss), lr)
+        rate = (step + 1) * plan.effective_batch / max(time.perf_counter() - started, 1e-9)
+        emit("step", step=step + 1, steps=plan.steps, loss=float(step_loss), lr=lr, images_per_s=rate)
+
+    raw = accelerator.unwrap_model(vae)
+    raw.eval()
+    scale = _scaling_factor(raw, plan, dataset, config, torch)
+    emit("vae", scaling_factor=scale)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _write_model(raw, scale, model.path, Path(config.out), config, plan)
+    accelerator.wait_for_everyone()
+    log.close(plot=True)
+    emit("done", out=str(config.out), steps=plan.steps, loss=last_loss, skipped=list(plan.skipped), bad_steps=bad_total)
+    return TrainResult(Path(config.out), plan.steps, last_loss, (), plan.skipped, bad_total)
+
+
+def _vae_loss(vae: Any, m: int, plan: Any, dataset: Any, config: TrainConfig, accelerator: Any, torch: Any) -> Any:
+    """Reconstruction MSE (pixels in [-1, 1]) + kl_weight * KL to N(0, I), per example then averaged."""
+    from sdlite.data import load_image, preprocess
+
+    indices, positions = batch_indices(m, plan, config.seed, accelerator.process_index)
+    epoch = m // plan.micro_batches_per_epoch
+    pixels = torch.stack(
+        [
+            preprocess(load_image(dataset.examples[i].path), plan.resolution, config.crop, config.random_flip, mix(config.seed, epoch, i))
+            for i in indices
+        ]
+    ).to(accelerator.device)
+    model = accelerator.unwrap_model(vae)
+    dist = model.encode(pixels).latent_dist
+    gens = [torch.Generator().manual_seed(mix(config.seed, m, p)) for p in positions]
+    noise = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in gens]).to(accelerator.device)
+    recon = model.decode(dist.mean + dist.std * noise).sample
+    mse = torch.nn.functional.mse_loss(recon.float(), pixels.float())
+    kl = dist.kl().mean() / dist.mean[0].numel()
+    return mse + config.kl_weight * kl
+
+
+def _scaling_factor(vae: Any, plan: Any, dataset: Any, config: TrainConfig, torch: Any) -> float:
+    """1 / std of the latent means over up to SCALE_SAMPLES training images (fixed order)."""
+    from sdlite.data import load_image, preprocess
+
+    means = []
+    with torch.no_grad():
+        for example in dataset.examples[:SCALE_SAMPLES]:
+            pixels = preprocess(load_image(example.path), plan.resolution, "center", False, 0)[None]
+            means.append(vae.encode(pixels.to(vae.device)).latent_dist.mean)
+    return float(1.0 / torch.cat(means).std())
+
+
+def _write_model(vae: Any, scale: float, base: Path, out: Path, config: TrainConfig, plan: Any) -> None:
+    """OUT = the base model with this VAE (its config carrying the measured scaling factor)."""
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".final.", dir=out))
+    try:
+        for item in base.iterdir():
+            if item.name in ("vae", "checkpoints", "validation") or item.name.startswith("."):
+                continue
+            if item.is_dir():
+                checkpoints.link_or_copy_tree(item, staging / item.name)
+            elif item.suffix == ".json" and item.name == "model_index.json":
+                shutil.copy2(item, staging / item.name)
+        vae.register_to_config(scaling_factor=scale)
+        vae.save_pretrained(staging / "vae", safe_serialization=True)
+        for item in staging.iterdir():
+            target = out / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            item.replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    record = {"config": config.fingerprint() | {"max_steps": config.max_steps, "epochs": config.epochs},
+              "plan": plan.to_dict(), "scaling_factor": scale}  # fmt: skip
+    (out / "sdlite-train.json").write_text(json.dumps(record, indent=2, default=str))
