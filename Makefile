@@ -8,7 +8,7 @@ TORCH  := torch==2.13.0
 # Tests and the demo never touch the network for weights.
 OFFLINE := HF_HUB_OFFLINE=1
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench default-model clean
 
 install: $(STAMP)
 
@@ -27,15 +27,20 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# Until sdlite ships its own trained default model, the demo builds a tiny random one (seconds on a CPU).
+# The built-in model (no --model): a few scenes, one of them a combination never shown in training.
 demo: install
-	$(OFFLINE) $(SDLITE) init build/demo-model --preset tiny --seed 0 --force
-	$(OFFLINE) $(SDLITE) sample "a red circle on a blue background" "a green square on a white background" \
-		--model build/demo-model --num-images 2 --seed 42 --steps 25 --out build/demo --grid
+	$(OFFLINE) $(SDLITE) sample "a red circle on a blue background" "a yellow triangle on a black background" \
+		"a white square on a green background" "a purple circle on a black background" \
+		--num-images 2 --seed 42 --out build/demo --grid
+
+# Retrain the built-in model from scratch with sdlite's own commands (under an hour on 2 cores).
+default-model: install
+	$(OFFLINE) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/train_default_model.sh build/default-model sdlite sdlite/default_model
 
 bench: install
 	$(OFFLINE) $(PY) benchmarks/bench_sample.py
 	$(OFFLINE) $(PY) benchmarks/bench_train.py
+	$(OFFLINE) $(PY) benchmarks/bench_default_model.py
 
 clean:
 	rm -rf build outputs .pytest_cache .ruff_cache

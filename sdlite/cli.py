@@ -98,7 +98,7 @@ def sample(
     prompts: Annotated[list[str] | None, typer.Argument(help="One or more prompts.", show_default=False)] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="Diffusers folder or hub id (ORG/NAME). Default: $SDLITE_MODEL.", show_default=False),
+        typer.Option(help="Diffusers folder or hub id (ORG/NAME). Default: $SDLITE_MODEL, else the built-in shapes model.", show_default=False),
     ] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="What to steer away from. [default: none]")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps. [default: 50]", show_default=False)] = None,
@@ -190,7 +190,7 @@ def sample(
 def train(
     model: Annotated[
         str | None,
-        typer.Option(help="Base model: diffusers folder or hub id. Default: $SDLITE_MODEL.", show_default=False),
+        typer.Option(help="Base model: diffusers folder or hub id. Default: $SDLITE_MODEL, else the built-in shapes model.", show_default=False),
     ] = None,
     data: Annotated[
         Path | None,
@@ -206,7 +206,9 @@ def train(
         str | None,
         typer.Option(help="What to train: unet (the usual) or vae (the autoencoder, from scratch). [default: unet]"),
     ] = None,
-    kl_weight: Annotated[float | None, typer.Option(help="--component vae: weight of the KL term. [default: 1e-6]")] = None,
+    kl_weight: Annotated[
+        float | None, typer.Option(help="--component vae: weight of the KL term. [default: 1e-6]")
+    ] = None,
     config_file: Annotated[
         Path | None, typer.Option("--config", help="TOML file with any of these options; the command line wins.")
     ] = None,
@@ -354,10 +356,47 @@ def data_shapes(
         typer.echo(str(write_dataset(out, n, size, seed)))
 
 
+eval_app = typer.Typer(help="Measure a model's quality.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("shapes")
+def eval_shapes(
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model to judge. Default: $SDLITE_MODEL, else the built-in model.", show_default=False),
+    ] = None,
+    n: Annotated[int, typer.Option("--n", help="Images: half from training triples, half held out.")] = 240,
+    seed: Annotated[int, typer.Option(help="Seed of the first image (image i uses seed + i).")] = 0,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps. [default: the model's]")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Guidance scale. [default: the model's]")] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help=f"Sampler: {', '.join(scheduler_names())}. [default: the model's]")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images denoised together.")] = 16,
+    out: Annotated[Path | None, typer.Option(help="Keep the judged images here. [default: discarded]")] = None,
+    json_out: JsonOut = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    offline: Offline = False,
+) -> None:
+    """Sample shapes scenes, judge shape, shape color and background with a fixed classifier, print accuracies."""
+    with _errors():
+        from sdlite.config import EvalConfig, resolve_model_source
+
+        config = EvalConfig(model=resolve_model_source(model), n=n, seed=seed, steps=steps, guidance=guidance,
+                            scheduler=scheduler, batch_size=batch_size, out=out, offline=offline)  # fmt: skip
+        _quiet_libraries(offline)
+        from sdlite.shapes import evaluate, format_report
+
+        with _progress_bar(enabled=not quiet) as progress:
+            report = evaluate(config, progress)
+        typer.echo(json.dumps(report, indent=2) if json_out else format_report(report))
+
+
 @app.command()
 def info(
     model: Annotated[
-        str | None, typer.Argument(help="Diffusers folder or hub id. Default: $SDLITE_MODEL.", show_default=False)
+        str | None, typer.Argument(help="Diffusers folder or hub id. Default: $SDLITE_MODEL, else the built-in shapes model.", show_default=False)
     ] = None,
     height: Annotated[int | None, typer.Option(help="Trace the shapes at this height. [default: native]")] = None,
     width: Annotated[int | None, typer.Option(help="Trace the shapes at this width. [default: native]")] = None,

@@ -20,6 +20,9 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRESETS = ("tiny", "shapes", "sd15")
 MODEL_ENV = "SDLITE_MODEL"
+# The model sdlite trained itself (`make default-model`), used when no model is given.
+DEFAULT_MODEL = Path(__file__).resolve().parent / "default_model"
+MODEL_DEFAULTS_FILE = "sdlite.json"
 # Stable Diffusion v1 VAEs downsample by 8; the loaded model's own factor is checked again later.
 DEFAULT_VAE_FACTOR = 8
 MAX_SEED = 2**32 - 1
@@ -139,8 +142,9 @@ class SampleOverrides:
 def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None) -> SampleConfig:
     """Merge command line, prompts file, source-image metadata and defaults into one SampleConfig.
 
-    Precedence: command line > prompts-file line > `--from-image` metadata > defaults, except that
-    a prompts-file line's own seed beats `--seed`, which only starts the run's counter. Seeds are
+    Precedence: command line > prompts-file line > `--from-image` metadata > the model's own
+    recommended settings (`sdlite.json` in its folder) > built-in defaults, except that a
+    prompts-file line's own seed beats `--seed`, which only starts the run's counter. Seeds are
     resolved here (random when not given) so the config says exactly which images will be made.
     """
     env = dict(os.environ) if env is None else env
@@ -171,6 +175,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
             base.update(seed=batch[0], num_images=len(batch))
             batch_size, keep_seeds = len(batch), (recorded["seed"],)
     model = resolve_model_source(model, env)
+    base = {**model_defaults(model), **base}
 
     rows: list[dict[str, Any]] = [{"prompt": p} for p in opts.prompts]
     if opts.prompts_file is not None:
@@ -215,15 +220,29 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
 
 
 def resolve_model_source(model: str | None, env: dict[str, str] | None = None) -> str:
-    """The model to use: the one given, else $SDLITE_MODEL; a usage error when neither is set."""
+    """The model to use: the one given, else $SDLITE_MODEL, else the built-in shapes model."""
     env = dict(os.environ) if env is None else env
     model = model or env.get(MODEL_ENV)
-    if not model:
-        raise UsageError(
-            f"no model given: pass --model PATH_OR_HUB_ID or set {MODEL_ENV} "
-            "(make a test model with `sdlite init DIR --preset tiny`)"
-        )
-    return model
+    if model:
+        return model
+    if (DEFAULT_MODEL / "model_index.json").is_file():
+        return str(DEFAULT_MODEL)
+    raise UsageError(
+        f"no model given and the built-in model is missing ({DEFAULT_MODEL}): pass --model PATH_OR_HUB_ID or set "
+        f"{MODEL_ENV} (make a test model with `sdlite init DIR --preset tiny`)"
+    )
+
+
+def model_defaults(model: str) -> dict[str, Any]:
+    """Settings a model folder recommends for itself (`sdlite.json`: {"defaults": {"steps": 30, ...}})."""
+    path = Path(model).expanduser() / MODEL_DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        defaults = json.loads(path.read_text(encoding="utf-8")).get("defaults", {})
+    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+        raise UsageError(f"{path} is not valid JSON: {exc}") from exc
+    return {k: v for k, v in defaults.items() if k in GENERATION_KEYS and k not in ("prompt", "seed", "num_images")}
 
 
 def read_prompts_file(path: Path) -> list[dict[str, Any]]:
@@ -476,3 +495,30 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
     return value
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`sdlite eval shapes`: how many scenes to sample and judge, with which sampler settings.
+
+    Unset sampler settings come from the model's own recommendations, then the built-in defaults.
+    """
+
+    model: str
+    n: int = 240  # half from training triples, half from held-out triples
+    seed: int = 0
+    steps: int | None = None
+    guidance: float | None = None
+    scheduler: str | None = None
+    batch_size: int = 16
+    out: Path | None = None  # where the judged images go (default: a temporary folder)
+    offline: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n < 2:
+            raise UsageError(f"--n must be at least 2, got {self.n}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        _check_seed(self.seed)
+        probe = {"steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler}
+        validate_generation(Generation("probe", **{k: v for k, v in probe.items() if v is not None}))

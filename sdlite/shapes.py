@@ -76,7 +76,9 @@ def render(scene: Scene, size: int) -> Any:
     elif scene.shape == "square":
         draw.rectangle(box, fill=fill)
     else:
-        draw.polygon([(left + (side - 1) / 2, top), (left, top + side - 1), (left + side - 1, top + side - 1)], fill=fill)
+        draw.polygon(
+            [(left + (side - 1) / 2, top), (left, top + side - 1), (left + side - 1, top + side - 1)], fill=fill
+        )
     return image
 
 
@@ -125,3 +127,71 @@ def _nearest(rgb: Any) -> str:
     import numpy as np
 
     return min(COLORS, key=lambda name: float(np.linalg.norm(np.asarray(COLORS[name]) - rgb)))
+
+
+def evaluate(config: Any, progress: Any = None) -> dict[str, Any]:
+    """Sample captions from training and held-out triples, judge every image, return accuracies.
+
+    Each split gets n/2 images; prompts cycle through a seeded shuffle of the split's triples, and
+    image i uses seed + i, so the evaluation itself is reproducible.
+    """
+    import tempfile
+
+    from sdlite.config import Generation, SampleConfig, model_defaults
+    from sdlite.sampling import sample
+
+    rng = random.Random(config.seed)
+    splits = {"seen": [t for t in all_triples() if t not in held_out()], "held_out": sorted(held_out())}
+    jobs: list[tuple[str, tuple[str, str, str]]] = []
+    for name, triples in splits.items():
+        order = rng.sample(triples, len(triples))
+        jobs += [(name, order[i % len(order)]) for i in range(config.n // 2)]
+    settings = {**model_defaults(config.model)}
+    settings.update(
+        {
+            k: v
+            for k, v in (("steps", config.steps), ("guidance", config.guidance), ("scheduler", config.scheduler))
+            if v is not None
+        }
+    )
+    gens = tuple(Generation(caption(*triple), seed=config.seed + i, **settings) for i, (_, triple) in enumerate(jobs))
+    with tempfile.TemporaryDirectory(prefix="sdlite-eval-") as tmp:
+        out = Path(config.out) if config.out else Path(tmp)
+        run = sample(
+            SampleConfig(
+                model=config.model, generations=gens, out=out, batch_size=config.batch_size, offline=config.offline
+            ),
+            progress=progress,
+        )
+        verdicts = []
+        from PIL import Image
+
+        for (split, (color, shape, background)), image in zip(jobs, run.images, strict=True):
+            with Image.open(image.path) as picture:
+                judged = classify(picture)
+            verdicts.append((split, {"color": judged["color"] == color, "shape": judged["shape"] == shape,
+                                     "background": judged["background"] == background}))  # fmt: skip
+    report: dict[str, Any] = {
+        "model": config.model,
+        "settings": {**gens[0].__dict__, "prompt": None, "seed": config.seed},
+    }
+    for split in splits:
+        rows = [v for s, v in verdicts if s == split]
+        report[split] = {key: sum(r[key] for r in rows) / len(rows) for key in ("color", "shape", "background")}
+        report[split]["all_three"] = sum(all(r.values()) for r in rows) / len(rows)
+        report[split]["images"] = len(rows)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"{'':<12}{'images':>8}{'color':>9}{'shape':>9}{'background':>12}{'all three':>11}"]
+    for split in ("seen", "held_out"):
+        r = report[split]
+        lines.append(
+            f"{split:<12}{r['images']:>8}{r['color']:>9.1%}{r['shape']:>9.1%}{r['background']:>12.1%}{r['all_three']:>11.1%}"
+        )
+    s = report["settings"]
+    lines.append(
+        f"model {report['model']}; {s['scheduler']} {s['steps']} steps, guidance {s['guidance']}, seeds from {s['seed']}"
+    )
+    return "\n".join(lines)

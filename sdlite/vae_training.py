@@ -33,7 +33,9 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: 
     vae = AutoencoderKL.from_pretrained(model.path / "vae", use_safetensors=not model.uses_pickle or None)
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=1e-2, fused=True)
-    schedule = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=plan.steps)
+    schedule = get_scheduler(
+        config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=plan.steps
+    )
     vae, optimizer = accelerator.prepare(vae, optimizer)
 
     log = _LossLog(config.out, 0, accelerator.is_main_process)
@@ -85,7 +87,13 @@ def _vae_loss(vae: Any, m: int, plan: Any, dataset: Any, config: TrainConfig, ac
     epoch = m // plan.micro_batches_per_epoch
     pixels = torch.stack(
         [
-            preprocess(load_image(dataset.examples[i].path), plan.resolution, config.crop, config.random_flip, mix(config.seed, epoch, i))
+            preprocess(
+                load_image(dataset.examples[i].path),
+                plan.resolution,
+                config.crop,
+                config.random_flip,
+                mix(config.seed, epoch, i),
+            )
             for i in indices
         ]
     ).to(accelerator.device)

@@ -242,7 +242,10 @@ def test_init_and_info(tmp_path: Path) -> None:
     assert invoke("init", str(tmp_path / "x"), "--preset", "huge").exit_code == 2
 
 
-def test_info_without_model_is_a_usage_error() -> None:
+def test_info_without_any_model_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import sdlite.config
+
+    monkeypatch.setattr(sdlite.config, "DEFAULT_MODEL", tmp_path / "missing")
     result = invoke("info")
     assert result.exit_code == 2 and "no model given" in result.stderr
 
