@@ -9,8 +9,8 @@ set -euo pipefail
 WORK=${1:-build/default-model}
 SDLITE=${2:-sdlite}
 EXPORT=${3:-sdlite/default_model}
-STEPS=30      # the sampler settings the model recommends (sdlite.json); measured with `sdlite eval shapes`
-GUIDANCE=3.0
+STEPS=50      # the sampler settings the model recommends (sdlite.json); chosen with `sdlite eval shapes`
+GUIDANCE=5.0
 export HF_HUB_OFFLINE=1
 mkdir -p "$WORK"
 start=$(date +%s)

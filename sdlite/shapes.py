@@ -103,24 +103,30 @@ def write_dataset(out: Path, n: int, size: int = 64, seed: int = 0) -> Path:
 
 
 def classify(image: Any) -> dict[str, str]:
-    """Background = nearest named color to the border pixels; shape color = nearest named color to the
-    pixels that differ from the background; shape = how much of its bounding box the shape fills
-    (square ~1, circle ~pi/4, triangle ~1/2). Deterministic, no learning involved."""
+    """Judge a scene with fixed rules, no learning: the background is the nearest named color to the
+    median border pixel; the shape is the largest connected region of pixels closer to the shape's
+    color than to the background's (so halos split down the middle and stray specks are ignored);
+    its color is the nearest named color to its median pixel; its kind is how much of its bounding
+    box it fills (square ~1, circle ~pi/4, triangle ~1/2)."""
     import numpy as np
+    from scipy import ndimage
 
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     background_rgb = np.median(border, axis=0)
-    distance = np.linalg.norm(pixels - background_rgb, axis=2)
-    mask = distance > 60
-    if mask.sum() < 0.01 * mask.size:
+    to_background = np.linalg.norm(pixels - background_rgb, axis=2)
+    candidates = to_background > 60
+    if candidates.sum() < 0.01 * candidates.size:
         return {"background": _nearest(background_rgb), "color": "none", "shape": "none"}
-    color_rgb = np.median(pixels[mask], axis=0)
-    rows, cols = np.nonzero(mask)
-    box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
-    fill = mask.sum() / box
-    shape = "square" if fill > 0.89 else "circle" if fill > 0.64 else "triangle"
-    return {"background": _nearest(background_rgb), "color": _nearest(color_rgb), "shape": shape}
+    shape_rgb = np.median(pixels[candidates], axis=0)
+    mask = ndimage.binary_fill_holes(np.linalg.norm(pixels - shape_rgb, axis=2) < to_background)
+    labels, count = ndimage.label(mask)
+    sizes = ndimage.sum(mask, labels, range(1, count + 1))
+    region = labels == (int(np.argmax(sizes)) + 1)
+    rows, cols = np.nonzero(region)
+    fill = region.sum() / ((rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1))
+    shape = "square" if fill > 0.88 else "circle" if fill > 0.64 else "triangle"
+    return {"background": _nearest(background_rgb), "color": _nearest(np.median(pixels[region], axis=0)), "shape": shape}
 
 
 def _nearest(rgb: Any) -> str:

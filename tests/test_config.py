@@ -104,11 +104,34 @@ def test_bad_values_are_usage_errors(settings: dict[str, object], fragment: str)
         build(prompts=("a",), settings={"seed": 0, **settings})
 
 
-def test_no_model_is_a_usage_error_and_env_supplies_one() -> None:
-    with pytest.raises(UsageError, match="no model given"):
-        build_sample_config(SampleOverrides(prompts=("a",)), env={})
+def test_model_precedence_env_then_built_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import sdlite.config
+
     config = build_sample_config(SampleOverrides(prompts=("a",)), env={"SDLITE_MODEL": "org/model"})
     assert config.model == "org/model"
+    assert (
+        build_sample_config(SampleOverrides(prompts=("a",), model="x/y"), env={"SDLITE_MODEL": "org/model"}).model
+        == "x/y"
+    )
+    assert build_sample_config(SampleOverrides(prompts=("a",)), env={}).model == str(sdlite.config.DEFAULT_MODEL)
+    monkeypatch.setattr(sdlite.config, "DEFAULT_MODEL", tmp_path / "missing")
+    with pytest.raises(UsageError, match="no model given and the built-in model is missing"):
+        build_sample_config(SampleOverrides(prompts=("a",)), env={})
+
+
+def test_model_recommended_settings(tmp_path: Path) -> None:
+    (tmp_path / "sdlite.json").write_text(json.dumps({"defaults": {"steps": 30, "guidance": 3.0, "prompt": "ignored"}}))
+    gen = build_sample_config(
+        SampleOverrides(prompts=("a",), model=str(tmp_path), settings={"seed": 1}), env={}
+    ).generations[0]
+    assert (gen.steps, gen.guidance, gen.prompt) == (30, 3.0, "a")
+    gen = build_sample_config(
+        SampleOverrides(prompts=("a",), model=str(tmp_path), settings={"seed": 1, "steps": 7}), env={}
+    ).generations[0]
+    assert gen.steps == 7  # the command line wins
+    (tmp_path / "sdlite.json").write_text("{broken")
+    with pytest.raises(UsageError, match=r"sdlite\.json is not valid JSON"):
+        build_sample_config(SampleOverrides(prompts=("a",), model=str(tmp_path)), env={})
 
 
 def test_no_prompt_is_a_usage_error() -> None:
