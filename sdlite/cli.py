@@ -98,7 +98,10 @@ def sample(
     prompts: Annotated[list[str] | None, typer.Argument(help="One or more prompts.", show_default=False)] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="Diffusers folder or hub id (ORG/NAME). Default: $SDLITE_MODEL, else the built-in shapes model.", show_default=False),
+        typer.Option(
+            help="Diffusers folder or hub id (ORG/NAME). Default: $SDLITE_MODEL, else the built-in shapes model.",
+            show_default=False,
+        ),
     ] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="What to steer away from. [default: none]")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps. [default: 50]", show_default=False)] = None,
@@ -190,7 +193,10 @@ def sample(
 def train(
     model: Annotated[
         str | None,
-        typer.Option(help="Base model: diffusers folder or hub id. Default: $SDLITE_MODEL, else the built-in shapes model.", show_default=False),
+        typer.Option(
+            help="Base model: diffusers folder or hub id. Default: $SDLITE_MODEL, else the built-in shapes model.",
+            show_default=False,
+        ),
     ] = None,
     data: Annotated[
         Path | None,
@@ -396,7 +402,11 @@ def eval_shapes(
 @app.command()
 def info(
     model: Annotated[
-        str | None, typer.Argument(help="Diffusers folder or hub id. Default: $SDLITE_MODEL, else the built-in shapes model.", show_default=False)
+        str | None,
+        typer.Argument(
+            help="Diffusers folder or hub id. Default: $SDLITE_MODEL, else the built-in shapes model.",
+            show_default=False,
+        ),
     ] = None,
     height: Annotated[int | None, typer.Option(help="Trace the shapes at this height. [default: native]")] = None,
     width: Annotated[int | None, typer.Option(help="Trace the shapes at this width. [default: native]")] = None,

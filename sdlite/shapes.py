@@ -126,7 +126,11 @@ def classify(image: Any) -> dict[str, str]:
     rows, cols = np.nonzero(region)
     fill = region.sum() / ((rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1))
     shape = "square" if fill > 0.88 else "circle" if fill > 0.64 else "triangle"
-    return {"background": _nearest(background_rgb), "color": _nearest(np.median(pixels[region], axis=0)), "shape": shape}
+    return {
+        "background": _nearest(background_rgb),
+        "color": _nearest(np.median(pixels[region], axis=0)),
+        "shape": shape,
+    }
 
 
 def _nearest(rgb: Any) -> str:
