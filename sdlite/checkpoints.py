@@ -61,6 +61,15 @@ def commit(staging: Path, final: Path) -> Path:
     return final
 
 
+def replace_into(staging: Path, out: Path) -> None:
+    """Move every entry of a finished staging folder into OUT, replacing entries of the same name."""
+    for item in staging.iterdir():
+        target = out / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        item.replace(target)
+
+
 def prune(out: Path, keep: int | None) -> list[Path]:
     """Delete all but the newest `keep` checkpoints; returns the removed folders."""
     if keep is None:

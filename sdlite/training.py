@@ -509,17 +509,18 @@ def _save_output(parts: _Parts, unet: Any, text_encoder: Any, ema: Any, config: 
         try:
             with _ema_weights(ema, _unwrapped(accelerator, unet)):
                 _assemble(parts, unet, text_encoder, config, model, staging, accelerator)
-            for item in staging.iterdir():
-                target = out / item.name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                item.replace(target)
+            checkpoints.replace_into(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        record = {"config": config.fingerprint() | {"max_steps": config.max_steps, "epochs": config.epochs},
-                  "plan": plan.to_dict()}  # fmt: skip
-        (out / "sdlite-train.json").write_text(json.dumps(record, indent=2, default=str))
+        write_run_record(out, config, plan)
     accelerator.wait_for_everyone()
+
+
+def write_run_record(out: Path, config: TrainConfig, plan: TrainPlan, **extra: Any) -> None:
+    """OUT/sdlite-train.json: the resolved settings and plan that produced this model."""
+    record = {"config": config.fingerprint() | {"max_steps": config.max_steps, "epochs": config.epochs},
+              "plan": plan.to_dict(), **extra}  # fmt: skip
+    (Path(out) / "sdlite-train.json").write_text(json.dumps(record, indent=2, default=str))
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ diffusion model sees unit-variance latents.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -18,7 +17,16 @@ from typing import Any
 from sdlite import checkpoints
 from sdlite.config import TrainConfig
 from sdlite.errors import NumericalError
-from sdlite.training import MAX_BAD_STEPS, TrainResult, _Emitter, _LossLog, batch_indices, make_plan, mix
+from sdlite.training import (
+    MAX_BAD_STEPS,
+    TrainResult,
+    _Emitter,
+    _LossLog,
+    batch_indices,
+    make_plan,
+    mix,
+    write_run_record,
+)
 
 SCALE_SAMPLES = 256  # images used to measure the latent std
 
@@ -133,13 +141,7 @@ def _write_model(vae: Any, scale: float, base: Path, out: Path, config: TrainCon
                 shutil.copy2(item, staging / item.name)
         vae.register_to_config(scaling_factor=scale)
         vae.save_pretrained(staging / "vae", safe_serialization=True)
-        for item in staging.iterdir():
-            target = out / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            item.replace(target)
+        checkpoints.replace_into(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    record = {"config": config.fingerprint() | {"max_steps": config.max_steps, "epochs": config.epochs},
-              "plan": plan.to_dict(), "scaling_factor": scale}  # fmt: skip
-    (out / "sdlite-train.json").write_text(json.dumps(record, indent=2, default=str))
+    write_run_record(out, config, plan, scaling_factor=scale)
