@@ -196,7 +196,7 @@ def _train(
     # 4. The loop: one optimizer step per `grad_accum` micro-batches on every process.
     log = _LossLog(config.out, start_step, accelerator.is_main_process)
     stop = _StopFlag()
-    bad_in_row, bad_total, last_loss, saved = 0, 0, None, []
+    guard, last_loss, saved = FiniteGuard(emit), None, []
     started, images = time.perf_counter(), 0
     with stop.armed():
         for step in range(start_step, plan.steps):
@@ -218,21 +218,13 @@ def _train(
                 losses.append(loss.detach().float())
             step_loss = accelerator.reduce(torch.stack(losses).mean(), "mean")
             images += plan.effective_batch
-            if torch.isfinite(step_loss):
-                if accelerator.sync_gradients and config.max_grad_norm > 0:
+            if guard.finite(step_loss, step + 1):
+                if config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
                 if ema is not None:
                     ema.step(parts.unet.parameters())
-                bad_in_row, last_loss = 0, float(step_loss)
-            else:
-                bad_in_row, bad_total = bad_in_row + 1, bad_total + 1
-                emit("warning", step=step + 1, message=f"non-finite loss at step {step + 1}; step skipped")
-                if bad_in_row >= MAX_BAD_STEPS:
-                    raise NumericalError(
-                        f"{bad_in_row} non-finite losses in a row (last at step {step + 1}); stopped. "
-                        "Lower --lr, or use --mixed-precision bf16/no; earlier checkpoints are intact"
-                    )
+                last_loss = float(step_loss)
             optimizer.zero_grad(set_to_none=True)
             lr = lr_schedule.get_last_lr()[0]  # the rate this step used
             lr_schedule.step()
@@ -242,7 +234,7 @@ def _train(
             emit("step", step=done, steps=plan.steps, loss=float(step_loss), lr=lr, images_per_s=rate)
             # A checkpoint right after a non-finite loss could hold damaged state: keep the last good one.
             due = config.checkpoint_every and done % config.checkpoint_every == 0 and done < plan.steps
-            if due and bad_in_row == 0:
+            if due and guard.in_row == 0:
                 path = _save_checkpoint(
                     parts, unet, text_encoder, optimizer, lr_schedule, ema, config, model, done, accelerator
                 )
@@ -260,8 +252,10 @@ def _train(
         if grid:
             emit("validation", step=plan.steps, path=str(grid))
     log.close(plot=True)
-    emit("done", out=str(config.out), steps=plan.steps, loss=last_loss, skipped=list(plan.skipped), bad_steps=bad_total)
-    return TrainResult(config.out, plan.steps, last_loss, tuple(saved), plan.skipped, bad_total)
+    emit(
+        "done", out=str(config.out), steps=plan.steps, loss=last_loss, skipped=list(plan.skipped), bad_steps=guard.total
+    )
+    return TrainResult(config.out, plan.steps, last_loss, tuple(saved), plan.skipped, guard.total)
 
 
 @dataclass
@@ -567,6 +561,29 @@ def _validate(parts: _Parts, unet: Any, text_encoder: Any, ema: Any, config: Tra
     path = folder / f"step-{step:06d}.png"
     contact_sheet(images).save(path)
     return path
+
+
+class FiniteGuard:
+    """Skips steps whose loss is NaN/inf (reported as warnings) and stops the run after
+    MAX_BAD_STEPS in a row; `in_row` > 0 means the latest step was skipped."""
+
+    def __init__(self, emit: _Emitter) -> None:
+        self.emit, self.in_row, self.total = emit, 0, 0
+
+    def finite(self, loss: Any, step: int) -> bool:
+        import torch
+
+        if torch.isfinite(loss):
+            self.in_row = 0
+            return True
+        self.in_row, self.total = self.in_row + 1, self.total + 1
+        self.emit("warning", step=step, message=f"non-finite loss at step {step}; step skipped")
+        if self.in_row >= MAX_BAD_STEPS:
+            raise NumericalError(
+                f"{self.in_row} non-finite losses in a row (last at step {step}); stopped. "
+                "Lower --lr, or use --mixed-precision bf16/no; earlier checkpoints are intact"
+            )
+        return False
 
 
 class _Emitter:

@@ -16,9 +16,8 @@ from typing import Any
 
 from sdlite import checkpoints
 from sdlite.config import TrainConfig
-from sdlite.errors import NumericalError
 from sdlite.training import (
-    MAX_BAD_STEPS,
+    FiniteGuard,
     TrainResult,
     _Emitter,
     _LossLog,
@@ -47,7 +46,7 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: 
     vae, optimizer = accelerator.prepare(vae, optimizer)
 
     log = _LossLog(config.out, 0, accelerator.is_main_process)
-    bad_in_row, bad_total, last_loss, started = 0, 0, None, time.perf_counter()
+    guard, last_loss, started = FiniteGuard(emit), None, time.perf_counter()
     for step in range(plan.steps):
         for micro in range(config.grad_accum):
             m = step * config.grad_accum + micro
@@ -57,16 +56,11 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: 
                     loss = loss_hook(step, loss)
                 accelerator.backward(loss / config.grad_accum)
         step_loss = accelerator.reduce(loss.detach().float(), "mean")
-        if torch.isfinite(step_loss):
+        if guard.finite(step_loss, step + 1):
             if config.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(vae.parameters(), config.max_grad_norm)
             optimizer.step()
-            bad_in_row, last_loss = 0, float(step_loss)
-        else:
-            bad_in_row, bad_total = bad_in_row + 1, bad_total + 1
-            emit("warning", step=step + 1, message=f"non-finite loss at step {step + 1}; step skipped")
-            if bad_in_row >= MAX_BAD_STEPS:
-                raise NumericalError(f"{bad_in_row} non-finite losses in a row (last at step {step + 1}); stopped")
+            last_loss = float(step_loss)
         optimizer.zero_grad(set_to_none=True)
         lr = schedule.get_last_lr()[0]
         schedule.step()
@@ -83,8 +77,10 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: 
         _write_model(raw, scale, model.path, Path(config.out), config, plan)
     accelerator.wait_for_everyone()
     log.close(plot=True)
-    emit("done", out=str(config.out), steps=plan.steps, loss=last_loss, skipped=list(plan.skipped), bad_steps=bad_total)
-    return TrainResult(Path(config.out), plan.steps, last_loss, (), plan.skipped, bad_total)
+    emit(
+        "done", out=str(config.out), steps=plan.steps, loss=last_loss, skipped=list(plan.skipped), bad_steps=guard.total
+    )
+    return TrainResult(Path(config.out), plan.steps, last_loss, (), plan.skipped, guard.total)
 
 
 def _vae_loss(vae: Any, m: int, plan: Any, dataset: Any, config: TrainConfig, accelerator: Any, torch: Any) -> Any:
