@@ -147,7 +147,7 @@ def evaluate(config: Any, progress: Any = None) -> dict[str, Any]:
     """
     import tempfile
 
-    from sdlite.config import Generation, SampleConfig, model_defaults
+    from sdlite.config import SampleOverrides, build_sample_config
     from sdlite.sampling import sample
 
     rng = random.Random(config.seed)
@@ -156,23 +156,27 @@ def evaluate(config: Any, progress: Any = None) -> dict[str, Any]:
     for name, triples in splits.items():
         order = rng.sample(triples, len(triples))
         jobs += [(name, order[i % len(order)]) for i in range(config.n // 2)]
-    settings = {**model_defaults(config.model)}
-    settings.update(
-        {
-            k: v
-            for k, v in (("steps", config.steps), ("guidance", config.guidance), ("scheduler", config.scheduler))
-            if v is not None
-        }
-    )
-    gens = tuple(Generation(caption(*triple), seed=config.seed + i, **settings) for i, (_, triple) in enumerate(jobs))
     with tempfile.TemporaryDirectory(prefix="sdlite-eval-") as tmp:
-        out = Path(config.out) if config.out else Path(tmp)
-        run = sample(
-            SampleConfig(
-                model=config.model, generations=gens, out=out, batch_size=config.batch_size, offline=config.offline
+        # The same merge as `sdlite sample`: given settings > the model's recommended ones > defaults;
+        # prompt i gets seed + i.
+        sample_config = build_sample_config(
+            SampleOverrides(
+                prompts=tuple(caption(*triple) for _, triple in jobs),
+                model=config.model,
+                settings={
+                    "seed": config.seed,
+                    "steps": config.steps,
+                    "guidance": config.guidance,
+                    "scheduler": config.scheduler,
+                },
+                out=Path(config.out) if config.out else Path(tmp),
+                batch_size=config.batch_size,
+                offline=config.offline,
             ),
-            progress=progress,
+            env={},
         )
+        gens = sample_config.generations
+        run = sample(sample_config, progress=progress)
         verdicts = []
         from PIL import Image
 
