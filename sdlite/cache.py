@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sdlite.errors import writing
 from sdlite.metadata import cache_dir, file_sha256
 from sdlite.models import ResolvedModel
 
@@ -97,7 +98,11 @@ def _save(path: Path, tensors: dict[str, Any]) -> None:
     """Write atomically, so an interrupted fill never leaves a half entry that later runs trust."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
-    os.replace(tmp, path)
+    try:
+        with writing(f"cache entry {path}"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -15,11 +15,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sdlite.errors import ModelError, ResourceError, UsageError
+from sdlite.errors import ModelError, UsageError, writing
 from sdlite.metadata import sha256_uncached
+from sdlite.models import file_format
 
 MANIFEST = "sdlite-checkpoint.json"
 FORMAT = 1
+SAFE_TEXT = (".json", ".txt")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -51,14 +53,25 @@ def write_manifest(folder: Path, step: int, fingerprint: dict[str, Any]) -> None
 
 
 def commit(staging: Path, final: Path) -> Path:
-    """Move a fully written staging folder into place (rename: atomic on one filesystem)."""
-    try:
+    """Move a fully written staging folder into place. Every step is a rename, so a crash leaves
+    either the old folder or the new one under the final name, never a half-deleted or half-written one."""
+    trash = final.with_name(f".{final.name}.old")
+    with writing(f"checkpoint {final}"):
         if final.exists():
-            shutil.rmtree(final)
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(final, trash)
         os.replace(staging, final)
-    except OSError as exc:
-        raise ResourceError(f"cannot write checkpoint {final}: {exc.strerror or exc}") from exc
+    shutil.rmtree(trash, ignore_errors=True)
     return final
+
+
+def clean_staging(out: Path) -> list[Path]:
+    """Remove what a killed run left behind: half-written `.step-*` staging folders and old copies."""
+    root = Path(out) / "checkpoints"
+    stale = [p for p in root.glob(".step-*") if p.is_dir()] if root.is_dir() else []
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
 
 
 def replace_into(staging: Path, out: Path) -> None:
@@ -70,23 +83,38 @@ def replace_into(staging: Path, out: Path) -> None:
         item.replace(target)
 
 
-def prune(out: Path, keep: int | None) -> list[Path]:
-    """Delete all but the newest `keep` checkpoints; returns the removed folders."""
+def prune(out: Path, keep: int | None, step: int) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints up to `step` (the one just written); returns them.
+
+    Checkpoints after `step` (left by a run that went further before this one resumed from an earlier
+    point) are not this run's history and are left for it to overwrite. Pruning runs only after a new
+    checkpoint is complete, so the one a run resumed from is deleted only once `keep` newer ones exist.
+    """
     if keep is None:
         return []
-    removed = list_checkpoints(out)[:-keep]
+    ours = [p for p in list_checkpoints(out) if _step_of(p) <= step]
+    removed = ours[:-keep]
     for folder in removed:
-        shutil.rmtree(folder, ignore_errors=True)
+        trash = folder.with_name(f".{folder.name}.old")  # renamed first: a crash never leaves half a checkpoint
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(folder, trash)
+        shutil.rmtree(trash, ignore_errors=True)
     return removed
 
 
+def _step_of(folder: Path) -> int:
+    match = _STEP_DIR.match(folder.name)
+    return int(match.group(1)) if match else -1
+
+
 def list_checkpoints(out: Path) -> list[Path]:
-    """Checkpoint folders under OUT, oldest first (staging folders and strays are ignored)."""
+    """Complete checkpoint folders under OUT (their manifest is written last), oldest first;
+    staging folders, strays and folders without a manifest are ignored."""
     root = Path(out) / "checkpoints"
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
-    return [p for _, p in sorted(found)]
+    return [p for _, p in sorted(found) if (p / MANIFEST).is_file()]
 
 
 def find_resume(out: Path, resume: str) -> Path:
@@ -119,6 +147,7 @@ def verify(folder: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
             raise ModelError(f"checkpoint {folder} is incomplete: {name} is missing")
         if sha256_uncached(file) != digest:
             raise ModelError(f"checkpoint {folder} was modified after sdlite wrote it: {name}")
+        _check_safe(file)
     extra = sorted(
         str(p.relative_to(folder))
         for p in folder.rglob("*")
@@ -131,6 +160,14 @@ def verify(folder: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
         details = ", ".join(f"{k}: {manifest['fingerprint'].get(k)!r} -> {fingerprint[k]!r}" for k in differing)
         raise UsageError(f"cannot resume {folder} with different settings ({details})")
     return manifest
+
+
+def _check_safe(file: Path) -> None:
+    """Resuming loads only JSON, text and real safetensors: a manifest can be forged, content cannot."""
+    if file.suffix in SAFE_TEXT:
+        return
+    if file.suffix != ".safetensors" or file_format(file) != "safetensors":
+        raise ModelError(f"checkpoint file {file} is not safetensors or JSON; sdlite never resumes from pickles")
 
 
 def save_optimizer(optimizer: Any, folder: Path) -> None:

@@ -5,6 +5,10 @@ Exit codes are part of the public contract (scripts branch on them); never renum
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 EXIT_CODES: dict[int, str] = {
     0: "ok",
     1: "internal error (a bug: rerun with SDLITE_DEBUG=1 and report the traceback)",
@@ -57,3 +61,24 @@ class Interrupted(SdliteError):
     """The user pressed Ctrl-C; whatever could be saved was saved first."""
 
     exit_code = 130
+
+
+_DISK_FULL = {28: "no space left on device", 122: "disk quota exceeded", 27: "file too large for this file system"}
+
+
+@contextmanager
+def writing(what: str) -> Iterator[None]:
+    """Turn a failed write (disk full, read-only, no permission, a path blocked by a file) into a
+    ResourceError naming what could not be written, so it exits 5 with one line instead of a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        reason = _DISK_FULL.get(exc.errno or 0) or exc.strerror or str(exc)
+        raise ResourceError(f"cannot write {what}: {reason}") from exc
+    except Exception as exc:
+        # safetensors reports its I/O failures as SafetensorError("... I/O error: ... (os error N)").
+        if type(exc).__name__ != "SafetensorError" or "I/O error" not in str(exc):
+            raise
+        code = re.search(r"os error (\d+)", str(exc))
+        reason = _DISK_FULL.get(int(code.group(1))) if code else None
+        raise ResourceError(f"cannot write {what}: {reason or str(exc).splitlines()[0]}") from exc

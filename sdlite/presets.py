@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlite.config import InitConfig
-from sdlite.errors import ResourceError, UsageError
+from sdlite.errors import UsageError, writing
 
 # The classic SD v1 noise schedule; DDIM settings that avoid diffusers' deprecation warnings.
 SCHEDULE: dict[str, Any] = {
@@ -192,16 +192,14 @@ def init_model(config: InitConfig) -> Path:
     if config.dtype != "fp32":
         pipe = pipe.to(dtype=dtypes[config.dtype])
     parent = out.absolute().parent
-    try:
+    with writing(f"model to {out}"):
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-        pipe.save_pretrained(staging, safe_serialization=True)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(staging, out)
-    except OSError as exc:
-        raise ResourceError(f"cannot write model to {out}: {exc.strerror or exc}") from exc
-    finally:
-        if "staging" in locals() and staging.exists():
+        try:
+            pipe.save_pretrained(staging, safe_serialization=True)
+            if out.exists():
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            os.replace(staging, out)
+        finally:
             shutil.rmtree(staging, ignore_errors=True)
     return out

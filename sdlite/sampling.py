@@ -8,7 +8,6 @@ alone, on any device), and records what made each image.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import re
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from typing import Any
 
 from sdlite import metadata
 from sdlite.config import Generation, SampleConfig, validate_size
-from sdlite.errors import NumericalError, ResourceError
+from sdlite.errors import NumericalError, ResourceError, writing
 from sdlite.models import ResolvedModel, load_pipeline, pick_device, pick_dtype, read_json, resolve_model, vae_factor
 from sdlite.schedulers import SCHEDULERS, make_scheduler
 
@@ -249,10 +248,8 @@ def _truncation_warning(tokenizer: Any, prompt: str) -> str | None:
 
 
 def _prepare_out(out: Path) -> Path:
-    try:
+    with writing(f"to output folder {out}"):
         out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ResourceError(f"cannot create output folder {out}: {exc.strerror or exc}") from exc
     return out
 
 
@@ -271,10 +268,10 @@ def _write_png(out: Path, seed: int, image: Any, info: Any) -> tuple[Path, int]:
             return path, index
         except FileExistsError:
             index += 1
-        except OSError as exc:
-            path.unlink(missing_ok=True)
-            reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise ResourceError(f"cannot write {path}: {reason}") from exc
+        except OSError:
+            path.unlink(missing_ok=True)  # never leave a partial image behind
+            with writing(str(path)):
+                raise
 
 
 def _next_index(out: Path) -> int:
@@ -294,7 +291,9 @@ def _write_grid(out: Path, results: list[SampleResult]) -> Path:
         n += 1
         path = out / f"grid-{index:05d}-{n}.png"
     try:
-        sheet.save(path)
-    except OSError as exc:
-        raise ResourceError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        with writing(str(path)):
+            sheet.save(path)
+    except ResourceError:
+        path.unlink(missing_ok=True)
+        raise
     return path

@@ -24,7 +24,7 @@ from typing import Any
 
 from sdlite import checkpoints
 from sdlite.config import TrainConfig, validate_size
-from sdlite.errors import Interrupted, NumericalError, UsageError
+from sdlite.errors import Interrupted, NumericalError, UsageError, writing
 from sdlite.models import ResolvedModel, read_json, resolve_model, silence_library_progress, vae_factor
 
 EventFn = Callable[[dict[str, Any]], None]
@@ -147,6 +147,8 @@ def _train(
     # 1. Plan: model and data checked before any weights load.
     plan, dataset, model = make_plan(config, accelerator.num_processes)
     emit("plan", **plan.to_dict())
+    if accelerator.is_main_process:
+        checkpoints.clean_staging(config.out)  # what a killed run may have left half-written
     for note in plan.skipped:
         emit("warning", message=note)
 
@@ -447,29 +449,37 @@ def _save_checkpoint(parts: _Parts, unet: Any, text_encoder: Any, optimizer: Any
     final = checkpoints.checkpoint_dir(config.out, step)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        try:
-            _assemble(parts, unet, text_encoder, config, model, staging, accelerator)
-            state = staging / "training"
-            state.mkdir()
-            if config.lora:
-                from peft.utils import get_peft_model_state_dict
-                from safetensors.torch import save_file
-
-                adapter = get_peft_model_state_dict(_unwrapped(accelerator, unet))
-                save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, state / "adapter.safetensors")
-            checkpoints.save_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, state)
-            (state / "lr_schedule.json").write_text(json.dumps(lr_schedule.state_dict()))
-            if ema is not None:
-                checkpoints.save_ema(ema, state)
-            checkpoints.write_manifest(staging, step, config.fingerprint())
-            checkpoints.commit(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        checkpoints.prune(config.out, config.keep_checkpoints)
+        with writing(f"checkpoint {final}"):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+            try:
+                _write_checkpoint(parts, unet, text_encoder, optimizer, lr_schedule, ema, config, model, staging,
+                                  accelerator)  # fmt: skip
+                checkpoints.write_manifest(staging, step, config.fingerprint())
+                checkpoints.commit(staging, final)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        checkpoints.prune(config.out, config.keep_checkpoints, step)
     accelerator.wait_for_everyone()
     return final
+
+
+def _write_checkpoint(parts: _Parts, unet: Any, text_encoder: Any, optimizer: Any, lr_schedule: Any, ema: Any,
+                      config: TrainConfig, model: ResolvedModel, staging: Path, accelerator: Any) -> None:  # fmt: skip
+    """Everything a checkpoint holds except its manifest: the usable model and the training state."""
+    _assemble(parts, unet, text_encoder, config, model, staging, accelerator)
+    state = staging / "training"
+    state.mkdir()
+    if config.lora:
+        from peft.utils import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        adapter = get_peft_model_state_dict(_unwrapped(accelerator, unet))
+        save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, state / "adapter.safetensors")
+    checkpoints.save_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, state)
+    (state / "lr_schedule.json").write_text(json.dumps(lr_schedule.state_dict()))
+    if ema is not None:
+        checkpoints.save_ema(ema, state)
 
 
 def _load_trained_weights(parts: _Parts, folder: Path, config: TrainConfig, torch: Any) -> None:
@@ -498,15 +508,16 @@ def _save_output(parts: _Parts, unet: Any, text_encoder: Any, ema: Any, config: 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         out = Path(config.out)
-        out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".final.", dir=out))
-        try:
-            with _ema_weights(ema, _unwrapped(accelerator, unet)):
-                _assemble(parts, unet, text_encoder, config, model, staging, accelerator)
-            checkpoints.replace_into(staging, out)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        write_run_record(out, config, plan)
+        with writing(f"the trained model in {out}"):
+            out.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".final.", dir=out))
+            try:
+                with _ema_weights(ema, _unwrapped(accelerator, unet)):
+                    _assemble(parts, unet, text_encoder, config, model, staging, accelerator)
+                checkpoints.replace_into(staging, out)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            write_run_record(out, config, plan)
     accelerator.wait_for_everyone()
 
 
@@ -557,9 +568,10 @@ def _validate(parts: _Parts, unet: Any, text_encoder: Any, ema: Any, config: Tra
             images.append((image, f"{prompt} | seed {config.seed + i}"))
     raw_unet.train()
     folder = Path(config.out) / "validation"
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:06d}.png"
-    contact_sheet(images).save(path)
+    with writing(f"validation grid {path}"):
+        folder.mkdir(parents=True, exist_ok=True)
+        contact_sheet(images).save(path)
     return path
 
 
@@ -604,22 +616,24 @@ class _LossLog:
         self.path, self.main = Path(out) / "loss.csv", main
         if not main:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = ["step,loss,lr"]
         if start_step and self.path.exists():
             kept += [row for row in self.path.read_text().splitlines()[1:] if int(row.split(",")[0]) <= start_step]
-        self.path.write_text("\n".join(kept) + "\n")
+        with writing(str(self.path)):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("\n".join(kept) + "\n")
 
     def add(self, step: int, loss: float, lr: float) -> None:
         if self.main:
-            with self.path.open("a") as f:
+            with writing(str(self.path)), self.path.open("a") as f:
                 f.write(f"{step},{loss:.6g},{lr:.6g}\n")
 
     def close(self, plot: bool) -> None:
         if self.main and plot:
             from sdlite.plot import loss_curve
 
-            loss_curve(self.path, self.path.with_suffix(".png"))
+            with writing(str(self.path.with_suffix(".png"))):
+                loss_curve(self.path, self.path.with_suffix(".png"))
 
 
 class _StopFlag:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sdlite import checkpoints
 from sdlite.config import TrainConfig
+from sdlite.errors import writing
 from sdlite.training import (
     FiniteGuard,
     TrainResult,
@@ -74,7 +75,8 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: 
     emit("vae", scaling_factor=scale)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_model(raw, scale, model.path, Path(config.out), config, plan)
+        with writing(f"the trained model in {config.out}"):
+            _write_model(raw, scale, model.path, Path(config.out), config, plan)
     accelerator.wait_for_everyone()
     log.close(plot=True)
     emit(

@@ -367,13 +367,6 @@ def test_prompts_file_through_cli(tiny_model: Path, tmp_path: Path) -> None:
     ]
 
 
-def test_unwritable_output_exits_5(tiny_model: Path, tmp_path: Path) -> None:
-    (tmp_path / "taken").write_text("a file where the output folder should go")
-    result = invoke("sample", "a", "--model", str(tiny_model), "--steps", "1", "--out", str(tmp_path / "taken" / "sub"))
-    assert result.exit_code == 5
-    assert "cannot create output folder" in result.stderr
-
-
 def test_progress_bar_only_on_a_terminal_and_not_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
