@@ -1,4 +1,4 @@
-"""`sdlite train` from the command line: dry-run, TOML config, JSON events, 2 processes, real Ctrl-C."""
+"""`sdlite train` from the command line: dry-run, TOML config, JSON events, real Ctrl-C (2 processes: tests/reliability)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from sdlite.cli import app
@@ -90,40 +89,6 @@ def test_bad_image_exits_3_before_training(tiny_model: Path, shapes: Path, tmp_p
                                  "--max-steps", "1", "--json-events"])  # fmt: skip
     assert result.exit_code == 3
     assert "005.png" in result.stderr and result.stdout == ""
-
-
-@pytest.mark.slow
-def test_two_processes_match_one_with_the_same_global_batch(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
-    common = [
-        "train",
-        "--model",
-        str(tiny_model),
-        "--data",
-        str(shapes),
-        "--max-steps",
-        "3",
-        "--lr",
-        "1e-3",
-        "--json-events",
-    ]
-    two = subprocess.run([*SDLITE, *common, "--out", str(tmp_path / "two"), "--batch-size", "1", "--num-processes", "2"],
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert two.returncode == 0, two.stderr[-2000:]
-    events = [json.loads(line) for line in two.stdout.splitlines() if line.startswith("{")]
-    assert events[0]["num_processes"] == 2 and events[0]["effective_batch"] == 2
-    assert sum(e["event"] == "done" for e in events) == 1  # only the main process reports
-    one = runner.invoke(app, [*common, "--out", str(tmp_path / "one"), "--batch-size", "2"])
-    assert one.exit_code == 0, one.stderr
-    one_losses = [json.loads(line)["loss"] for line in one.stdout.splitlines() if '"event": "step"' in line]
-    two_losses = [e["loss"] for e in events if e["event"] == "step"]
-    assert two_losses == pytest.approx(one_losses, rel=1e-5)
-    # Same data, noise and averaged gradients; only the float summation order differs (DDP all-reduce),
-    # which Adam's normalisation can magnify on near-zero gradients: compare against the update size.
-    a = load_file(tmp_path / "two" / "unet" / "diffusion_pytorch_model.safetensors")
-    b = load_file(tmp_path / "one" / "unet" / "diffusion_pytorch_model.safetensors")
-    base = load_file(tiny_model / "unet" / "diffusion_pytorch_model.safetensors")
-    update = max((b[k] - base[k]).abs().max().item() for k in b)
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 0.05 * update
 
 
 @pytest.mark.slow

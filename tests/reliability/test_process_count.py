@@ -1,0 +1,47 @@
+"""The number of processes does not change the result: 2 processes at batch B end on the weights of
+1 process at batch 2B, and only rank 0 writes anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from faults import events, run
+from safetensors.torch import load_file
+
+from sdlite import checkpoints
+
+UNET = Path("unet") / "diffusion_pytorch_model.safetensors"
+STEPS = 6  # 8 images at a global batch of 4: two epochs, so the epoch permutation is covered too
+
+
+@pytest.mark.slow
+def test_two_processes_end_on_the_weights_of_one(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    common = ["train", "--model", str(tiny_model), "--data", str(shapes), "--max-steps", str(STEPS), "--lr", "2e-5",
+              "--caption-dropout", "0.2", "--checkpoint-every", "2", "--json-events"]  # fmt: skip
+    two = run(*common, "--out", str(tmp_path / "two"), "--batch-size", "2", "--num-processes", "2")
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = run(*common, "--out", str(tmp_path / "one"), "--batch-size", "4")
+    assert one.returncode == 0, one.stderr[-2000:]
+
+    two_events, one_events = events(two.stdout), events(one.stdout)
+    assert two_events[0]["num_processes"] == 2 and two_events[0]["effective_batch"] == 4
+    two_losses = [e["loss"] for e in two_events if e["event"] == "step"]
+    assert two_losses == pytest.approx([e["loss"] for e in one_events if e["event"] == "step"], rel=1e-5)
+
+    a, b = load_file(tmp_path / "two" / UNET), load_file(tmp_path / "one" / UNET)
+    base = load_file(tiny_model / UNET)
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    moved = max((b[k] - base[k]).abs().max().item() for k in b)
+    assert worst <= 1e-5, f"2 processes vs 1: max weight difference {worst}"
+    assert moved > 5e-5  # training moved the weights well beyond the tolerance: the check has teeth
+
+    # Only rank 0 writes: one report, one log line per step, one set of complete checkpoints.
+    assert sum(e["event"] == "done" for e in two_events) == 1
+    log = (tmp_path / "two" / "loss.csv").read_text().splitlines()[1:]
+    assert [int(line.split(",")[0]) for line in log] == list(range(1, STEPS + 1))
+    kept = checkpoints.list_checkpoints(tmp_path / "two")
+    assert [p.name for p in kept] == ["step-000002", "step-000004"]
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == [p.name for p in kept]
+    for folder in kept:
+        checkpoints.verify(folder, {})
