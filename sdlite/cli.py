@@ -30,7 +30,7 @@ from sdlite.config import (
     build_sample_config,
     build_train_config,
 )
-from sdlite.errors import EXIT_CODES, SdliteError
+from sdlite.errors import EXIT_CODES, ResourceError, SdliteError
 from sdlite.schedulers import scheduler_names
 
 # "\b" keeps click from re-wrapping the table.
@@ -436,6 +436,9 @@ def _print_result(result: Any, json_out: bool) -> None:
         typer.echo(json.dumps(result.to_dict()) if json_out else f"{result.path}  seed {result.seed}")
 
 
+OUT_OF_MEMORY_HINT = "lower --batch-size or the resolution, try --low-memory for sampling, or use a smaller model"
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
     """Turn sdlite's errors into `error: ...` on stderr and their exit code; Ctrl-C exits 130."""
@@ -455,6 +458,9 @@ def _errors() -> Iterator[None]:
     except Exception as exc:
         if os.environ.get(DEBUG_ENV) == "1":
             raise
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # host RAM or torch device
+            typer.echo(f"error: out of memory: {OUT_OF_MEMORY_HINT}", err=True)
+            raise typer.Exit(ResourceError.exit_code) from None
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         typer.echo(
             f"internal error: {type(exc).__name__}: {message} (rerun with {DEBUG_ENV}=1 for the traceback)", err=True

@@ -209,6 +209,11 @@ def _generate(pipe: Any, gen: Generation, seeds: list[int], height: int, width: 
         raise ResourceError(
             f"out of memory generating {len(seeds)} image(s) at {width}x{height}: lower --batch-size"
         ) from exc
+    except _NonFiniteLatents as exc:
+        raise NumericalError(
+            f"the latents became NaN/inf at denoising step {exc.step} for seeds {seeds[0]}..{seeds[-1]} "
+            "(fp16 overflow? try --dtype fp32 or bf16); nothing was saved for them"
+        ) from None
     pixels = output.images
     if not np.isfinite(pixels).all():
         raise NumericalError(
@@ -218,6 +223,12 @@ def _generate(pipe: Any, gen: Generation, seeds: list[int], height: int, width: 
     return pixels
 
 
+class _NonFiniteLatents(Exception):
+    def __init__(self, step: int) -> None:
+        super().__init__(step)
+        self.step = step
+
+
 class _StepCounter:
     """A pipeline step-end callback that reports overall progress across all batches."""
 
@@ -225,7 +236,10 @@ class _StepCounter:
         self.progress, self.total, self.done = progress, total, 0
 
     def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        self.done += kwargs["latents"].shape[0] if "latents" in kwargs else 1
+        latents = kwargs["latents"]
+        if not latents.isfinite().all():  # stop at once: every later step and the decode would be wasted
+            raise _NonFiniteLatents(step + 1)
+        self.done += latents.shape[0]
         if self.progress:
             self.progress(min(self.done, self.total), self.total)
         return kwargs

@@ -147,8 +147,7 @@ def _train(
     # 1. Plan: model and data checked before any weights load.
     plan, dataset, model = make_plan(config, accelerator.num_processes)
     emit("plan", **plan.to_dict())
-    if accelerator.is_main_process:
-        checkpoints.clean_staging(config.out)  # what a killed run may have left half-written
+    prepare_out(config, accelerator)
     for note in plan.skipped:
         emit("warning", message=note)
 
@@ -258,6 +257,15 @@ def _train(
         "done", out=str(config.out), steps=plan.steps, loss=last_loss, skipped=list(plan.skipped), bad_steps=guard.total
     )
     return TrainResult(config.out, plan.steps, last_loss, tuple(saved), plan.skipped, guard.total)
+
+
+def prepare_out(config: TrainConfig, accelerator: Any) -> None:
+    """Create OUT before any weights load (an unwritable location fails in seconds, not after a
+    model load) and clear what a killed run may have left half-written there."""
+    if accelerator.is_main_process:
+        with writing(f"to output folder {config.out}"):
+            Path(config.out).mkdir(parents=True, exist_ok=True)
+        checkpoints.clean_staging(config.out)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from sdlite.training import (
     batch_indices,
     make_plan,
     mix,
+    prepare_out,
     write_run_record,
 )
 
@@ -38,6 +39,7 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: 
 
     plan, dataset, model = make_plan(config, accelerator.num_processes)
     emit("plan", **plan.to_dict())
+    prepare_out(config, accelerator)
     vae = AutoencoderKL.from_pretrained(model.path / "vae", use_safetensors=not model.uses_pickle or None)
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=1e-2, fused=True)

@@ -11,7 +11,6 @@ import pytest
 from typer.testing import CliRunner
 
 from sdlite.cli import app
-from sdlite.errors import EXIT_CODES
 from sdlite.schedulers import SCHEDULERS
 
 runner = CliRunner()
@@ -19,15 +18,6 @@ runner = CliRunner()
 
 def invoke(*args: str, **kwargs: object):
     return runner.invoke(app, list(args), **kwargs)  # type: ignore[arg-type]
-
-
-def test_help_lists_commands_and_exit_codes() -> None:
-    result = invoke("--help")
-    assert result.exit_code == 0
-    for command in ("init", "sample", "info"):
-        assert command in result.stdout
-    for code in EXIT_CODES:
-        assert f"{code} " in result.stdout
 
 
 def test_sample_help_lists_every_scheduler() -> None:
@@ -203,31 +193,6 @@ def test_debug_env_shows_traceback(tmp_path: Path) -> None:
     result = invoke("sample", "a", "--model", "m", "--steps", "0", env={"SDLITE_DEBUG": "1"})
     assert result.exit_code != 0
     assert result.exception is not None and "--steps must be at least 1" in str(result.exception)
-
-
-def test_internal_error_is_one_line_exit_1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import sdlite.info
-
-    def boom(config: object) -> None:
-        raise RuntimeError("simulated bug\nsecond line")
-
-    monkeypatch.setattr(sdlite.info, "describe", boom)
-    result = invoke("info", "m")
-    assert result.exit_code == 1
-    assert (
-        result.stderr.strip()
-        == "internal error: RuntimeError: simulated bug (rerun with SDLITE_DEBUG=1 for the traceback)"
-    )
-
-
-def test_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sdlite.info
-
-    def interrupted(config: object) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(sdlite.info, "describe", interrupted)
-    assert invoke("info", "m").exit_code == 130
 
 
 def test_init_and_info(tmp_path: Path) -> None:
