@@ -8,7 +8,7 @@ TORCH  := torch==2.13.0
 # Tests and the demo never touch the network for weights.
 OFFLINE := HF_HUB_OFFLINE=1
 
-.PHONY: install test lint demo bench default-model clean
+.PHONY: install test lint demo bench default-model mutants clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(OFFLINE) $(PY) -m pytest -q
+
+# Break sdlite on purpose, one way at a time, and check the reliability suite notices each break.
+mutants: install
+	$(OFFLINE) $(PY) tests/reliability/mutants.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,146 @@
+"""Proof that the reliability suite has teeth: break sdlite on purpose, one way at a time, and check
+that the tests meant to catch each break fail, and that every test in the suite fails at least once.
+
+    .venv/bin/python tests/reliability/mutants.py [NAME...]      (`make mutants`; about 5 minutes)
+
+Each mutant is a copy of the working tree with one source edit; its tests run against the copy
+(PYTHONPATH puts the copy first, for subprocesses too). Not part of `make test`: it reruns the
+suite many times.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SUITE = "tests/reliability"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: str  # a pytest -k expression, run within the suite
+
+
+MUTANTS = [
+    Mutant("pickle-in-folder-allowed", "sdlite/models.py", "    if not allow_pickle:\n        raise ModelError(\n            f\"{folder} holds only pickle",
+           "    if False:\n        raise ModelError(\n            f\"{folder} holds only pickle", "pickle_weights_inside"),
+    Mutant("single-pickle-not-recognised", "sdlite/models.py", 'if head[:1] == b"\\x80" or', "if False or",
+           "crafted_checkpoint or torch_zip"),
+    Mutant("disguised-pickle-trusted", "sdlite/models.py", 'if file_format(file) != "safetensors":', "if False:",
+           "renamed_safetensors"),
+    Mutant("resume-skips-content-check", "sdlite/checkpoints.py", "        _check_safe(file)\n", "", "forged"),
+    Mutant("truncation-unchecked", "sdlite/models.py", "    if end > data_size:", "    if False:", "damaged"),
+    Mutant("resume-forgets-optimizer", "sdlite/training.py", "        checkpoints.load_optimizer(optimizer, folder / \"training\")\n",
+           "", "sigkill or resumed"),
+    Mutant("resume-forgets-ema", "sdlite/training.py", "            checkpoints.load_ema(ema, folder / \"training\")\n",
+           "            pass\n", "sigkill or resumed"),
+    Mutant("data-order-from-global-rng", "sdlite/training.py",
+           "torch.randperm(plan.images, generator=torch.Generator().manual_seed(mix(seed, epoch)))",
+           "torch.randperm(plan.images)", "sigkill or resumed"),
+    Mutant("loss-log-not-truncated-on-resume", "sdlite/training.py", "if int(row.split(\",\")[0]) <= start_step]", "]",
+           "resumed_run"),
+    Mutant("stale-staging-kept", "sdlite/training.py", "        checkpoints.clean_staging(config.out)\n", "", "checkpoint_write"),
+    Mutant("prune-ignores-step", "sdlite/checkpoints.py", "if _step_of(p) <= step]", "]", "never_deletes"),
+    Mutant("half-checkpoints-listed", "sdlite/checkpoints.py", "if (p / MANIFEST).is_file()]", "]", "never_deletes"),
+    Mutant("ranks-read-the-same-data", "sdlite/training.py", "+ rank * plan.batch_size", "", "two_processes"),
+    Mutant("every-rank-logs", "sdlite/training.py", "log = _LossLog(config.out, start_step, accelerator.is_main_process)",
+           "log = _LossLog(config.out, start_step, True)", "two_processes"),
+    Mutant("bad-images-always-skipped", "sdlite/data.py", "if bad and not skip_bad_images:", "if False:",
+           "first_bad_file"),
+    Mutant("bomb-limit-off", "sdlite/data.py", "            warnings.simplefilter(\"error\", Image.DecompressionBombWarning)\n",
+           "            Image.MAX_IMAGE_PIXELS = None\n", "bomb or skip_bad_images"),
+    Mutant("bad-image-skipped-silently", "sdlite/data.py", "            bad.append(str(exc))\n", "", "skip_bad_images"),
+    Mutant("no-exif-transpose", "sdlite/data.py", "upright = ImageOps.exif_transpose(opened)", "upright = opened",
+           "exif"),
+    Mutant("transparency-on-black", "sdlite/data.py", "(255, 255, 255", "(0, 0, 0", "composited or transparency"),
+    Mutant("modes-converted-naively", "sdlite/data.py", "    image = _to_rgb(upright)", "    image = upright.convert(\"RGB\")",
+           "16bit or float or cmyk or tiff or palette or gray or rgb_exact or la_ or rgba"),
+    Mutant("decode-errors-escape", "sdlite/data.py", "    except _DECODE_ERRORS as exc:", "    except KeyError as exc:",
+           "corrupt or truncated_png or empty_or_missing"),
+    Mutant("nan-loss-applied", "sdlite/training.py", "        if torch.isfinite(loss):", "        if True:", "nan_loss"),
+    Mutant("checkpoint-after-bad-step", "sdlite/training.py", "if due and guard.in_row == 0:", "if due:",
+           "repeated_nan"),
+    Mutant("nan-samples-saved", "sdlite/sampling.py", "    if not np.isfinite(pixels).all():", "    if False:",
+           "nan_latents_or_pixels and vae or each_kind"),
+    Mutant("nan-latents-not-watched", "sdlite/sampling.py", "        if not latents.isfinite().all():", "        if False:",
+           "nan_latents_or_pixels and unet"),
+    Mutant("partial-png-kept", "sdlite/sampling.py", "            path.unlink(missing_ok=True)  # never leave a partial",
+           "            pass  # never leave a partial", "enospc"),
+    Mutant("safetensors-io-error-unmapped", "sdlite/errors.py", 'if type(exc).__name__ != "SafetensorError"',
+           "if True", "disk_full_during_training"),
+    Mutant("disk-errors-unmapped", "sdlite/errors.py", "    except OSError as exc:\n        reason", "    except KeyError as exc:\n        reason",
+           "unwritable or full_disk or enospc"),
+    Mutant("out-created-late", "sdlite/training.py", "    prepare_out(config, accelerator)\n", "", "unwritable_training"),
+    Mutant("resource-code-changed", "sdlite/errors.py", "    exit_code = 5", "    exit_code = 1", "each_kind"),
+    Mutant("oom-is-internal", "sdlite/cli.py", 'if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":',
+           "if False:", "unexpected_exceptions"),
+    Mutant("ctrl-c-unhandled", "sdlite/cli.py", "    except KeyboardInterrupt:\n        typer.echo(\"interrupted\", err=True)\n        raise typer.Exit(130) from None\n",
+           "", "unexpected_exceptions or ctrl_c"),
+    Mutant("usage-code-changed", "sdlite/errors.py", "    exit_code = 2", "    exit_code = 3", "each_kind or table"),
+    Mutant("data-code-changed", "sdlite/errors.py", "    exit_code = 3", "    exit_code = 2", "each_kind or first_bad_file"),
+    Mutant("model-code-changed", "sdlite/errors.py", "    exit_code = 4", "    exit_code = 1", "each_kind or untrusted"),
+    Mutant("numerical-code-changed", "sdlite/errors.py", "    exit_code = 6", "    exit_code = 1", "each_kind or repeated_nan"),
+    Mutant("sample-never-succeeds", "sdlite/sampling.py", "    return SampleResult(path=path", "    raise RuntimeError\n    return SampleResult(path=path",
+           "each_kind"),
+    Mutant("help-table-dropped", "sdlite/cli.py", "for code, text in EXIT_CODES.items())", "for code, text in [])", "table"),
+]  # fmt: skip
+
+
+def collected() -> set[str]:
+    listing = subprocess.run([sys.executable, "-m", "pytest", SUITE, "--collect-only", "-q"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return {line for line in listing.splitlines() if "::" in line}
+
+
+def run_mutant(mutant: Mutant, work: Path) -> set[str]:
+    """The test ids that failed against this mutant."""
+    tree = work / mutant.name
+    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".venv", ".git", "build", "__pycache__", "*.egg-info"))
+    source = tree / mutant.file
+    text = source.read_text()
+    if text.count(mutant.old) != 1:
+        raise SystemExit(f"{mutant.name}: the text to break occurs {text.count(mutant.old)} times in {mutant.file}")
+    source.write_text(text.replace(mutant.old, mutant.new))
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    result = subprocess.run([sys.executable, "-m", "pytest", SUITE, "-q", "-rf", "-p", "no:cacheprovider", "-k",
+                             mutant.tests], cwd=tree, env=env, capture_output=True, text=True)  # fmt: skip
+    shutil.rmtree(tree, ignore_errors=True)
+    return set(re.findall(r"^FAILED (\S+)", result.stdout, flags=re.MULTILINE)) | set(
+        re.findall(r"^ERROR (\S+)", result.stdout, flags=re.MULTILINE)
+    )
+
+
+def main(names: list[str]) -> int:
+    chosen = [m for m in MUTANTS if not names or m.name in names]
+    everything, caught, missed = collected(), set(), []
+    with tempfile.TemporaryDirectory(prefix="sdlite-mutants-") as work:
+        for mutant in chosen:
+            failed = run_mutant(mutant, Path(work))
+            caught |= failed
+            verdict = f"caught by {len(failed)} test(s)" if failed else "MISSED"
+            if not failed:
+                missed.append(mutant.name)
+            print(f"{mutant.name:36} {verdict}", flush=True)
+            for test in sorted(failed):
+                print(f"    {test}", flush=True)
+    never = sorted(everything - caught)
+    print(f"\n{len(chosen) - len(missed)}/{len(chosen)} mutants caught; "
+          f"{len(everything) - len(never)}/{len(everything)} suite tests seen failing")  # fmt: skip
+    for test in never:
+        print(f"    never failed: {test}")
+    return 1 if missed or (never and not names) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
