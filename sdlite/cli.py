@@ -147,6 +147,21 @@ def sample(
         str | None, typer.Option(help="A LoRA adapter: a folder holding pytorch_lora_weights.safetensors, or the file.")
     ] = None,
     lora_scale: Annotated[float | None, typer.Option(help="Strength of the LoRA adapter. [default: 1.0]")] = None,
+    fast: Annotated[
+        bool,
+        typer.Option(
+            "--fast",
+            help="Speed preset: SDPA attention, channels_last, and on CUDA TF32, fused QKV and torch.compile; "
+            "DPM-Solver++ (dpm++2m) at 20 steps unless --scheduler/--steps say otherwise.",
+        ),
+    ] = False,
+    low_memory: Annotated[
+        bool,
+        typer.Option(
+            "--low-memory",
+            help="Memory preset: attention slicing, VAE slicing and tiling, and on an accelerator model CPU offload.",
+        ),
+    ] = False,
     offline: Offline = False,
     allow_pickle: AllowPickle = False,
 ) -> None:
@@ -178,6 +193,8 @@ def sample(
                 allow_pickle=allow_pickle,
                 lora=lora,
                 lora_scale=lora_scale,
+                fast=fast,
+                low_memory=low_memory,
             )
         )
         _quiet_libraries(offline)
@@ -187,6 +204,8 @@ def sample(
             run = run_sample(config, progress=progress, on_image=partial(_print_result, json_out=json_out))
         if run.grid and not json_out:
             typer.echo(f"{run.grid}  grid")
+        if run.speedups and not quiet:
+            typer.echo(f"{config.mode}: {', '.join(run.speedups)}", err=True)
 
 
 @app.command()

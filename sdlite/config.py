@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlite.errors import DataError, UsageError
+from sdlite.modes import FAST_SETTINGS, MODES
 from sdlite.schedulers import SCHEDULERS
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -71,9 +72,11 @@ class SampleConfig:
     expected_model_hash: str | None = None
     lora: str | None = None  # a LoRA adapter (folder with pytorch_lora_weights.safetensors, or the file)
     lora_scale: float = 1.0
+    mode: str = "default"  # "fast" or "low-memory": see sdlite/modes.py
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))  # Python callers may pass a str
+        _check_choice("mode", self.mode, MODES)
         if not self.generations:
             raise UsageError("no prompt given: pass PROMPT arguments, --prompts-file or --from-image")
         for gen in self.generations:
@@ -137,13 +140,16 @@ class SampleOverrides:
     allow_pickle: bool = False
     lora: str | None = None
     lora_scale: float | None = None
+    fast: bool = False
+    low_memory: bool = False
 
 
 def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None) -> SampleConfig:
     """Merge command line, prompts file, source-image metadata and defaults into one SampleConfig.
 
-    Precedence: command line > prompts-file line > `--from-image` metadata > the model's own
-    recommended settings (`sdlite.json` in its folder) > built-in defaults, except that a
+    Precedence: command line > prompts-file line > `--from-image` metadata > `--fast`'s sampler
+    and steps > the model's own recommended settings (`sdlite.json` in its folder) > built-in
+    defaults, except that a
     prompts-file line's own seed beats `--seed`, which only starts the run's counter. Seeds are
     resolved here (random when not given) so the config says exactly which images will be made.
     """
@@ -153,6 +159,9 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
     if unknown:
         raise UsageError(f"unknown sample settings: {', '.join(sorted(unknown))}")
 
+    if opts.fast and opts.low_memory:
+        raise UsageError("--fast and --low-memory cannot be combined: choose speed or memory")
+    mode = "fast" if opts.fast else "low-memory" if opts.low_memory else None
     base: dict[str, Any] = {}
     model = opts.model
     batch_size, keep_seeds, expected_hash = opts.batch_size, (), None
@@ -164,6 +173,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         base = {k: recorded[k] for k in GENERATION_KEYS if k in recorded}
         model = model or recorded.get("model")
         expected_hash = recorded.get("model_hash")
+        mode = mode or recorded.get("mode")
         if recorded.get("lora") and not lora:
             lora, lora_scale = (
                 recorded["lora"]["source"],
@@ -175,7 +185,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
             base.update(seed=batch[0], num_images=len(batch))
             batch_size, keep_seeds = len(batch), (recorded["seed"],)
     model = resolve_model_source(model, env)
-    base = {**model_defaults(model), **base}
+    base = {**model_defaults(model), **(FAST_SETTINGS if mode == "fast" else {}), **base}
 
     rows: list[dict[str, Any]] = [{"prompt": p} for p in opts.prompts]
     if opts.prompts_file is not None:
@@ -216,6 +226,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         expected_model_hash=expected_hash,
         lora=lora,
         lora_scale=1.0 if lora_scale is None else lora_scale,
+        mode=mode or "default",
     )
 
 

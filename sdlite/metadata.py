@@ -85,6 +85,7 @@ def read_settings(path: Path) -> dict[str, Any]:
     settings["model_hash"] = record.get("model", {}).get("hash")
     settings["batch_seeds"] = record.get("run", {}).get("batch_seeds")
     settings["lora"] = record.get("lora")
+    settings["mode"] = record.get("run", {}).get("mode", "default")
     return settings
 
 

@@ -19,6 +19,7 @@ from sdlite import metadata
 from sdlite.config import Generation, SampleConfig, validate_size
 from sdlite.errors import NumericalError, ResourceError, writing
 from sdlite.models import ResolvedModel, load_pipeline, pick_device, pick_dtype, read_json, resolve_model, vae_factor
+from sdlite.modes import apply_mode, load_device
 from sdlite.schedulers import SCHEDULERS, make_scheduler
 
 log = logging.getLogger("sdlite")
@@ -56,6 +57,7 @@ class SampleRun:
     images: tuple[SampleResult, ...]
     grid: Path | None
     warnings: tuple[str, ...]
+    speedups: tuple[str, ...] = ()  # what --fast / --low-memory switched on
 
 
 def sample(
@@ -77,10 +79,11 @@ def sample(
 
     # 2. Load the pipeline on the chosen device and precision; note what identifies the model.
     device = pick_device(config.device)
-    pipe = load_pipeline(model, device, pick_dtype(config.dtype, device))
+    pipe = load_pipeline(model, load_device(config.mode, device), pick_dtype(config.dtype, device))
     base_scheduler_config = pipe.scheduler.config  # every sampler is built from the model's own schedule
     lora = load_lora(pipe, config.lora, config.lora_scale) if config.lora else None
-    facts = _facts(config.model, model, device, str(pipe.unet.dtype), lora)
+    applied = apply_mode(pipe, config.mode, device, lora is not None)
+    facts = _facts(config.model, model, device, str(pipe.unet.dtype), lora, config.mode)
     warnings: list[str] = []
     if config.expected_model_hash and config.expected_model_hash != facts.model_hash:
         _warn(
@@ -113,7 +116,7 @@ def sample(
                     on_image(result)
 
     grid = _write_grid(out, results) if config.grid else None
-    return SampleRun(tuple(results), grid, tuple(warnings))
+    return SampleRun(tuple(results), grid, tuple(warnings), tuple(applied))
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class _ModelFacts:
     dtype: str
     versions: dict[str, str]
     lora: dict[str, Any] | None
+    mode: str
 
 
 def load_lora(pipe: Any, source: str, scale: float) -> dict[str, Any]:
@@ -150,7 +154,8 @@ def load_lora(pipe: Any, source: str, scale: float) -> dict[str, Any]:
     return {"source": str(file.resolve()), "hash": metadata.file_sha256(file), "scale": scale}
 
 
-def _facts(source: str, model: ResolvedModel, device: str, dtype: str, lora: dict[str, Any] | None) -> _ModelFacts:
+def _facts(source: str, model: ResolvedModel, device: str, dtype: str, lora: dict[str, Any] | None,
+           mode: str) -> _ModelFacts:  # fmt: skip
     model_hash, file_hashes = metadata.model_hashes(model.path, model.weight_files)
     local = Path(source).expanduser().exists()
     return _ModelFacts(
@@ -163,6 +168,7 @@ def _facts(source: str, model: ResolvedModel, device: str, dtype: str, lora: dic
         dtype=dtype,
         versions=metadata.library_versions(),
         lora=lora,
+        mode=mode,
     )
 
 
@@ -172,7 +178,7 @@ def _save(out: Path, image: Any, settings: dict[str, Any], batch: list[int], fac
         "format": metadata.FORMAT_VERSION,
         "settings": settings,
         "model": {"source": facts.ref, "hash": facts.model_hash, "files": facts.file_hashes},
-        "run": {"batch_seeds": batch, "device": facts.device, "dtype": facts.dtype},
+        "run": {"batch_seeds": batch, "device": facts.device, "dtype": facts.dtype, "mode": facts.mode},
         "versions": facts.versions,
         "lora": facts.lora,
     }
@@ -237,7 +243,10 @@ class _StepCounter:
 
     def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         latents = kwargs["latents"]
-        if not latents.isfinite().all():  # stop at once: every later step and the decode would be wasted
+        # Stop at once: every later step and the decode would be wasted. On an accelerator the check
+        # waits for the device, so there it runs once per batch, at the last step.
+        watch = latents.device.type == "cpu" or step + 1 == pipe.num_timesteps
+        if watch and not latents.isfinite().all():
             raise _NonFiniteLatents(step + 1)
         self.done += latents.shape[0]
         if self.progress:

@@ -1,0 +1,61 @@
+"""Sampling modes: `--fast` and `--low-memory`, built only from switches diffusers and torch provide.
+
+Each mode is deterministic on its own (same seed, same image), but not bit-equal to the other
+modes: channels_last, sliced attention and tiled decoding change the float summation order.
+Which mode made an image is recorded in it, so `--from-image` replays the same mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MODES = ("default", "fast", "low-memory")
+# What `--fast` changes in the generation settings, unless the user or a prompts file set them.
+FAST_SETTINGS = {"scheduler": "dpm++2m", "steps": 20}
+
+
+def load_device(mode: str, device: str) -> str:
+    """Where to load the weights: with `--low-memory` on an accelerator they start on the CPU."""
+    return "cpu" if mode == "low-memory" else device
+
+
+def apply_mode(pipe: Any, mode: str, device: str, has_lora: bool) -> list[str]:
+    """Switch `mode` on for a pipeline loaded on `load_device(mode, device)`; returns what it switched on."""
+    if mode == "fast":
+        return _fast(pipe, device, has_lora)
+    if mode != "low-memory":
+        return []
+    applied = []
+    if device != "cpu":  # on a CPU there is nowhere to offload to
+        pipe.enable_model_cpu_offload(device=device)  # each component visits the device only while it runs
+        applied.append("model CPU offload")
+    pipe.enable_attention_slicing()
+    pipe.vae.enable_slicing()
+    pipe.vae.enable_tiling()
+    return [*applied, "attention slicing", "VAE slicing", "VAE tiling"]
+
+
+def _fast(pipe: Any, device: str, has_lora: bool) -> list[str]:
+    """SDPA attention and channels_last everywhere; on CUDA also TF32, fused QKV and torch.compile.
+
+    torch.compile runs on CUDA only: on CPU, inductor's C++ build takes longer than a one-shot
+    sampling run saves, so a command-line run would only get slower.
+    """
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    pipe.vae.set_attn_processor(AttnProcessor2_0())
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.vae.to(memory_format=torch.channels_last)
+    applied = ["SDPA attention", "channels_last"]
+    if device != "cuda":
+        return applied
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    if not has_lora:  # fused projections would bypass a LoRA's layers
+        pipe.fuse_qkv_projections()
+        applied.append("fused QKV projections")
+    pipe.unet = torch.compile(pipe.unet, mode="max-autotune", fullgraph=True)
+    pipe.vae.decode = torch.compile(pipe.vae.decode, mode="max-autotune", fullgraph=True)
+    return [*applied, "TF32", "torch.compile (max-autotune)"]
