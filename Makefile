@@ -8,7 +8,7 @@ TORCH  := torch==2.13.0
 # Tests and the demo never touch the network for weights.
 OFFLINE := HF_HUB_OFFLINE=1
 
-.PHONY: install test lint demo bench default-model mutants clean
+.PHONY: install test lint demo bench bench-gpu default-model mutants clean
 
 install: $(STAMP)
 
@@ -41,10 +41,13 @@ demo: install
 default-model: install
 	$(OFFLINE) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/train_default_model.sh build/default-model sdlite sdlite/default_model
 
+# One table: every figure next to its baseline, measured in the same run (CPU, about 5 minutes).
 bench: install
-	$(OFFLINE) $(PY) benchmarks/bench_sample.py
-	$(OFFLINE) $(PY) benchmarks/bench_train.py
-	$(OFFLINE) $(PY) benchmarks/bench_default_model.py
+	$(OFFLINE) $(PY) benchmarks/bench.py
+
+# SD v1.5 architecture at 512x512 on a GPU (not for CI; `--smoke` checks it on CPU).
+bench-gpu: install
+	$(OFFLINE) $(PY) benchmarks/bench_gpu.py
 
 clean:
 	rm -rf build outputs .pytest_cache .ruff_cache

@@ -288,7 +288,10 @@ def train(
     cache: Annotated[
         bool | None,
         typer.Option(
-            "--cache", help="Precompute VAE latents and text embeddings once, on disk (fixed augmentation only)."
+            "--cache/--no-cache",
+            help="Precompute VAE latents and text embeddings once, on disk. [default: on when the augmentation is "
+            "fixed (no --random-crop/--random-flip)]",
+            show_default=False,
         ),
     ] = None,
     checkpoint_every: Annotated[
@@ -400,6 +403,7 @@ def eval_shapes(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images denoised together.")] = 16,
     out: Annotated[Path | None, typer.Option(help="Keep the judged images here. [default: discarded]")] = None,
+    fast: Annotated[bool, typer.Option("--fast", help="Judge `sample --fast` (DPM-Solver++, 20 steps).")] = False,
     json_out: JsonOut = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     offline: Offline = False,
@@ -409,7 +413,7 @@ def eval_shapes(
         from sdlite.config import EvalConfig, resolve_model_source
 
         config = EvalConfig(model=resolve_model_source(model), n=n, seed=seed, steps=steps, guidance=guidance,
-                            scheduler=scheduler, batch_size=batch_size, out=out, offline=offline)  # fmt: skip
+                            scheduler=scheduler, batch_size=batch_size, out=out, offline=offline, fast=fast)  # fmt: skip
         _quiet_libraries(offline)
         from sdlite.shapes import evaluate, format_report
 
@@ -553,6 +557,14 @@ def _train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
         elif event["event"] == "step" and bar is not None:
             bar.update(event["step"], event["steps"])
             bar.bar.set_postfix(loss=f"{event['loss']:.4f}", img_s=f"{event['images_per_s']:.1f}", refresh=False)
+        elif event["event"] == "plan" and not quiet:
+            typer.echo(
+                f"plan: {event['images']} images, {event['steps']} steps ({event['epochs']:.3g} epochs), effective "
+                f"batch {event['effective_batch']}, {event['resolution']}px; cache {event['cache_note']}",
+                err=True,
+            )
+        elif event["event"] == "speedups" and not quiet:
+            typer.echo(f"speed-ups: {', '.join(event['applied'])}", err=True)
         elif event["event"] in ("checkpoint", "validation", "resume"):
             typer.echo(
                 f"{event['event']}: {event.get('path') or event.get('checkpoint')} (step {event['step']})", err=True

@@ -368,7 +368,7 @@ class TrainConfig:
     lora: bool = False
     lora_rank: int = 4
     lora_alpha: float | None = None  # None: equal to the rank (scale 1)
-    cache: bool = False
+    cache: bool | None = None  # None: on whenever the augmentation is fixed (see cache_choice)
     checkpoint_every: int | None = None
     keep_checkpoints: int | None = None  # None: keep all
     resume: str | None = None  # "latest" or a checkpoint folder
@@ -441,10 +441,22 @@ class TrainConfig:
         if self.lora and self.ema:
             raise UsageError("--ema applies to full fine-tuning; drop it with --lora")
         if self.cache and (self.crop == "random" or self.random_flip):
-            raise UsageError("--cache needs a fixed augmentation: drop --random-crop / --random-flip")
+            raise UsageError(
+                "--cache needs a fixed augmentation: drop --random-crop / --random-flip, or pass --no-cache"
+            )
         if self.validate_every is not None and not self.validation_prompts:
             raise UsageError("--validate-every needs at least one --validation-prompt")
         _check_seed(self.seed)
+
+    def cache_choice(self) -> tuple[bool, str]:
+        """Whether to cache latents and text embeddings, and why: on by default when it is valid."""
+        if self.component == "vae":
+            return False, "off: VAE training encodes every step"
+        if self.cache is False:
+            return False, "off: --no-cache"
+        if self.crop == "random" or self.random_flip:
+            return False, "off: random crop/flip change the pixels every epoch"
+        return True, "on: " + ("--cache" if self.cache else "the augmentation is fixed (--no-cache turns it off)")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a checkpoint must share with the run that resumes it (not length, output or I/O)."""
@@ -524,6 +536,7 @@ class EvalConfig:
     batch_size: int = 16
     out: Path | None = None  # where the judged images go (default: a temporary folder)
     offline: bool = False
+    fast: bool = False  # judge `sample --fast` (its sampler and steps unless given)
 
     def __post_init__(self) -> None:
         if self.n < 2:

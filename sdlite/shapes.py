@@ -172,6 +172,7 @@ def evaluate(config: Any, progress: Any = None) -> dict[str, Any]:
                 out=Path(config.out) if config.out else Path(tmp),
                 batch_size=config.batch_size,
                 offline=config.offline,
+                fast=config.fast,
             ),
             env={},
         )
@@ -187,7 +188,7 @@ def evaluate(config: Any, progress: Any = None) -> dict[str, Any]:
                                      "background": judged["background"] == background}))  # fmt: skip
     report: dict[str, Any] = {
         "model": config.model,
-        "settings": {**gens[0].__dict__, "prompt": None, "seed": config.seed},
+        "settings": {**gens[0].__dict__, "prompt": None, "seed": config.seed, "mode": sample_config.mode},
     }
     for split in splits:
         rows = [v for s, v in verdicts if s == split]
@@ -207,5 +208,6 @@ def format_report(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines.append(
         f"model {report['model']}; {s['scheduler']} {s['steps']} steps, guidance {s['guidance']}, seeds from {s['seed']}"
+        + (f", --{s['mode']}" if s.get("mode", "default") != "default" else "")
     )
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from sdlite.training import (
     _Emitter,
     _LossLog,
     batch_indices,
+    make_optimizer,
     make_plan,
     mix,
     prepare_out,
@@ -42,7 +43,8 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: 
     prepare_out(config, accelerator)
     vae = AutoencoderKL.from_pretrained(model.path / "vae", use_safetensors=not model.uses_pickle or None)
     vae.train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=1e-2, fused=True)
+    optimizer, kind = make_optimizer(list(vae.parameters()), config.lr, torch)
+    emit("speedups", applied=[kind])
     schedule = get_scheduler(
         config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=plan.steps
     )

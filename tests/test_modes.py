@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from sdlite.cli import app
 from sdlite.config import Generation, SampleConfig
 from sdlite.metadata import read_record
-from sdlite.modes import apply_mode
 from sdlite.models import load_pipeline, resolve_model
+from sdlite.modes import apply_mode
 from sdlite.sampling import sample
 
 runner = CliRunner()
@@ -53,9 +53,12 @@ def test_fast_defaults_to_dpm_solver_20_steps_and_yields_to_explicit_options(tin
     fast = run("--fast")
     assert (fast["scheduler"], fast["steps"]) == ("dpm++2m", 20)
     assert read_record(Path(str(fast["path"])))["run"]["mode"] == "fast"
-    assert "fast: SDPA attention, channels_last" in runner.invoke(
-        app, ["sample", "a", "--model", str(tiny_model), "--steps", "1", "--out", str(tmp_path), "--fast"]
-    ).stderr
+    assert (
+        "fast: SDPA attention, channels_last"
+        in runner.invoke(
+            app, ["sample", "a", "--model", str(tiny_model), "--steps", "1", "--out", str(tmp_path), "--fast"]
+        ).stderr
+    )
     custom = run("--fast", "--steps", "4", "--scheduler", "euler")
     assert (custom["scheduler"], custom["steps"]) == ("euler", 4)
     replay = runner.invoke(app, ["sample", "--from-image", str(fast["path"]), "--out", str(tmp_path / "r"), "--json"])

@@ -239,9 +239,12 @@ def test_cache_same_first_loss_and_reuse(
     tiny_model: Path, shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SDLITE_CACHE_DIR", str(tmp_path / "cache"))
-    _, plain = run(tiny_model, shapes, tmp_path / "plain", max_steps=2)
-    _, first = run(tiny_model, shapes, tmp_path / "c1", max_steps=2, cache=True)
+    _, plain = run(tiny_model, shapes, tmp_path / "plain", max_steps=2, cache=False)
+    _, first = run(tiny_model, shapes, tmp_path / "c1", max_steps=2)  # on by default: the augmentation is fixed
     _, second = run(tiny_model, shapes, tmp_path / "c2", max_steps=2, cache=True)
+    assert (plain[0]["cache"], plain[0]["cache_note"]) == (False, "off: --no-cache")
+    assert first[0]["cache"] and first[0]["cache_note"].startswith("on: the augmentation is fixed")
+    assert not any(e["event"] == "cache" for e in plain)
     assert losses(first)[0] == pytest.approx(losses(plain)[0], rel=1e-5)
     counts1 = next(e for e in first if e["event"] == "cache")
     counts2 = next(e for e in second if e["event"] == "cache")
@@ -250,6 +253,8 @@ def test_cache_same_first_loss_and_reuse(
     assert next(e for e in other if e["event"] == "cache")["latents_computed"] == 8  # new settings, new entries
     with pytest.raises(UsageError, match="--cache needs a fixed augmentation"):
         TrainConfig(model="m", data=shapes, out=tmp_path, max_steps=1, cache=True, random_flip=True)
+    flipped = TrainConfig(model="m", data=shapes, out=tmp_path, max_steps=1, random_flip=True)
+    assert flipped.cache_choice() == (False, "off: random crop/flip change the pixels every epoch")
 
 
 def test_train_text_encoder(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:

@@ -37,7 +37,9 @@ def command_args(command: str, model: Path, data: Path, out: Path) -> list[str]:
 
 def assert_refused(result: object, sentinel: Path, fragment: str = "pickle") -> None:
     assert result.exit_code == 4, result.stderr  # type: ignore[attr-defined]
-    assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1  # type: ignore[attr-defined]
+    lines = result.stderr.strip().splitlines()  # type: ignore[attr-defined]
+    errors = [line for line in lines if line.startswith("error: ")]  # train reports its plan first
+    assert errors == lines[-1:] and fragment in errors[0] and "Traceback" not in result.stderr  # type: ignore[attr-defined]
     assert not sentinel.exists(), "the pickle's code ran"
 
 
