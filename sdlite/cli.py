@@ -324,7 +324,11 @@ def train(
         bool, typer.Option("--dry-run", help="Check data and settings, print the plan as JSON, train nothing.")
     ] = False,
     json_events: Annotated[
-        bool, typer.Option("--json-events", help="JSON lines on stdout: plan, step, checkpoint, warning, done.")
+        bool,
+        typer.Option(
+            "--json-events",
+            help="JSON lines on stdout: plan, speedups, cache, resume, step, checkpoint, validation, warning, done.",
+        ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     offline: Offline = False,
