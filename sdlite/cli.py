@@ -30,7 +30,7 @@ from sdlite.config import (
     build_sample_config,
     build_train_config,
 )
-from sdlite.errors import EXIT_CODES, ResourceError, SdliteError
+from sdlite.errors import DISK_FULL, EXIT_CODES, ResourceError, SdliteError
 from sdlite.schedulers import scheduler_names
 
 # "\b" keeps click from re-wrapping the table.
@@ -487,6 +487,9 @@ def _errors() -> Iterator[None]:
             raise
         if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # host RAM or torch device
             typer.echo(f"error: out of memory: {OUT_OF_MEMORY_HINT}", err=True)
+            raise typer.Exit(ResourceError.exit_code) from None
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:  # e.g. --json into a full disk
+            typer.echo(f"error: cannot write output: {DISK_FULL[exc.errno]}", err=True)
             raise typer.Exit(ResourceError.exit_code) from None
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         typer.echo(

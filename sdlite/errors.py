@@ -63,7 +63,7 @@ class Interrupted(SdliteError):
     exit_code = 130
 
 
-_DISK_FULL = {28: "no space left on device", 122: "disk quota exceeded", 27: "file too large for this file system"}
+DISK_FULL = {28: "no space left on device", 122: "disk quota exceeded", 27: "file too large for this file system"}
 
 
 @contextmanager
@@ -73,12 +73,12 @@ def writing(what: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        reason = _DISK_FULL.get(exc.errno or 0) or exc.strerror or str(exc)
+        reason = DISK_FULL.get(exc.errno or 0) or exc.strerror or str(exc)
         raise ResourceError(f"cannot write {what}: {reason}") from exc
     except Exception as exc:
         # safetensors reports its I/O failures as SafetensorError("... I/O error: ... (os error N)").
         if type(exc).__name__ != "SafetensorError" or "I/O error" not in str(exc):
             raise
         code = re.search(r"os error (\d+)", str(exc))
-        reason = _DISK_FULL.get(int(code.group(1))) if code else None
+        reason = DISK_FULL.get(int(code.group(1))) if code else None
         raise ResourceError(f"cannot write {what}: {reason or str(exc).splitlines()[0]}") from exc

@@ -93,6 +93,8 @@ MUTANTS = [
     Mutant("numerical-code-changed", "sdlite/errors.py", "    exit_code = 6", "    exit_code = 1", "each_kind or repeated_nan"),
     Mutant("sample-never-succeeds", "sdlite/sampling.py", "    return SampleResult(path=path", "    raise RuntimeError\n    return SampleResult(path=path",
            "each_kind"),
+    Mutant("full-stdout-unmapped", "sdlite/cli.py", "if isinstance(exc, OSError) and exc.errno in DISK_FULL:", "if False:",
+           "full_standard_output"),
     Mutant("help-table-dropped", "sdlite/cli.py", "for code, text in EXIT_CODES.items())", "for code, text in [])", "table"),
 ]  # fmt: skip
 

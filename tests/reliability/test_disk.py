@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults import events, run
+from faults import SDLITE, events, run
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -145,3 +145,15 @@ def test_unwritable_training_output_exits_5_before_loading_weights(
     assert result.exit_code == 5
     assert result.stderr.strip() == f"error: cannot write to output folder {out}: Not a directory"
     assert [json.loads(line)["event"] for line in result.stdout.splitlines()] == ["plan"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_standard_output_exits_5_keeping_the_image(tiny_model: Path, tmp_path: Path) -> None:
+    """`--json > file` on a full disk: the device refuses the result lines (ENOSPC from the kernel)."""
+    out = tmp_path / "out"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([*SDLITE, "sample", "a red circle", "--model", str(tiny_model), "--steps", "1",
+                               "--out", str(out), "--json"], stdout=full, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert done.returncode == 5, done.stderr
+    assert done.stderr.strip() == "error: cannot write output: no space left on device"
+    assert_whole_images(out, 1)
