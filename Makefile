@@ -43,7 +43,7 @@ default-model: install
 
 # One table: every figure next to its baseline, measured in the same run (CPU, about 5 minutes).
 bench: install
-	$(OFFLINE) $(PY) benchmarks/bench.py
+	$(OFFLINE) $(PY) benchmarks/bench.py --markdown
 
 # SD v1.5 architecture at 512x512 on a GPU (not for CI; `--smoke` checks it on CPU).
 bench-gpu: install
