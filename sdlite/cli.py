@@ -152,7 +152,7 @@ def sample(
         typer.Option(
             "--fast",
             help="Speed preset: SDPA attention, channels_last, and on CUDA TF32, fused QKV and torch.compile; "
-            "DPM-Solver++ (dpm++2m) at 20 steps unless --scheduler/--steps say otherwise.",
+            "DPM-Solver++ 2M with Karras sigmas (dpm++2m-karras) at 20 steps unless --scheduler/--steps say otherwise.",
         ),
     ] = False,
     low_memory: Annotated[
@@ -407,7 +407,9 @@ def eval_shapes(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images denoised together.")] = 16,
     out: Annotated[Path | None, typer.Option(help="Keep the judged images here. [default: discarded]")] = None,
-    fast: Annotated[bool, typer.Option("--fast", help="Judge `sample --fast` (DPM-Solver++, 20 steps).")] = False,
+    fast: Annotated[
+        bool, typer.Option("--fast", help="Judge `sample --fast` (DPM-Solver++ 2M Karras, 20 steps).")
+    ] = False,
     json_out: JsonOut = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     offline: Offline = False,

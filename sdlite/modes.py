@@ -11,7 +11,7 @@ from typing import Any
 
 MODES = ("default", "fast", "low-memory")
 # What `--fast` changes in the generation settings, unless the user or a prompts file set them.
-FAST_SETTINGS = {"scheduler": "dpm++2m", "steps": 20}
+FAST_SETTINGS = {"scheduler": "dpm++2m-karras", "steps": 20}
 
 
 def load_device(mode: str, device: str) -> str:

@@ -31,6 +31,11 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
         "DPM++ 2M",
         {"algorithm_type": "dpmsolver++", "solver_order": 2},
     ),
+    "dpm++2m-karras": SchedulerSpec(
+        "DPMSolverMultistepScheduler",
+        "DPM++ 2M Karras",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
     "unipc": SchedulerSpec("UniPCMultistepScheduler", "UniPC"),
     "lms": SchedulerSpec("LMSDiscreteScheduler", "LMS"),
 }

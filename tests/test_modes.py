@@ -51,7 +51,7 @@ def test_fast_defaults_to_dpm_solver_20_steps_and_yields_to_explicit_options(tin
         return json.loads(result.stdout)
 
     fast = run("--fast")
-    assert (fast["scheduler"], fast["steps"]) == ("dpm++2m", 20)
+    assert (fast["scheduler"], fast["steps"]) == ("dpm++2m-karras", 20)
     assert read_record(Path(str(fast["path"])))["run"]["mode"] == "fast"
     assert (
         "fast: SDPA attention, channels_last"
