@@ -60,7 +60,12 @@ def commit(staging: Path, final: Path) -> Path:
         if final.exists():
             shutil.rmtree(trash, ignore_errors=True)
             os.replace(final, trash)
-        os.replace(staging, final)
+        try:
+            os.replace(staging, final)
+        except OSError:
+            if trash.exists():
+                os.replace(trash, final)  # keep the old checkpoint rather than none
+            raise
     shutil.rmtree(trash, ignore_errors=True)
     return final
 
