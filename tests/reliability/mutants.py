@@ -73,7 +73,7 @@ MUTANTS = [
            "repeated_nan"),
     Mutant("nan-samples-saved", "sdlite/sampling.py", "    if not np.isfinite(pixels).all():", "    if False:",
            "nan_latents_or_pixels and vae or each_kind"),
-    Mutant("nan-latents-not-watched", "sdlite/sampling.py", "        if not latents.isfinite().all():", "        if False:",
+    Mutant("nan-latents-not-watched", "sdlite/sampling.py", "        if watch and not latents.isfinite().all():", "        if False:",
            "nan_latents_or_pixels and unet"),
     Mutant("partial-png-kept", "sdlite/sampling.py", "            path.unlink(missing_ok=True)  # never leave a partial",
            "            pass  # never leave a partial", "enospc"),
@@ -125,6 +125,10 @@ def run_mutant(mutant: Mutant, work: Path) -> set[str]:
 
 def main(names: list[str]) -> int:
     chosen = [m for m in MUTANTS if not names or m.name in names]
+    for mutant in chosen:  # every edit must still apply before minutes are spent on any of them
+        found = (ROOT / mutant.file).read_text().count(mutant.old)
+        if found != 1:
+            raise SystemExit(f"{mutant.name}: the text to break occurs {found} times in {mutant.file}")
     everything, caught, missed = collected(), set(), []
     with tempfile.TemporaryDirectory(prefix="sdlite-mutants-") as work:
         for mutant in chosen:
