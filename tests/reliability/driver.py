@@ -5,8 +5,8 @@
 kill-after-step N       SIGKILL right after step N is logged (before its checkpoint, if one is due)
 kill-in-checkpoint N    SIGKILL while checkpoint N is half written (weights on disk, no manifest yet)
 disk-full-after-checkpoint N
-                        after checkpoint N is complete, cap file sizes at 1 KiB (RLIMIT_FSIZE): every
-                        later large write fails in the kernel with EFBIG, as on a full disk
+                        after checkpoint N is complete, cap file sizes at 64 KiB (RLIMIT_FSIZE): every
+                        later weights file fails in the kernel with EFBIG, as on a full disk
 The faults are real (a real SIGKILL, a real kernel write failure); only their timing is arranged.
 """
 
@@ -50,7 +50,7 @@ def main() -> None:
             removed = prune(out, keep, step)
             if step == step_at:
                 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write with EFBIG instead of dying
-                resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+                resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
             return removed
 
         checkpoints.prune = prune_then_fill

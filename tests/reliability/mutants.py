@@ -95,6 +95,17 @@ MUTANTS = [
            "each_kind"),
     Mutant("full-stdout-unmapped", "sdlite/cli.py", "if isinstance(exc, OSError) and exc.errno in DISK_FULL:", "if False:",
            "full_standard_output"),
+    Mutant("internal-error-multiline", "sdlite/cli.py", "message = str(exc).strip().splitlines()[0]", "message = str(exc)",
+           "unexpected_exceptions"),
+    Mutant("opaque-modes-grayscaled", "sdlite/data.py", '    return image.convert("RGB")\n\n\ndef _high_depth',
+           '    return image.convert("L").convert("RGB")\n\n\ndef _high_depth',
+           "cmyk or palette_without or exif_orientation_png or rgb_exact or ycbcr"),
+    Mutant("quantized-through-palette", "sdlite/data.py", '    return image.convert("RGB")\n\n\ndef _high_depth',
+           '    return image.convert("P").convert("RGB")\n\n\ndef _high_depth', "gray_and_bilevel or rgb_exact"),
+    Mutant("torch-zip-not-recognised", "sdlite/models.py", "(zipfile.is_zipfile(path) and _zip_holds_pickle(path))",
+           "False", "torch_zip"),
+    Mutant("header-length-unbounded", "sdlite/models.py", "if 2 <= header_len <= min(_MAX_HEADER, size - 8):",
+           "if 2 <= header_len:", "damaged"),
     Mutant("help-table-dropped", "sdlite/cli.py", "for code, text in EXIT_CODES.items())", "for code, text in [])", "table"),
 ]  # fmt: skip
 

@@ -79,6 +79,7 @@ def test_each_kind_of_failure_has_its_code(code: int, tiny_model: Path, tmp_path
       "internal error: RuntimeError: a bug (rerun with SDLITE_DEBUG=1 for the traceback)"),
      (MemoryError(), 5, "error: out of memory: lower --batch-size"),
      (KeyboardInterrupt(), 130, "interrupted")],
+    ids=["bug", "memory", "ctrl-c"],
 )  # fmt: skip
 def test_unexpected_exceptions_map_to_their_code(
     monkeypatch: pytest.MonkeyPatch, raised: BaseException, code: int, message: str

@@ -87,6 +87,7 @@ def poisoned(model: Path, tmp_path: Path, component: str, prefix: str) -> Path:
     ("component", "prefix", "fragment"),
     [("unet", "conv_out.weight", "latents became NaN/inf at denoising step 1"),
      ("vae", "decoder.conv_out.weight", "NaN/inf pixels")],
+    ids=["unet", "vae"],
 )  # fmt: skip
 def test_nan_latents_or_pixels_fail_with_exit_6_and_save_nothing(
     tiny_model: Path, tmp_path: Path, component: str, prefix: str, fragment: str

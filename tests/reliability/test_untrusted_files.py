@@ -121,6 +121,7 @@ def huge_header_claim(path: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "fragment"),
     [(truncated, "is truncated"), (huge_tensor_claim, "is truncated"), (huge_header_claim, "corrupt or truncated")],
+    ids=["truncated", "huge-tensor", "huge-header"],
 )
 def test_damaged_safetensors_fail_fast_in_one_line(model_copy: Path, damage: object, fragment: str) -> None:
     damage(model_copy / "unet" / "diffusion_pytorch_model.safetensors")  # type: ignore[operator]
