@@ -1,7 +1,7 @@
 """Proof that the reliability suite has teeth: break sdlite on purpose, one way at a time, and check
 that the tests meant to catch each break fail, and that every test in the suite fails at least once.
 
-    .venv/bin/python tests/reliability/mutants.py [NAME...]      (`make mutants`; about 30 minutes)
+    .venv/bin/python tests/reliability/mutants.py [NAME...]      (`make mutants`; about 20 minutes)
 
 Each mutant is a copy of the working tree with one source edit; its tests run against the copy
 (PYTHONPATH puts the copy first, for subprocesses too). Not part of `make test`: it reruns the
