@@ -102,6 +102,8 @@ MUTANTS = [
            "cmyk or palette_without or exif_orientation_png or rgb_exact or ycbcr"),
     Mutant("quantized-through-palette", "sdlite/data.py", '    return image.convert("RGB")\n\n\ndef _high_depth',
            '    return image.convert("P").convert("RGB")\n\n\ndef _high_depth', "gray_and_bilevel or rgb_exact"),
+    Mutant("gray-taken-for-high-depth", "sdlite/data.py", 'if image.mode in ("I", "F") or image.mode.startswith("I;16"):',
+           'if image.mode in ("I", "F", "L") or image.mode.startswith("I;16"):', "gray_and_bilevel"),
     Mutant("torch-zip-not-recognised", "sdlite/models.py", "(zipfile.is_zipfile(path) and _zip_holds_pickle(path))",
            "False", "torch_zip"),
     Mutant("header-length-unbounded", "sdlite/models.py", "if 2 <= header_len <= min(_MAX_HEADER, size - 8):",
