@@ -96,6 +96,12 @@ def test_eval_runs_and_reports_each_split(tiny_model: Path, tmp_path: Path) -> N
     result = runner.invoke(app, ["eval", "shapes", "--model", str(tiny_model), "--n", "4", "--steps", "1", "--json"])
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["seen"]["images"] == 2
+    fast = runner.invoke(
+        app, ["eval", "shapes", "--model", str(tiny_model), "--n", "2", "--steps", "1", "--fast", "--json"]
+    )
+    assert fast.exit_code == 0, fast.stderr
+    settings = json.loads(fast.stdout)["settings"]
+    assert (settings["mode"], settings["scheduler"], settings["steps"]) == ("fast", "dpm++2m-karras", 1)
     with pytest.raises(UsageError):
         EvalConfig(model="m", n=1)
 

@@ -38,7 +38,11 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tiny_model: Path, shapes: Pa
         3,
     )
     assert plan["resolution"] == 64 and plan["trains"] == ["unet"]
+    assert plan["cache"] and plan["cache_note"].startswith("on: the augmentation is fixed")
     assert not out.exists()
+    off = runner.invoke(app, ["train", "--model", str(tiny_model), "--data", str(shapes), "--out", str(out),
+                              "--max-steps", "1", "--no-cache", "--dry-run"])  # fmt: skip
+    assert off.exit_code == 0 and json.loads(off.stdout)["cache_note"] == "off: --no-cache"
 
 
 def test_toml_config_with_command_line_override(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
