@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sdlite.errors import ModelError, UsageError, writing
+from sdlite.errors import ModelError, UsageError
 from sdlite.metadata import sha256_uncached
 from sdlite.models import file_format
 
@@ -56,16 +56,15 @@ def commit(staging: Path, final: Path) -> Path:
     """Move a fully written staging folder into place. Every step is a rename, so a crash leaves
     either the old folder or the new one under the final name, never a half-deleted or half-written one."""
     trash = final.with_name(f".{final.name}.old")
-    with writing(f"checkpoint {final}"):
-        if final.exists():
-            shutil.rmtree(trash, ignore_errors=True)
-            os.replace(final, trash)
-        try:
-            os.replace(staging, final)
-        except OSError:
-            if trash.exists():
-                os.replace(trash, final)  # keep the old checkpoint rather than none
-            raise
+    if final.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(final, trash)
+    try:
+        os.replace(staging, final)
+    except OSError:
+        if trash.exists():
+            os.replace(trash, final)  # keep the old checkpoint rather than none
+        raise
     shutil.rmtree(trash, ignore_errors=True)
     return final
 

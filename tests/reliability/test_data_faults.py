@@ -9,6 +9,7 @@ import time
 import tracemalloc
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -62,13 +63,18 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     return data, inject_faults(data)
 
 
+def train(model: Path, data: Path, out: Path, *extra: str) -> Any:
+    """Two steps of `sdlite train` with JSON events, in this process."""
+    return runner.invoke(app, ["train", "--model", str(model), "--data", str(data), "--out", str(out),
+                               "--max-steps", "2", "--json-events", *extra])  # fmt: skip
+
+
 def test_default_stops_before_any_step_naming_the_first_bad_file(
     tiny_model: Path, faulty: tuple[Path, list[str]], tmp_path: Path
 ) -> None:
     data, names = faulty
     out = tmp_path / "out"
-    result = runner.invoke(app, ["train", "--model", str(tiny_model), "--data", str(data), "--out", str(out),
-                                 "--max-steps", "2", "--json-events"])  # fmt: skip
+    result = train(tiny_model, data, out)
     assert result.exit_code == 3
     assert result.stdout == ""  # not even the plan: nothing ran
     lines = result.stderr.strip().splitlines()
@@ -81,8 +87,7 @@ def test_skip_bad_images_completes_and_reports_exactly_the_injected_files(
 ) -> None:
     data, names = faulty
     out = tmp_path / "out"
-    result = runner.invoke(app, ["train", "--model", str(tiny_model), "--data", str(data), "--out", str(out),
-                                 "--max-steps", "2", "--batch-size", "4", "--skip-bad-images", "--json-events"])  # fmt: skip
+    result = train(tiny_model, data, out, "--batch-size", "4", "--skip-bad-images")
     assert result.exit_code == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert events[0]["images"] == 95
