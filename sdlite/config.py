@@ -19,7 +19,7 @@ from sdlite.schedulers import SCHEDULERS
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRESETS = ("tiny", "shapes", "sd15")
+PRESETS = ("tiny", "shapes", "sd1-tiny", "sd15")
 MODEL_ENV = "SDLITE_MODEL"
 # The model sdlite trained itself (`make default-model`), used when no model is given.
 DEFAULT_MODEL = Path(__file__).resolve().parent / "default_model"

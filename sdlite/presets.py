@@ -1,7 +1,8 @@
 """Model architectures sdlite can create offline with random weights (`sdlite init --preset`).
 
 `tiny` is for tests and CI scripting (samples in well under a second on a CPU); `shapes` is the
-small architecture of sdlite's built-in model, trained from scratch on synthetic scenes; `sd15` is
+small architecture of sdlite's built-in model, trained from scratch on synthetic scenes; `sd1-tiny` has
+exactly SD v1's key layout at tiny widths (for format tests); `sd15` is
 the Stable Diffusion v1.5 architecture (public component configs) for shape checks and benchmarks.
 """
 
@@ -95,6 +96,43 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
             "max_position_embeddings": 16,
+            "hidden_act": "quick_gelu",
+        },
+    },
+    # Exactly SD v1's layout (4 UNet levels of 2 layers, attention in the first three, 4 VAE levels,
+    # a CLIP text tower with heads of width 64, 32 norm groups) at tiny widths: every key name of a real
+    # SD v1 checkpoint exists here, so format conversions are tested in seconds on a CPU.
+    "sd1-tiny": {
+        "unet": {
+            "sample_size": 8,
+            "in_channels": 4,
+            "out_channels": 4,
+            "block_out_channels": (32, 32, 64, 64),
+            "layers_per_block": 2,
+            "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            "cross_attention_dim": 64,
+            "attention_head_dim": 8,
+            "norm_num_groups": 32,
+        },
+        "vae": {
+            "in_channels": 3,
+            "out_channels": 3,
+            "block_out_channels": (32, 32, 64, 64),
+            "down_block_types": ("DownEncoderBlock2D",) * 4,
+            "up_block_types": ("UpDecoderBlock2D",) * 4,
+            "layers_per_block": 2,
+            "latent_channels": 4,
+            "norm_num_groups": 32,
+            "sample_size": 64,
+            "scaling_factor": 0.18215,
+        },
+        "text_encoder": {
+            "hidden_size": 64,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 1,
+            "max_position_embeddings": 77,
             "hidden_act": "quick_gelu",
         },
     },

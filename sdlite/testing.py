@@ -14,6 +14,11 @@ def make_tiny_model(out: Path, seed: int = 0) -> Path:
     return init_model(InitConfig(out=Path(out), preset="tiny", seed=seed, overwrite=True))
 
 
+def make_sd1_tiny_model(out: Path, seed: int = 0) -> Path:
+    """A diffusers folder with exactly SD v1's key layout at tiny widths (`sd1-tiny`), for format tests."""
+    return init_model(InitConfig(out=Path(out), preset="sd1-tiny", seed=seed, overwrite=True))
+
+
 def make_shapes_dataset(out: Path, n: int = 8, size: int = 64, seed: int = 0) -> Path:
     """A small captioned imagefolder of colored circles and squares (metadata.jsonl), for training tests."""
     import json

@@ -26,3 +26,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sdlite.testing import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def sd1_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random model with exactly SD v1's key layout at tiny widths (seed 0), shared read-only."""
+    from sdlite.testing import make_sd1_tiny_model
+
+    return make_sd1_tiny_model(tmp_path_factory.mktemp("models") / "sd1-tiny")
