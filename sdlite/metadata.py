@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlite.errors import DataError
+from sdlite.schedulers import SchedulerSpec
 
 CHUNK = "sdlite"
 A1111_CHUNK = "parameters"
@@ -23,25 +24,41 @@ FORMAT_VERSION = 1
 _LIBRARIES = ("sdlite", "torch", "diffusers", "transformers", "safetensors")
 
 
-def a1111_parameters(settings: dict[str, Any], sampler_label: str, model_hash: str, model_name: str) -> str:
-    """The `parameters` text A1111, ComfyUI and civitai parse: prompt, negative prompt, then key: value pairs."""
+def a1111_parameters(settings: dict[str, Any], spec: SchedulerSpec, model_hash: str, model_name: str) -> str:
+    """The `parameters` text A1111, ComfyUI and civitai parse: prompt, negative prompt, then key: value pairs.
+
+    Keys, their order and the quoting of values follow A1111's own writer (`create_infotext`), so its
+    parser gives back each value as written: `RNG: CPU` because sdlite draws noise on CPU generators
+    (A1111 reads a missing RNG as GPU), `Eta DDIM` for DDIM's eta (A1111's `Eta` is the ancestral
+    samplers' eta), `Schedule type` where the sampler's sigma spacing matters.
+    """
     lines = [settings["prompt"]]
     if settings.get("negative_prompt"):
         lines.append(f"Negative prompt: {settings['negative_prompt']}")
-    pairs = [
-        f"Steps: {settings['steps']}",
-        f"Sampler: {sampler_label}",
-        f"CFG scale: {settings['guidance']:g}",
-        f"Seed: {settings['seed']}",
-        f"Size: {settings['width']}x{settings['height']}",
-        f"Model hash: {model_hash[:10]}",
-        f"Model: {model_name}",
+    pairs: list[tuple[str, Any]] = [
+        ("Steps", settings["steps"]),
+        ("Sampler", spec.label),
+        ("Schedule type", spec.schedule_type),
+        ("CFG scale", f"{settings['guidance']:g}"),
+        ("Seed", settings["seed"]),
+        ("Size", f"{settings['width']}x{settings['height']}"),
+        ("Model hash", model_hash[:10]),
+        ("Model", model_name),
+        ("RNG", "CPU"),
+        ("Eta DDIM", f"{settings['eta']:g}" if settings.get("eta") else None),
+        ("Version", f"sdlite {library_versions()['sdlite']}"),
     ]
-    if settings.get("eta"):
-        pairs.append(f"Eta: {settings['eta']:g}")
-    pairs.append(f"Version: sdlite {library_versions()['sdlite']}")
-    lines.append(", ".join(pairs))
+    lines.append(", ".join(f"{key}: {quote_value(value)}" for key, value in pairs if value is not None))
     return "\n".join(lines)
+
+
+def quote_value(value: Any) -> str:
+    """A value as A1111 writes it in `parameters`: JSON-quoted when it holds `,`, `:` or a newline (which
+    would end or split the pair), and also when it starts with `"` (A1111's parser would unquote it)."""
+    text = str(value)
+    if any(c in text for c in ",:\n") or text.startswith('"'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
 
 
 def png_info(parameters: str, record: dict[str, Any]) -> Any:
@@ -108,18 +125,30 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, cached by (path, size, mtime) because model files are large and rarely change."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+def file_sha256(path: Path, data: bytes | None = None) -> str:
+    """sha256 of a file, cached by (path, size, mtime) because model files are large and rarely change.
+
+    `data`, when the caller already holds the file's bytes, is hashed instead of reading the file again.
+    """
+    key = _hash_key(path)
     cache_file = cache_dir() / "hashes.json"
     cache = _load_cache(cache_file)
     if key in cache:
         return cache[key]
-    cache[key] = sha256_uncached(path)
+    cache[key] = hashlib.sha256(data).hexdigest() if data is not None else sha256_uncached(path)
     _save_cache(cache_file, cache)
     return cache[key]
+
+
+def cached_sha256(path: Path) -> str | None:
+    """The cached sha256 of a file when it has not changed since it was hashed, else None."""
+    return _load_cache(cache_dir() / "hashes.json").get(_hash_key(path))
+
+
+def _hash_key(path: Path) -> str:
+    path = Path(path).resolve()
+    stat = path.stat()
+    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 def sha256_uncached(path: Path) -> str:

@@ -182,8 +182,8 @@ def _save(out: Path, image: Any, settings: dict[str, Any], batch: list[int], fac
         "versions": facts.versions,
         "lora": facts.lora,
     }
-    label = SCHEDULERS[settings["scheduler"]].label
-    info = metadata.png_info(metadata.a1111_parameters(settings, label, facts.model_hash, facts.name), record)
+    spec = SCHEDULERS[settings["scheduler"]]
+    info = metadata.png_info(metadata.a1111_parameters(settings, spec, facts.model_hash, facts.name), record)
     path, index = _write_png(out, settings["seed"], image, info)
     return SampleResult(path=path, index=index, model=facts.ref, model_hash=facts.model_hash, **settings)
 

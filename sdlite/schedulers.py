@@ -12,32 +12,42 @@ from typing import Any
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    """One user-facing sampler: its diffusers class, config overrides and A1111 display name."""
+    """One user-facing sampler: its diffusers class, config overrides and how A1111 names it.
+
+    `label` is A1111's sampler name and `schedule_type` its `Schedule type` (sigma spacing), both as
+    written in the PNG `parameters` chunk. A1111 reads a k-diffusion sampler with no schedule type as
+    its default spacing (Karras for DPM++ 2M), so one is always given for those samplers: `Karras`
+    when diffusers uses Karras sigmas, `Uniform` when it spaces steps by the model's own timesteps.
+    DDIM, PLMS and UniPC are A1111 timestep samplers (no schedule type); DDPM has no A1111 name.
+    """
 
     class_name: str
     label: str
     overrides: dict[str, Any] = field(default_factory=dict)
     accepts_eta: bool = False
+    schedule_type: str | None = None
 
 
 SCHEDULERS: dict[str, SchedulerSpec] = {
     "ddim": SchedulerSpec("DDIMScheduler", "DDIM", accepts_eta=True),
     "ddpm": SchedulerSpec("DDPMScheduler", "DDPM"),
     "pndm": SchedulerSpec("PNDMScheduler", "PLMS", {"skip_prk_steps": True}),
-    "euler": SchedulerSpec("EulerDiscreteScheduler", "Euler"),
-    "euler-a": SchedulerSpec("EulerAncestralDiscreteScheduler", "Euler a"),
+    "euler": SchedulerSpec("EulerDiscreteScheduler", "Euler", schedule_type="Uniform"),
+    "euler-a": SchedulerSpec("EulerAncestralDiscreteScheduler", "Euler a", schedule_type="Uniform"),
     "dpm++2m": SchedulerSpec(
         "DPMSolverMultistepScheduler",
         "DPM++ 2M",
         {"algorithm_type": "dpmsolver++", "solver_order": 2},
+        schedule_type="Uniform",
     ),
     "dpm++2m-karras": SchedulerSpec(
         "DPMSolverMultistepScheduler",
-        "DPM++ 2M Karras",
+        "DPM++ 2M",
         {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+        schedule_type="Karras",
     ),
     "unipc": SchedulerSpec("UniPCMultistepScheduler", "UniPC"),
-    "lms": SchedulerSpec("LMSDiscreteScheduler", "LMS"),
+    "lms": SchedulerSpec("LMSDiscreteScheduler", "LMS", schedule_type="Uniform"),
 }
 
 # Keys of a saved scheduler config that describe that scheduler's own algorithm; dropped when switching
