@@ -86,6 +86,8 @@ class EncodingCache:
 
 
 def _component_hash(model: ResolvedModel, component: str) -> str:
+    if model.single_file is not None:  # the file's hash stands for each of its parts
+        return _digest([component, file_sha256(model.path), model.use_ema, str(model.tokenizer)])
     files = sorted(p for p in (model.path / component).iterdir() if p.is_file())
     return _digest([[p.name, file_sha256(p)] for p in files])
 

@@ -13,19 +13,22 @@ from pathlib import Path
 from typing import Any
 
 from sdlite.config import InfoConfig, validate_size
-from sdlite.models import WEIGHT_COMPONENTS, read_json, resolve_model, vae_factor
+from sdlite.models import SINGLE_FILE_INDEX, WEIGHT_COMPONENTS, ResolvedModel, read_json, resolve_model, vae_factor
 
 _DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64"}
 
 
 def describe(config: InfoConfig) -> dict[str, Any]:
     """Components (class, parameters, dtypes), scheduler, and the flow's shapes at the chosen size."""
-    model = resolve_model(config.model, config.offline, config.allow_pickle)
+    model = resolve_model(
+        config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights, need_tokenizer=False
+    )
     root = model.path
-    index = read_json(root / "model_index.json")
-    cfg = {name: read_json(root / name / "config.json") for name in WEIGHT_COMPONENTS}
-    scheduler = read_json(root / "scheduler" / "scheduler_config.json")
-    tokenizer_cfg = _tokenizer_config(root / "tokenizer")
+    cfg = model.configs()
+    scheduler = cfg["scheduler"]
+    sf = model.single_file
+    index = read_json(root / "model_index.json") if sf is None else SINGLE_FILE_INDEX
+    tokenizer_cfg = _tokenizer_config(model.tokenizer if sf is not None else root / "tokenizer")
 
     factor = vae_factor(cfg["vae"])
     validate_size(config.height, config.width, factor)
@@ -38,14 +41,16 @@ def describe(config: InfoConfig) -> dict[str, Any]:
 
     components = {}
     for name in WEIGHT_COMPONENTS:
-        files = [f for f in model.weight_files if f.parent.name == name]
-        params, dtypes = _count(files)
-        components[name] = {
-            "class": index[name][1],
-            "parameters": params,
-            "dtypes": dtypes,
-            "files": [str(f.relative_to(root)) for f in files],
-        }
+        if sf is not None:
+            params, dtypes, files = (
+                sf.parameters[name],
+                [_DTYPE_NAMES.get(d, d.lower()) for d in sf.dtypes],
+                [root.name],
+            )
+        else:
+            found = [f for f in model.weight_files if f.parent.name == name]
+            (params, dtypes), files = _count(found), [str(f.relative_to(root)) for f in found]
+        components[name] = {"class": index[name][1], "parameters": params, "dtypes": dtypes, "files": files}
     components["tokenizer"] = {"class": index["tokenizer"][1], "model_max_length": max_tokens}
 
     flow = [
@@ -83,6 +88,47 @@ def describe(config: InfoConfig) -> dict[str, Any]:
         "size": [height, width],
         "flow": flow,
         "problems": problems,
+        **({"single_file": _single_file_facts(model)} if sf is not None else {}),
+    }
+
+
+def _single_file_facts(model: ResolvedModel) -> dict[str, Any]:
+    """What was detected in a single file, and what its loading will use."""
+    sf = model.single_file
+    assert sf is not None
+    unet, vae, text = sf.configs["unet"], sf.configs["vae"], sf.configs["text_encoder"]
+    return {
+        "family": sf.family,
+        "layout": "original (CompVis/A1111)",
+        "inpainting": sf.inpainting,
+        "ema": "present: " + ("using the EMA weights" if model.use_ema else "using the raw weights (--no-ema-weights)")
+        if sf.has_ema
+        else "absent",
+        "text_key_prefix": "cond_stage_model.transformer." + ("" if sf.text_prefix_missing else "text_model."),
+        "native_size_from": sf.size_source,
+        "tokenizer": str(model.tokenizer) if model.tokenizer else "not found (pass --tokenizer to sample or train)",
+        "unet": {
+            "levels": len(unet["block_out_channels"]),
+            "widths": unet["block_out_channels"],
+            "layers_per_block": unet["layers_per_block"],
+            "attention_levels": [t.startswith("CrossAttn") for t in unet["down_block_types"]],
+            "transformer_depth": unet["transformer_layers_per_block"],
+            "cross_attention_dim": unet["cross_attention_dim"],
+            "in_channels": unet["in_channels"],
+        },
+        "vae": {
+            "levels": len(vae["block_out_channels"]),
+            "widths": vae["block_out_channels"],
+            "layers_per_block": vae["layers_per_block"],
+            "latent_channels": vae["latent_channels"],
+        },
+        "text_encoder": {
+            "layers": text["num_hidden_layers"],
+            "width": text["hidden_size"],
+            "heads": text["num_attention_heads"],
+            "vocabulary": text["vocab_size"],
+            "max_tokens": text["max_position_embeddings"],
+        },
     }
 
 
@@ -117,7 +163,9 @@ def _count(files: list[Path]) -> tuple[int, list[str]]:
     return total, sorted(dtypes)
 
 
-def _tokenizer_config(folder: Path) -> dict[str, Any]:
+def _tokenizer_config(folder: Path | None) -> dict[str, Any]:
+    if folder is None:
+        return {}
     path = folder / "tokenizer_config.json"
     return read_json(path) if path.exists() else {}
 
@@ -151,5 +199,21 @@ def format_info(info: dict[str, Any]) -> str:
             given = str(tuple(given))
         arrow = f"{given} -> " if given else ""
         lines.append(f"  {stage['stage']:<13}{arrow}{tuple(stage['output'])}")
+    if "single_file" in info:
+        sf = info["single_file"]
+        u, v, t = sf["unet"], sf["vae"], sf["text_encoder"]
+        attends = ", ".join(str(i) for i, a in enumerate(u["attention_levels"]) if a) or "none"
+        lines += [
+            f"single file  {sf['family']}, {sf['layout']} layout{', INPAINTING (9 input channels)' if sf['inpainting'] else ''}; "
+            f"EMA {sf['ema']}",
+            f"  unet       {u['levels']} levels {tuple(u['widths'])}, {u['layers_per_block']} layers per block, attention "
+            f"in levels {attends} (depth {u['transformer_depth']}), cross-attention {u['cross_attention_dim']}, "
+            f"{u['in_channels']} input channels",
+            f"  vae        {v['levels']} levels {tuple(v['widths'])}, {v['layers_per_block']} layers per block, "
+            f"{v['latent_channels']} latent channels",
+            f"  text       {t['layers']} layers of width {t['width']} ({t['heads']} heads), vocabulary {t['vocabulary']}, "
+            f"{t['max_tokens']} tokens",
+            f"  native size from the {sf['native_size_from']}; tokenizer {sf['tokenizer']}",
+        ]
     lines += [f"warning: {p}" for p in info["problems"]]
     return "\n".join(lines)

@@ -100,6 +100,8 @@ def read_settings(path: Path) -> dict[str, Any]:
     settings["num_images"] = 1
     settings["model"] = record.get("model", {}).get("source")
     settings["model_hash"] = record.get("model", {}).get("hash")
+    settings["tokenizer"] = record.get("model", {}).get("tokenizer")
+    settings["ema_weights"] = record.get("model", {}).get("ema_weights")
     settings["batch_seeds"] = record.get("run", {}).get("batch_seeds")
     settings["lora"] = record.get("lora")
     settings["mode"] = record.get("run", {}).get("mode", "default")

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from sdlite.errors import ModelError, UsageError
+from sdlite.formats.single_file import SCHEDULER as SINGLE_FILE_SCHEDULER
+from sdlite.formats.single_file import SingleFile
 
 PIPELINE_CLASSES = ("StableDiffusionPipeline",)
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -25,6 +27,19 @@ WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
 TRUSTED_LIBRARIES = ("diffusers", "transformers")
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# model_index.json of a folder made from a single file (which has none to copy).
+SINGLE_FILE_INDEX: dict[str, Any] = {
+    "_class_name": "StableDiffusionPipeline",
+    "feature_extractor": [None, None],
+    "image_encoder": [None, None],
+    "requires_safety_checker": False,
+    "safety_checker": [None, None],
+    "scheduler": ["diffusers", "DDIMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -34,9 +49,24 @@ class ResolvedModel:
     """A model located on disk and checked: where it is, what the user called it, what it weighs."""
 
     source: str  # what the user passed: a path or a hub id
-    path: Path  # the local folder (a hub id resolves to its cached snapshot)
+    path: Path  # the local folder (a hub id resolves to its cached snapshot), or the single file
     weight_files: tuple[Path, ...]
     uses_pickle: bool
+    single_file: SingleFile | None = None  # an original-layout checkpoint, described from its shapes
+    tokenizer: Path | None = None  # a single file's tokenizer folder (found before any weight is read)
+    use_ema: bool = True  # a single file's EMA weights, when it has them
+
+    def configs(self) -> dict[str, dict[str, Any]]:
+        """The unet, vae, text_encoder and scheduler configs: the folder's files, or read from the shapes."""
+        if self.single_file is not None:
+            return {**self.single_file.configs, "scheduler": dict(SINGLE_FILE_SCHEDULER)}
+        configs = {name: read_json(self.path / name / "config.json") for name in WEIGHT_COMPONENTS}
+        return {**configs, "scheduler": read_json(self.path / "scheduler" / "scheduler_config.json")}
+
+    def native_size(self) -> int:
+        """Image side the model was made for: the UNet's sample size times the VAE's downsampling."""
+        configs = self.configs()
+        return configs["unet"].get("sample_size", 64) * vae_factor(configs["vae"])
 
 
 def file_format(path: Path) -> str:
@@ -154,27 +184,61 @@ def _check_shards(folder: Path) -> None:
             raise ModelError(f"{folder}: shards listed in {index_file.name} are missing: {', '.join(absent)}")
 
 
-def resolve_model(source: str, offline: bool = False, allow_pickle: bool = False) -> ResolvedModel:
-    """Locate `source` (folder, single file or hub id), check it, and say which files will load."""
+def resolve_model(
+    source: str,
+    offline: bool = False,
+    allow_pickle: bool = False,
+    tokenizer: str | None = None,
+    use_ema: bool = True,
+    need_tokenizer: bool = True,
+) -> ResolvedModel:
+    """Locate `source` (folder, single file or hub id), check it, and say which files will load.
+
+    A single file is described from its header alone and its tokenizer is found here, so a missing
+    tokenizer or an unsupported family fails before gigabytes are read.
+    """
     path = Path(source).expanduser()
+    if tokenizer and not path.is_file():
+        raise UsageError("--tokenizer is for single-file models; a diffusers folder or hub id carries its own")
     if path.is_dir():
+        if not (path / "model_index.json").exists() and (path / "pytorch_lora_weights.safetensors").is_file():
+            raise ModelError(f"{path} is a LoRA adapter, not a model: pass it with --lora (and a base --model)")
         weights, pickled = check_folder(path, allow_pickle)
         return ResolvedModel(source, path, weights, pickled)
     if path.is_file():
-        kind = file_format(path)
-        if kind == "pickle" and not allow_pickle:
-            raise ModelError(
-                f"{path} is a pickle checkpoint; loading it can run code: pass --allow-pickle only if you trust its source"
-            )
-        raise ModelError(
-            f"{path} is a single-file {kind} checkpoint; sdlite cannot load single files yet: "
-            "pass a diffusers folder or hub id"
+        return _resolve_single_file(
+            source, path, offline or _env_offline(), allow_pickle, tokenizer, use_ema, need_tokenizer
         )
     if not _HUB_ID.match(source) or source.startswith((".", "/", "~")):
         raise ModelError(f"model {source!r} not found: no such folder or file, and not a hub id (ORG/NAME)")
     folder = _hub_snapshot(source, offline or _env_offline(), allow_pickle)
     weights, pickled = check_folder(folder, allow_pickle)
     return ResolvedModel(source, folder, weights, pickled)
+
+
+def _resolve_single_file(source: str, path: Path, offline: bool, allow_pickle: bool, tokenizer: str | None,
+                         use_ema: bool, need_tokenizer: bool) -> ResolvedModel:  # fmt: skip
+    from sdlite.formats import single_file
+    from sdlite.tokenizer import find_tokenizer
+
+    kind = file_format(path)
+    if kind == "pickle" and not allow_pickle:
+        raise ModelError(
+            f"{path} is a pickle checkpoint; loading it can run code: pass --allow-pickle only if you trust its source"
+        )
+    if kind == "safetensors":
+        shapes, meta, dtypes = single_file.read_header(path)
+    else:
+        shapes, meta = single_file.read_pickle_shapes(path), {}
+        dtypes = sorted({"pickle"})
+    described = single_file.describe(path, shapes, meta, dtypes)
+    try:
+        found = find_tokenizer(tokenizer, offline)
+    except ModelError:
+        if need_tokenizer or tokenizer:
+            raise
+        found = None
+    return ResolvedModel(source, path, (path,), kind == "pickle", described, found, use_ema)
 
 
 def _env_offline() -> bool:
@@ -227,10 +291,21 @@ def pick_dtype(requested: str, device: str) -> Any:
 
 
 def load_pipeline(model: ResolvedModel, device: str, dtype: Any) -> Any:
-    """Load the checked folder as a StableDiffusionPipeline on `device` (no safety checker, no remote code)."""
+    """Load the checked model as a StableDiffusionPipeline on `device` (no safety checker, no remote code)."""
     from diffusers import StableDiffusionPipeline
 
     silence_library_progress()
+    if model.single_file is not None:
+        if model.single_file.inpainting:
+            raise ModelError(
+                f"{model.path} is an inpainting model (9 input channels): it does not make images from text alone"
+            )
+        parts = load_single_file(model)
+        pipe = StableDiffusionPipeline(
+            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(device, dtype)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             model.path,
@@ -245,6 +320,30 @@ def load_pipeline(model: ResolvedModel, device: str, dtype: Any) -> Any:
         raise ModelError(f"cannot load model {model.source} ({model.path}): {_first_line(exc)}") from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def load_single_file(model: ResolvedModel) -> dict[str, Any]:
+    """unet, vae, text_encoder, tokenizer and scheduler of a single-file model (weights in the file's dtype)."""
+    from diffusers import DDIMScheduler
+
+    from sdlite.formats import single_file
+    from sdlite.tokenizer import load_tokenizer
+
+    assert model.single_file is not None and model.tokenizer is not None
+    tokenizer = load_tokenizer(model.tokenizer)
+    vocab = model.single_file.configs["text_encoder"]["vocab_size"]
+    if len(tokenizer) > vocab:
+        raise ModelError(
+            f"tokenizer {model.tokenizer} has {len(tokenizer)} tokens but {model.path}'s text encoder only {vocab}: "
+            "pass the tokenizer the model was trained with (--tokenizer)"
+        )
+    state = single_file.read_state(model.path, model.uses_pickle)
+    try:
+        parts = single_file.load_components(model.single_file, state, model.use_ema, tokenizer)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"cannot load single file {model.path}: {_first_line(exc)}") from exc
+    scheduler = DDIMScheduler.from_config({k: v for k, v in SINGLE_FILE_SCHEDULER.items() if k != "_class_name"})
+    return {**parts, "tokenizer": tokenizer, "scheduler": scheduler}
 
 
 def silence_library_progress() -> None:

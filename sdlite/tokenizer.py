@@ -8,7 +8,9 @@ listed words become one token each.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from pathlib import Path
 from typing import Any
 
 BOS = "<|startoftext|>"
@@ -87,3 +89,83 @@ def build_tokenizer(words: tuple[str, ...] = WORDS, max_length: int = MAX_LENGTH
 
     vocab, merges = build_vocab_and_merges(words)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+# Where Stable Diffusion v1's tokenizer lives on the hub: CLIP ViT-L/14's own, then the SD v1.5 repo's copy.
+CLIP_TOKENIZER_SOURCES = (
+    ("openai/clip-vit-large-patch14", ""),
+    ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer"),
+)
+_REQUIRED = (("vocab.json", "merges.txt"), ("tokenizer.json",))  # either form loads
+_OPTIONAL = ("tokenizer_config.json", "special_tokens_map.json")
+
+
+def find_tokenizer(source: str | None, offline: bool) -> Path:
+    """The folder of the CLIP tokenizer a single-file model needs (a single file holds none).
+
+    `source` (a folder or hub id) when given; else the local Hugging Face cache (CLIP ViT-L/14, then
+    the SD v1.5 repo's tokenizer); else, when online, just those tokenizer files. Never whole models.
+    """
+    from sdlite.errors import ModelError
+
+    if source:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            if not any(all((path / f).is_file() for f in files) for files in _REQUIRED):
+                raise ModelError(f"--tokenizer {path} holds no tokenizer (vocab.json + merges.txt, or tokenizer.json)")
+            return path
+        if path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
+            raise ModelError(f"--tokenizer {source}: no such folder, and not a hub id (ORG/NAME)")
+        return _hub_tokenizer(source, "", offline)
+    for repo, subfolder in CLIP_TOKENIZER_SOURCES:
+        try:
+            return _hub_tokenizer(repo, subfolder, offline=True)
+        except ModelError:
+            continue
+    if not offline:
+        repo, subfolder = CLIP_TOKENIZER_SOURCES[0]
+        return _hub_tokenizer(repo, subfolder, offline=False)
+    repo = CLIP_TOKENIZER_SOURCES[0][0]
+    raise ModelError(
+        "a single-file model holds no tokenizer, and SD v1's is not in the local Hugging Face cache (offline): pass "
+        f"--tokenizer DIR, or fetch it once online: hf download {repo} vocab.json merges.txt tokenizer_config.json "
+        "special_tokens_map.json"
+    )
+
+
+def _hub_tokenizer(repo_id: str, subfolder: str, offline: bool) -> Path:
+    """The cached (or, online, downloaded) tokenizer files of a hub repo; ModelError when absent."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    from sdlite.errors import ModelError
+
+    def fetch(name: str) -> Path:
+        return Path(hf_hub_download(repo_id, name, subfolder=subfolder or None, local_files_only=offline))
+
+    where = f"{repo_id}{'/' + subfolder if subfolder else ''}"
+    for files in _REQUIRED:
+        try:
+            fetched = [fetch(name) for name in files]
+        except (LocalEntryNotFoundError, EntryNotFoundError):
+            continue
+        except (HfHubHTTPError, OSError) as exc:
+            raise ModelError(f"could not fetch the tokenizer {where}: {str(exc).splitlines()[0]}") from exc
+        for name in _OPTIONAL:
+            with contextlib.suppress(LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError, OSError):
+                fetch(name)
+        return fetched[0].parent
+    state = "not in the local cache (offline)" if offline else "not found on the hub"
+    raise ModelError(f"tokenizer {where} is {state}")
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """A CLIPTokenizer from a tokenizer folder, with a one-line ModelError when it does not load."""
+    from transformers import CLIPTokenizer
+
+    from sdlite.errors import ModelError
+
+    try:
+        return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(f"cannot load the tokenizer in {folder}: {str(exc).splitlines()[0]}") from exc

@@ -17,10 +17,10 @@ def model_copy(tiny_model: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_model, tmp_path / "model"))
 
 
-def test_single_safetensors_file_is_checked_then_explained(tiny_model: Path) -> None:
+def test_a_diffusers_component_file_is_not_taken_for_a_single_file_model(tiny_model: Path) -> None:
     path = tiny_model / "unet" / "diffusion_pytorch_model.safetensors"
     assert file_format(path) == "safetensors"
-    with pytest.raises(ModelError, match="single-file safetensors checkpoint"):
+    with pytest.raises(ModelError, match="diffusers-layout weights file"):
         resolve_model(str(path))
 
 
