@@ -59,6 +59,22 @@ AllowPickle = Annotated[
     ),
 ]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+Tokenizer = Annotated[
+    str | None,
+    typer.Option(
+        help="Single-file models: the CLIP tokenizer (folder or hub id). [default: the local Hugging Face cache's "
+        "openai/clip-vit-large-patch14, then stable-diffusion-v1-5's; online, just those files]",
+        show_default=False,
+    ),
+]
+EmaWeights = Annotated[
+    bool,
+    typer.Option(
+        "--ema-weights/--no-ema-weights",
+        help="Single-file models holding an EMA copy of the UNet: use it (the usual for sampling) or the raw weights.",
+    ),
+]
+MODEL_HELP = "Diffusers folder, hub id (ORG/NAME) or original-layout single file (.safetensors; .ckpt with --allow-pickle)."
 
 
 def _version(value: bool) -> None:
@@ -99,7 +115,7 @@ def sample(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Diffusers folder or hub id (ORG/NAME). Default: $SDLITE_MODEL, else the built-in shapes model.",
+            help=f"{MODEL_HELP} Default: $SDLITE_MODEL, else the built-in shapes model.",
             show_default=False,
         ),
     ] = None,
@@ -164,6 +180,8 @@ def sample(
     ] = False,
     offline: Offline = False,
     allow_pickle: AllowPickle = False,
+    tokenizer: Tokenizer = None,
+    ema_weights: EmaWeights = True,
 ) -> None:
     """Generate images from text. Each PNG records how to make it again (A1111 `parameters` + full JSON)."""
     with _errors():
@@ -195,6 +213,8 @@ def sample(
                 lora_scale=lora_scale,
                 fast=fast,
                 low_memory=low_memory,
+                tokenizer=tokenizer,
+                ema_weights=None if ema_weights else False,
             )
         )
         _quiet_libraries(offline)
@@ -213,7 +233,7 @@ def train(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Base model: diffusers folder or hub id. Default: $SDLITE_MODEL, else the built-in shapes model.",
+            help=f"Base model. {MODEL_HELP} Default: $SDLITE_MODEL, else the built-in shapes model.",
             show_default=False,
         ),
     ] = None,
@@ -333,6 +353,8 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     offline: Offline = False,
     allow_pickle: AllowPickle = False,
+    tokenizer: Tokenizer = None,
+    ema_weights: EmaWeights = True,
 ) -> None:
     """Fine-tune a model on a captioned image folder (full, or LoRA), resumable, on one or many processes."""
     with _errors():
@@ -354,6 +376,7 @@ def train(
             "resume": resume, "validation_prompts": tuple(validation_prompt) if validation_prompt else None,
             "validate_every": validate_every, "caption_column": caption_column, "skip_bad_images": skip_bad_images,
             "allow_missing_captions": allow_missing_captions, "offline": offline or None, "allow_pickle": allow_pickle or None,
+            "tokenizer": tokenizer, "ema_weights": None if ema_weights else False,
         }  # fmt: skip
         config = build_train_config(cli_values, config_file)
         _quiet_libraries(offline)
@@ -413,13 +436,16 @@ def eval_shapes(
     json_out: JsonOut = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     offline: Offline = False,
+    tokenizer: Tokenizer = None,
+    ema_weights: EmaWeights = True,
 ) -> None:
     """Sample shapes scenes, judge shape, shape color and background with a fixed classifier, print accuracies."""
     with _errors():
         from sdlite.config import EvalConfig, resolve_model_source
 
         config = EvalConfig(model=resolve_model_source(model), n=n, seed=seed, steps=steps, guidance=guidance,
-                            scheduler=scheduler, batch_size=batch_size, out=out, offline=offline, fast=fast)  # fmt: skip
+                            scheduler=scheduler, batch_size=batch_size, out=out, offline=offline, fast=fast,
+                            tokenizer=tokenizer, ema_weights=ema_weights)  # fmt: skip
         _quiet_libraries(offline)
         from sdlite.shapes import evaluate, format_report
 
@@ -433,7 +459,7 @@ def info(
     model: Annotated[
         str | None,
         typer.Argument(
-            help="Diffusers folder or hub id. Default: $SDLITE_MODEL, else the built-in shapes model.",
+            help=f"{MODEL_HELP} Default: $SDLITE_MODEL, else the built-in shapes model.",
             show_default=False,
         ),
     ] = None,
@@ -442,13 +468,16 @@ def info(
     json_out: JsonOut = False,
     offline: Offline = False,
     allow_pickle: AllowPickle = False,
+    tokenizer: Tokenizer = None,
+    ema_weights: EmaWeights = True,
 ) -> None:
     """Show a model's components, parameter counts, dtypes, scheduler and the tensor shapes of its flow."""
     with _errors():
         from sdlite.config import resolve_model_source
 
         config = InfoConfig(
-            model=resolve_model_source(model), height=height, width=width, offline=offline, allow_pickle=allow_pickle
+            model=resolve_model_source(model), height=height, width=width, offline=offline, allow_pickle=allow_pickle,
+            tokenizer=tokenizer, ema_weights=ema_weights,
         )
         _quiet_libraries(offline)
         from sdlite.info import describe, format_info

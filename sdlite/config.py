@@ -73,6 +73,8 @@ class SampleConfig:
     lora: str | None = None  # a LoRA adapter (folder with pytorch_lora_weights.safetensors, or the file)
     lora_scale: float = 1.0
     mode: str = "default"  # "fast" or "low-memory": see sdlite/modes.py
+    tokenizer: str | None = None  # a single-file model's tokenizer (folder or hub id); default: found
+    ema_weights: bool = True  # a single file's EMA weights when it has them
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))  # Python callers may pass a str
@@ -113,6 +115,8 @@ class InfoConfig:
     width: int | None = None
     offline: bool = False
     allow_pickle: bool = False
+    tokenizer: str | None = None
+    ema_weights: bool = True
 
     def __post_init__(self) -> None:
         validate_size(self.height, self.width, DEFAULT_VAE_FACTOR)
@@ -142,6 +146,8 @@ class SampleOverrides:
     lora_scale: float | None = None
     fast: bool = False
     low_memory: bool = False
+    tokenizer: str | None = None
+    ema_weights: bool | None = None
 
 
 def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None) -> SampleConfig:
@@ -166,12 +172,16 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
     model = opts.model
     batch_size, keep_seeds, expected_hash = opts.batch_size, (), None
     lora, lora_scale = opts.lora, opts.lora_scale
+    tokenizer, ema_weights = opts.tokenizer, opts.ema_weights
     if opts.from_image is not None:
         from sdlite.metadata import read_settings
 
         recorded = read_settings(opts.from_image)
         base = {k: recorded[k] for k in GENERATION_KEYS if k in recorded}
-        model = model or recorded.get("model")
+        if not model:  # a single file's tokenizer and weights choice belong to the recorded model
+            model = recorded.get("model")
+            tokenizer = tokenizer or recorded.get("tokenizer")
+            ema_weights = recorded.get("ema_weights") if ema_weights is None else ema_weights
         expected_hash = recorded.get("model_hash")
         mode = mode or recorded.get("mode")
         if recorded.get("lora") and not lora:
@@ -227,6 +237,8 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         lora=lora,
         lora_scale=1.0 if lora_scale is None else lora_scale,
         mode=mode or "default",
+        tokenizer=tokenizer,
+        ema_weights=True if ema_weights is None else ema_weights,
     )
 
 
@@ -380,6 +392,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     offline: bool = False
     allow_pickle: bool = False
+    tokenizer: str | None = None  # a single-file base model's tokenizer (folder or hub id)
+    ema_weights: bool = True  # a single-file base model's EMA weights when it has them
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -463,7 +477,7 @@ class TrainConfig:
         ignored = {
             "max_steps", "epochs", "out", "resume", "checkpoint_every", "keep_checkpoints", "cache",
             "gradient_checkpointing", "validation_prompts", "validate_every", "offline", "allow_pickle",
-            "skip_bad_images", "allow_missing_captions",
+            "skip_bad_images", "allow_missing_captions", "tokenizer",
         }  # fmt: skip
         return {k: _jsonable(v) for k, v in dataclasses.asdict(self).items() if k not in ignored}
 
@@ -537,6 +551,8 @@ class EvalConfig:
     out: Path | None = None  # where the judged images go (default: a temporary folder)
     offline: bool = False
     fast: bool = False  # judge `sample --fast` (its sampler and steps unless given)
+    tokenizer: str | None = None
+    ema_weights: bool = True
 
     def __post_init__(self) -> None:
         if self.n < 2:

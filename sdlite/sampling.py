@@ -18,7 +18,7 @@ from typing import Any
 from sdlite import metadata
 from sdlite.config import Generation, SampleConfig, validate_size
 from sdlite.errors import NumericalError, ResourceError, writing
-from sdlite.models import ResolvedModel, load_pipeline, pick_device, pick_dtype, read_json, resolve_model, vae_factor
+from sdlite.models import ResolvedModel, load_pipeline, pick_device, pick_dtype, resolve_model, vae_factor
 from sdlite.modes import apply_mode, load_device
 from sdlite.schedulers import SCHEDULERS, make_scheduler
 
@@ -71,9 +71,9 @@ def sample(
     written, so callers can stream results; nothing here prints.
     """
     # 1. Locate and check the model; check sizes against its own VAE before loading any weights.
-    model = resolve_model(config.model, config.offline, config.allow_pickle)
-    factor = vae_factor(read_json(model.path / "vae" / "config.json"))
-    native = read_json(model.path / "unet" / "config.json").get("sample_size", 64) * factor
+    model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights)
+    factor = vae_factor(model.configs()["vae"])
+    native = model.native_size()
     for gen in config.generations:
         validate_size(gen.height, gen.width, factor)
 
@@ -132,6 +132,7 @@ class _ModelFacts:
     versions: dict[str, str]
     lora: dict[str, Any] | None
     mode: str
+    single_file: dict[str, Any]  # a single file's tokenizer and EMA choice, for --from-image
 
 
 def load_lora(pipe: Any, source: str, scale: float) -> dict[str, Any]:
@@ -169,7 +170,18 @@ def _facts(source: str, model: ResolvedModel, device: str, dtype: str, lora: dic
         versions=metadata.library_versions(),
         lora=lora,
         mode=mode,
+        single_file=_single_file_record(model),
     )
+
+
+def _single_file_record(model: ResolvedModel) -> dict[str, Any]:
+    """What a single-file model needs besides its path to load the same way again."""
+    if model.single_file is None:
+        return {}
+    return {
+        "tokenizer": str(model.tokenizer.resolve()) if model.tokenizer else None,
+        "ema_weights": model.use_ema and model.single_file.has_ema,
+    }
 
 
 def _save(out: Path, image: Any, settings: dict[str, Any], batch: list[int], facts: _ModelFacts) -> SampleResult:
@@ -177,7 +189,7 @@ def _save(out: Path, image: Any, settings: dict[str, Any], batch: list[int], fac
     record = {
         "format": metadata.FORMAT_VERSION,
         "settings": settings,
-        "model": {"source": facts.ref, "hash": facts.model_hash, "files": facts.file_hashes},
+        "model": {"source": facts.ref, "hash": facts.model_hash, "files": facts.file_hashes, **facts.single_file},
         "run": {"batch_seeds": batch, "device": facts.device, "dtype": facts.dtype, "mode": facts.mode},
         "versions": facts.versions,
         "lora": facts.lora,

@@ -25,7 +25,14 @@ from typing import Any
 from sdlite import checkpoints
 from sdlite.config import TrainConfig, validate_size
 from sdlite.errors import Interrupted, NumericalError, UsageError, writing
-from sdlite.models import ResolvedModel, read_json, resolve_model, silence_library_progress, vae_factor
+from sdlite.models import (
+    SINGLE_FILE_INDEX,
+    ResolvedModel,
+    load_single_file,
+    resolve_model,
+    silence_library_progress,
+    vae_factor,
+)
 
 EventFn = Callable[[dict[str, Any]], None]
 LossHook = Callable[[int, Any], Any]  # (global step, loss) -> loss; lets tests inject faults
@@ -33,6 +40,7 @@ MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
 VALIDATION_STEPS = 25
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 LORA_FILE = "pytorch_lora_weights.safetensors"
+SAFE = {"safe_serialization": True}
 
 
 @dataclass(frozen=True)
@@ -73,9 +81,14 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
     """Check the model and every image, and work out steps, epochs and batch sizes."""
     from sdlite.data import check_images, discover
 
-    model = resolve_model(config.model, config.offline, config.allow_pickle)
-    factor = vae_factor(read_json(model.path / "vae" / "config.json"))
-    resolution = config.resolution or read_json(model.path / "unet" / "config.json").get("sample_size", 64) * factor
+    model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights)
+    if config.component == "vae" and model.single_file is not None:
+        raise UsageError(
+            "--component vae trains from a diffusers folder: convert the single file first "
+            f"(sdlite export {model.path} DIR --format diffusers)"
+        )
+    factor = vae_factor(model.configs()["vae"])
+    resolution = config.resolution or model.native_size()
     validate_size(resolution, None, factor)
     dataset = check_images(
         discover(config.data, config.caption_column, config.allow_missing_captions), config.skip_bad_images
@@ -309,13 +322,22 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
 
     root, safe = model.path, not model.uses_pickle
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
-    tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
     # Frozen components load in the compute precision; trained ones in fp32 (kept so under autocast).
     text_dtype = torch.float32 if config.train_text_encoder else weight_dtype
-    text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", use_safetensors=safe or None, dtype=text_dtype)
-    vae = AutoencoderKL.from_pretrained(root / "vae", use_safetensors=safe or None, dtype=weight_dtype)
-    unet = UNet2DConditionModel.from_pretrained(root / "unet", use_safetensors=safe or None, dtype=torch.float32)
-    scheduler_config = dict(read_json(root / "scheduler" / "scheduler_config.json"))
+    if model.single_file is not None:
+        loaded = load_single_file(model)
+        tokenizer = loaded["tokenizer"]
+        text_encoder = loaded["text_encoder"].to(dtype=text_dtype)
+        vae = loaded["vae"].to(dtype=weight_dtype)
+        unet = loaded["unet"].to(dtype=torch.float32)
+    else:
+        tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(
+            root / "text_encoder", use_safetensors=safe or None, dtype=text_dtype
+        )
+        vae = AutoencoderKL.from_pretrained(root / "vae", use_safetensors=safe or None, dtype=weight_dtype)
+        unet = UNet2DConditionModel.from_pretrained(root / "unet", use_safetensors=safe or None, dtype=torch.float32)
+    scheduler_config = model.configs()["scheduler"]
     if config.prediction_type:
         scheduler_config["prediction_type"] = config.prediction_type
     noise_scheduler = DDPMScheduler.from_config(scheduler_config)
@@ -461,14 +483,20 @@ def _assemble(parts: _Parts, unet: Any, text_encoder: Any, config: TrainConfig, 
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(_unwrapped(accelerator, unet)))
         StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
         return
-    for name in ("tokenizer", "vae", "model_index.json", *(() if config.train_text_encoder else ("text_encoder",))):
-        source = model.path / name
-        if source.is_dir():
-            checkpoints.link_or_copy_tree(source, folder / name)
-        else:
-            shutil.copy2(source, folder / name)
+    frozen = ("tokenizer", "vae", *(() if config.train_text_encoder else ("text_encoder",)))
+    if model.single_file is not None:  # no base folder to link from: save the frozen parts themselves
+        for name in frozen:
+            getattr(parts, name).save_pretrained(folder / name, **({} if name == "tokenizer" else SAFE))
+        (folder / "model_index.json").write_text(json.dumps(SINGLE_FILE_INDEX, indent=2))
+    else:
+        for name in (*frozen, "model_index.json"):
+            source = model.path / name
+            if source.is_dir():
+                checkpoints.link_or_copy_tree(source, folder / name)
+            else:
+                shutil.copy2(source, folder / name)
     (folder / "scheduler").mkdir()
-    scheduler_config = dict(read_json(model.path / "scheduler" / "scheduler_config.json"))
+    scheduler_config = model.configs()["scheduler"]
     scheduler_config["prediction_type"] = parts.noise_scheduler.config.prediction_type
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2))
     _unwrapped(accelerator, unet).save_pretrained(folder / "unet", safe_serialization=True)
@@ -585,7 +613,7 @@ def _validate(parts: _Parts, unet: Any, text_encoder: Any, ema: Any, config: Tra
     from sdlite.grid import contact_sheet
 
     raw_unet = _unwrapped(accelerator, unet)
-    scheduler = DDIMScheduler.from_config(read_json(model.path / "scheduler" / "scheduler_config.json"),
+    scheduler = DDIMScheduler.from_config(model.configs()["scheduler"],
                                           prediction_type=parts.noise_scheduler.config.prediction_type)  # fmt: skip
     pipe = StableDiffusionPipeline(
         vae=parts.vae, text_encoder=_unwrapped(accelerator, text_encoder), tokenizer=parts.tokenizer, unet=raw_unet,

@@ -1,0 +1,239 @@
+"""LoRA adapters in the two layouts people exchange: diffusers' (what sdlite trains) and kohya's.
+
+diffusers layout, as `StableDiffusionPipeline.save_lora_weights` writes it (`pytorch_lora_weights.safetensors`):
+`unet.<module>.lora.down.weight` / `.lora.up.weight` and `text_encoder.<module>.lora_linear_layer.down.weight` /
+`.up.weight` (PEFT's own `lora_A` / `lora_B` names are read too), with the PEFT configs (rank, alpha,
+patterns) as JSON under the `lora_adapter_metadata` key of the safetensors metadata. Without that
+metadata diffusers applies every module at alpha = rank, i.e. strength 1.
+
+kohya layout, the one AUTOMATIC1111, ComfyUI and kohya's sd-scripts load for SD v1:
+`lora_unet_<module path with . -> _>.lora_down.weight` / `.lora_up.weight` / `.alpha` (a scalar; the
+module's strength is alpha / rank), and for the text encoder `lora_te_text_model_<module path>...`.
+transformers 5's CLIPTextModel has no `text_model.` level in its module paths, but the kohya names keep it.
+
+Everything here is a function of state dicts, names and metadata; only reading and writing files touches disk.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sdlite.errors import ModelError, UsageError, writing
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+METADATA_KEY = "lora_adapter_metadata"  # diffusers' key for the PEFT configs in the safetensors metadata
+FORMATS = ("kohya", "diffusers")
+KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+KOHYA_TEXT_MODEL = "text_model_"  # kohya's text-encoder names carry the CLIPTextModel `text_model.` level
+# (down suffix, up suffix) of one module's pair of matrices, in the layouts diffusers writes or reads.
+DIFFUSERS_PAIRS = (
+    (".lora.down.weight", ".lora.up.weight"),
+    (".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight"),
+    (".lora_A.weight", ".lora_B.weight"),
+)
+KOHYA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
+
+
+def kohya_name(component: str, module: str) -> str:
+    """The kohya name of a diffusers module: `lora_unet_down_blocks_0_..._to_q`, `lora_te_text_model_encoder_...`."""
+    if component not in KOHYA_PREFIXES:
+        raise ValueError(f"no kohya name for component {component!r} (SD v1 has unet and text_encoder)")
+    path = module.replace(".", "_")
+    if component == "text_encoder" and not path.startswith(KOHYA_TEXT_MODEL):
+        path = KOHYA_TEXT_MODEL + path
+    return KOHYA_PREFIXES[component] + path
+
+
+def split_diffusers_key(key: str) -> tuple[str, str, str]:
+    """(component, module path, "down" or "up") of a diffusers-layout key; ValueError for any other key."""
+    component, _, rest = key.partition(".")
+    if component in KOHYA_PREFIXES and rest:
+        for down, up in DIFFUSERS_PAIRS:
+            for role, suffix in (("down", down), ("up", up)):
+                if rest.endswith(suffix):
+                    return component, rest[: -len(suffix)], role
+    raise ValueError(f"{key!r} is not a diffusers-layout LoRA key of the UNet or the text encoder")
+
+
+def layout(keys: list[str] | tuple[str, ...] | Any) -> str | None:
+    """'kohya', 'diffusers', or None when the keys are neither (or not a LoRA at all)."""
+    keys = list(keys)
+    if keys and all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_")) and k.endswith(KOHYA_SUFFIXES) for k in keys):
+        return "kohya"
+    try:
+        if keys and all(split_diffusers_key(k) for k in keys):
+            return "diffusers"
+    except ValueError:
+        pass
+    return None
+
+
+def component_configs(metadata: Mapping[str, str] | None) -> dict[str, dict[str, Any]]:
+    """The PEFT config of each component ("unet", "text_encoder") stored by `save_lora_weights`; {} when none."""
+    raw = (metadata or {}).get(METADATA_KEY)
+    if not raw:
+        return {}
+    try:
+        flat = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"the LoRA's {METADATA_KEY} metadata is not valid JSON ({exc.msg})") from exc
+    configs: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        component, _, field = key.partition(".")
+        configs.setdefault(component, {})[field] = value
+    return configs
+
+
+def module_scale(config: Mapping[str, Any] | None, module: str, rank: int) -> float:
+    """The strength PEFT gives `module` at weight 1: alpha / rank (alpha / sqrt(rank) with rsLoRA).
+
+    Alpha comes from the config's `alpha_pattern` (PEFT's rule: the pattern matches the module path, or
+    its end after a dot), else `lora_alpha`; with no config, diffusers' default alpha = rank (strength 1).
+    """
+    if not config:
+        return 1.0
+    alpha = config.get("lora_alpha", rank)
+    for pattern, value in (config.get("alpha_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            alpha = value
+            break
+    if config.get("use_dora"):
+        raise UsageError("a DoRA adapter (use_dora) has no kohya LoRA equivalent")
+    return float(alpha) / (math.sqrt(rank) if config.get("use_rslora") else rank)
+
+
+def to_kohya(state_dict: Mapping[str, Any], configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A diffusers-layout LoRA state dict -> the kohya layout, one `.alpha` per module.
+
+    `configs` maps "unet" / "text_encoder" to its PEFT config (`component_configs(metadata)`); a
+    component without one gets alpha = rank, as diffusers itself applies it. The written alpha is
+    strength x rank, so every loader that computes alpha / rank gets the strength the adapter had.
+    """
+    import torch
+
+    pairs: dict[tuple[str, str], dict[str, Any]] = {}
+    for key, tensor in state_dict.items():
+        component, module, role = split_diffusers_key(key)
+        pairs.setdefault((component, module), {})[role] = tensor
+    out: dict[str, Any] = {}
+    for (component, module), pair in sorted(pairs.items()):
+        if set(pair) != {"down", "up"}:
+            raise ValueError(f"{component}.{module} has a LoRA {next(iter(pair))} matrix without its partner")
+        down, up = pair["down"], pair["up"]
+        rank = down.shape[0]
+        if up.shape[1] != rank:
+            raise ValueError(f"{component}.{module}: down has rank {rank}, up has {up.shape[1]}")
+        name = kohya_name(component, module)
+        out[f"{name}.lora_down.weight"] = down.contiguous()
+        out[f"{name}.lora_up.weight"] = up.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(module_scale(configs.get(component), module, rank) * rank)
+    return out
+
+
+def kohya_metadata(kohya: Mapping[str, Any]) -> dict[str, str]:
+    """The sd-scripts training metadata UIs show (network module, dim, alpha); "Dynamic" when modules differ."""
+    ranks = {v.shape[0] for k, v in kohya.items() if k.endswith(".lora_down.weight")}
+    alphas = {float(v) for k, v in kohya.items() if k.endswith(".alpha")}
+
+    def one(values: set[Any]) -> str:
+        return f"{next(iter(values)):g}" if len(values) == 1 else "Dynamic"
+
+    return {"ss_network_module": "networks.lora", "ss_network_dim": one(ranks), "ss_network_alpha": one(alphas)}
+
+
+def find_lora_file(source: Path | str) -> Path:
+    """The adapter file of a LoRA source: the file itself, or a folder's (training OUT, a checkpoint) LORA_FILE."""
+    path = Path(source).expanduser()
+    file = path / LORA_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ModelError(f"LoRA {source}: no such file (expected a folder with {LORA_FILE}, or the file)")
+    return file
+
+
+def read_header(file: Path) -> tuple[list[str], dict[str, str]]:
+    """(tensor names, safetensors metadata) from the file's header alone; ModelError for pickles and damage."""
+    from sdlite.models import file_format
+
+    if file_format(file) != "safetensors":
+        raise ModelError(f"LoRA {file} is a pickle; sdlite reads LoRA adapters only as safetensors")
+    with file.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    metadata = header.pop("__metadata__", None) or {}
+    return list(header), metadata
+
+
+def is_lora_source(path: Path | str) -> bool:
+    """Whether `path` is a LoRA adapter (a folder holding LORA_FILE, or a safetensors file of LoRA keys)
+    rather than a model: lets a command tell `sdlite export MODEL` from `sdlite export LORA`."""
+    path = Path(path).expanduser()
+    if path.is_dir() and (path / "model_index.json").is_file():
+        return False
+    try:
+        keys, _ = read_header(find_lora_file(path))
+    except (ModelError, OSError, ValueError):
+        return False
+    return layout(keys) is not None
+
+
+def read_lora(source: Path | str) -> tuple[Path, dict[str, Any], dict[str, str]]:
+    """(file, tensors, safetensors metadata) of a LoRA source; ModelError when it is not a LoRA adapter."""
+    from safetensors.torch import load_file
+
+    file = find_lora_file(source)
+    keys, metadata = read_header(file)
+    if layout(keys) is None:
+        raise ModelError(f"{file} is not a LoRA adapter of the diffusers or kohya layout")
+    return file, load_file(file), metadata
+
+
+def export_lora(source: Path | str, out: Path | str, fmt: str) -> Path:
+    """Write the LoRA at `source` (a file, a folder holding LORA_FILE, or a training checkpoint folder)
+    in format `fmt`: "kohya" -> the file `out` (.safetensors); "diffusers" -> `out`/LORA_FILE, metadata kept.
+
+    Writes are atomic (a temporary file renamed into place). Returns what was written.
+    """
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    out = Path(out).expanduser()
+    file, tensors, metadata = read_lora(source)
+    kind = layout(tensors)
+    if fmt == "diffusers":
+        if kind != "diffusers":
+            raise UsageError(f"{file} is already a kohya-layout LoRA: diffusers loads it as it is (--lora {file})")
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"{out} is a file; --format diffusers writes a folder")
+        target = out / LORA_FILE
+        _atomic_save(tensors, metadata, target)
+        return out
+    if out.suffix != ".safetensors" or out.is_dir():
+        raise UsageError(f"--format kohya writes one .safetensors file; got {out}")
+    if kind == "kohya":
+        kohya, meta = tensors, metadata
+    else:
+        kohya = to_kohya(tensors, component_configs(metadata))
+        meta = {"format": "pt", **kohya_metadata(kohya)}
+    _atomic_save(kohya, meta, out)
+    return out
+
+
+def _atomic_save(tensors: Mapping[str, Any], metadata: Mapping[str, str], target: Path) -> None:
+    from safetensors.torch import save_file
+
+    with writing(str(target)):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        os.close(handle)
+        try:
+            save_file(dict(tensors), temp, metadata=dict(metadata))
+            os.replace(temp, target)
+        finally:
+            Path(temp).unlink(missing_ok=True)
