@@ -173,6 +173,8 @@ def evaluate(config: Any, progress: Any = None) -> dict[str, Any]:
                 batch_size=config.batch_size,
                 offline=config.offline,
                 fast=config.fast,
+                tokenizer=config.tokenizer,
+                ema_weights=config.ema_weights,
             ),
             env={},
         )
