@@ -1,0 +1,186 @@
+"""`sdlite export`: a model or LoRA in the layout another tool loads.
+
+Models become one original-layout `.safetensors` (A1111, ComfyUI, Forge; diffusers' `from_single_file`)
+or a diffusers folder; LoRAs become the kohya layout (A1111, ComfyUI) or diffusers'. Every output is
+written under a temporary name and renamed into place, so an interrupted export leaves nothing that
+looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sdlite.config import ExportConfig
+from sdlite.errors import ModelError, UsageError, writing
+from sdlite.formats import lora, original_keys
+from sdlite.models import ResolvedModel, load_single_file, resolve_model, silence_library_progress
+
+MODEL_FORMATS = ("single-file", "diffusers")
+LORA_FORMATS = ("kohya", "diffusers")
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def export(config: ExportConfig) -> Path:
+    """Write `config.source` to `config.out` in `config.format` (the natural default when None)."""
+    source = Path(config.source).expanduser()
+    if source.exists() and lora.is_lora_source(source):
+        fmt = config.format or "kohya"
+        if fmt not in LORA_FORMATS:
+            raise UsageError(f"{source} is a LoRA adapter: --format must be one of {', '.join(LORA_FORMATS)}")
+        if config.dtype:
+            raise UsageError("--dtype applies to models; a LoRA keeps the precision it was trained in")
+        _check_out(config, fmt)
+        return lora.export_lora(source, config.out, fmt)
+    fmt = config.format or "single-file"
+    if fmt not in MODEL_FORMATS:
+        raise UsageError(f"{config.source} is a model: --format must be one of {', '.join(MODEL_FORMATS)}")
+    _check_out(config, fmt)
+    model = resolve_model(config.source, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights,
+                          need_tokenizer=fmt == "diffusers")  # fmt: skip
+    silence_library_progress()
+    if fmt == "single-file":
+        return _write_single_file(model, config)
+    return _write_diffusers(model, config)
+
+
+def _check_out(config: ExportConfig, fmt: str) -> None:
+    out = Path(config.out)
+    is_file = fmt in ("single-file", "kohya")
+    if is_file and out.suffix != ".safetensors":
+        raise UsageError(f"--format {fmt} writes one file: OUT must end in .safetensors, got {out}")
+    if out.exists() and not config.force:
+        raise UsageError(f"{out} already exists; pass --force to replace it")
+
+
+def original_state(model: ResolvedModel, dtype: str | None) -> dict[str, Any]:
+    """The model's UNet, VAE and text encoder under original-layout key names, in `dtype` (None: as stored)."""
+    import torch
+
+    if model.single_file is not None:
+        parts = load_single_file(model)
+        states = {name: parts[name].state_dict() for name in ("unet", "vae", "text_encoder")}
+    else:
+        states = {name: _folder_state(model.path / name, model.uses_pickle) for name in ("unet", "vae", "text_encoder")}
+    unet_config = model.configs()["unet"]
+    state = {
+        **original_keys.unet_to_original(states["unet"], unet_config),
+        **original_keys.vae_to_original(states["vae"]),
+        **original_keys.text_to_original(states["text_encoder"]),
+    }
+    target = getattr(torch, _DTYPES[dtype]) if dtype else None
+    return {
+        k: (v.to(target) if target is not None and v.is_floating_point() else v).contiguous() for k, v in state.items()
+    }
+
+
+def _folder_state(folder: Path, pickled: bool) -> dict[str, Any]:
+    """Every tensor of a diffusers/transformers component folder (sharded or not)."""
+    from safetensors.torch import load_file
+
+    state: dict[str, Any] = {}
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        for file in files:
+            state.update(load_file(file))
+        return state
+    if not pickled:
+        raise ModelError(f"{folder} holds no safetensors weights")
+    import torch
+
+    for file in sorted(p for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")):
+        state.update(torch.load(file, map_location="cpu", weights_only=True))
+    return state
+
+
+def single_file_metadata(model: ResolvedModel, title: str) -> dict[str, str]:
+    """ModelSpec fields (as kohya's and Stability's tools write them) so loaders know the family and size."""
+    size = model.native_size()
+    return {
+        "format": "pt",
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": "stable-diffusion-v1",
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": title,
+        "modelspec.resolution": f"{size}x{size}",
+    }
+
+
+def _write_single_file(model: ResolvedModel, config: ExportConfig) -> Path:
+    from safetensors.torch import save_file
+
+    state = original_state(model, config.dtype)
+    out = Path(config.out)
+    meta = single_file_metadata(model, out.stem)
+    with writing(f"single file {out}"):
+        out.absolute().parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.absolute().parent)
+        os.close(fd)
+        try:
+            save_file(state, tmp, metadata=meta)
+            os.replace(tmp, out)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return out
+
+
+def _write_diffusers(model: ResolvedModel, config: ExportConfig) -> Path:
+    """A diffusers folder: the single file's parts converted by diffusers, or a folder's re-saved."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from sdlite.models import load_pipeline
+
+    dtype = getattr(torch, _DTYPES[config.dtype]) if config.dtype else None
+    if model.single_file is not None:
+        parts = load_single_file(model)
+        pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)  # fmt: skip
+    elif dtype is None:  # a folder in its own precision: a copy (hard links where possible)
+        return _copy_folder(model.path, Path(config.out))
+    else:
+        pipe = load_pipeline(model, "cpu", dtype)
+    if dtype is not None:
+        pipe = pipe.to(dtype=dtype)
+    out = Path(config.out)
+    parent = out.absolute().parent
+    with writing(f"diffusers folder {out}"):
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+        try:
+            pipe.save_pretrained(staging, safe_serialization=True)
+            if model.single_file is not None:
+                (staging / "sdlite-export.json").write_text(
+                    json.dumps({"source": str(model.path), "ema_weights": model.use_ema and model.single_file.has_ema})
+                )
+            if out.exists():
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            os.replace(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _copy_folder(source: Path, out: Path) -> Path:
+    from sdlite.checkpoints import link_or_copy_tree
+
+    parent = out.absolute().parent
+    with writing(f"diffusers folder {out}"):
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+        try:
+            for name in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", "sdlite.json"):
+                if (source / name).is_dir():
+                    link_or_copy_tree(source / name, staging / name)
+                elif (source / name).is_file():
+                    shutil.copy2(source / name, staging / name)
+            if out.exists():
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            os.replace(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return out
