@@ -74,7 +74,9 @@ EmaWeights = Annotated[
         help="Single-file models holding an EMA copy of the UNet: use it (the usual for sampling) or the raw weights.",
     ),
 ]
-MODEL_HELP = "Diffusers folder, hub id (ORG/NAME) or original-layout single file (.safetensors; .ckpt with --allow-pickle)."
+MODEL_HELP = (
+    "Diffusers folder, hub id (ORG/NAME) or original-layout single file (.safetensors; .ckpt with --allow-pickle)."
+)
 
 
 def _version(value: bool) -> None:
@@ -160,9 +162,23 @@ def sample(
     json_out: JsonOut = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     lora: Annotated[
-        str | None, typer.Option(help="A LoRA adapter: a folder holding pytorch_lora_weights.safetensors, or the file.")
+        list[str] | None,
+        typer.Option(
+            help="A LoRA adapter: a folder holding pytorch_lora_weights.safetensors, or a .safetensors file "
+            "(diffusers or kohya/A1111 layout). Repeat to apply several together.",
+            metavar="PATH",
+            show_default=False,
+        ),
     ] = None,
-    lora_scale: Annotated[float | None, typer.Option(help="Strength of the LoRA adapter. [default: 1.0]")] = None,
+    lora_scale: Annotated[
+        list[float] | None,
+        typer.Option(
+            help="Strength of each --lora, paired by position: give none (every LoRA at 1.0) or one per --lora. "
+            "[default: 1.0]",
+            metavar="S",
+            show_default=False,
+        ),
+    ] = None,
     fast: Annotated[
         bool,
         typer.Option(
@@ -209,8 +225,8 @@ def sample(
                 grid=grid,
                 offline=offline,
                 allow_pickle=allow_pickle,
-                lora=lora,
-                lora_scale=lora_scale,
+                lora=tuple(lora or ()),
+                lora_scale=tuple(lora_scale or ()),
                 fast=fast,
                 low_memory=low_memory,
                 tokenizer=tokenizer,
@@ -298,13 +314,25 @@ def train(
         float | None, typer.Option(help="Probability of training on an empty caption (for guidance). [default: 0]")
     ] = None,
     train_text_encoder: Annotated[
-        bool | None, typer.Option("--train-text-encoder", help="Train the text encoder too.")
+        bool | None,
+        typer.Option(
+            "--train-text-encoder",
+            help="Train the text encoder too (with --lora: a LoRA on its attention projections).",
+        ),
     ] = None,
     lora: Annotated[
-        bool | None, typer.Option("--lora", help="Train a LoRA adapter on the UNet; OUT holds only the adapter.")
+        bool | None,
+        typer.Option(
+            "--lora",
+            help="Train a LoRA adapter on the UNet (and the text encoder with --train-text-encoder); OUT holds only "
+            "the adapter, alpha included.",
+        ),
     ] = None,
     lora_rank: Annotated[int | None, typer.Option(help="LoRA rank. [default: 4]")] = None,
-    lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha. [default: the rank]")] = None,
+    lora_alpha: Annotated[
+        float | None,
+        typer.Option(help="LoRA alpha; strength = alpha / rank, saved with the adapter. [default: the rank]"),
+    ] = None,
     cache: Annotated[
         bool | None,
         typer.Option(
@@ -476,14 +504,60 @@ def info(
         from sdlite.config import resolve_model_source
 
         config = InfoConfig(
-            model=resolve_model_source(model), height=height, width=width, offline=offline, allow_pickle=allow_pickle,
-            tokenizer=tokenizer, ema_weights=ema_weights,
+            model=resolve_model_source(model),
+            height=height,
+            width=width,
+            offline=offline,
+            allow_pickle=allow_pickle,
+            tokenizer=tokenizer,
+            ema_weights=ema_weights,
         )
         _quiet_libraries(offline)
         from sdlite.info import describe, format_info
 
         details = describe(config)
         typer.echo(json.dumps(details, indent=2) if json_out else format_info(details))
+
+
+@app.command()
+def export(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A model (diffusers folder, hub id, single file, or a training checkpoint OUT/checkpoints/step-N) "
+            "or a LoRA (folder or file).",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="The file (.safetensors) or folder to write.", show_default=False)],
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="Models: single-file (one original-layout .safetensors for A1111/ComfyUI/Forge) or diffusers (a "
+            "folder). LoRAs: kohya (A1111/ComfyUI; alpha kept) or diffusers. [default: single-file, kohya for LoRAs]",
+            show_default=False,
+        ),
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="Precision of the written weights: fp16, bf16 or fp32. [default: as stored]")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    offline: Offline = False,
+    allow_pickle: AllowPickle = False,
+    tokenizer: Tokenizer = None,
+    ema_weights: EmaWeights = True,
+) -> None:
+    """Write a model or LoRA in the layout other tools load: A1111, ComfyUI, Forge, diffusers."""
+    with _errors():
+        from sdlite.config import ExportConfig
+
+        config = ExportConfig(source=source, out=out, format=format, dtype=dtype, tokenizer=tokenizer,
+                              ema_weights=ema_weights, offline=offline, allow_pickle=allow_pickle, force=force)  # fmt: skip
+        _quiet_libraries(offline)
+        from sdlite.export import export as run_export
+
+        typer.echo(str(run_export(config)))
 
 
 def _print_result(result: Any, json_out: bool) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -53,6 +54,33 @@ GENERATION_KEYS = tuple(f.name for f in dataclasses.fields(Generation))
 
 
 @dataclass(frozen=True)
+class LoraChoice:
+    """One LoRA of a sample run: the adapter (a folder holding pytorch_lora_weights.safetensors, or a
+    diffusers- or kohya-layout .safetensors file) and the strength it is applied at."""
+
+    source: str
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.scale):
+            raise UsageError(f"--lora-scale must be a finite number, got {self.scale}")
+
+
+def lora_choices(sources: tuple[str, ...], scales: tuple[float, ...]) -> tuple[LoraChoice, ...]:
+    """Pair `--lora` and `--lora-scale` by position: either no scale (each LoRA at 1.0) or one per LoRA."""
+    if scales and not sources:
+        raise UsageError("--lora-scale needs a --lora to apply to")
+    if scales and len(scales) != len(sources):
+        raise UsageError(
+            f"{len(scales)} --lora-scale for {len(sources)} LoRAs: give one --lora-scale per --lora, "
+            "in the same order, or none (each LoRA at 1.0)"
+        )
+    return tuple(
+        LoraChoice(source, scale) for source, scale in zip(sources, scales or (1.0,) * len(sources), strict=True)
+    )
+
+
+@dataclass(frozen=True)
 class SampleConfig:
     """A whole `sdlite sample` run: which model, which images, where they go."""
 
@@ -70,14 +98,16 @@ class SampleConfig:
     keep_seeds: tuple[int, ...] = ()
     # The model hash recorded in a `--from-image` source: a different model gets a warning.
     expected_model_hash: str | None = None
-    lora: str | None = None  # a LoRA adapter (folder with pytorch_lora_weights.safetensors, or the file)
-    lora_scale: float = 1.0
+    loras: tuple[LoraChoice, ...] = ()  # LoRA adapters applied together, each at its own scale
     mode: str = "default"  # "fast" or "low-memory": see sdlite/modes.py
     tokenizer: str | None = None  # a single-file model's tokenizer (folder or hub id); default: found
     ema_weights: bool = True  # a single file's EMA weights when it has them
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))  # Python callers may pass a str
+        # ... and LoRA paths for LoraChoice(path) at scale 1
+        loras = tuple(c if isinstance(c, LoraChoice) else LoraChoice(str(c)) for c in self.loras)
+        object.__setattr__(self, "loras", loras)
         _check_choice("mode", self.mode, MODES)
         if not self.generations:
             raise UsageError("no prompt given: pass PROMPT arguments, --prompts-file or --from-image")
@@ -123,6 +153,28 @@ class InfoConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """`sdlite export`: a model or LoRA, where to write it, in which layout and precision."""
+
+    source: str
+    out: Path
+    format: str | None = None  # None: single-file for models, kohya for LoRAs
+    dtype: str | None = None  # None: as stored
+    tokenizer: str | None = None
+    ema_weights: bool = True
+    offline: bool = False
+    allow_pickle: bool = False
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        if self.format is not None:
+            _check_choice("--format", self.format, ("single-file", "diffusers", "kohya"))
+        if self.dtype is not None:
+            _check_choice("--dtype", self.dtype, ("fp32", "fp16", "bf16"))
+
+
+@dataclass(frozen=True)
 class SampleOverrides:
     """What the user typed for `sdlite sample`, None where an option was not given.
 
@@ -142,8 +194,8 @@ class SampleOverrides:
     grid: bool = False
     offline: bool = False
     allow_pickle: bool = False
-    lora: str | None = None
-    lora_scale: float | None = None
+    lora: tuple[str, ...] = ()  # every --lora, in order
+    lora_scale: tuple[float, ...] = ()  # every --lora-scale, in order (paired with --lora by position)
     fast: bool = False
     low_memory: bool = False
     tokenizer: str | None = None
@@ -171,7 +223,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
     base: dict[str, Any] = {}
     model = opts.model
     batch_size, keep_seeds, expected_hash = opts.batch_size, (), None
-    lora, lora_scale = opts.lora, opts.lora_scale
+    lora, lora_scale = _as_tuple(opts.lora), _as_tuple(opts.lora_scale)
     tokenizer, ema_weights = opts.tokenizer, opts.ema_weights
     if opts.from_image is not None:
         from sdlite.metadata import read_settings
@@ -184,11 +236,9 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
             ema_weights = recorded.get("ema_weights") if ema_weights is None else ema_weights
         expected_hash = recorded.get("model_hash")
         mode = mode or recorded.get("mode")
-        if recorded.get("lora") and not lora:
-            lora, lora_scale = (
-                recorded["lora"]["source"],
-                lora_scale if lora_scale is not None else recorded["lora"]["scale"],
-            )
+        if recorded.get("lora") and not lora:  # the recorded LoRAs; --lora-scale may still change their scales
+            used = _recorded_loras(recorded["lora"], opts.from_image)
+            lora, lora_scale = tuple(r["source"] for r in used), lora_scale or tuple(r["scale"] for r in used)
         batch = recorded.get("batch_seeds") or [base.get("seed")]
         remake_batch = not ({"seed", "num_images"} & set(cli) or opts.prompts or opts.prompts_file or batch_size)
         if remake_batch and len(batch) > 1:
@@ -234,12 +284,28 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         allow_pickle=opts.allow_pickle,
         keep_seeds=keep_seeds,
         expected_model_hash=expected_hash,
-        lora=lora,
-        lora_scale=1.0 if lora_scale is None else lora_scale,
+        loras=lora_choices(lora, lora_scale),
         mode=mode or "default",
         tokenizer=tokenizer,
         ema_weights=True if ema_weights is None else ema_weights,
     )
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str | int | float) else tuple(value)
+
+
+def _recorded_loras(value: Any, image: Path) -> list[dict[str, Any]]:
+    """The LoRAs a PNG records: a list of {source, hash, scale}, or one such dict (earlier sdlite versions)."""
+    rows = [value] if isinstance(value, dict) else value
+    if not isinstance(rows, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("source"), str) and isinstance(r.get("scale"), int | float)
+        for r in rows
+    ):
+        raise DataError(f"{image}: its sdlite metadata has a malformed lora record")
+    return rows
 
 
 def resolve_model_source(model: str | None, env: dict[str, str] | None = None) -> str:
@@ -377,9 +443,9 @@ class TrainConfig:
     prediction_type: str | None = None  # None: the model's own
     caption_dropout: float = 0.0
     train_text_encoder: bool = False
-    lora: bool = False
+    lora: bool = False  # a LoRA on the UNet (and, with train_text_encoder, on the text encoder) instead of full weights
     lora_rank: int = 4
-    lora_alpha: float | None = None  # None: equal to the rank (scale 1)
+    lora_alpha: float | None = None  # None: equal to the rank (scale 1); saved with the adapter
     cache: bool | None = None  # None: on whenever the augmentation is fixed (see cache_choice)
     checkpoint_every: int | None = None
     keep_checkpoints: int | None = None  # None: keep all
@@ -450,10 +516,10 @@ class TrainConfig:
             raise UsageError(f"--snr-gamma must be positive, got {self.snr_gamma}")
         if self.noise_offset < 0:
             raise UsageError(f"--noise-offset must be 0 or more, got {self.noise_offset}")
-        if self.lora and self.train_text_encoder:
-            raise UsageError("--lora trains a UNet adapter only; drop --train-text-encoder")
         if self.lora and self.ema:
             raise UsageError("--ema applies to full fine-tuning; drop it with --lora")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise UsageError(f"--lora-alpha must be positive, got {self.lora_alpha}")
         if self.cache and (self.crop == "random" or self.random_flip):
             raise UsageError(
                 "--cache needs a fixed augmentation: drop --random-crop / --random-flip, or pass --no-cache"

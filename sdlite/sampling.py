@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlite import metadata
+from sdlite.adapters import load_loras
 from sdlite.config import Generation, SampleConfig, validate_size
 from sdlite.errors import NumericalError, ResourceError, writing
 from sdlite.models import ResolvedModel, load_pipeline, pick_device, pick_dtype, resolve_model, vae_factor
@@ -81,10 +82,10 @@ def sample(
     device = pick_device(config.device)
     pipe = load_pipeline(model, load_device(config.mode, device), pick_dtype(config.dtype, device))
     base_scheduler_config = pipe.scheduler.config  # every sampler is built from the model's own schedule
-    lora = load_lora(pipe, config.lora, config.lora_scale) if config.lora else None
-    applied = apply_mode(pipe, config.mode, device, lora is not None)
-    facts = _facts(config.model, model, device, str(pipe.unet.dtype), lora, config.mode)
     warnings: list[str] = []
+    loras = load_loras(pipe, config.loras, warnings)
+    applied = apply_mode(pipe, config.mode, device, bool(loras))
+    facts = _facts(config.model, model, device, str(pipe.unet.dtype), loras or None, config.mode)
     if config.expected_model_hash and config.expected_model_hash != facts.model_hash:
         _warn(
             warnings,
@@ -104,7 +105,7 @@ def sample(
         height, width = gen.height or native, gen.width or native
         for start in range(0, gen.num_images, config.batch_size):
             seeds = list(range(gen.seed + start, gen.seed + min(gen.num_images, start + config.batch_size)))
-            pixels = _generate(pipe, gen, seeds, height, width, counter, config.lora_scale if lora else None)
+            pixels = _generate(pipe, gen, seeds, height, width, counter)
             for seed, image in zip(seeds, pipe.numpy_to_pil(pixels), strict=True):
                 if config.keep_seeds and seed not in config.keep_seeds:
                     continue
@@ -130,32 +131,12 @@ class _ModelFacts:
     device: str
     dtype: str
     versions: dict[str, str]
-    lora: dict[str, Any] | None
+    lora: list[dict[str, Any]] | None  # each LoRA's source, sha256 and scale, in --lora order
     mode: str
     single_file: dict[str, Any]  # a single file's tokenizer and EMA choice, for --from-image
 
 
-def load_lora(pipe: Any, source: str, scale: float) -> dict[str, Any]:
-    """Load a LoRA adapter (diffusers' own loader) after checking it is safetensors; returns its record."""
-    from sdlite.errors import ModelError
-    from sdlite.models import file_format
-
-    path = Path(source).expanduser()
-    file = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
-    if not file.is_file():
-        raise ModelError(
-            f"LoRA {source}: no such file (expected a folder with pytorch_lora_weights.safetensors, or the file)"
-        )
-    if file_format(file) != "safetensors":
-        raise ModelError(f"LoRA {file} is a pickle; sdlite loads LoRA adapters only as safetensors")
-    try:
-        pipe.load_lora_weights(str(file.parent), weight_name=file.name)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelError(f"cannot load LoRA {file}: {str(exc).strip().splitlines()[0]}") from exc
-    return {"source": str(file.resolve()), "hash": metadata.file_sha256(file), "scale": scale}
-
-
-def _facts(source: str, model: ResolvedModel, device: str, dtype: str, lora: dict[str, Any] | None,
+def _facts(source: str, model: ResolvedModel, device: str, dtype: str, lora: list[dict[str, Any]] | None,
            mode: str) -> _ModelFacts:  # fmt: skip
     model_hash, file_hashes = metadata.model_hashes(model.path, model.weight_files)
     local = Path(source).expanduser().exists()
@@ -200,16 +181,13 @@ def _save(out: Path, image: Any, settings: dict[str, Any], batch: list[int], fac
     return SampleResult(path=path, index=index, model=facts.ref, model_hash=facts.model_hash, **settings)
 
 
-def _generate(pipe: Any, gen: Generation, seeds: list[int], height: int, width: int, counter: _StepCounter,
-              lora_scale: float | None) -> Any:  # fmt: skip
+def _generate(pipe: Any, gen: Generation, seeds: list[int], height: int, width: int, counter: _StepCounter) -> Any:
     """One pipeline call for one batch; returns float pixels in [0, 1], refusing NaN/inf results."""
     import numpy as np
     import torch
 
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     extra: dict[str, Any] = {"eta": gen.eta} if SCHEDULERS[gen.scheduler].accepts_eta else {}
-    if lora_scale is not None:
-        extra["cross_attention_kwargs"] = {"scale": lora_scale}
     try:
         output = pipe(
             prompt=[gen.prompt] * len(seeds),

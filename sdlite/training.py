@@ -39,7 +39,10 @@ LossHook = Callable[[int, Any], Any]  # (global step, loss) -> loss; lets tests 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
 VALIDATION_STEPS = 25
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+# The CLIP attention projections: the text-encoder LoRA targets of kohya's sd-scripts and diffusers' scripts.
+TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 LORA_FILE = "pytorch_lora_weights.safetensors"
+LORA_ADAPTER = "default"  # the adapter name training gives its LoRA(s)
 SAFE = {"safe_serialization": True}
 
 
@@ -102,7 +105,9 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
         )
     steps_per_epoch = micro_per_epoch / config.grad_accum
     steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))  # type: ignore[operator]
-    trains = ("unet lora",) if config.lora else ("unet", "text_encoder") if config.train_text_encoder else ("unet",)
+    trains = ("unet", "text_encoder") if config.train_text_encoder else ("unet",)
+    if config.lora:
+        trains = tuple(f"{name} lora" for name in trains)
     if config.component == "vae":
         trains = ("vae",)
     cache, cache_note = config.cache_choice()
@@ -346,20 +351,16 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
 
     unet.set_attn_processor(AttnProcessor2_0())  # torch's fused scaled-dot-product attention
     vae.requires_grad_(False)
-    text_encoder.requires_grad_(config.train_text_encoder)
+    text_encoder.requires_grad_(config.train_text_encoder and not config.lora)
     unet.requires_grad_(not config.lora)
     trained = [unet, text_encoder] if config.train_text_encoder else [unet]
-    if config.lora:
-        from peft import LoraConfig
+    if config.lora:  # only the adapters' weights train; alpha is part of each adapter's config (and saved file)
+        unet.add_adapter(_lora_config(config, LORA_TARGETS), adapter_name=LORA_ADAPTER)
+        if config.train_text_encoder:
+            # peft's own injection: transformers' add_adapter wants a newer peft than diffusers works with
+            from peft import inject_adapter_in_model
 
-        unet.add_adapter(
-            LoraConfig(
-                r=config.lora_rank,
-                lora_alpha=config.lora_alpha or config.lora_rank,
-                init_lora_weights="gaussian",
-                target_modules=LORA_TARGETS,
-            )
-        )
+            inject_adapter_in_model(_lora_config(config, TEXT_LORA_TARGETS), text_encoder, adapter_name=LORA_ADAPTER)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if config.train_text_encoder:
@@ -369,6 +370,13 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
     for module in trained:
         module.train()
     return _Parts(tokenizer, text_encoder, vae, unet, noise_scheduler, trained, weight_dtype)
+
+
+def _lora_config(config: TrainConfig, targets: list[str]) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
+                      init_lora_weights="gaussian", target_modules=targets)  # fmt: skip
 
 
 def batch_indices(m: int, plan: TrainPlan, seed: int, rank: int) -> tuple[list[int], list[int]]:
@@ -476,12 +484,7 @@ def _assemble(parts: _Parts, unet: Any, text_encoder: Any, config: TrainConfig, 
               folder: Path, accelerator: Any) -> None:  # fmt: skip
     """Write a usable model into `folder`: frozen components linked from the base, trained ones saved."""
     if config.lora:
-        from diffusers import StableDiffusionPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
-        from peft.utils import get_peft_model_state_dict
-
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(_unwrapped(accelerator, unet)))
-        StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
+        _save_lora(folder, _unwrapped(accelerator, unet), _unwrapped(accelerator, text_encoder), config)
         return
     frozen = ("tokenizer", "vae", *(() if config.train_text_encoder else ("text_encoder",)))
     if model.single_file is not None:  # no base folder to link from: save the frozen parts themselves
@@ -502,6 +505,22 @@ def _assemble(parts: _Parts, unet: Any, text_encoder: Any, config: TrainConfig, 
     _unwrapped(accelerator, unet).save_pretrained(folder / "unet", safe_serialization=True)
     if config.train_text_encoder:
         _unwrapped(accelerator, text_encoder).save_pretrained(folder / "text_encoder", safe_serialization=True)
+
+
+def _save_lora(folder: Path, unet: Any, text_encoder: Any, config: TrainConfig) -> None:
+    """LORA_FILE with the UNet adapter (and the text encoder's with --train-text-encoder), each saved with
+    its PEFT config as diffusers' adapter metadata: loaders then apply the trained alpha, not alpha = rank."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    parts = {"unet": unet, **({"text_encoder": text_encoder} if config.train_text_encoder else {})}
+    kwargs: dict[str, Any] = {}
+    for name, module in parts.items():
+        state = get_peft_model_state_dict(module, adapter_name=LORA_ADAPTER)
+        kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(state)
+        kwargs[f"{name}_lora_adapter_metadata"] = module.peft_config[LORA_ADAPTER].to_dict()
+    StableDiffusionPipeline.save_lora_weights(folder, safe_serialization=True, **kwargs)
 
 
 def _save_checkpoint(parts: _Parts, unet: Any, text_encoder: Any, optimizer: Any, lr_schedule: Any, ema: Any,
@@ -535,8 +554,10 @@ def _write_checkpoint(parts: _Parts, unet: Any, text_encoder: Any, optimizer: An
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        adapter = get_peft_model_state_dict(_unwrapped(accelerator, unet))
-        save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, state / "adapter.safetensors")
+        raw = _unwrapped(accelerator, unet), _unwrapped(accelerator, text_encoder)
+        for file, module in _adapter_files(config, *raw):
+            adapter = get_peft_model_state_dict(module, adapter_name=LORA_ADAPTER)
+            save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, state / file)
     checkpoints.save_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, state)
     (state / "lr_schedule.json").write_text(json.dumps(lr_schedule.state_dict()))
     if ema is not None:
@@ -549,11 +570,18 @@ def _load_trained_weights(parts: _Parts, folder: Path, config: TrainConfig, torc
     if config.lora:
         from peft.utils import set_peft_model_state_dict
 
-        set_peft_model_state_dict(parts.unet, load_file(folder / "training" / "adapter.safetensors"))
+        for file, module in _adapter_files(config, parts.unet, parts.text_encoder):
+            set_peft_model_state_dict(module, load_file(folder / "training" / file), adapter_name=LORA_ADAPTER)
         return
     parts.unet.load_state_dict(_load_folder_weights(folder / "unet", load_file))
     if config.train_text_encoder:
         parts.text_encoder.load_state_dict(_load_folder_weights(folder / "text_encoder", load_file))
+
+
+def _adapter_files(config: TrainConfig, unet: Any, text_encoder: Any) -> list[tuple[str, Any]]:
+    """(file under training/, module) of each LoRA adapter a checkpoint holds for exact resume."""
+    return [("adapter.safetensors", unet),
+            *([("text_encoder_adapter.safetensors", text_encoder)] if config.train_text_encoder else [])]  # fmt: skip
 
 
 def _load_folder_weights(folder: Path, load_file: Any) -> dict[str, Any]:

@@ -154,28 +154,32 @@ def test_lora_trains_only_the_adapter(tiny_model: Path, shapes: Path, tmp_path: 
     assert not np.allclose(plain, with_lora)
     from PIL import Image
 
-    from sdlite.config import Generation, SampleConfig
+    from sdlite.config import Generation, LoraChoice, SampleConfig
     from sdlite.sampling import sample
 
     config = SampleConfig(model=str(tiny_model), generations=(Generation("a red circle", seed=0, steps=2),), out=tmp_path / "s",
-                          lora=str(out), lora_scale=0.7)  # fmt: skip
+                          loras=(LoraChoice(str(out), 0.7),))  # fmt: skip
     ours = np.asarray(Image.open(sample(config).images[0].path))
     np.testing.assert_array_equal(ours, (with_lora * 255).round().astype(np.uint8))
 
 
-def test_lora_model_has_only_adapter_parameters_trainable(tiny_model: Path, shapes: Path) -> None:
+@pytest.mark.parametrize("text_encoder", [False, True])
+def test_lora_model_has_only_adapter_parameters_trainable(tiny_model: Path, shapes: Path, text_encoder: bool) -> None:
     from accelerate import Accelerator
 
     import sdlite.training as training
     from sdlite.models import resolve_model
 
-    config = TrainConfig(model=str(tiny_model), data=shapes, out=Path("unused"), max_steps=1, lora=True)
+    config = TrainConfig(model=str(tiny_model), data=shapes, out=Path("unused"), max_steps=1, lora=True,
+                         train_text_encoder=text_encoder)  # fmt: skip
     parts = training._load_components(
         resolve_model(str(tiny_model)), config, Accelerator(cpu=True), __import__("torch")
     )
     trainable = [n for n, p in parts.unet.named_parameters() if p.requires_grad]
     assert trainable and all("lora" in n for n in trainable)
-    assert not any(p.requires_grad for p in parts.text_encoder.parameters())
+    trainable_text = [n for n, p in parts.text_encoder.named_parameters() if p.requires_grad]
+    assert len(trainable_text) == (2 * 4 * 2 if text_encoder else 0)  # 2 layers x q/k/v/out x (A, B)
+    assert all("lora" in n for n in trainable_text)
     assert not any(p.requires_grad for p in parts.vae.parameters())
 
 

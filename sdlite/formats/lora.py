@@ -237,3 +237,23 @@ def _atomic_save(tensors: Mapping[str, Any], metadata: Mapping[str, str], target
             os.replace(temp, target)
         finally:
             Path(temp).unlink(missing_ok=True)
+
+
+def layer_names(keys: Any) -> set[str] | None:
+    """The layers a LoRA adapts, by their kohya names (one namespace for both layouts); None for a layout
+    sdlite does not know (diffusers' loader may still read it)."""
+    keys = list(keys)
+    kind = layout(keys)
+    if kind == "kohya":
+        return {k.split(".", 1)[0].replace("lora_te1_", "lora_te_", 1) for k in keys}
+    if kind == "diffusers":
+        return {kohya_name(component, module) for component, module, _ in map(split_diffusers_key, keys)}
+    return None
+
+
+def model_layer_names(unet_modules: Any, text_encoder_modules: Any) -> set[str]:
+    """Kohya names of every module of a UNet and a text encoder (their `named_modules()` paths): the names
+    a LoRA's layers must have to adapt this model, by the rule A1111 and ComfyUI use."""
+    return {kohya_name("unet", m) for m in unet_modules if m} | {
+        kohya_name("text_encoder", m) for m in text_encoder_modules if m
+    }
