@@ -314,3 +314,63 @@ def test_export_diffusers_and_source_detection(tiny_model: Path, unet_lora: Path
         lora.export_lora(unet_lora, tmp_path / "k2", "kohya")
     with pytest.raises(ModelError, match="no such file"):
         lora.export_lora(tmp_path / "missing", tmp_path / "k3.safetensors", "kohya")
+
+
+def _a1111_compvis_name(kohya: str) -> str:
+    """AUTOMATIC1111 v1.x `extensions-builtin/Lora/networks.py` `convert_diffusers_name_to_compvis`, for the
+    names an SD v1 LoRA of attention layers uses (its rule: 3 input/output blocks per level, attentions at
+    index 1, text layers under `transformer_text_model_`); unmatched names come back unchanged, as there."""
+    import re
+
+    for pattern, build in (
+        (r"lora_unet_down_blocks_(\d+)_attentions_(\d+)_(.+)",
+         lambda m: f"diffusion_model_input_blocks_{1 + int(m[1]) * 3 + int(m[2])}_1_{m[3]}"),
+        (r"lora_unet_mid_block_attentions_(\d+)_(.+)", lambda m: f"diffusion_model_middle_block_1_{m[2]}"),
+        (r"lora_unet_up_blocks_(\d+)_attentions_(\d+)_(.+)",
+         lambda m: f"diffusion_model_output_blocks_{int(m[1]) * 3 + int(m[2])}_1_{m[3]}"),
+        (r"lora_te_text_model_encoder_layers_(\d+)_(.+)", lambda m: f"transformer_text_model_encoder_layers_{m[1]}_{m[2]}"),
+    ):  # fmt: skip
+        match = re.match(pattern, kohya)
+        if match:
+            return build(match)
+    return kohya
+
+
+def test_every_kohya_layer_is_a_module_of_the_original_layout_model_a1111_loads(
+    sd1_tiny_model: Path, tmp_path: Path
+) -> None:
+    """A1111 maps kohya names onto the original-layout (CompVis) modules of the checkpoint it runs: every
+    layer of our kohya export must land on a module of the same model exported as an original single file."""
+    from safetensors.torch import load_file as load
+
+    from sdlite.formats import lora
+
+    model_file = tmp_path / "model.safetensors"
+    assert runner.invoke(app, ["export", str(sd1_tiny_model), str(model_file)]).exit_code == 0
+    compvis_modules = set()
+    for key in load(model_file):
+        module = key.rsplit(".", 1)[0]
+        if module.startswith("model.diffusion_model."):
+            compvis_modules.add(module.removeprefix("model.").replace(".", "_"))
+        elif module.startswith("cond_stage_model."):
+            compvis_modules.add(module.removeprefix("cond_stage_model.").replace(".", "_"))
+    # A LoRA of every attention projection of this SD v1-layout model, exported to kohya by sdlite.
+    import torch
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    from sdlite.training import LORA_TARGETS, TEXT_LORA_TARGETS
+
+    pipe = pipeline(sd1_tiny_model)
+    state: dict[str, Any] = {}
+    for name, module, targets in (
+        ("unet", pipe.unet, LORA_TARGETS),
+        ("text_encoder", pipe.text_encoder, TEXT_LORA_TARGETS),
+    ):
+        inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=targets), module)
+        for key, value in convert_state_dict_to_diffusers(get_peft_model_state_dict(module)).items():
+            state[f"{name}.{key}"] = torch.randn_like(value)
+    layers = {k.split(".")[0] for k in lora.to_kohya(state, {})}
+    unmapped = sorted(n for n in layers if _a1111_compvis_name(n) not in compvis_modules)
+    assert layers and not unmapped, unmapped[:5]
