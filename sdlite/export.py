@@ -17,7 +17,7 @@ from typing import Any
 
 from sdlite.config import ExportConfig
 from sdlite.errors import ModelError, UsageError, writing
-from sdlite.formats import lora, original_keys
+from sdlite.formats import lora, original_keys, single_file
 from sdlite.models import ResolvedModel, load_single_file, resolve_model, silence_library_progress
 
 MODEL_FORMATS = ("single-file", "diffusers")
@@ -107,6 +107,7 @@ def single_file_metadata(model: ResolvedModel, title: str) -> dict[str, str]:
         "modelspec.implementation": "diffusers",
         "modelspec.title": title,
         "modelspec.resolution": f"{size}x{size}",
+        single_file.CONFIG_METADATA: single_file.configs_to_store(model.configs()),
     }
 
 

@@ -106,6 +106,7 @@ def _single_file_facts(model: ResolvedModel) -> dict[str, Any]:
         else "absent",
         "text_key_prefix": "cond_stage_model.transformer." + ("" if sf.text_prefix_missing else "text_model."),
         "native_size_from": sf.size_source,
+        "settings_from": sf.conventions,
         "tokenizer": str(model.tokenizer) if model.tokenizer else "not found (pass --tokenizer to sample or train)",
         "unet": {
             "levels": len(unet["block_out_channels"]),
@@ -213,7 +214,8 @@ def format_info(info: dict[str, Any]) -> str:
             f"{v['latent_channels']} latent channels",
             f"  text       {t['layers']} layers of width {t['width']} ({t['heads']} heads), vocabulary {t['vocabulary']}, "
             f"{t['max_tokens']} tokens",
-            f"  native size from the {sf['native_size_from']}; tokenizer {sf['tokenizer']}",
+            f"  heads, norm groups, scaling factor and schedule from {sf['settings_from']}; native size from the "
+            f"{sf['native_size_from']}; tokenizer {sf['tokenizer']}",
         ]
     lines += [f"warning: {p}" for p in info["problems"]]
     return "\n".join(lines)

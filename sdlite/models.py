@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from sdlite.errors import ModelError, UsageError
-from sdlite.formats.single_file import SCHEDULER as SINGLE_FILE_SCHEDULER
 from sdlite.formats.single_file import SingleFile
 
 PIPELINE_CLASSES = ("StableDiffusionPipeline",)
@@ -59,7 +58,7 @@ class ResolvedModel:
     def configs(self) -> dict[str, dict[str, Any]]:
         """The unet, vae, text_encoder and scheduler configs: the folder's files, or read from the shapes."""
         if self.single_file is not None:
-            return {**self.single_file.configs, "scheduler": dict(SINGLE_FILE_SCHEDULER)}
+            return {**self.single_file.configs, "scheduler": dict(self.single_file.scheduler)}
         configs = {name: read_json(self.path / name / "config.json") for name in WEIGHT_COMPONENTS}
         return {**configs, "scheduler": read_json(self.path / "scheduler" / "scheduler_config.json")}
 
@@ -342,7 +341,7 @@ def load_single_file(model: ResolvedModel) -> dict[str, Any]:
         parts = single_file.load_components(model.single_file, state, model.use_ema, tokenizer)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"cannot load single file {model.path}: {_first_line(exc)}") from exc
-    scheduler = DDIMScheduler.from_config({k: v for k, v in SINGLE_FILE_SCHEDULER.items() if k != "_class_name"})
+    scheduler = DDIMScheduler.from_config({k: v for k, v in model.single_file.scheduler.items() if k != "_class_name"})
     return {**parts, "tokenizer": tokenizer, "scheduler": scheduler}
 
 

@@ -109,7 +109,9 @@ def test_export_loads_in_diffusers_bit_equal_with_sd_v1_key_names(sd1_tiny_model
 
 
 def test_single_file_samples_the_folders_pixels_without_a_config(independent_model: Path, tmp_path: Path) -> None:
-    file = export(independent_model, tmp_path / "m.safetensors")
+    exported = export(independent_model, tmp_path / "exported.safetensors")
+    file = tmp_path / "m.safetensors"  # as other converters write it: no metadata, SD v1's conventions apply
+    save_file(load_file(exported), file)
     tokenizer = str(independent_model / "tokenizer")
     described = single_file.describe(file, *single_file.read_header(file))
     assert described.configs["unet"]["block_out_channels"] == [32, 64, 64]
@@ -119,6 +121,8 @@ def test_single_file_samples_the_folders_pixels_without_a_config(independent_mod
     from_folder = sample_one(independent_model, tmp_path / "a", *SIZE)
     from_file = sample_one(file, tmp_path / "b", "--tokenizer", tokenizer, *SIZE)
     assert np.abs(pixels(from_folder) - pixels(from_file)).max() <= 1
+    with_metadata = sample_one(exported, tmp_path / "e", "--tokenizer", tokenizer, *SIZE)
+    assert np.array_equal(pixels(with_metadata), pixels(from_file))
     # A file written by a transformers-5-based converter lacks `text_model.` in the CLIP keys: same pixels.
     state = load_file(file)
     flat = {k.replace("transformer.text_model.", "transformer."): v for k, v in state.items()}
@@ -294,3 +298,15 @@ def test_train_from_a_single_file_writes_a_complete_folder(sd1_tiny_model: Path,
     update = sum(float(((b[k] - base[k]) ** 2).sum()) for k in b) ** 0.5
     assert a.keys() == b.keys() and update > 0 and difference / update < 1e-2
     assert sample_one(tmp_path / "a", tmp_path / "o").is_file()  # a complete diffusers folder
+
+
+def test_the_built_in_model_round_trips_through_a_single_file(tmp_path: Path) -> None:
+    """It breaks SD v1's conventions (4 text heads of 16, its own VAE scaling factor, 64 px): the settings
+    shapes cannot tell travel in the file's `sdlite.configs` metadata, so the pixels come back exactly."""
+    from sdlite.config import DEFAULT_MODEL
+
+    file = export(DEFAULT_MODEL, tmp_path / "shapes.safetensors")
+    settings = ["--steps", "8", "--guidance", "5"]
+    a = sample_one(DEFAULT_MODEL, tmp_path / "a", *settings)
+    b = sample_one(file, tmp_path / "b", "--tokenizer", str(DEFAULT_MODEL / "tokenizer"), *settings)
+    assert pixels(a).shape == (64, 64, 3) and np.array_equal(pixels(a), pixels(b))

@@ -43,6 +43,16 @@ SCHEDULER: dict[str, Any] = {
 }
 
 Shapes = dict[str, tuple[int, ...]]
+# The safetensors metadata key where `sdlite export` stores what shapes cannot tell (heads, norm groups,
+# VAE scaling factor, noise schedule...), so a model that breaks SD v1's conventions comes back exact.
+CONFIG_METADATA = "sdlite.configs"
+# Config entries the SD v1 conventions decide (everything else in unet/vae/text configs comes from shapes).
+CONVENTIONS = {
+    "unet": ("attention_head_dim", "norm_num_groups", "sample_size"),
+    "vae": ("norm_num_groups", "sample_size", "scaling_factor"),
+    "text_encoder": ("num_attention_heads", "hidden_act"),
+}
+TEXT_KEPT = ("num_attention_heads", "hidden_act", "layer_norm_eps")  # CLIP config entries worth storing
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,8 @@ class SingleFile:
     native_size: int
     size_source: str  # "modelspec metadata" or "SD v1 convention"
     metadata: dict[str, str] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=lambda: dict(SCHEDULER))
+    conventions: str = "SD v1 conventions"  # or "sdlite metadata": where the non-shape settings came from
 
 
 def read_header(path: Path) -> tuple[Shapes, dict[str, str], list[str]]:
@@ -120,6 +132,11 @@ def describe(path: Path, shapes: Shapes, meta: dict[str, str], dtypes: list[str]
         native, size_source = int(match.group(1)), "modelspec metadata"
     configs["unet"]["sample_size"] = native // 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
     configs["vae"]["sample_size"] = native
+    stored = stored_configs(meta)
+    for name, config in configs.items():
+        if name in stored:  # the writer's own settings for what shapes cannot say; shapes still win
+            conventional = {k: v for k, v in config.items() if k not in CONVENTIONS[name]}
+            configs[name] = {**stored[name], **conventional}
     params = {
         name: sum(_numel(s) for k, s in shapes.items() if k.startswith(prefix))
         for name, prefix in (("unet", UNET), ("vae", VAE), ("text_encoder", CLIP))
@@ -136,7 +153,31 @@ def describe(path: Path, shapes: Shapes, meta: dict[str, str], dtypes: list[str]
         native_size=native,
         size_source=size_source,
         metadata=dict(meta),
+        scheduler=stored.get("scheduler", dict(SCHEDULER)),
+        conventions="sdlite metadata" if stored else "SD v1 conventions",
     )
+
+
+def stored_configs(meta: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The configs `sdlite export` stored in the file's metadata; {} when absent or unreadable."""
+    try:
+        stored = json.loads(meta.get(CONFIG_METADATA, "{}"))
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(stored, dict):
+        return {}
+    return {k: v for k, v in stored.items() if k in (*CONVENTIONS, "scheduler") and isinstance(v, dict)}
+
+
+def configs_to_store(configs: dict[str, dict[str, Any]]) -> str:
+    """The metadata value `stored_configs` reads back: diffusers configs without their private entries."""
+    keep = {
+        "unet": {k: v for k, v in configs["unet"].items() if not k.startswith("_")},
+        "vae": {k: v for k, v in configs["vae"].items() if not k.startswith("_")},
+        "text_encoder": {k: configs["text_encoder"][k] for k in TEXT_KEPT if k in configs["text_encoder"]},
+        "scheduler": {k: v for k, v in configs["scheduler"].items() if not k.startswith("_")},
+    }
+    return json.dumps(keep, sort_keys=True)
 
 
 def normalize_text_keys(state: dict[str, Any]) -> tuple[dict[str, Any], bool]:
