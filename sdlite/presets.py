@@ -107,7 +107,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "sample_size": 8,
             "in_channels": 4,
             "out_channels": 4,
-            "block_out_channels": (32, 32, 64, 64),
+            "block_out_channels": (32, 64, 128, 128),
             "layers_per_block": 2,
             "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
@@ -118,7 +118,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "vae": {
             "in_channels": 3,
             "out_channels": 3,
-            "block_out_channels": (32, 32, 64, 64),
+            "block_out_channels": (32, 64, 128, 128),
             "down_block_types": ("DownEncoderBlock2D",) * 4,
             "up_block_types": ("UpDecoderBlock2D",) * 4,
             "layers_per_block": 2,

@@ -58,3 +58,27 @@ def test_tokenizer_is_clip_shaped() -> None:
     body = padded[1 : padded.index(tokenizer.eos_token_id)]
     assert tokenizer.decode(body).replace(" ", "") == text.replace(" ", "")
     assert build_tokenizer().get_vocab() == tokenizer.get_vocab()
+
+
+def test_sd1_tiny_has_exactly_the_sd15_key_layout() -> None:
+    """Every UNet and VAE weight name of SD v1.5 exists in `sd1-tiny` and nothing else (built on the meta
+    device: no memory, no time); the text tower has SD v1.5's per-layer names, fewer layers."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from sdlite.presets import PRESETS
+
+    def names(preset: str) -> dict[str, set[str]]:
+        spec = PRESETS[preset]
+        with torch.device("meta"):
+            return {
+                "unet": set(UNet2DConditionModel(**spec["unet"]).state_dict()),
+                "vae": set(AutoencoderKL(**spec["vae"]).state_dict()),
+            }
+
+    tiny, full = names("sd1-tiny"), names("sd15")
+    assert tiny == full
+    assert (
+        PRESETS["sd1-tiny"]["text_encoder"]["hidden_size"] // PRESETS["sd1-tiny"]["text_encoder"]["num_attention_heads"]
+        == 64
+    )  # CLIP ViT-L's head width, the convention single files are read with
