@@ -322,16 +322,19 @@ def load_pipeline(model: ResolvedModel, device: str, dtype: Any) -> Any:
 
 
 def load_single_file(model: ResolvedModel) -> dict[str, Any]:
-    """unet, vae, text_encoder, tokenizer and scheduler of a single-file model (weights in the file's dtype)."""
+    """unet, vae, text_encoder, tokenizer and scheduler of a single-file model (weights in the file's dtype).
+
+    The tokenizer is None when none was found and the caller said it needs none (`export --format single-file`).
+    """
     from diffusers import DDIMScheduler
 
     from sdlite.formats import single_file
     from sdlite.tokenizer import load_tokenizer
 
-    assert model.single_file is not None and model.tokenizer is not None
-    tokenizer = load_tokenizer(model.tokenizer)
+    assert model.single_file is not None
+    tokenizer = load_tokenizer(model.tokenizer) if model.tokenizer else None  # only export can go without
     vocab = model.single_file.configs["text_encoder"]["vocab_size"]
-    if len(tokenizer) > vocab:
+    if tokenizer is not None and len(tokenizer) > vocab:
         raise ModelError(
             f"tokenizer {model.tokenizer} has {len(tokenizer)} tokens but {model.path}'s text encoder only {vocab}: "
             "pass the tokenizer the model was trained with (--tokenizer)"

@@ -155,6 +155,9 @@ def test_ema_weights_used_when_present_and_raw_on_request(sd1_tiny_model: Path, 
     save_file(ema_only, tmp_path / "ema_only.safetensors")
     expected = sample_one(tmp_path / "ema_only.safetensors", tmp_path / "ema_only", *tokenizer, *SIZE)
     assert np.array_equal(pixels(ema), pixels(expected)) and not np.array_equal(pixels(ema), pixels(raw))
+    # Re-exported (no tokenizer needed): the EMA weights become the UNet, with no `model_ema.*` left.
+    flattened = load_file(export(tmp_path / "ema.safetensors", tmp_path / "flattened.safetensors"))
+    assert flattened.keys() == ema_only.keys() and all(torch.equal(flattened[k], ema_only[k]) for k in ema_only)
 
 
 def test_pickle_needs_opt_in_then_loads_the_same(sd1_tiny_model: Path, tmp_path: Path) -> None:

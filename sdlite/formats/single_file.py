@@ -357,12 +357,10 @@ def load_components(sf: SingleFile, state: dict[str, Any], use_ema: bool, tokeni
     state, _ = normalize_text_keys(state)
     if sf.has_ema:
         state = use_ema_weights(state) if use_ema else {k: v for k, v in state.items() if not k.startswith(EMA)}
-    text = {
-        **sf.configs["text_encoder"],
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
+    text = dict(sf.configs["text_encoder"])
+    if tokenizer is not None:  # the ids only decide the pooled output, which SD does not use
+        text.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="sdlite-single-file-") as tmp:
         for name, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
             (Path(tmp) / name).mkdir()
