@@ -32,7 +32,7 @@ def describe(config: InfoConfig) -> dict[str, Any]:
 
     factor = vae_factor(cfg["vae"])
     validate_size(config.height, config.width, factor)
-    native = cfg["unet"].get("sample_size", 64) * factor
+    native = (cfg["unet"].get("sample_size") or 64) * factor
     height, width = config.height or native, config.width or native
     max_tokens = int(tokenizer_cfg.get("model_max_length") or cfg["text_encoder"]["max_position_embeddings"])
     max_tokens = min(max_tokens, cfg["text_encoder"]["max_position_embeddings"])

@@ -65,7 +65,7 @@ class ResolvedModel:
     def native_size(self) -> int:
         """Image side the model was made for: the UNet's sample size times the VAE's downsampling."""
         configs = self.configs()
-        return configs["unet"].get("sample_size", 64) * vae_factor(configs["vae"])
+        return (configs["unet"].get("sample_size") or 64) * vae_factor(configs["vae"])
 
 
 def file_format(path: Path) -> str:

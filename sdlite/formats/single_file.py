@@ -3,9 +3,9 @@
 The architecture is read from the tensor shapes in the file's header (no weights are touched):
 levels, widths, layers per block, which levels attend, cross-attention width, latent channels, the
 text tower's depth, width and vocabulary. What shapes cannot say follows SD v1's conventions:
-8 attention heads per UNet block, text-encoder heads of width 64, 32 norm groups, 512 px native size
-(unless the file's `modelspec.resolution` metadata says otherwise). The key mapping itself is
-diffusers' own single-file conversion.
+8 attention heads per UNet block, text-encoder heads of width 64, 32 norm groups, and a native size
+of 64 latent pixels (512 px through SD v1's 8x VAE) unless the file's `modelspec.resolution` metadata
+says otherwise. The key mapping itself is diffusers' own single-file conversion.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ EMA = "model_ema."
 UNET_HEADS = 8
 TEXT_HEAD_WIDTH = 64
 NORM_GROUPS = 32
-NATIVE_SIZE = 512
+LATENT_SIZE = 64  # SD v1's UNet sample_size: 512 px through its 8x VAE
 VAE_SCALING_FACTOR = 0.18215
 SCHEDULER: dict[str, Any] = {
     "_class_name": "DDIMScheduler",
@@ -126,11 +126,12 @@ def describe(path: Path, shapes: Shapes, meta: dict[str, str], dtypes: list[str]
         configs = {"unet": unet_config(shapes), "vae": vae_config(shapes), "text_encoder": text_config(shapes)}
     except (KeyError, IndexError, ValueError) as exc:
         raise ModelError(f"{path}: an incomplete SD v1 checkpoint ({exc} missing or malformed)") from exc
-    native, size_source = NATIVE_SIZE, "SD v1 convention"
+    factor = 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+    native, size_source = LATENT_SIZE * factor, "SD v1 convention (64 latent pixels)"
     match = re.fullmatch(r"(\d+)x(\d+)", str(meta.get("modelspec.resolution", "")))
     if match:
         native, size_source = int(match.group(1)), "modelspec metadata"
-    configs["unet"]["sample_size"] = native // 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+    configs["unet"]["sample_size"] = native // factor
     configs["vae"]["sample_size"] = native
     stored = stored_configs(meta)
     for name, config in configs.items():
@@ -233,7 +234,7 @@ def unet_config(shapes: Shapes) -> dict[str, Any]:
     if UNET + "middle_block.1.proj_in.weight" not in shapes:
         raise ValueError("middle_block.1 (mid-block attention)")
     return {
-        "sample_size": NATIVE_SIZE // 8,
+        "sample_size": LATENT_SIZE,
         "in_channels": conv_in[1],
         "out_channels": shapes[UNET + "out.2.weight"][0],
         "block_out_channels": widths,
@@ -261,7 +262,7 @@ def vae_config(shapes: Shapes) -> dict[str, Any]:
         "layers_per_block": layers,
         "latent_channels": shapes[VAE + "encoder.conv_out.weight"][0] // 2,
         "norm_num_groups": NORM_GROUPS,
-        "sample_size": NATIVE_SIZE,
+        "sample_size": LATENT_SIZE * 8,
         "scaling_factor": VAE_SCALING_FACTOR,
         "use_quant_conv": VAE + "quant_conv.weight" in shapes,
         "use_post_quant_conv": VAE + "post_quant_conv.weight" in shapes,
