@@ -9,16 +9,15 @@ looks finished.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from sdlite.config import ExportConfig
-from sdlite.errors import ModelError, UsageError, writing
+from sdlite.errors import ModelError, UsageError
 from sdlite.formats import lora, original_keys, single_file
 from sdlite.models import ResolvedModel, load_single_file, resolve_model, silence_library_progress
+from sdlite.staging import staged_file, staged_folder
 
 MODEL_FORMATS = ("single-file", "diffusers")
 LORA_FORMATS = ("kohya", "diffusers")
@@ -116,16 +115,8 @@ def _write_single_file(model: ResolvedModel, config: ExportConfig) -> Path:
 
     state = original_state(model, config.dtype)
     out = Path(config.out)
-    meta = single_file_metadata(model, out.stem)
-    with writing(f"single file {out}"):
-        out.absolute().parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.absolute().parent)
-        os.close(fd)
-        try:
-            save_file(state, tmp, metadata=meta)
-            os.replace(tmp, out)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+    with staged_file(out, "single file") as temp:
+        save_file(state, temp, metadata=single_file_metadata(model, out.stem))
     return out
 
 
@@ -148,40 +139,21 @@ def _write_diffusers(model: ResolvedModel, config: ExportConfig) -> Path:
     if dtype is not None:
         pipe = pipe.to(dtype=dtype)
     out = Path(config.out)
-    parent = out.absolute().parent
-    with writing(f"diffusers folder {out}"):
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-        try:
-            pipe.save_pretrained(staging, safe_serialization=True)
-            if model.single_file is not None:
-                (staging / "sdlite-export.json").write_text(
-                    json.dumps({"source": str(model.path), "ema_weights": model.use_ema and model.single_file.has_ema})
-                )
-            if out.exists():
-                shutil.rmtree(out) if out.is_dir() else out.unlink()
-            os.replace(staging, out)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    with staged_folder(out, "diffusers folder") as staging:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        if model.single_file is not None:
+            record = {"source": str(model.path), "ema_weights": model.use_ema and model.single_file.has_ema}
+            (staging / "sdlite-export.json").write_text(json.dumps(record))
     return out
 
 
 def _copy_folder(source: Path, out: Path) -> Path:
     from sdlite.checkpoints import link_or_copy_tree
 
-    parent = out.absolute().parent
-    with writing(f"diffusers folder {out}"):
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-        try:
-            for name in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", "sdlite.json"):
-                if (source / name).is_dir():
-                    link_or_copy_tree(source / name, staging / name)
-                elif (source / name).is_file():
-                    shutil.copy2(source / name, staging / name)
-            if out.exists():
-                shutil.rmtree(out) if out.is_dir() else out.unlink()
-            os.replace(staging, out)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    with staged_folder(out, "diffusers folder") as staging:
+        for name in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", "sdlite.json"):
+            if (source / name).is_dir():
+                link_or_copy_tree(source / name, staging / name)
+            elif (source / name).is_file():
+                shutil.copy2(source / name, staging / name)
     return out

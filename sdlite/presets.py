@@ -8,14 +8,12 @@ the Stable Diffusion v1.5 architecture (public component configs) for shape chec
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from sdlite.config import InitConfig
-from sdlite.errors import UsageError, writing
+from sdlite.errors import UsageError
+from sdlite.staging import staged_folder
 
 # The classic SD v1 noise schedule; DDIM settings that avoid diffusers' deprecation warnings.
 SCHEDULE: dict[str, Any] = {
@@ -229,15 +227,6 @@ def init_model(config: InitConfig) -> Path:
     pipe = build_pipeline(config.preset, config.seed)
     if config.dtype != "fp32":
         pipe = pipe.to(dtype=dtypes[config.dtype])
-    parent = out.absolute().parent
-    with writing(f"model to {out}"):
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-        try:
-            pipe.save_pretrained(staging, safe_serialization=True)
-            if out.exists():
-                shutil.rmtree(out) if out.is_dir() else out.unlink()
-            os.replace(staging, out)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    with staged_folder(out, "model to") as staging:
+        pipe.save_pretrained(staging, safe_serialization=True)
     return out

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sdlite.errors import ModelError, UsageError, writing
+from sdlite.errors import ModelError, UsageError
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' key for the PEFT configs in the safetensors metadata
@@ -228,15 +226,10 @@ def export_lora(source: Path | str, out: Path | str, fmt: str) -> Path:
 def _atomic_save(tensors: Mapping[str, Any], metadata: Mapping[str, str], target: Path) -> None:
     from safetensors.torch import save_file
 
-    with writing(str(target)):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        os.close(handle)
-        try:
-            save_file(dict(tensors), temp, metadata=dict(metadata))
-            os.replace(temp, target)
-        finally:
-            Path(temp).unlink(missing_ok=True)
+    from sdlite.staging import staged_file
+
+    with staged_file(target, "LoRA") as temp:
+        save_file(dict(tensors), temp, metadata=dict(metadata))
 
 
 def layer_names(keys: Any) -> set[str] | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlite.errors import ModelError
+from sdlite.presets import SCHEDULE
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
@@ -30,17 +31,7 @@ TEXT_HEAD_WIDTH = 64
 NORM_GROUPS = 32
 LATENT_SIZE = 64  # SD v1's UNet sample_size: 512 px through its 8x VAE
 VAE_SCALING_FACTOR = 0.18215
-SCHEDULER: dict[str, Any] = {
-    "_class_name": "DDIMScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "prediction_type": "epsilon",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-}
+SCHEDULER: dict[str, Any] = {"_class_name": "DDIMScheduler", **SCHEDULE}  # SD v1's noise schedule
 
 Shapes = dict[str, tuple[int, ...]]
 # The safetensors metadata key where `sdlite export` stores what shapes cannot tell (heads, norm groups,
