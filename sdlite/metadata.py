@@ -16,49 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from sdlite.errors import DataError
-from sdlite.schedulers import SchedulerSpec
+from sdlite.formats.infotext import a1111_parameters, quote_value  # noqa: F401 - written with every PNG
 
 CHUNK = "sdlite"
 A1111_CHUNK = "parameters"
 FORMAT_VERSION = 1
 _LIBRARIES = ("sdlite", "torch", "diffusers", "transformers", "safetensors")
-
-
-def a1111_parameters(settings: dict[str, Any], spec: SchedulerSpec, model_hash: str, model_name: str) -> str:
-    """The `parameters` text A1111, ComfyUI and civitai parse: prompt, negative prompt, then key: value pairs.
-
-    Keys, their order and the quoting of values follow A1111's own writer (`create_infotext`), so its
-    parser gives back each value as written: `RNG: CPU` because sdlite draws noise on CPU generators
-    (A1111 reads a missing RNG as GPU), `Eta DDIM` for DDIM's eta (A1111's `Eta` is the ancestral
-    samplers' eta), `Schedule type` where the sampler's sigma spacing matters.
-    """
-    lines = [settings["prompt"]]
-    if settings.get("negative_prompt"):
-        lines.append(f"Negative prompt: {settings['negative_prompt']}")
-    pairs: list[tuple[str, Any]] = [
-        ("Steps", settings["steps"]),
-        ("Sampler", spec.label),
-        ("Schedule type", spec.schedule_type),
-        ("CFG scale", f"{settings['guidance']:g}"),
-        ("Seed", settings["seed"]),
-        ("Size", f"{settings['width']}x{settings['height']}"),
-        ("Model hash", model_hash[:10]),
-        ("Model", model_name),
-        ("RNG", "CPU"),
-        ("Eta DDIM", f"{settings['eta']:g}" if settings.get("eta") else None),
-        ("Version", f"sdlite {library_versions()['sdlite']}"),
-    ]
-    lines.append(", ".join(f"{key}: {quote_value(value)}" for key, value in pairs if value is not None))
-    return "\n".join(lines)
-
-
-def quote_value(value: Any) -> str:
-    """A value as A1111 writes it in `parameters`: JSON-quoted when it holds `,`, `:` or a newline (which
-    would end or split the pair), and also when it starts with `"` (A1111's parser would unquote it)."""
-    text = str(value)
-    if any(c in text for c in ",:\n") or text.startswith('"'):
-        return json.dumps(text, ensure_ascii=False)
-    return text
 
 
 def png_info(parameters: str, record: dict[str, Any]) -> Any:
@@ -73,15 +36,23 @@ def png_info(parameters: str, record: dict[str, Any]) -> Any:
 
 def read_record(path: Path) -> dict[str, Any]:
     """The `sdlite` JSON chunk of a PNG sdlite wrote; DataError when absent or unreadable."""
+    return _record(path, png_text(path))
+
+
+def png_text(path: Path) -> dict[str, str]:
+    """The text chunks of an image; DataError when it is missing or not an image."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            text = dict(getattr(image, "text", {}) or {})
+            return dict(getattr(image, "text", {}) or {})
     except FileNotFoundError as exc:
         raise DataError(f"{path} does not exist") from exc
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"{path} is not a readable image: {exc}") from exc
+
+
+def _record(path: Path, text: dict[str, str]) -> dict[str, Any]:
     if CHUNK not in text:
         raise DataError(f"{path} has no sdlite metadata (was it written by `sdlite sample`?)")
     try:
@@ -94,8 +65,15 @@ def read_record(path: Path) -> dict[str, Any]:
 
 
 def read_settings(path: Path) -> dict[str, Any]:
-    """The generation settings and model recorded in a PNG, for regenerating exactly that image."""
-    record = read_record(path)
+    """The generation settings and model recorded in a PNG, for regenerating exactly that image.
+
+    A PNG from AUTOMATIC1111 (only a `parameters` chunk) gives its settings, with a warning on what
+    cannot be reproduced exactly.
+    """
+    text = png_text(path)
+    if CHUNK not in text and A1111_CHUNK in text:
+        return _a1111_settings(path, text[A1111_CHUNK])
+    record = _record(path, text)
     settings = dict(record["settings"])
     settings["num_images"] = 1
     settings["model"] = record.get("model", {}).get("source")
@@ -106,6 +84,29 @@ def read_settings(path: Path) -> dict[str, Any]:
     settings["lora"] = record.get("lora")
     settings["mode"] = record.get("run", {}).get("mode", "default")
     return settings
+
+
+def _a1111_settings(path: Path, parameters: str) -> dict[str, Any]:
+    """Settings from another tool's infotext, in the shape `read_settings` gives for sdlite's own PNGs."""
+    import logging
+
+    from sdlite.formats.infotext import generation_settings
+
+    settings, model, notes = generation_settings(parameters)
+    if not settings["prompt"]:
+        raise DataError(f"{path}: its `parameters` text holds no prompt")
+    named = (
+        f" (it names model {model['name']!r}, hash {model['hash']}: pass that model with --model)"
+        if model["name"] or model["hash"]
+        else ""
+    )
+    logging.getLogger("sdlite").warning(
+        f"{path} was not written by sdlite: its A1111 settings are replayed, but the pixels will differ "
+        f"(other samplers' code, noise drawn differently, prompt emphasis syntax){named}"
+        + "".join(f"; {note}" for note in notes)
+    )
+    return {**settings, "num_images": 1, "model": None, "model_hash": model["hash"] or None, "tokenizer": None,
+            "ema_weights": None, "batch_seeds": None, "lora": None, "mode": "default"}  # fmt: skip
 
 
 def library_versions() -> dict[str, str]:

@@ -252,3 +252,69 @@ def test_cli_png_reads_back_in_a1111(tiny_model: Path, tmp_path: Path) -> None:
     expected = expected_fields(settings_for("ddim", eta=0.5, steps=2))
     expected["Model hash"] = row["model_hash"][:10]
     assert a1111_parse(text) == expected
+
+
+# --- Reading A1111's PNGs back (`sample --from-image` on a PNG with only a `parameters` chunk) -------
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_an_infotext_only_png_replays_sdlite_settings_for_every_scheduler(
+    scheduler: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Strip sdlite's own chunk: the A1111 text alone carries prompt, seed, steps, CFG, size and sampler."""
+    import numpy as np
+    from PIL.PngImagePlugin import PngInfo
+
+    eta = ["--eta", "0.5"] if scheduler == "ddim" else []
+    args = ["sample", "a red circle, on blue: (bright)", "--negative-prompt", "blurry, dark", "--model",
+            str(tiny_model), "--seed", "5", "--steps", "3", "--guidance", "4.5", "--scheduler", scheduler,
+            "--height", "32", "--width", "48", "--json", "--out", str(tmp_path / "a"), *eta]  # fmt: skip
+    made = runner.invoke(app, args)
+    assert made.exit_code == 0, made.output
+    source = Path(json.loads(made.stdout)["path"])
+    with Image.open(source) as image:
+        info = PngInfo()
+        info.add_text("parameters", image.text["parameters"])
+        image.save(tmp_path / "a1111.png", pnginfo=info)
+    again = runner.invoke(app, ["sample", "--from-image", str(tmp_path / "a1111.png"), "--model", str(tiny_model),
+                                "--json", "--out", str(tmp_path / "b")])  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert "was not written by sdlite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    result = json.loads(again.stdout)
+    assert (result["prompt"], result["negative_prompt"], result["scheduler"]) == (
+        "a red circle, on blue: (bright)", "blurry, dark", scheduler)  # fmt: skip
+    assert (result["seed"], result["steps"], result["guidance"], result["width"], result["height"]) == (
+        5,
+        3,
+        4.5,
+        48,
+        32,
+    )
+    assert result["eta"] == (0.5 if eta else 0.0)
+    with Image.open(source) as a, Image.open(result["path"]) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))  # same model and settings: the same pixels
+
+
+def test_a_real_a1111_infotext_is_read_with_notes() -> None:
+    from sdlite.formats.infotext import generation_settings
+
+    text = (
+        "masterpiece, a castle on a hill, <lora:castles:0.8>\n"
+        "Negative prompt: lowres, bad anatomy\n"
+        "Steps: 28, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1234567890, Size: 512x768, "
+        'Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, Lora hashes: "castles: 0123abcd", '
+        "Version: v1.10.1"
+    )
+    settings, model, notes = generation_settings(text)
+    assert settings == {"prompt": "masterpiece, a castle on a hill, <lora:castles:0.8>",
+                        "negative_prompt": "lowres, bad anatomy", "steps": 28, "guidance": 7.0, "seed": 1234567890,
+                        "width": 512, "height": 768, "scheduler": "dpm++2m-karras"}  # fmt: skip
+    assert model == {"name": "v1-5-pruned-emaonly", "hash": "6ce0161689"}
+    assert "not replayed: Clip skip, Lora hashes" in notes and any("--lora" in n for n in notes)
+    # A1111's "Automatic" schedule: Karras for DPM++ 2M, the model's own spacing for Euler a.
+    assert generation_settings("x\nSteps: 20, Sampler: DPM++ 2M, Seed: 1")[0]["scheduler"] == "dpm++2m-karras"
+    assert generation_settings("x\nSteps: 20, Sampler: Euler a, Seed: 1")[0]["scheduler"] == "euler-a"
+    unknown = generation_settings("x\nSteps: 20, Sampler: DPM++ SDE, Schedule type: Karras, Seed: 1")
+    assert "scheduler" not in unknown[0] and "'DPM++ SDE Karras' has no sdlite equivalent" in unknown[2][0]

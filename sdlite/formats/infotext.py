@@ -1,0 +1,138 @@
+"""A1111's `parameters` infotext: written for every image, read back from A1111's (and sdlite's) PNGs.
+
+The format belongs to AUTOMATIC1111: the prompt lines, an optional `Negative prompt:` line, then one
+line of `Key: value` pairs, a value JSON-quoted when it holds `,`, `:` or a newline. The reader follows
+A1111's own parser (`modules/infotext_utils.py` `parse_generation_parameters`): the last line holds the
+pairs only when it has at least three of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from typing import Any
+
+from sdlite.schedulers import SCHEDULERS, SchedulerSpec
+
+# A1111's pair pattern: a key of word characters, spaces, '-' and '/', then a quoted or a plain value.
+_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+# Legacy A1111 sampler names that carried their schedule (before "Schedule type" existed, v1.9).
+_LEGACY = {"DPM++ 2M Karras": ("DPM++ 2M", "Karras")}
+# What A1111's "Automatic" schedule (no `Schedule type`) means for the samplers sdlite has.
+_AUTOMATIC = {"DPM++ 2M": "Karras", "Euler": "Uniform", "Euler a": "Uniform", "LMS": "Uniform"}
+# Fields that change A1111's pixels and that sdlite does not replay.
+_NOT_REPLAYED = ("Clip skip", "Hires upscale", "Hires steps", "Denoising strength", "Lora hashes", "VAE",
+                 "Variation seed", "Face restoration", "Refiner", "ENSD", "Eta")  # fmt: skip
+
+
+def a1111_parameters(settings: dict[str, Any], spec: SchedulerSpec, model_hash: str, model_name: str) -> str:
+    """The `parameters` text A1111, ComfyUI and civitai parse: prompt, negative prompt, then key: value pairs.
+
+    Keys, their order and the quoting of values follow A1111's own writer (`create_infotext`), so its
+    parser gives back each value as written: `RNG: CPU` because sdlite draws noise on CPU generators
+    (A1111 reads a missing RNG as GPU), `Eta DDIM` for DDIM's eta (A1111's `Eta` is the ancestral
+    samplers' eta), `Schedule type` where the sampler's sigma spacing matters.
+    """
+    from sdlite import __version__
+
+    lines = [settings["prompt"]]
+    if settings.get("negative_prompt"):
+        lines.append(f"Negative prompt: {settings['negative_prompt']}")
+    pairs: list[tuple[str, Any]] = [
+        ("Steps", settings["steps"]),
+        ("Sampler", spec.label),
+        ("Schedule type", spec.schedule_type),
+        ("CFG scale", f"{settings['guidance']:g}"),
+        ("Seed", settings["seed"]),
+        ("Size", f"{settings['width']}x{settings['height']}"),
+        ("Model hash", model_hash[:10]),
+        ("Model", model_name),
+        ("RNG", "CPU"),
+        ("Eta DDIM", f"{settings['eta']:g}" if settings.get("eta") else None),
+        ("Version", f"sdlite {__version__}"),
+    ]
+    lines.append(", ".join(f"{key}: {quote_value(value)}" for key, value in pairs if value is not None))
+    return "\n".join(lines)
+
+
+def quote_value(value: Any) -> str:
+    """A value as A1111 writes it in `parameters`: JSON-quoted when it holds `,`, `:` or a newline (which
+    would end or split the pair), and also when it starts with `"` (A1111's parser would unquote it)."""
+    text = str(value)
+    if any(c in text for c in ",:\n") or text.startswith('"'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:
+    """(prompt, negative prompt, {key: value}) by A1111's reading rules."""
+    *lines, last = text.strip().split("\n")
+    if len(_PAIR.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt: list[str] = []
+    negative: list[str] = []
+    for line in (line.strip() for line in lines):
+        if line.startswith("Negative prompt:"):
+            negative.append(line[len("Negative prompt:") :].strip())
+        elif negative:
+            negative.append(line)
+        else:
+            prompt.append(line)
+    pairs: dict[str, str] = {}
+    for key, value in _PAIR.findall(last):
+        if len(value) > 1 and value[0] == '"' and value[-1] == '"':
+            with contextlib.suppress(json.JSONDecodeError):
+                value = json.loads(value)
+        pairs[key] = value
+    return "\n".join(prompt), "\n".join(negative), pairs
+
+
+def scheduler_for(sampler: str, schedule_type: str | None) -> str | None:
+    """The sdlite scheduler an A1111 sampler (and schedule type) names; None when sdlite has no equivalent."""
+    sampler, schedule_type = _LEGACY.get(sampler, (sampler, schedule_type))
+    if schedule_type in (None, "", "Automatic"):
+        schedule_type = _AUTOMATIC.get(sampler)
+    for name, spec in SCHEDULERS.items():
+        if spec.label == sampler and spec.schedule_type == schedule_type:
+            return name
+    return None
+
+
+def generation_settings(text: str) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """Settings sdlite can replay from an A1111 infotext, the model it names, and notes on what differs.
+
+    Returns (settings with the Generation field names, {"name", "hash"} of the model, notes).
+    """
+    prompt, negative, pairs = parse_parameters(text)
+    settings: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
+    notes: list[str] = []
+    for key, field, kind in (("Steps", "steps", int), ("CFG scale", "guidance", float), ("Seed", "seed", int)):
+        if key in pairs:
+            try:
+                settings[field] = kind(pairs[key])
+            except ValueError:
+                notes.append(f"{key} {pairs[key]!r} is not a number; the default is used")
+    size = _SIZE.match(pairs.get("Size", ""))
+    if size:
+        settings["width"], settings["height"] = int(size.group(1)), int(size.group(2))
+    if "Sampler" in pairs:
+        name = scheduler_for(pairs["Sampler"], pairs.get("Schedule type"))
+        if name:
+            settings["scheduler"] = name
+        else:
+            kind = " ".join(filter(None, (pairs["Sampler"], pairs.get("Schedule type"))))
+            notes.append(f"sampler {kind!r} has no sdlite equivalent; the default sampler is used")
+    if settings.get("scheduler") == "ddim" and "Eta DDIM" in pairs:
+        try:
+            settings["eta"] = float(pairs["Eta DDIM"])
+        except ValueError:
+            notes.append(f"Eta DDIM {pairs['Eta DDIM']!r} is not a number; 0 is used")
+    ignored = [key for key in _NOT_REPLAYED if key in pairs]
+    if ignored:
+        notes.append(f"not replayed: {', '.join(ignored)}")
+    if "<lora:" in prompt:
+        notes.append("A1111 LoRA tags (<lora:...>) in the prompt are read as text: pass the LoRA with --lora")
+    return settings, {"name": pairs.get("Model", ""), "hash": pairs.get("Model hash", "")}, notes
