@@ -17,6 +17,7 @@ from typing import Any
 from sdlite.errors import writing
 from sdlite.metadata import cache_dir, file_sha256
 from sdlite.models import ResolvedModel
+from sdlite.staging import share
 
 
 class EncodingCache:
@@ -105,6 +106,7 @@ def _save(path: Path, tensors: dict[str, Any]) -> None:
         with writing(f"cache entry {path}"):
             path.parent.mkdir(parents=True, exist_ok=True)
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+            share(tmp)  # the umask's mode: safetensors writes its files 0600
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

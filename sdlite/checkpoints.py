@@ -18,6 +18,7 @@ from typing import Any
 from sdlite.errors import ModelError, UsageError
 from sdlite.metadata import sha256_uncached
 from sdlite.models import file_format
+from sdlite.staging import share
 
 MANIFEST = "sdlite-checkpoint.json"
 FORMAT = 1
@@ -55,6 +56,7 @@ def write_manifest(folder: Path, step: int, fingerprint: dict[str, Any]) -> None
 def commit(staging: Path, final: Path) -> Path:
     """Move a fully written staging folder into place. Every step is a rename, so a crash leaves
     either the old folder or the new one under the final name, never a half-deleted or half-written one."""
+    share(staging)  # the umask's modes (safetensors writes its files 0600)
     trash = final.with_name(f".{final.name}.old")
     if final.exists():
         shutil.rmtree(trash, ignore_errors=True)
@@ -80,6 +82,7 @@ def clean_staging(out: Path) -> list[Path]:
 
 def replace_into(staging: Path, out: Path) -> None:
     """Move every entry of a finished staging folder into OUT, replacing entries of the same name."""
+    share(staging)  # the umask's modes (safetensors writes its files 0600)
     for item in staging.iterdir():
         target = out / item.name
         if target.is_dir():

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from sdlite import __version__
 from sdlite.config import (
@@ -24,20 +26,86 @@ from sdlite.config import (
     DTYPES,
     LR_SCHEDULERS,
     PRESETS,
+    RESUME_HELP,
+    EvalConfig,
+    ExportConfig,
+    Generation,
     InfoConfig,
     InitConfig,
+    LoraChoice,
+    SampleConfig,
     SampleOverrides,
+    TrainConfig,
     build_sample_config,
     build_train_config,
 )
 from sdlite.errors import DISK_FULL, EXIT_CODES, ResourceError, SdliteError
 from sdlite.schedulers import scheduler_names
+from sdlite.schema import PositiveInt, check_value, describe_field, show
 
 # "\b" keeps click from re-wrapping the table.
 EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
 DEBUG_ENV = "SDLITE_DEBUG"
 
+# Click's own usage errors (an unknown option, a value that is not a number) are reported like sdlite's:
+# one `error:` line. Typer vendors click, so its classes are reached through the public BadParameter.
+_CLICK_USAGE_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+# The schema field behind an option, per command, to say what a value that does not parse should be.
+_OPTION_SCHEMAS: dict[str, tuple[type, ...]] = {
+    "sample": (Generation, SampleConfig), "train": (TrainConfig,), "info": (InfoConfig,), "init": (InitConfig,),
+    "export": (ExportConfig,), "eval shapes": (EvalConfig,),
+}  # fmt: skip
+_OPTION_FIELDS = {"lora_scale": (LoraChoice, "scale"), "force": (InitConfig, "overwrite")}
+
+
+def _usage_message(exc: Any) -> str:
+    """A click usage error in sdlite's words: `--steps must be a positive integer, got "ten"`."""
+    param, ctx, cause = getattr(exc, "param", None), getattr(exc, "ctx", None), exc.__cause__
+    errors = cause.errors() if cause is not None and hasattr(cause, "errors") else None
+    if param is not None and getattr(param, "opts", None) and errors:
+        command = " ".join(ctx.command_path.split()[1:]) if ctx is not None else ""
+        candidates = [(owner, param.name) for owner in _OPTION_SCHEMAS.get(command, ())]
+        if param.name in _OPTION_FIELDS:
+            candidates.insert(0, _OPTION_FIELDS[param.name])
+        wanted = next(filter(None, (describe_field(owner, key) for owner, key in candidates)), None)
+        if wanted is None:
+            wanted = {"int_parsing": "an integer", "float_parsing": "a number"}.get(errors[0]["type"])
+        if wanted is not None:
+            return f"{max(param.opts, key=len)} must be {wanted}, got {show(errors[0].get('input'))}"
+    message = exc.format_message().rstrip(".")
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    return _one_line(message + hint)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+@contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except _CLICK_USAGE_ERROR as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `sdlite` or `sdlite data`: show the help
+            raise
+        typer.echo(f"error: {_usage_message(exc)}", err=True)
+        raise typer.Exit(2) from None
+
+
+class _Group(TyperGroup):
+    """The command group: parses like Typer's, but reports a bad command line in one `error:` line."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="sdlite",
     help="Stable Diffusion from the command line: sample images, inspect and create models. "
     f"Set {DEBUG_ENV}=1 to see tracebacks.",
@@ -236,10 +304,16 @@ def sample(
         _quiet_libraries(offline)
         from sdlite.sampling import sample as run_sample
 
-        with _progress_bar(enabled=not quiet) as progress:
-            run = run_sample(config, progress=progress, on_image=partial(_print_result, json_out=json_out))
-        if run.grid and not json_out:
-            typer.echo(f"{run.grid}  grid")
+        images = len(config.keep_seeds) or sum(g.num_images for g in config.generations)
+        with _progress_bar(enabled=not quiet, images=images) as progress:
+            run = run_sample(
+                config,
+                progress=progress,
+                on_image=partial(_print_result, json_out=json_out, progress=progress),
+                interrupt_grace=INTERRUPT_GRACE,
+            )
+        if run.grid:
+            typer.echo(json.dumps({"grid": str(run.grid)}) if json_out else f"{run.grid}  grid")
         if run.speedups and not quiet:
             typer.echo(f"{config.mode}: {', '.join(run.speedups)}", err=True)
 
@@ -348,7 +422,11 @@ def train(
     keep_checkpoints: Annotated[
         int | None, typer.Option(help="Keep only the newest K checkpoints. [default: all]")
     ] = None,
-    resume: Annotated[str | None, typer.Option(help="latest, or a checkpoint folder sdlite wrote.")] = None,
+    resume: Annotated[str | None, typer.Option(help=f"{RESUME_HELP} sdlite wrote.")] = None,
+    overwrite: Annotated[
+        bool | None,
+        typer.Option("--overwrite", help="Train into a non-empty OUT without --resume: replace what is there."),
+    ] = None,
     validation_prompt: Annotated[
         list[str] | None, typer.Option(help="Prompt sampled for validation grids (repeatable).")
     ] = None,
@@ -386,6 +464,7 @@ def train(
 ) -> None:
     """Fine-tune a model on a captioned image folder (full, or LoRA), resumable, on one or many processes."""
     with _errors():
+        check_value(PositiveInt | None, num_processes, "--num-processes")
         if num_processes and num_processes > 1 and "WORLD_SIZE" not in os.environ:
             from sdlite.launch import relaunch
 
@@ -401,7 +480,7 @@ def train(
             "prediction_type": prediction_type, "caption_dropout": caption_dropout,
             "train_text_encoder": train_text_encoder, "lora": lora, "lora_rank": lora_rank, "lora_alpha": lora_alpha,
             "cache": cache, "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints,
-            "resume": resume, "validation_prompts": tuple(validation_prompt) if validation_prompt else None,
+            "resume": resume, "overwrite": overwrite, "validation_prompts": tuple(validation_prompt) if validation_prompt else None,
             "validate_every": validate_every, "caption_column": caption_column, "skip_bad_images": skip_bad_images,
             "allow_missing_captions": allow_missing_captions, "offline": offline or None, "allow_pickle": allow_pickle or None,
             "tokenizer": tokenizer, "ema_weights": None if ema_weights else False,
@@ -469,7 +548,7 @@ def eval_shapes(
 ) -> None:
     """Sample shapes scenes, judge shape, shape color and background with a fixed classifier, print accuracies."""
     with _errors():
-        from sdlite.config import EvalConfig, resolve_model_source
+        from sdlite.config import resolve_model_source
 
         config = EvalConfig(model=resolve_model_source(model), n=n, seed=seed, steps=steps, guidance=guidance,
                             scheduler=scheduler, batch_size=batch_size, out=out, offline=offline, fast=fast,
@@ -550,8 +629,6 @@ def export(
 ) -> None:
     """Write a model or LoRA in the layout other tools load: A1111, ComfyUI, Forge, diffusers."""
     with _errors():
-        from sdlite.config import ExportConfig
-
         config = ExportConfig(source=source, out=out, format=format, dtype=dtype, tokenizer=tokenizer,
                               ema_weights=ema_weights, offline=offline, allow_pickle=allow_pickle, force=force)  # fmt: skip
         _quiet_libraries(offline)
@@ -560,12 +637,14 @@ def export(
         typer.echo(str(run_export(config)))
 
 
-def _print_result(result: Any, json_out: bool) -> None:
+def _print_result(result: Any, json_out: bool, progress: Any = None) -> None:
     """One line per written image on stdout: JSON, or the path and the seed that remakes it."""
     from tqdm import tqdm
 
     with tqdm.external_write_mode():  # lift a progress bar out of the way instead of printing over it
         typer.echo(json.dumps(result.to_dict()) if json_out else f"{result.path}  seed {result.seed}")
+    if progress is not None:
+        progress.image_done()
 
 
 OUT_OF_MEMORY_HINT = "lower --batch-size or the resolution, try --low-memory for sampling, or use a smaller model"
@@ -580,7 +659,7 @@ def _errors() -> Iterator[None]:
     except SdliteError as exc:
         if os.environ.get(DEBUG_ENV) == "1":
             raise
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {_one_line(str(exc))}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -621,15 +700,23 @@ def _show_warnings() -> None:
         logger.propagate = False
 
 
+# Ctrl-C while sampling stops at the next denoising step; a single operation still running this many
+# seconds later (one step of a huge image) is abandoned and the process exits 130 anyway.
+INTERRUPT_GRACE = 2.0
+LOG_EVERY_S = 10.0  # plain progress lines (stderr not a terminal): at most this far apart,
+LOG_EVERY_FRACTION = 0.1  # and at each further tenth of the run (but not more than once a second)
+
+
 @contextmanager
-def _progress_bar(enabled: bool) -> Iterator[Any]:
-    """A tqdm bar on stderr, only when stderr is a terminal and not --quiet."""
-    if not (enabled and sys.stderr.isatty()):
+def _progress_bar(enabled: bool, images: int | None = None) -> Iterator[Any]:
+    """Progress on stderr unless --quiet: a tqdm bar on a terminal; plain lines for logs (CI, Slurm,
+    nohup) when stderr is not one. Yields a callable `(done, total)` (denoising steps), or None."""
+    if not enabled:
         yield None
         return
-    bar = _StepBar()
+    bar = _StepBar() if sys.stderr.isatty() else _StepLines(images)
     try:
-        yield bar.update
+        yield bar
     finally:
         bar.close()
 
@@ -640,6 +727,9 @@ class _StepBar:
     def __init__(self) -> None:
         self.bar: Any = None
 
+    def __call__(self, done: int, total: int) -> None:
+        self.update(done, total)
+
     def update(self, done: int, total: int) -> None:
         if self.bar is None:
             from tqdm import tqdm
@@ -647,9 +737,79 @@ class _StepBar:
             self.bar = tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True)
         self.bar.update(done - self.bar.n)
 
+    def image_done(self) -> None:
+        pass
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class _Pacer:
+    """When to print the next plain progress line: LOG_EVERY_S apart, or at each further
+    LOG_EVERY_FRACTION of the run (at most once a second), and always at the end."""
+
+    def __init__(self) -> None:
+        self.last_time, self.last_done = time.monotonic(), 0
+
+    def due(self, done: int, total: int) -> bool:
+        now = time.monotonic()
+        waited = now - self.last_time
+        tenth = done - self.last_done >= LOG_EVERY_FRACTION * total and waited >= 1.0
+        if done >= total or waited >= LOG_EVERY_S or tenth:
+            self.last_time, self.last_done = now, done
+            return True
+        return False
+
+
+class _StepLines:
+    """Sampling progress as plain lines: `sample: 3/8 images, 120/400 steps, 12.4 steps/s, ETA 0:00:25`."""
+
+    def __init__(self, images: int | None) -> None:
+        self.images, self.images_done = images, 0
+        self.done, self.total = 0, 0
+        self.started: tuple[float, int] | None = None  # time and steps at the first report
+        self.pacer = _Pacer()
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        if self.started is None:  # the pace is measured from the first step, not from the model load
+            self.started, self.pacer = (time.monotonic(), done), _Pacer()
+        elif done < total and self.pacer.due(done, total):
+            self._line(final=False)
+
+    def image_done(self) -> None:
+        self.images_done += 1
+        if self.images and self.images_done == self.images:
+            self._line(final=True)
+
+    def close(self) -> None:
+        if self.images is None and 0 < self.total <= self.done:  # no images to end on (eval): the last step
+            self._line(final=True)
+
+    def _line(self, final: bool) -> None:
+        parts = [f"{self.images_done}/{self.images} images"] if self.images else []
+        parts.append(f"{self.done}/{self.total} steps")
+        if self.started is not None:
+            seconds, steps = time.monotonic() - self.started[0], self.done - self.started[1]
+            if seconds > 0 and steps > 0:
+                parts.append(f"{steps / seconds:.3g} steps/s")
+                if not final:
+                    parts.append(f"ETA {_clock((self.total - self.done) * seconds / steps)}")
+            if final:
+                parts.append(f"done in {_clock(seconds)}")
+        _progress_line(f"sample: {', '.join(parts)}")
+
+
+def _clock(seconds: float) -> str:
+    """H:MM:SS."""
+    whole = max(round(seconds), 0)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def _progress_line(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def _is_main_process() -> bool:
@@ -658,8 +818,10 @@ def _is_main_process() -> bool:
 
 @contextmanager
 def _train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
-    """Training events as JSON lines on stdout, or a progress bar (loss, images/s) and warnings on stderr."""
+    """Training events as JSON lines on stdout, or progress and warnings on stderr: a bar (loss, images/s)
+    on a terminal, else plain lines (`step N/M, loss, lr, images/s, ETA`) at the pace of _Pacer."""
     bar = _StepBar() if not json_events and not quiet and sys.stderr.isatty() else None
+    pacer = _Pacer() if not json_events and not quiet and bar is None else None
 
     def report(event: dict[str, Any]) -> None:
         if json_events:
@@ -669,6 +831,8 @@ def _train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
         elif event["event"] == "step" and bar is not None:
             bar.update(event["step"], event["steps"])
             bar.bar.set_postfix(loss=f"{event['loss']:.4f}", img_s=f"{event['images_per_s']:.1f}", refresh=False)
+        elif event["event"] == "step" and pacer is not None and pacer.due(event["step"], event["steps"]):
+            _progress_line(_step_line(event))
         elif event["event"] == "plan" and not quiet:
             typer.echo(
                 f"plan: {event['images']} images, {event['steps']} steps ({event['epochs']:.3g} epochs), effective "
@@ -687,6 +851,17 @@ def _train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
     finally:
         if bar is not None:
             bar.close()
+
+
+def _step_line(event: dict[str, Any]) -> str:
+    """`step 120/1000, loss 0.1234, lr 1e-04, 12.3 images/s, ETA 0:01:12` (the end: `done in`)."""
+    parts = [f"step {event['step']}/{event['steps']}", f"loss {event['loss']:.4g}", f"lr {event['lr']:.3g}",
+             f"{event['images_per_s']:.3g} images/s"]  # fmt: skip
+    if event["step"] < event["steps"] and event.get("eta") is not None:
+        parts.append(f"ETA {_clock(event['eta'])}")
+    elif event.get("elapsed") is not None:
+        parts.append(f"done in {_clock(event['elapsed'])}")
+    return ", ".join(parts)
 
 
 def _quiet_libraries(offline: bool = False) -> None:

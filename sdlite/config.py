@@ -1,26 +1,56 @@
-"""Frozen settings objects, one per command, validated once before any model loads.
+"""Frozen settings objects, one per command: the schema every source of a setting passes through.
 
-Nothing here imports torch or diffusers: a bad value must be reported instantly.
+Each dataclass declares its fields with a checked type (see sdlite/schema.py): a range, a list of
+names, strict numbers (a boolean is not an integer). `__post_init__` checks them and the rules that
+join several fields, so a config is valid however it was made: from the command line, a TOML file,
+a prompts-file line, a PNG's metadata, or by a Python caller. The builders below check each source
+on its own first, so an error names the file and line or the option it came from, and they run
+before any model loads. Nothing here imports torch or diffusers: a bad value is reported instantly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
+import re
 import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, get_args
+
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import AfterValidator, AllowInfNan, InstanceOf, Strict
+from pydantic_core import PydanticCustomError
 
 from sdlite.errors import DataError, UsageError
 from sdlite.modes import FAST_SETTINGS, MODES
 from sdlite.schedulers import SCHEDULERS
+from sdlite.schema import (
+    COMMAND_LINE,
+    FilePath,
+    Flag,
+    NonEmptyText,
+    NonNegativeInt,
+    NonNegativeNumber,
+    Number,
+    PathText,
+    PositiveInt,
+    PositiveNumber,
+    Prompt,
+    Source,
+    Text,
+    check,
+    check_value,
+    fail,
+    name,
+    one_of,
+    origin,
+    show,
+    validate_fields,
+)
 
-DTYPES = ("auto", "fp32", "fp16", "bf16")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRESETS = ("tiny", "shapes", "sd1-tiny", "sd15")
 MODEL_ENV = "SDLITE_MODEL"
 # The model sdlite trained itself (`make default-model`), used when no model is given.
 DEFAULT_MODEL = Path(__file__).resolve().parent / "default_model"
@@ -28,6 +58,34 @@ MODEL_DEFAULTS_FILE = "sdlite.json"
 # Stable Diffusion v1 VAEs downsample by 8; the loaded model's own factor is checked again later.
 DEFAULT_VAE_FACTOR = 8
 MAX_SEED = 2**32 - 1
+
+# Field types shared by several configs.
+DType = Literal["auto", "fp32", "fp16", "bf16"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Preset = Literal["tiny", "shapes", "sd1-tiny", "sd15"]
+WeightsDType = Literal["fp32", "fp16", "bf16"]
+SchedulerName = one_of(tuple(SCHEDULERS))
+Mode = one_of(MODES)
+Seed = Annotated[int, Strict(), Ge(0), Le(MAX_SEED)]
+
+
+def _on_vae_grid(value: int) -> int:
+    reason = size_problem(value, DEFAULT_VAE_FACTOR)
+    if reason:
+        raise PydanticCustomError("reason", "{reason}", {"reason": reason})
+    return value
+
+
+# An image side: a multiple of the VAE factor (8 for SD v1; the loaded model's own is checked again).
+ImageSize = Annotated[int, Strict(), Ge(DEFAULT_VAE_FACTOR), AfterValidator(_on_vae_grid)]
+
+DTYPES: tuple[str, ...] = get_args(DType)
+DEVICES: tuple[str, ...] = get_args(Device)
+PRESETS: tuple[str, ...] = get_args(Preset)
+
+# Prompts files: one JSON value for the whole file when it starts like a JSON array.
+_JSON_ARRAY_START = re.compile(r"\[\s*[\[{\"\]]")
+_JSON_SPACE = re.compile(r"[ \t\r\n]*")
 
 
 @dataclass(frozen=True)
@@ -37,16 +95,22 @@ class Generation:
     Image j of this prompt uses seed `seed + j`; height/width None mean the model's native size.
     """
 
-    prompt: str
-    negative_prompt: str = ""
-    steps: int = 50
-    guidance: float = 7.5
-    scheduler: str = "ddim"
-    eta: float = 0.0
-    seed: int = 0
-    num_images: int = 1
-    height: int | None = None
-    width: int | None = None
+    prompt: Prompt
+    negative_prompt: Prompt = ""
+    steps: PositiveInt = 50
+    guidance: NonNegativeNumber = 7.5
+    scheduler: SchedulerName = "ddim"
+    eta: NonNegativeNumber = 0.0
+    seed: Seed = 0
+    num_images: PositiveInt = 1
+    height: ImageSize | None = None
+    width: ImageSize | None = None
+
+    _option_names: ClassVar[dict[str, str]] = {"prompt": "PROMPT"}
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        validate_generation(self)
 
 
 # Per-prompt settings a prompts-file line or `--from-image` may carry.
@@ -58,12 +122,13 @@ class LoraChoice:
     """One LoRA of a sample run: the adapter (a folder holding pytorch_lora_weights.safetensors, or a
     diffusers- or kohya-layout .safetensors file) and the strength it is applied at."""
 
-    source: str
-    scale: float = 1.0
+    source: PathText
+    scale: Number = 1.0
+
+    _option_names: ClassVar[dict[str, str]] = {"source": "--lora", "scale": "--lora-scale"}
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.scale):
-            raise UsageError(f"--lora-scale must be a finite number, got {self.scale}")
+        validate_fields(self)
 
 
 def lora_choices(sources: tuple[str, ...], scales: tuple[float, ...]) -> tuple[LoraChoice, ...]:
@@ -84,94 +149,93 @@ def lora_choices(sources: tuple[str, ...], scales: tuple[float, ...]) -> tuple[L
 class SampleConfig:
     """A whole `sdlite sample` run: which model, which images, where they go."""
 
-    model: str
-    generations: tuple[Generation, ...]
-    out: Path = Path("outputs")
-    batch_size: int = 1
-    dtype: str = "auto"
-    device: str = "auto"
-    grid: bool = False
-    offline: bool = False
-    allow_pickle: bool = False
+    model: PathText
+    generations: tuple[InstanceOf[Generation], ...]
+    out: FilePath = Path("outputs")  # Python callers may pass a str
+    batch_size: PositiveInt = 1
+    dtype: DType = "auto"
+    device: Device = "auto"
+    grid: Flag = False
+    offline: Flag = False
+    allow_pickle: Flag = False
     # When set, only images with these seeds are written. `--from-image` uses it to recompute the
     # whole batch an image was made in: batched matmuls round differently from single ones.
-    keep_seeds: tuple[int, ...] = ()
+    keep_seeds: tuple[Seed, ...] = ()
     # The model hash recorded in a `--from-image` source: a different model gets a warning.
-    expected_model_hash: str | None = None
-    loras: tuple[LoraChoice, ...] = ()  # LoRA adapters applied together, each at its own scale
-    mode: str = "default"  # "fast" or "low-memory": see sdlite/modes.py
-    tokenizer: str | None = None  # a single-file model's tokenizer (folder or hub id); default: found
-    ema_weights: bool = True  # a single file's EMA weights when it has them
+    expected_model_hash: Text | None = None
+    loras: tuple[InstanceOf[LoraChoice], ...] = ()  # LoRA adapters applied together, each at its own scale
+    mode: Mode = "default"  # "fast" or "low-memory": see sdlite/modes.py
+    tokenizer: PathText | None = None  # a single-file model's tokenizer (folder or hub id); default: found
+    ema_weights: Flag = True  # a single file's EMA weights when it has them
+
+    _option_names: ClassVar[dict[str, str]] = {
+        "generations": "PROMPT", "loras": "--lora", "mode": "--fast/--low-memory",
+        "ema_weights": "--ema-weights/--no-ema-weights",
+    }  # fmt: skip
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "out", Path(self.out))  # Python callers may pass a str
-        # ... and LoRA paths for LoraChoice(path) at scale 1
-        loras = tuple(c if isinstance(c, LoraChoice) else LoraChoice(str(c)) for c in self.loras)
-        object.__setattr__(self, "loras", loras)
-        _check_choice("mode", self.mode, MODES)
+        if isinstance(self.loras, tuple | list):  # LoRA paths for LoraChoice(path) at scale 1
+            loras = tuple(c if isinstance(c, LoraChoice) else LoraChoice(c) for c in self.loras)
+            object.__setattr__(self, "loras", loras)
+        validate_fields(self)
         if not self.generations:
             raise UsageError("no prompt given: pass PROMPT arguments, --prompts-file or --from-image")
-        for gen in self.generations:
-            validate_generation(gen)
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
-        _check_choice("--dtype", self.dtype, DTYPES)
-        _check_choice("--device", self.device, DEVICES)
 
 
 @dataclass(frozen=True)
 class InitConfig:
     """`sdlite init`: which preset architecture to write, where, and from which seed."""
 
-    out: Path
-    preset: str = "tiny"
-    seed: int = 0
-    dtype: str = "fp32"
-    overwrite: bool = False
+    out: FilePath
+    preset: Preset = "tiny"
+    seed: Seed = 0
+    dtype: WeightsDType = "fp32"
+    overwrite: Flag = False
+
+    _option_names: ClassVar[dict[str, str]] = {"out": "OUT", "overwrite": "--force"}
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "out", Path(self.out))  # Python callers may pass a str
-        _check_choice("--preset", self.preset, PRESETS)
-        _check_choice("--dtype", self.dtype, ("fp32", "fp16", "bf16"))
-        _check_seed(self.seed)
+        validate_fields(self)
 
 
 @dataclass(frozen=True)
 class InfoConfig:
     """`sdlite info`: which model to describe, and at which image size to trace the shapes."""
 
-    model: str
-    height: int | None = None
-    width: int | None = None
-    offline: bool = False
-    allow_pickle: bool = False
-    tokenizer: str | None = None
-    ema_weights: bool = True
+    model: PathText
+    height: ImageSize | None = None
+    width: ImageSize | None = None
+    offline: Flag = False
+    allow_pickle: Flag = False
+    tokenizer: PathText | None = None
+    ema_weights: Flag = True
+
+    _option_names: ClassVar[dict[str, str]] = {"model": "MODEL", "ema_weights": "--ema-weights/--no-ema-weights"}
 
     def __post_init__(self) -> None:
-        validate_size(self.height, self.width, DEFAULT_VAE_FACTOR)
+        validate_fields(self)
 
 
 @dataclass(frozen=True)
 class ExportConfig:
     """`sdlite export`: a model or LoRA, where to write it, in which layout and precision."""
 
-    source: str
-    out: Path
-    format: str | None = None  # None: single-file for models, kohya for LoRAs
-    dtype: str | None = None  # None: as stored
-    tokenizer: str | None = None
-    ema_weights: bool = True
-    offline: bool = False
-    allow_pickle: bool = False
-    force: bool = False
+    source: PathText
+    out: FilePath
+    format: Literal["single-file", "diffusers", "kohya"] | None = None  # None: single-file for models, kohya for LoRAs
+    dtype: WeightsDType | None = None  # None: as stored
+    tokenizer: PathText | None = None
+    ema_weights: Flag = True
+    offline: Flag = False
+    allow_pickle: Flag = False
+    force: Flag = False
+
+    _option_names: ClassVar[dict[str, str]] = {
+        "source": "SOURCE", "out": "OUT", "ema_weights": "--ema-weights/--no-ema-weights"
+    }  # fmt: skip
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "out", Path(self.out))
-        if self.format is not None:
-            _check_choice("--format", self.format, ("single-file", "diffusers", "kohya"))
-        if self.dtype is not None:
-            _check_choice("--dtype", self.dtype, ("fp32", "fp16", "bf16"))
+        validate_fields(self)
 
 
 @dataclass(frozen=True)
@@ -210,26 +274,29 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
     defaults, except that a
     prompts-file line's own seed beats `--seed`, which only starts the run's counter. Seeds are
     resolved here (random when not given) so the config says exactly which images will be made.
+    Every source is checked on its own first, so an error names the option, or the file and line.
     """
     env = dict(os.environ) if env is None else env
     cli = {k: v for k, v in opts.settings.items() if v is not None}
     unknown = set(cli) - set(GENERATION_KEYS)
     if unknown:
         raise UsageError(f"unknown sample settings: {', '.join(sorted(unknown))}")
+    check(Generation, cli, COMMAND_LINE)
+    given = {"batch_size": opts.batch_size, "dtype": opts.dtype, "device": opts.device}
+    check(SampleConfig, {k: v for k, v in given.items() if v is not None}, COMMAND_LINE)
 
     if opts.fast and opts.low_memory:
         raise UsageError("--fast and --low-memory cannot be combined: choose speed or memory")
     mode = "fast" if opts.fast else "low-memory" if opts.low_memory else None
-    base: dict[str, Any] = {}
+    recorded_base: dict[str, Any] = {}
+    image = None
     model = opts.model
     batch_size, keep_seeds, expected_hash = opts.batch_size, (), None
     lora, lora_scale = _as_tuple(opts.lora), _as_tuple(opts.lora_scale)
     tokenizer, ema_weights = opts.tokenizer, opts.ema_weights
     if opts.from_image is not None:
-        from sdlite.metadata import read_settings
-
-        recorded = read_settings(opts.from_image)
-        base = {k: recorded[k] for k in GENERATION_KEYS if k in recorded}
+        recorded, image = _read_image_settings(opts.from_image)
+        recorded_base = {k: recorded[k] for k in GENERATION_KEYS if k in recorded}
         if not model:  # a single file's tokenizer and weights choice belong to the recorded model
             model = recorded.get("model")
             tokenizer = tokenizer or recorded.get("tokenizer")
@@ -237,38 +304,54 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         expected_hash = recorded.get("model_hash")
         mode = mode or recorded.get("mode")
         if recorded.get("lora") and not lora:  # the recorded LoRAs; --lora-scale may still change their scales
-            used = _recorded_loras(recorded["lora"], opts.from_image)
+            used = _recorded_loras(recorded["lora"], image)
             lora, lora_scale = tuple(r["source"] for r in used), lora_scale or tuple(r["scale"] for r in used)
-        batch = recorded.get("batch_seeds") or [base.get("seed")]
-        remake_batch = not ({"seed", "num_images"} & set(cli) or opts.prompts or opts.prompts_file or batch_size)
-        if remake_batch and len(batch) > 1:
-            base.update(seed=batch[0], num_images=len(batch))
-            batch_size, keep_seeds = len(batch), (recorded["seed"],)
+        own_seed = recorded_base.get("seed")
+        batch = recorded.get("batch_seeds") or [own_seed]
+        remake_batch = not (
+            {"seed", "num_images"} & set(cli) or opts.prompts or opts.prompts_file or batch_size is not None
+        )
+        if remake_batch and len(batch) > 1 and own_seed is not None:
+            if own_seed not in range(batch[0], batch[0] + len(batch)):
+                raise image.fail(f"its sdlite metadata records seed {own_seed} outside its batch {show(batch)}")
+            recorded_base.update(seed=batch[0], num_images=len(batch))
+            batch_size, keep_seeds = len(batch), (own_seed,)
     model = resolve_model_source(model, env)
-    base = {**model_defaults(model), **(FAST_SETTINGS if mode == "fast" else {}), **base}
+    defaults, defaults_source = _model_defaults(model)
+    fast = FAST_SETTINGS if mode == "fast" else {}
+    base = {**defaults, **fast, **recorded_base}
+    base_origin = {
+        **{k: defaults_source for k in defaults}, **{k: COMMAND_LINE for k in fast}, **{k: image for k in recorded_base}
+    }  # fmt: skip
 
-    rows: list[dict[str, Any]] = [{"prompt": p} for p in opts.prompts]
+    rows: list[tuple[dict[str, Any], Source]] = [({"prompt": p}, COMMAND_LINE) for p in opts.prompts]
     if opts.prompts_file is not None:
-        rows += read_prompts_file(opts.prompts_file)
-    if not rows and opts.from_image is not None:
-        rows = [{}]
+        rows += _prompt_rows(Path(opts.prompts_file))
+    if not rows and image is not None:
+        rows = [({}, image)]
 
     first_seed = cli.get("seed", base.get("seed"))
     if first_seed is None:
         first_seed = secrets.randbelow(MAX_SEED + 1)
-    _check_seed(first_seed)
     generations = []
     next_seed = first_seed
-    for row in rows:
+    for number, (row, row_source) in enumerate(rows, start=1):
         merged = {**base, **row, **{k: v for k, v in cli.items() if k != "seed"}}
+        sources = {**base_origin, **{k: row_source for k in row}, **{k: COMMAND_LINE for k in cli}}
         if "seed" not in row:  # a line's own seed wins; --seed only starts the run's counter
+            if next_seed > MAX_SEED:
+                where = row_source.where or f"prompt {number}"
+                raise UsageError(
+                    f"the run's seeds pass {MAX_SEED} at {where} (--seed {first_seed} + 1 per image): "
+                    "give a smaller --seed, or that prompt its own seed"
+                )
             merged["seed"] = next_seed
         if "prompt" not in merged:
+            if row_source is image:
+                raise image.fail('its sdlite metadata records no "prompt"')
             raise UsageError("no prompt given: pass PROMPT arguments, --prompts-file or --from-image")
-        try:
+        with origin({k: v for k, v in sources.items() if v is not None}):
             gen = Generation(**merged)
-        except TypeError as exc:
-            raise UsageError(f"bad sample settings: {exc}") from exc
         generations.append(gen)
         next_seed = gen.seed + gen.num_images
 
@@ -276,7 +359,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         model=model,
         generations=tuple(generations),
         out=opts.out or Path("outputs"),
-        batch_size=batch_size or 1,
+        batch_size=1 if batch_size is None else batch_size,
         dtype=opts.dtype or "auto",
         device=opts.device or "auto",
         grid=opts.grid,
@@ -297,14 +380,31 @@ def _as_tuple(value: Any) -> tuple[Any, ...]:
     return (value,) if isinstance(value, str | int | float) else tuple(value)
 
 
-def _recorded_loras(value: Any, image: Path) -> list[dict[str, Any]]:
+def _read_image_settings(path: Path) -> tuple[dict[str, Any], Source]:
+    """The settings a PNG records for `--from-image`, each checked like a prompts-file line's."""
+    from sdlite.metadata import read_settings
+
+    try:
+        recorded = read_settings(path)
+    except (AttributeError, TypeError, KeyError) as exc:  # a record whose parts have the wrong JSON types
+        raise DataError(f"{path}: its sdlite metadata is malformed ({type(exc).__name__}: {exc})") from exc
+    image = Source(where=str(path), style="json", error=DataError)
+    check(Generation, {k: recorded[k] for k in GENERATION_KEYS if k in recorded}, image)
+    for key, hint in (
+        ("model", PathText | None), ("tokenizer", PathText | None), ("ema_weights", Flag | None),
+        ("model_hash", Text | None), ("batch_seeds", list[Seed] | None), ("mode", Mode | None),
+    ):  # fmt: skip
+        check_value(hint, recorded.get(key), f'its sdlite metadata field "{key}"', image)
+    return recorded, image
+
+
+def _recorded_loras(value: Any, image: Source) -> list[dict[str, Any]]:
     """The LoRAs a PNG records: a list of {source, hash, scale}, or one such dict (earlier sdlite versions)."""
     rows = [value] if isinstance(value, dict) else value
-    if not isinstance(rows, list) or not all(
-        isinstance(r, dict) and isinstance(r.get("source"), str) and isinstance(r.get("scale"), int | float)
-        for r in rows
-    ):
-        raise DataError(f"{image}: its sdlite metadata has a malformed lora record")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and {"source", "scale"} <= set(r) for r in rows):
+        raise image.fail("its sdlite metadata has a malformed lora record")
+    for row in rows:
+        check(LoraChoice, {"source": row["source"], "scale": row["scale"]}, image)
     return rows
 
 
@@ -324,93 +424,182 @@ def resolve_model_source(model: str | None, env: dict[str, str] | None = None) -
 
 def model_defaults(model: str) -> dict[str, Any]:
     """Settings a model folder recommends for itself (`sdlite.json`: {"defaults": {"steps": 30, ...}})."""
+    return _model_defaults(model)[0]
+
+
+def _model_defaults(model: str) -> tuple[dict[str, Any], Source]:
     path = Path(model).expanduser() / MODEL_DEFAULTS_FILE
-    if not path.is_file():
-        return {}
+    source = Source(where=str(path), style="json", error=UsageError)
     try:
-        defaults = json.loads(path.read_text(encoding="utf-8")).get("defaults", {})
-    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+        if not path.is_file():
+            return {}, source
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or UTF-8
         raise UsageError(f"{path} is not valid JSON: {exc}") from exc
-    return {k: v for k, v in defaults.items() if k in GENERATION_KEYS and k not in ("prompt", "seed", "num_images")}
+    defaults = record.get("defaults", {}) if isinstance(record, dict) else None
+    if not isinstance(defaults, dict):
+        raise UsageError(f'{path}: "defaults" must be a JSON object of sample settings')
+    defaults = {k: v for k, v in defaults.items() if k in GENERATION_KEYS and k not in ("prompt", "seed", "num_images")}
+    check(Generation, defaults, source)
+    return defaults, source
 
 
 def read_prompts_file(path: Path) -> list[dict[str, Any]]:
-    """Read one prompt per line, or JSON objects with `prompt` plus per-line setting overrides.
+    """Read prompts: one per line, JSON lines with `prompt` plus per-line setting overrides, or one
+    JSON array of such objects (or strings).
 
-    Blank lines and lines starting with `#` are skipped. A bad line is a data error naming the line.
+    Blank lines and lines starting with `#` are skipped. Every value is checked like the option it
+    overrides; a bad one is a data error naming the file and line.
     """
+    return [row for row, _ in _prompt_rows(Path(path))]
+
+
+def _prompt_rows(path: Path) -> list[tuple[dict[str, Any], Source]]:
+    """The rows of a prompts file, each with the source (`file:line`) its errors name."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read prompts file {path}: {exc}") from exc
-    rows: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, start=1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        if not text.startswith("{"):
-            rows.append({"prompt": text})
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-        unknown = set(row) - set(GENERATION_KEYS)
-        if unknown:
-            raise DataError(f"{path}:{number}: unknown keys {sorted(unknown)}; allowed: {', '.join(GENERATION_KEYS)}")
-        if not isinstance(row.get("prompt"), str):
-            raise DataError(f'{path}:{number}: a JSON line needs a string "prompt"')
-        rows.append(row)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read prompts file {path}: {exc.strerror or exc}") from exc
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark is not part of the first prompt
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from exc
+    body = text.strip()
+    rows = _json_document_rows(path, text) if body.startswith(("[", "{")) else None
+    if rows is None:
+        rows = []
+        for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may be in a prompt
+            line = line.strip()
+            if line and not line.startswith("#"):
+                rows.append(_prompt_row(line, Source(where=f"{path}:{number}", style="json", error=DataError)))
     if not rows:
         raise DataError(f"prompts file {path} holds no prompts")
     return rows
 
 
+def _prompt_row(line: str, source: Source) -> tuple[dict[str, Any], Source]:
+    """One line: a plain prompt, or a JSON object when it starts with `{`."""
+    if not line.startswith("{"):
+        return {"prompt": line}, source
+    try:
+        row = json.loads(line)
+    except ValueError as exc:  # JSONDecodeError, or a number too long to convert
+        raise source.fail(f"not valid JSON ({getattr(exc, 'msg', None) or str(exc).split(';')[0]})") from exc
+    return _object_row(row, source), source
+
+
+def _json_document_rows(path: Path, text: str) -> list[tuple[dict[str, Any], Source]] | None:
+    """The whole file as one JSON array (or object), with each item's line; None for line-by-line files."""
+    decoder = json.JSONDecoder()
+    start = len(text) - len(text.lstrip())
+    try:
+        document, end = decoder.raw_decode(text, start)
+    except ValueError as exc:
+        if text.startswith("{", start) or not _JSON_ARRAY_START.match(text, start):
+            return None  # JSON lines, or a plain prompt such as "[cinematic] a cat"
+        line = text.count("\n", 0, getattr(exc, "pos", start)) + 1
+        reason = getattr(exc, "msg", None) or str(exc).split(";")[0]
+        raise DataError(
+            f"{path}:{line}: not valid JSON ({reason}); a JSON prompts file is one array of objects"
+        ) from exc
+    if text[end:].strip():
+        if isinstance(document, dict) or not _JSON_ARRAY_START.match(text, start):
+            return None  # JSON lines (one object per line), or a plain prompt such as "[1, 2] a cat"
+        line = text.count("\n", 0, end) + 1
+        raise DataError(f"{path}:{line}: text after the JSON array; a JSON prompts file is one array of objects")
+    if isinstance(document, dict):  # one object, perhaps over several lines
+        return [(_object_row(document, _at(path, 1)), _at(path, 1))]
+    if not isinstance(document, list):
+        return None
+    rows = []
+    lines = [text.count("\n", 0, i) + 1 for i in _array_item_starts(text, start)]
+    shared = {line for line, count in Counter(lines).items() if count > 1}
+    for index, (item, line) in enumerate(zip(document, lines, strict=True)):
+        source = _at(path, line, index + 1 if line in shared else None)
+        if isinstance(item, str):
+            rows.append(({"prompt": item}, source))
+        elif isinstance(item, dict):
+            rows.append((_object_row(item, source), source))
+        else:
+            raise source.fail(f'an item must be an object with a "prompt" (or a prompt string), got {show(item)}')
+    return rows
+
+
+def _at(path: Path, line: int, item: int | None = None) -> Source:
+    where = f"{path}:{line}" if item is None else f"{path}:{line} (item {item})"
+    return Source(where=where, style="json", error=DataError)
+
+
+def _array_item_starts(text: str, start: int) -> list[int]:
+    """Where each item of the (valid) JSON array at `start` begins, to name its line."""
+    decoder, starts = json.JSONDecoder(), []
+    i = _JSON_SPACE.match(text, start + 1).end()  # type: ignore[union-attr]
+    while text[i] != "]":
+        starts.append(i)
+        _, i = decoder.raw_decode(text, i)
+        i = _JSON_SPACE.match(text, i).end()  # type: ignore[union-attr]
+        if text[i] == ",":
+            i = _JSON_SPACE.match(text, i + 1).end()  # type: ignore[union-attr]
+    return starts
+
+
+def _object_row(row: dict[str, Any], source: Source) -> dict[str, Any]:
+    unknown = set(row) - set(GENERATION_KEYS)
+    if unknown:
+        raise source.fail(f"unknown keys {sorted(unknown)}; allowed: {', '.join(GENERATION_KEYS)}")
+    if not isinstance(row.get("prompt"), str):
+        raise source.fail(f'a JSON line needs a string "prompt", got {show(row.get("prompt"))}')
+    check(Generation, row, source)
+    return row
+
+
 def validate_generation(gen: Generation) -> None:
-    """Reject values that cannot produce an image, naming the option and a valid alternative."""
-    if gen.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {gen.steps}")
-    if gen.guidance < 0:
-        raise UsageError(f"--guidance must be 0 or more, got {gen.guidance}")
-    if gen.num_images < 1:
-        raise UsageError(f"--num-images must be at least 1, got {gen.num_images}")
-    _check_choice("--scheduler", gen.scheduler, tuple(SCHEDULERS))
-    if gen.eta < 0:
-        raise UsageError(f"--eta must be 0 or more, got {gen.eta}")
+    """The rules that join fields of one Generation (each field's own type is checked already)."""
     if gen.eta > 0 and not SCHEDULERS[gen.scheduler].accepts_eta:
         names = [n for n, s in SCHEDULERS.items() if s.accepts_eta]
-        raise UsageError(f"--eta has no effect with --scheduler {gen.scheduler}; it applies to: {', '.join(names)}")
-    _check_seed(gen.seed)
-    validate_size(gen.height, gen.width, DEFAULT_VAE_FACTOR)
+        fail(
+            "eta",
+            f"{name(Generation, 'eta')} has no effect with {name(Generation, 'scheduler')} {gen.scheduler}; "
+            f"it applies to: {', '.join(names)}",
+        )
+    if gen.seed + gen.num_images - 1 > MAX_SEED:
+        fail(
+            "num_images",
+            f"{name(Generation, 'num_images')} {gen.num_images} from {name(Generation, 'seed')} {gen.seed} runs past "
+            f"the largest seed {MAX_SEED}",
+        )
 
 
-def validate_size(height: int | None, width: int | None, factor: int) -> None:
+def size_problem(value: int, factor: int) -> str | None:
+    """Why an image side cannot be used with a VAE of `factor`, or None."""
+    if value < factor:
+        return f"must be at least {factor}, got {value}"
+    if value % factor:
+        low = value - value % factor
+        return f"{value} is not a multiple of the VAE factor {factor}; nearest valid: {low} or {low + factor}"
+    return None
+
+
+def validate_size(
+    height: int | None, width: int | None, factor: int, names: tuple[str, ...] = ("--height", "--width")
+) -> None:
     """Height and width must be positive multiples of the VAE's downsampling factor."""
-    for name, value in (("--height", height), ("--width", width)):
-        if value is None:
-            continue
-        if value < factor:
-            raise UsageError(f"{name} must be at least {factor}, got {value}")
-        if value % factor:
-            low = value - value % factor
-            raise UsageError(
-                f"{name} {value} is not a multiple of the VAE factor {factor}; nearest valid: {low} or {low + factor}"
-            )
-
-
-def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UsageError(f"{option} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _check_seed(seed: int) -> None:
-    if not 0 <= seed <= MAX_SEED:
-        raise UsageError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+    for option, value in zip(names, (height, width), strict=False):
+        reason = None if value is None else size_problem(value, factor)
+        if reason:
+            raise UsageError(f"{option} {reason}")
 
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 PRECISIONS = ("no", "fp16", "bf16")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+LrScheduler = one_of(LR_SCHEDULERS)
+Precision = one_of(PRECISIONS)
+PredictionType = one_of(PREDICTION_TYPES)
+RESUME_HELP = (
+    "latest, auto (resume when a checkpoint exists, else start fresh: for preemptible jobs), or a checkpoint folder"
+)
 
 
 @dataclass(frozen=True)
@@ -418,115 +607,90 @@ class TrainConfig:
     """A whole `sdlite train` run. Fields that change the trained weights are part of the
     checkpoint fingerprint (see `fingerprint`): resuming with different ones is refused."""
 
-    model: str
-    data: Path
-    out: Path
-    component: str = "unet"  # unet: the denoiser (the usual fine-tune); vae: the autoencoder
-    kl_weight: float = 1e-6  # --component vae: weight of the KL term against reconstruction MSE
-    resolution: int | None = None  # None: the model's native size
-    crop: str = "center"  # center | random
-    random_flip: bool = False
-    batch_size: int = 1  # per process
-    grad_accum: int = 1
-    lr: float = 1e-5
-    lr_scheduler: str = "constant"
-    warmup_steps: int = 0
-    max_steps: int | None = None
-    epochs: int | None = None
-    mixed_precision: str = "no"
-    seed: int = 0
-    gradient_checkpointing: bool = False
-    ema: bool = False
-    ema_decay: float = 0.9999
-    snr_gamma: float | None = None
-    noise_offset: float = 0.0
-    prediction_type: str | None = None  # None: the model's own
-    caption_dropout: float = 0.0
-    train_text_encoder: bool = False
-    lora: bool = False  # a LoRA on the UNet (and, with train_text_encoder, on the text encoder) instead of full weights
-    lora_rank: int = 4
-    lora_alpha: float | None = None  # None: equal to the rank (scale 1); saved with the adapter
-    cache: bool | None = None  # None: on whenever the augmentation is fixed (see cache_choice)
-    checkpoint_every: int | None = None
-    keep_checkpoints: int | None = None  # None: keep all
-    resume: str | None = None  # "latest" or a checkpoint folder
-    validation_prompts: tuple[str, ...] = ()
-    validate_every: int | None = None
-    caption_column: str = "text"
-    skip_bad_images: bool = False
-    allow_missing_captions: bool = False
-    max_grad_norm: float = 1.0
-    offline: bool = False
-    allow_pickle: bool = False
-    tokenizer: str | None = None  # a single-file base model's tokenizer (folder or hub id)
-    ema_weights: bool = True  # a single-file base model's EMA weights when it has them
+    model: PathText
+    data: FilePath
+    out: FilePath
+    component: Literal["unet", "vae"] = "unet"  # unet: the denoiser (the usual fine-tune); vae: the autoencoder
+    kl_weight: NonNegativeNumber = 1e-6  # --component vae: weight of the KL term against reconstruction MSE
+    resolution: ImageSize | None = None  # None: the model's native size
+    crop: Literal["center", "random"] = "center"
+    random_flip: Flag = False
+    batch_size: PositiveInt = 1  # per process
+    grad_accum: PositiveInt = 1
+    lr: PositiveNumber = 1e-5
+    lr_scheduler: LrScheduler = "constant"
+    warmup_steps: NonNegativeInt = 0
+    max_steps: PositiveInt | None = None
+    epochs: Annotated[float, Strict(), AllowInfNan(False), Ge(1)] | None = None  # fractions allowed: 1.5
+    mixed_precision: Precision = "no"
+    seed: Seed = 0
+    gradient_checkpointing: Flag = False
+    ema: Flag = False
+    ema_decay: Annotated[float, Strict(), AllowInfNan(False), Gt(0), Lt(1)] = 0.9999
+    snr_gamma: PositiveNumber | None = None
+    noise_offset: NonNegativeNumber = 0.0
+    prediction_type: PredictionType | None = None  # None: the model's own
+    caption_dropout: Annotated[float, Strict(), AllowInfNan(False), Ge(0), Lt(1)] = 0.0
+    train_text_encoder: Flag = False
+    lora: Flag = False  # a LoRA on the UNet (and, with train_text_encoder, on the text encoder) instead of full weights
+    lora_rank: PositiveInt = 4
+    lora_alpha: PositiveNumber | None = None  # None: equal to the rank (scale 1); saved with the adapter
+    cache: Flag | None = None  # None: on whenever the augmentation is fixed (see cache_choice)
+    checkpoint_every: PositiveInt | None = None
+    keep_checkpoints: PositiveInt | None = None  # None: keep all
+    resume: NonEmptyText | None = None  # "latest", "auto" (resume if a checkpoint exists) or a checkpoint folder
+    overwrite: Flag = False  # a fresh run into a non-empty OUT replaces what an earlier run wrote there
+    validation_prompts: tuple[Prompt, ...] = ()
+    validate_every: PositiveInt | None = None
+    caption_column: NonEmptyText = "text"
+    skip_bad_images: Flag = False
+    allow_missing_captions: Flag = False
+    max_grad_norm: PositiveNumber = 1.0
+    offline: Flag = False
+    allow_pickle: Flag = False
+    tokenizer: PathText | None = None  # a single-file base model's tokenizer (folder or hub id)
+    ema_weights: Flag = True  # a single-file base model's EMA weights when it has them
+
+    _option_names: ClassVar[dict[str, str]] = {
+        "validation_prompts": "--validation-prompt", "crop": "--center-crop/--random-crop",
+        "cache": "--cache/--no-cache", "ema_weights": "--ema-weights/--no-ema-weights",
+    }  # fmt: skip
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "data", Path(self.data))
-        object.__setattr__(self, "out", Path(self.out))
-        object.__setattr__(self, "validation_prompts", tuple(self.validation_prompts))
-        if self.resolution is not None:
-            validate_size(self.resolution, None, DEFAULT_VAE_FACTOR)
-        _check_choice("--component", self.component, ("unet", "vae"))
+        validate_fields(self)
+
+        def n(key: str) -> str:
+            return name(TrainConfig, key)
+
         if self.component == "vae":
             unet_only = {
-                "--lora": self.lora, "--train-text-encoder": self.train_text_encoder, "--ema": self.ema,
-                "--cache": self.cache, "--snr-gamma": self.snr_gamma is not None, "--noise-offset": self.noise_offset > 0,
-                "--prediction-type": self.prediction_type is not None, "--caption-dropout": self.caption_dropout > 0,
-                "--checkpoint-every": self.checkpoint_every is not None, "--resume": self.resume is not None,
-                "--validation-prompt": bool(self.validation_prompts),
+                "lora": self.lora, "train_text_encoder": self.train_text_encoder, "ema": self.ema,
+                "cache": self.cache, "snr_gamma": self.snr_gamma is not None, "noise_offset": self.noise_offset > 0,
+                "prediction_type": self.prediction_type is not None, "caption_dropout": self.caption_dropout > 0,
+                "checkpoint_every": self.checkpoint_every is not None, "resume": self.resume is not None,
+                "validation_prompts": bool(self.validation_prompts),
             }  # fmt: skip
-            given = [name for name, used in unet_only.items() if used]
+            given = [key for key, used in unet_only.items() if used]
             if given:
-                raise UsageError(f"--component vae does not support {', '.join(given)}")
-        if self.kl_weight < 0:
-            raise UsageError(f"--kl-weight must be 0 or more, got {self.kl_weight}")
-        _check_choice("--crop", self.crop, ("center", "random"))
-        _check_choice("--lr-scheduler", self.lr_scheduler, LR_SCHEDULERS)
-        _check_choice("--mixed-precision", self.mixed_precision, PRECISIONS)
-        if self.prediction_type is not None:
-            _check_choice("--prediction-type", self.prediction_type, PREDICTION_TYPES)
-        for option, value in (
-            ("--batch-size", self.batch_size),
-            ("--grad-accum", self.grad_accum),
-            ("--lora-rank", self.lora_rank),
-        ):
-            if value < 1:
-                raise UsageError(f"{option} must be at least 1, got {value}")
-        for option, value in (
-            ("--max-steps", self.max_steps),
-            ("--epochs", self.epochs),
-            ("--checkpoint-every", self.checkpoint_every),
-            ("--keep-checkpoints", self.keep_checkpoints),
-            ("--validate-every", self.validate_every),
-        ):
-            if value is not None and value < 1:
-                raise UsageError(f"{option} must be at least 1, got {value}")
+                fail(given[0], f"{n('component')} vae does not support {', '.join(map(n, given))}")
         if (self.max_steps is None) == (self.epochs is None):
-            raise UsageError("give exactly one of --max-steps or --epochs")
-        if self.lr <= 0:
-            raise UsageError(f"--lr must be positive, got {self.lr}")
-        if self.warmup_steps < 0:
-            raise UsageError(f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
-        if not 0 <= self.caption_dropout < 1:
-            raise UsageError(f"--caption-dropout must be in [0, 1), got {self.caption_dropout}")
-        if not 0 < self.ema_decay < 1:
-            raise UsageError(f"--ema-decay must be between 0 and 1, got {self.ema_decay}")
-        if self.snr_gamma is not None and self.snr_gamma <= 0:
-            raise UsageError(f"--snr-gamma must be positive, got {self.snr_gamma}")
-        if self.noise_offset < 0:
-            raise UsageError(f"--noise-offset must be 0 or more, got {self.noise_offset}")
+            fail("epochs" if self.epochs is not None else "max_steps",
+                 f"give exactly one of {n('max_steps')} or {n('epochs')}")  # fmt: skip
         if self.lora and self.ema:
-            raise UsageError("--ema applies to full fine-tuning; drop it with --lora")
-        if self.lora_alpha is not None and self.lora_alpha <= 0:
-            raise UsageError(f"--lora-alpha must be positive, got {self.lora_alpha}")
+            fail("ema", f"{n('ema')} applies to full fine-tuning; drop it with {n('lora')}")
         if self.cache and (self.crop == "random" or self.random_flip):
-            raise UsageError(
-                "--cache needs a fixed augmentation: drop --random-crop / --random-flip, or pass --no-cache"
+            fail(
+                "cache",
+                "--cache needs a fixed augmentation: drop --random-crop / --random-flip, or pass --no-cache",
             )
         if self.validate_every is not None and not self.validation_prompts:
-            raise UsageError("--validate-every needs at least one --validation-prompt")
-        _check_seed(self.seed)
+            fail("validate_every", f"{n('validate_every')} needs at least one {n('validation_prompts')}")
+        if self.overwrite and self.resume is not None:
+            fail(
+                "overwrite",
+                f"{n('overwrite')} and {n('resume')} contradict: {n('resume')} continues the run in OUT, "
+                f"{n('overwrite')} replaces it; give one",
+            )
 
     def cache_choice(self) -> tuple[bool, str]:
         """Whether to cache latents and text embeddings, and why: on by default when it is valid."""
@@ -541,7 +705,7 @@ class TrainConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The settings a checkpoint must share with the run that resumes it (not length, output or I/O)."""
         ignored = {
-            "max_steps", "epochs", "out", "resume", "checkpoint_every", "keep_checkpoints", "cache",
+            "max_steps", "epochs", "out", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "cache",
             "gradient_checkpointing", "validation_prompts", "validate_every", "offline", "allow_pickle",
             "skip_bad_images", "allow_missing_captions", "tokenizer",
         }  # fmt: skip
@@ -556,40 +720,61 @@ def build_train_config(
 ) -> TrainConfig:
     """Merge a TOML file (any option, dashes or underscores) under the command line's explicit options.
 
-    `cli` holds the command-line values, None where an option was not given.
+    `cli` holds the command-line values, None where an option was not given. Each source is checked
+    on its own first, so a bad value names its option or its TOML key.
     """
-    merged: dict[str, Any] = {}
+    given = {k: v for k, v in cli.items() if v is not None}
+    unknown = sorted(set(given) - set(TRAIN_KEYS))
+    if unknown:
+        raise UsageError(f"unknown training settings: {', '.join(unknown)}")
+    check(TrainConfig, given, COMMAND_LINE)
+    from_file: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
     if config_file is not None:
-        merged.update(read_toml(config_file))
-    merged.update({k: v for k, v in cli.items() if v is not None})
+        from_file, toml = _read_toml(Path(config_file))
+        sources = dict.fromkeys(from_file, toml)
+    merged = {**from_file, **given}
+    sources.update(dict.fromkeys(given, COMMAND_LINE))
     merged["model"] = resolve_model_source(merged.get("model"), env)
     for required in ("data", "out"):
         if not merged.get(required):
             raise UsageError(f"--{required} is required (on the command line or in the --config file)")
-    if isinstance(merged.get("validation_prompts"), str):
-        merged["validation_prompts"] = (merged["validation_prompts"],)
-    try:
+    with origin(sources):
         return TrainConfig(**merged)
-    except TypeError as exc:
-        raise UsageError(f"bad training settings: {exc}") from exc
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    """Options from a TOML file: top-level keys named like the command-line options."""
+    """Options from a TOML file: top-level keys named like the command-line options, each checked."""
+    return _read_toml(Path(path))[0]
+
+
+def _read_toml(path: Path) -> tuple[dict[str, Any], Source]:
     import tomllib
 
     try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise UsageError(f"config file {path} does not exist") from exc
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"config file {path} is not valid TOML: {exc}") from exc
-    options = {key.replace("-", "_"): value for key, value in raw.items()}
-    options = {("validation_prompts" if k == "validation_prompt" else k): v for k, v in options.items()}
-    unknown = sorted(set(options) - set(TRAIN_KEYS))
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # TOMLDecodeError, UnicodeDecodeError, a number too long to convert
+        raise UsageError(f"config file {path} is not valid TOML: {str(exc).split(';')[0]}") from exc
+    spelling: dict[str, str] = {}
+    for key in raw:
+        option = key.replace("-", "_")
+        option = "validation_prompts" if option == "validation_prompt" else option
+        if option in spelling:
+            raise UsageError(f"config file {path}: {spelling[option]} and {key} are the same option; keep one")
+        spelling[option] = key
+    options = {option: raw[key] for option, key in spelling.items()}
+    unknown = sorted(spelling[k] for k in set(options) - set(TRAIN_KEYS))
     if unknown:
         raise UsageError(f"config file {path}: unknown options {', '.join(unknown)}")
-    return options
+    if isinstance(options.get("validation_prompts"), str):
+        options["validation_prompts"] = (options["validation_prompts"],)
+    source = Source(where=str(path), style="toml", error=UsageError, spelling=spelling)
+    check(TrainConfig, options, source)
+    return options, source
 
 
 def _jsonable(value: Any) -> Any:
@@ -607,24 +792,20 @@ class EvalConfig:
     Unset sampler settings come from the model's own recommendations, then the built-in defaults.
     """
 
-    model: str
-    n: int = 240  # half from training triples, half from held-out triples
-    seed: int = 0
-    steps: int | None = None
-    guidance: float | None = None
-    scheduler: str | None = None
-    batch_size: int = 16
-    out: Path | None = None  # where the judged images go (default: a temporary folder)
-    offline: bool = False
-    fast: bool = False  # judge `sample --fast` (its sampler and steps unless given)
-    tokenizer: str | None = None
-    ema_weights: bool = True
+    model: PathText
+    n: Annotated[int, Strict(), Ge(2)] = 240  # half from training triples, half from held-out triples
+    seed: Seed = 0
+    steps: PositiveInt | None = None
+    guidance: NonNegativeNumber | None = None
+    scheduler: SchedulerName | None = None
+    batch_size: PositiveInt = 16
+    out: FilePath | None = None  # where the judged images go (default: a temporary folder)
+    offline: Flag = False
+    fast: Flag = False  # judge `sample --fast` (its sampler and steps unless given)
+    tokenizer: PathText | None = None
+    ema_weights: Flag = True
+
+    _option_names: ClassVar[dict[str, str]] = {"ema_weights": "--ema-weights/--no-ema-weights"}
 
     def __post_init__(self) -> None:
-        if self.n < 2:
-            raise UsageError(f"--n must be at least 2, got {self.n}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
-        _check_seed(self.seed)
-        probe = {"steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler}
-        validate_generation(Generation("probe", **{k: v for k, v in probe.items() if v is not None}))
+        validate_fields(self)

@@ -76,13 +76,15 @@ def read_settings(path: Path) -> dict[str, Any]:
     record = _record(path, text)
     settings = dict(record["settings"])
     settings["num_images"] = 1
-    settings["model"] = record.get("model", {}).get("source")
-    settings["model_hash"] = record.get("model", {}).get("hash")
-    settings["tokenizer"] = record.get("model", {}).get("tokenizer")
-    settings["ema_weights"] = record.get("model", {}).get("ema_weights")
-    settings["batch_seeds"] = record.get("run", {}).get("batch_seeds")
+    model = record.get("model") if isinstance(record.get("model"), dict) else {}
+    run = record.get("run") if isinstance(record.get("run"), dict) else {}
+    settings["model"] = model.get("source")
+    settings["model_hash"] = model.get("hash")
+    settings["tokenizer"] = model.get("tokenizer")
+    settings["ema_weights"] = model.get("ema_weights")
+    settings["batch_seeds"] = run.get("batch_seeds")
     settings["lora"] = record.get("lora")
-    settings["mode"] = record.get("run", {}).get("mode", "default")
+    settings["mode"] = run.get("mode", "default")
     return settings
 
 

@@ -197,6 +197,9 @@ def resolve_model(
     tokenizer or an unsupported family fails before gigabytes are read.
     """
     path = Path(source).expanduser()
+    if not path.is_dir() and not path.is_file() and _looks_local(source):
+        special = " (it exists, but is neither a folder nor a file)" if path.exists() or path.is_symlink() else ""
+        raise ModelError(f"no such folder or file: {source}{special}")
     if tokenizer and not path.is_file():
         raise UsageError("--tokenizer is for single-file models; a diffusers folder or hub id carries its own")
     if path.is_dir():
@@ -238,6 +241,20 @@ def _resolve_single_file(source: str, path: Path, offline: bool, allow_pickle: b
             raise
         found = None
     return ResolvedModel(source, path, (path,), kind == "pickle", described, found, use_ema)
+
+
+def _looks_local(source: str) -> bool:
+    """Whether a model name that is not on disk was meant as a local path rather than a hub id (ORG/NAME):
+    it starts like a path, has more than one `/` or a weights-file suffix, uses the OS's own separator,
+    exists as something other than a folder or file, or its first part is a local folder (`models/tny`)."""
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        return True
+    if any(sep and sep != "/" and sep in source for sep in (os.sep, os.altsep)):
+        return True
+    if source.lower().endswith(SAFE_SUFFIXES + PICKLE_SUFFIXES):
+        return True
+    path = Path(source)
+    return path.exists() or path.is_symlink() or ("/" in source and Path(source.split("/")[0]).is_dir())
 
 
 def _env_offline() -> bool:

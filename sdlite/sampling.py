@@ -7,25 +7,36 @@ alone, on any device), and records what made each image.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import re
-from collections.abc import Callable
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdlite import metadata
+from sdlite import metadata, resources
 from sdlite.adapters import load_loras
 from sdlite.config import Generation, SampleConfig, validate_size
-from sdlite.errors import NumericalError, ResourceError, writing
+from sdlite.errors import NumericalError, ResourceError, UsageError, writing
 from sdlite.models import ResolvedModel, load_pipeline, pick_device, pick_dtype, resolve_model, vae_factor
 from sdlite.modes import apply_mode, load_device
 from sdlite.schedulers import SCHEDULERS, make_scheduler
 
 log = logging.getLogger("sdlite")
 ProgressFn = Callable[[int, int], None]
-_NAME = re.compile(r"^(\d{5})-")
+# `INDEX-SEED.png`: the index has at least 5 digits and simply grows wider past 99999, so numbering never
+# stops; `ls -v`, `sort -V` and file managers (natural order) list 99999 before 100000.
+_NAME = re.compile(r"^(\d{5,})-\d+\.png$")
+_GRID = re.compile(r"^grid-(\d{5,})(?:-\d+)?\.png$")
+FAR_ABOVE_NATIVE = 2  # warn when a side is more than this many times the model's native size
 
 
 @dataclass(frozen=True)
@@ -65,59 +76,93 @@ def sample(
     config: SampleConfig,
     progress: ProgressFn | None = None,
     on_image: Callable[[SampleResult], None] | None = None,
+    interrupt_grace: float | None = None,
 ) -> SampleRun:
     """Generate every image `config` asks for and write them under `config.out`.
 
     `progress(done, total)` is called after each denoising step, `on_image` after each file is
     written, so callers can stream results; nothing here prints.
+
+    Ctrl-C (SIGINT, when called from the main thread) stops the run at the next denoising step or
+    batch with KeyboardInterrupt; every image finished before it is written. With `interrupt_grace`
+    (the CLI's choice), a single operation still running that many seconds after Ctrl-C (a huge image)
+    ends the process with exit status 130 instead, once any image being written is complete.
     """
     # 1. Locate and check the model; check sizes against its own VAE before loading any weights.
     model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights)
     factor = vae_factor(model.configs()["vae"])
     native = model.native_size()
+    timesteps = model.configs()["scheduler"].get("num_train_timesteps", 1000)
     for gen in config.generations:
         validate_size(gen.height, gen.width, factor)
+        if gen.steps >= timesteps:  # the schedulers index past their last timestep
+            raise UsageError(
+                f"steps {gen.steps} is more than this model's noise schedule has ({timesteps} training timesteps): "
+                f"use at most {timesteps - 1}"
+            )
 
-    # 2. Load the pipeline on the chosen device and precision; note what identifies the model.
+    # 2. Check the memory the requested sizes and batches need against the device's, before spending any.
     device = pick_device(config.device)
-    pipe = load_pipeline(model, load_device(config.mode, device), pick_dtype(config.dtype, device))
-    base_scheduler_config = pipe.scheduler.config  # every sampler is built from the model's own schedule
+    dtype = pick_dtype(config.dtype, device)
+    resources.check_sample(model, config, device, str(dtype).removeprefix("torch."))
     warnings: list[str] = []
+    for height, width in dict.fromkeys((g.height or native, g.width or native) for g in config.generations):
+        if max(height, width) > FAR_ABOVE_NATIVE * native:
+            _warn(warnings, _far_above_native(height, width, native))
+
+    # 3. Load the pipeline on the chosen device and precision; note what identifies the model.
+    pipe = load_pipeline(model, load_device(config.mode, device), dtype)
+    base_scheduler_config = pipe.scheduler.config  # every sampler is built from the model's own schedule
     loras = load_loras(pipe, config.loras, warnings)
     applied = apply_mode(pipe, config.mode, device, bool(loras))
     facts = _facts(config.model, model, device, str(pipe.unet.dtype), loras or None, config.mode)
-    if config.expected_model_hash and config.expected_model_hash != facts.model_hash:
+    expected = (config.expected_model_hash or "").lower()
+    if expected and not facts.model_hash.startswith(expected):  # A1111 records only the first 10 hex digits
         _warn(
             warnings,
             f"model {facts.ref} (hash {facts.model_hash[:10]}) is not the one the source image was made with "
             f"(hash {config.expected_model_hash[:10]}); the pixels will differ",
         )
 
-    # 3. Denoise in batches and write each image as soon as its batch is done.
+    # 4. Denoise in batches and write each image as soon as its batch is done.
     out = _prepare_out(config.out)
-    counter = _StepCounter(progress, sum(g.steps * g.num_images for g in config.generations))
+    numbering = _Numbering(out)
+    stop = _StopRequest(interrupt_grace)
+    counter = _StepCounter(progress, sum(g.steps * g.num_images for g in config.generations), stop)
     results: list[SampleResult] = []
-    for gen in config.generations:
-        warning = _truncation_warning(pipe.tokenizer, gen.prompt)
-        if warning:
-            _warn(warnings, warning)
-        pipe.scheduler = make_scheduler(gen.scheduler, base_scheduler_config)
-        height, width = gen.height or native, gen.width or native
-        for start in range(0, gen.num_images, config.batch_size):
-            seeds = list(range(gen.seed + start, gen.seed + min(gen.num_images, start + config.batch_size)))
-            pixels = _generate(pipe, gen, seeds, height, width, counter)
-            for seed, image in zip(seeds, pipe.numpy_to_pil(pixels), strict=True):
-                if config.keep_seeds and seed not in config.keep_seeds:
-                    continue
-                settings = {**dataclasses.asdict(gen), "seed": seed, "height": height, "width": width}
-                settings.pop("num_images")
-                result = _save(out, image, settings, seeds, facts)
-                results.append(result)
-                if on_image:
-                    on_image(result)
-
-    grid = _write_grid(out, results) if config.grid else None
+    with stop.armed():
+        for gen in config.generations:
+            warning = _truncation_warning(pipe.tokenizer, gen.prompt)
+            if warning:
+                _warn(warnings, warning)
+            pipe.scheduler = make_scheduler(gen.scheduler, base_scheduler_config)
+            height, width = gen.height or native, gen.width or native
+            for start in range(0, gen.num_images, config.batch_size):
+                stop.check()
+                seeds = list(range(gen.seed + start, gen.seed + min(gen.num_images, start + config.batch_size)))
+                pixels = _generate(pipe, gen, seeds, height, width, counter)
+                for seed, image in zip(seeds, pipe.numpy_to_pil(pixels), strict=True):
+                    if config.keep_seeds and seed not in config.keep_seeds:
+                        continue
+                    settings = {**dataclasses.asdict(gen), "seed": seed, "height": height, "width": width}
+                    settings.pop("num_images")
+                    with stop.writing():  # a hard stop after Ctrl-C waits for this image and its report
+                        result = _save(out, numbering, image, settings, seeds, facts)
+                        results.append(result)
+                        if on_image:
+                            on_image(result)
+        stop.check()  # interrupted during the last batch: no grid, exit 130 like any other interruption
+        with stop.writing():
+            grid = _write_grid(out, results, numbering) if config.grid else None
     return SampleRun(tuple(results), grid, tuple(warnings), tuple(applied))
+
+
+def _far_above_native(height: int, width: int, native: int) -> str:
+    return (
+        f"{width}x{height} is far above the model's native {native}x{native} ({max(height, width) / native:.3g}x "
+        f"per side): expect repeated or broken composition, and a run at least {height * width / native**2:,.0f} "
+        "times as long as one at the native size"
+    )
 
 
 @dataclass(frozen=True)
@@ -165,7 +210,8 @@ def _single_file_record(model: ResolvedModel) -> dict[str, Any]:
     }
 
 
-def _save(out: Path, image: Any, settings: dict[str, Any], batch: list[int], facts: _ModelFacts) -> SampleResult:
+def _save(out: Path, numbering: _Numbering, image: Any, settings: dict[str, Any], batch: list[int],
+          facts: _ModelFacts) -> SampleResult:  # fmt: skip
     """Write one PNG with both metadata chunks and describe it."""
     record = {
         "format": metadata.FORMAT_VERSION,
@@ -177,7 +223,7 @@ def _save(out: Path, image: Any, settings: dict[str, Any], batch: list[int], fac
     }
     spec = SCHEDULERS[settings["scheduler"]]
     info = metadata.png_info(metadata.a1111_parameters(settings, spec, facts.model_hash, facts.name), record)
-    path, index = _write_png(out, settings["seed"], image, info)
+    path, index = _write_png(out, numbering, settings["seed"], image, info)
     return SampleResult(path=path, index=index, model=facts.ref, model_hash=facts.model_hash, **settings)
 
 
@@ -226,12 +272,14 @@ class _NonFiniteLatents(Exception):
 
 
 class _StepCounter:
-    """A pipeline step-end callback that reports overall progress across all batches."""
+    """A pipeline step-end callback that reports overall progress across all batches and stops the
+    run at the step after a Ctrl-C."""
 
-    def __init__(self, progress: ProgressFn | None, total: int) -> None:
-        self.progress, self.total, self.done = progress, total, 0
+    def __init__(self, progress: ProgressFn | None, total: int, stop: _StopRequest) -> None:
+        self.progress, self.total, self.done, self.stop = progress, total, 0, stop
 
     def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        self.stop.check()
         latents = kwargs["latents"]
         # Stop at once: every later step and the decode would be wasted. On an accelerator the check
         # waits for the device, so there it runs once per batch, at the last step.
@@ -242,6 +290,99 @@ class _StepCounter:
         if self.progress:
             self.progress(min(self.done, self.total), self.total)
         return kwargs
+
+
+class _StopRequest:
+    """Ctrl-C during sampling: a flag the loop checks between denoising steps and between batches.
+
+    Python runs signal handlers only between bytecodes, so a single long torch call (one step of a huge
+    image) would hold the flag back for minutes. With `grace`, a watcher thread learns of each SIGINT at
+    once through the interpreter's wakeup fd; if the run has not stopped `grace` seconds after the first
+    (or at a second Ctrl-C) it ends the process with status 130, after taking the write lock, so an image
+    being written and reported is completed, never cut.
+    """
+
+    EXIT_CODE = 130
+
+    def __init__(self, grace: float | None) -> None:
+        self.grace, self.requested = grace, False
+        self.lock = threading.Lock()
+        self.finished = threading.Event()
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        with self.lock:
+            yield
+
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[None]:
+        try:
+            previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: Ctrl-C keeps its default meaning
+            yield
+            return
+        wakeup = self._watch() if self.grace is not None else None
+        try:
+            yield
+        finally:
+            self.finished.set()
+            signal.signal(signal.SIGINT, previous)
+            if wakeup is not None:
+                previous_fd, writer, reader = wakeup
+                signal.set_wakeup_fd(previous_fd)
+                with contextlib.suppress(OSError):
+                    reader.shutdown(socket.SHUT_RDWR)  # wakes the watcher, which then returns
+                writer.close()
+                reader.close()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and self.grace is None:  # a second Ctrl-C from a Python caller: now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def _watch(self) -> tuple[int, socket.socket, socket.socket]:
+        """Start the watcher thread; returns the previous wakeup fd and the socket pair to close."""
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        threading.Thread(target=self._watcher, args=(reader,), daemon=True).start()
+        return previous, writer, reader
+
+    def _watcher(self, reader: socket.socket) -> None:
+        assert self.grace is not None
+        deadline = None
+        try:
+            while True:
+                reader.settimeout(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+                try:
+                    received = reader.recv(64)
+                except TimeoutError:
+                    break  # the grace period is over and the run is still busy
+                if not received or self.finished.is_set():
+                    return  # the run is over
+                if signal.SIGINT in received:
+                    if deadline is not None:
+                        break  # a second Ctrl-C
+                    deadline = time.monotonic() + self.grace
+        except OSError:
+            return
+        self._hard_stop()
+
+    def _hard_stop(self) -> None:
+        """End the process as the CLI does after KeyboardInterrupt, without waiting for the running operation."""
+        locked = self.lock.acquire(timeout=30)  # an image being written and reported is finished first
+        if self.finished.is_set():  # the run ended meanwhile and reports its own outcome
+            if locked:
+                self.lock.release()
+            return
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        os.write(2, b"\ninterrupted\n" if os.isatty(2) else b"interrupted\n")
+        os._exit(self.EXIT_CODE)
 
 
 def _warn(warnings: list[str], message: str) -> None:
@@ -266,38 +407,51 @@ def _prepare_out(out: Path) -> Path:
     return out
 
 
-def _write_png(out: Path, seed: int, image: Any, info: Any) -> tuple[Path, int]:
-    """Write `NNNNN-SEED.png` under the next free index; exclusive creation, so nothing is overwritten."""
+class _Numbering:
+    """Image indices for one run: the folder is scanned once, then counted up.
+
+    The next index follows the highest `INDEX-SEED.png` (or `grid-INDEX.png`) already there; a name
+    taken meanwhile (another run writing into the same folder) is skipped by exclusive creation.
+    """
+
+    def __init__(self, out: Path) -> None:
+        with writing(f"to output folder {out}"):
+            names = [p.name for p in out.iterdir()]
+        taken = [int(m.group(1)) for name in names if (m := _NAME.match(name) or _GRID.match(name))]
+        self.next = max(taken, default=-1) + 1
+
+    def take(self) -> int:
+        index, self.next = self.next, self.next + 1
+        return index
+
+
+def _write_png(out: Path, numbering: _Numbering, seed: int, image: Any, info: Any) -> tuple[Path, int]:
+    """Write `INDEX-SEED.png` under the next free index; exclusive creation, so nothing is overwritten."""
     import io
 
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
-    index = _next_index(out)
     while True:
+        index = numbering.take()
         path = out / f"{index:05d}-{seed}.png"
         try:
             with path.open("xb") as f:
                 f.write(buffer.getvalue())
             return path, index
         except FileExistsError:
-            index += 1
+            continue
         except OSError:
             path.unlink(missing_ok=True)  # never leave a partial image behind
             with writing(str(path)):
                 raise
 
 
-def _next_index(out: Path) -> int:
-    taken = [int(m.group(1)) for p in out.iterdir() if (m := _NAME.match(p.name))]
-    return max(taken, default=-1) + 1
-
-
-def _write_grid(out: Path, results: list[SampleResult]) -> Path:
-    """A contact sheet of every image with its prompt and seed underneath, saved as grid-NNNNN.png."""
+def _write_grid(out: Path, results: list[SampleResult], numbering: _Numbering) -> Path:
+    """A contact sheet of every image with its prompt and seed underneath, saved as grid-INDEX.png."""
     from sdlite.grid import contact_sheet
 
     sheet = contact_sheet([(r.path, f"{r.prompt} | seed {r.seed}") for r in results])
-    index = results[0].index if results else _next_index(out)
+    index = results[0].index if results else numbering.take()
     path = out / f"grid-{index:05d}.png"
     n = 0
     while path.exists():

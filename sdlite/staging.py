@@ -2,18 +2,82 @@
 
 A rename is atomic within a file system, so an interrupted write never leaves a file or folder that
 looks finished under the final name; write failures become one-line ResourceErrors (exit 5).
+
+Everything renamed into place gets the modes plain `open()` and `mkdir` give (0666/0777 less the
+umask): teammates and inference services are meant to read it. Temporary names are created with those
+modes (tempfile's mkstemp/mkdtemp would make them private, 0600/0700), and `share` corrects what
+libraries write privately (safetensors files are created 0600) before the rename.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sdlite.errors import writing
+
+_ATTEMPTS = 100  # names tried before giving up (a clash needs another writer using the same random name)
+
+
+def current_umask() -> int:
+    """This process's umask (read from /proc on Linux; elsewhere set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share(path: Path) -> None:
+    """Give `path` (a file, or a folder and everything in it) the modes `open()`/`mkdir` give under the
+    umask. Hard-linked files are left alone: they are someone else's too (frozen weights linked from
+    a base model), and changing their mode would change the original's."""
+    mask = current_umask()
+    path = Path(path)
+    entries = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+    for entry in entries:
+        info = entry.lstat()
+        if stat.S_ISDIR(info.st_mode):
+            wanted = 0o777 & ~mask
+        elif stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            wanted = 0o666 & ~mask | (stat.S_IMODE(info.st_mode) & 0o111 & ~mask)  # keep executable bits
+        else:
+            continue
+        if stat.S_IMODE(info.st_mode) != wanted:
+            os.chmod(entry, wanted)
+
+
+def new_file(folder: Path, prefix: str) -> Path:
+    """Create an empty file with a fresh name in `folder`, mode 0666 less the umask."""
+    for _ in range(_ATTEMPTS):
+        path = Path(folder) / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free temporary name in {folder}")
+
+
+def new_folder(folder: Path, prefix: str) -> Path:
+    """Create an empty folder with a fresh name in `folder`, mode 0777 less the umask."""
+    for _ in range(_ATTEMPTS):
+        path = Path(folder) / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free temporary name in {folder}")
 
 
 @contextmanager
@@ -22,13 +86,13 @@ def staged_file(target: Path, what: str) -> Iterator[Path]:
     target = Path(target)
     with writing(f"{what} {target}"):
         target.absolute().parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.absolute().parent)
-        os.close(handle)
+        temp = new_file(target.absolute().parent, f".{target.name}.")
         try:
-            yield Path(temp)
+            yield temp
+            share(temp)
             os.replace(temp, target)
         finally:
-            Path(temp).unlink(missing_ok=True)
+            temp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -37,9 +101,10 @@ def staged_folder(target: Path, what: str) -> Iterator[Path]:
     target = Path(target)
     with writing(f"{what} {target}"):
         target.absolute().parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.absolute().parent))
+        staging = new_folder(target.absolute().parent, f".{target.name}.")
         try:
             yield staging
+            share(staging)
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():

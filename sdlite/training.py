@@ -15,14 +15,13 @@ import json
 import math
 import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdlite import checkpoints
+from sdlite import checkpoints, resources
 from sdlite.config import TrainConfig, validate_size
 from sdlite.errors import Interrupted, NumericalError, UsageError, writing
 from sdlite.models import (
@@ -33,6 +32,7 @@ from sdlite.models import (
     silence_library_progress,
     vae_factor,
 )
+from sdlite.staging import new_folder
 
 EventFn = Callable[[dict[str, Any]], None]
 LossHook = Callable[[int, Any], Any]  # (global step, loss) -> loss; lets tests inject faults
@@ -92,7 +92,8 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
         )
     factor = vae_factor(model.configs()["vae"])
     resolution = config.resolution or model.native_size()
-    validate_size(resolution, None, factor)
+    validate_size(resolution, None, factor, names=("--resolution",))
+    resources.check_train(model, config, resolution, num_processes)  # before any image is read or weight loaded
     dataset = check_images(
         discover(config.data, config.caption_column, config.allow_missing_captions), config.skip_bad_images
     )
@@ -166,14 +167,19 @@ def _train(
     config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: LossHook | None, torch: Any
 ) -> TrainResult:
     # 1. Plan: model and data checked before any weights load.
+    check_out(config)
     plan, dataset, model = make_plan(config, accelerator.num_processes)
     emit("plan", **plan.to_dict())
-    prepare_out(config, accelerator)
+    resume_from = resume_folder(config)
+    prepare_out(config, accelerator, fresh=resume_from is None)
     for note in plan.skipped:
         emit("warning", message=note)
 
     # 2. Components: frozen ones in the compute precision, trained ones in fp32.
     parts = _load_components(model, config, accelerator, torch)
+    too_long = long_captions(parts.tokenizer, [e.caption for e in dataset.examples])
+    if too_long:
+        emit("warning", message=too_long)
     params = [p for m in parts.trained for p in m.parameters() if p.requires_grad]
     optimizer, kind = make_optimizer(params, config.lr, torch)
     emit("speedups", applied=[kind, "SDPA attention", *_tf32(accelerator, torch)])
@@ -190,8 +196,8 @@ def _train(
 
     # 3. Resume: weights, optimizer, schedule and EMA from a verified checkpoint; the step says the rest.
     start_step = 0
-    if config.resume:
-        folder = checkpoints.find_resume(config.out, config.resume)
+    if resume_from is not None:
+        folder = resume_from
         manifest = checkpoints.verify(folder, config.fingerprint())
         _load_trained_weights(parts, folder, config, torch)
         checkpoints.load_optimizer(optimizer, folder / "training")
@@ -299,13 +305,66 @@ def _tf32(accelerator: Any, torch: Any) -> list[str]:
     return ["TF32"]
 
 
-def prepare_out(config: TrainConfig, accelerator: Any) -> None:
+# What a training run writes in OUT: `--overwrite` removes these (and nothing else) before it starts.
+OUT_ENTRIES = ("checkpoints", "validation", "loss.csv", "loss.png", "sdlite-train.json", "model_index.json",
+               "unet", "vae", "text_encoder", "tokenizer", "scheduler", LORA_FILE)  # fmt: skip
+
+
+def resume_folder(config: TrainConfig) -> Path | None:
+    """The checkpoint this run continues from: `--resume latest` or a folder; `auto` takes the newest
+    checkpoint when there is one and starts fresh when there is none (a preemptible job's restart)."""
+    if config.resume == "auto":
+        found = checkpoints.list_checkpoints(config.out)
+        return found[-1] if found else None
+    return checkpoints.find_resume(config.out, config.resume) if config.resume else None
+
+
+def long_captions(tokenizer: Any, captions: list[str]) -> str | None:
+    """One warning when captions run past what the text encoder reads (CLIP keeps its first 77 tokens)."""
+    unique = sorted(set(captions))
+    if not unique:
+        return None
+    limit = tokenizer.model_max_length
+    lengths = {c: len(ids) for c, ids in zip(unique, tokenizer(unique, truncation=False).input_ids, strict=True)}
+    long = [c for c in captions if lengths[c] > limit]
+    if not long:
+        return None
+    example = max(unique, key=lambda c: lengths[c])
+    return (
+        f"{len(long)} of {len(captions)} captions are longer than the text encoder's {limit} tokens; the words "
+        f"past that are never seen in training (longest: {lengths[example]} tokens, {example[:60]!r}...)"
+    )
+
+
+def check_out(config: TrainConfig) -> None:
+    """A fresh run refuses an OUT that already holds files, so an earlier run's model and checkpoints
+    are never mixed with or replaced by a new one by accident (`--resume` continues, `--overwrite` replaces)."""
+    if config.resume or config.overwrite:
+        return
+    out = Path(config.out)
+    held = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+    if held:
+        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise UsageError(
+            f"--out {out} is not empty ({shown}): pass --resume latest (or auto) to continue that run, "
+            "--overwrite to replace it, or another --out"
+        )
+
+
+def prepare_out(config: TrainConfig, accelerator: Any, fresh: bool) -> None:
     """Create OUT before any weights load (an unwritable location fails in seconds, not after a
-    model load) and clear what a killed run may have left half-written there."""
+    model load) and clear what a killed run may have left half-written there; a fresh run with
+    `--overwrite` first removes an earlier run's outputs."""
     if accelerator.is_main_process:
-        with writing(f"to output folder {config.out}"):
-            Path(config.out).mkdir(parents=True, exist_ok=True)
+        out = Path(config.out)
+        with writing(f"to output folder {out}"):
+            out.mkdir(parents=True, exist_ok=True)
+            if fresh and config.overwrite:
+                for name in OUT_ENTRIES:
+                    target = out / name
+                    shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         checkpoints.clean_staging(config.out)
+    accelerator.wait_for_everyone()
 
 
 @dataclass
@@ -531,7 +590,7 @@ def _save_checkpoint(parts: _Parts, unet: Any, text_encoder: Any, optimizer: Any
     if accelerator.is_main_process:
         with writing(f"checkpoint {final}"):
             final.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+            staging = new_folder(final.parent, f".{final.name}.")  # the umask's mode, unlike mkdtemp's 0700
             try:
                 _write_checkpoint(parts, unet, text_encoder, optimizer, lr_schedule, ema, config, model, staging,
                                   accelerator)  # fmt: skip
@@ -599,7 +658,7 @@ def _save_output(parts: _Parts, unet: Any, text_encoder: Any, ema: Any, config: 
         out = Path(config.out)
         with writing(f"the trained model in {out}"):
             out.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".final.", dir=out))
+            staging = new_folder(out, ".final.")
             try:
                 with _ema_weights(ema, _unwrapped(accelerator, unet)):
                     _assemble(parts, unet, text_encoder, config, model, staging, accelerator)
@@ -688,14 +747,37 @@ class FiniteGuard:
 
 
 class _Emitter:
-    """Sends events to the caller's callback, from the main process only."""
+    """Sends events to the caller's callback, from the main process only.
+
+    Step events also get `elapsed` (seconds of stepping in this run: its images / images_per_s), `eta`
+    (seconds left at that pace) and `epoch` (epochs completed, fractional, as the plan counts them),
+    worked out from the plan and resume events sent before them, for the UNet and VAE loops alike.
+    """
 
     def __init__(self, on_event: EventFn | None, main: bool) -> None:
         self.on_event, self.main = on_event, main
+        self.steps_per_epoch, self.effective_batch, self.first_step = 0.0, 0, 0
 
     def __call__(self, kind: str, **data: Any) -> None:
+        if kind == "plan":
+            self.steps_per_epoch, self.effective_batch = data["steps_per_epoch"], data["effective_batch"]
+        elif kind == "resume":
+            self.first_step = data["step"]
+        elif kind == "step":
+            timing = self._timing(data["step"], data["steps"], data.get("images_per_s") or 0.0)
+            data = {**data, **{k: v for k, v in timing.items() if k not in data}}
         if self.on_event is not None and self.main:
             self.on_event({"event": kind, **data})
+
+    def _timing(self, step: int, steps: int, images_per_s: float) -> dict[str, Any]:
+        timing: dict[str, Any] = {"elapsed": None, "eta": None, "epoch": None}
+        done = step - self.first_step
+        if done > 0 and images_per_s > 0 and self.effective_batch:
+            elapsed = done * self.effective_batch / images_per_s
+            timing["elapsed"], timing["eta"] = round(elapsed, 3), round((steps - step) * elapsed / done, 3)
+        if self.steps_per_epoch:
+            timing["epoch"] = round(step / self.steps_per_epoch, 4)
+        return timing
 
 
 class _LossLog:

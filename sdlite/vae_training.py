@@ -23,6 +23,7 @@ from sdlite.training import (
     _Emitter,
     _LossLog,
     batch_indices,
+    check_out,
     make_optimizer,
     make_plan,
     mix,
@@ -38,9 +39,10 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: 
     from diffusers import AutoencoderKL
     from diffusers.optimization import get_scheduler
 
+    check_out(config)
     plan, dataset, model = make_plan(config, accelerator.num_processes)
     emit("plan", **plan.to_dict())
-    prepare_out(config, accelerator)
+    prepare_out(config, accelerator, fresh=True)
     vae = AutoencoderKL.from_pretrained(model.path / "vae", use_safetensors=not model.uses_pickle or None)
     vae.train()
     optimizer, kind = make_optimizer(list(vae.parameters()), config.lr, torch)

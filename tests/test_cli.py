@@ -348,6 +348,10 @@ def test_progress_bar_only_on_a_terminal_and_not_quiet(monkeypatch: pytest.Monke
     assert "3/6" in terminal.getvalue()
     with _progress_bar(enabled=False) as update:
         assert update is None
-    monkeypatch.setattr(sys, "stderr", io.StringIO())
-    with _progress_bar(enabled=True) as update:
-        assert update is None
+    log = io.StringIO()  # not a terminal (CI, Slurm, nohup): plain lines instead of a bar (tests/test_logs.py)
+    monkeypatch.setattr(sys, "stderr", log)
+    with _progress_bar(enabled=True, images=1) as update:
+        update(0, 6)
+        update(6, 6)
+        update.image_done()
+    assert log.getvalue().startswith("sample: 1/1 images, 6/6 steps, ") and "\r" not in log.getvalue()

@@ -142,6 +142,8 @@ def test_no_prompt_is_a_usage_error() -> None:
 def test_batch_size_and_choices() -> None:
     with pytest.raises(UsageError, match="--batch-size"):
         build(prompts=("a",), batch_size=-1)
+    with pytest.raises(UsageError, match="--batch-size must be at least 1, got 0"):  # not read as "not given"
+        build(prompts=("a",), batch_size=0)
     with pytest.raises(UsageError, match="--dtype must be one of"):
         build(prompts=("a",), dtype="fp8")
     with pytest.raises(UsageError, match="--device must be one of"):

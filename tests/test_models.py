@@ -25,7 +25,7 @@ def test_a_diffusers_component_file_is_not_taken_for_a_single_file_model(tiny_mo
 
 
 def test_missing_path_names_it(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match=r"model '.*nowhere' not found"):
+    with pytest.raises(ModelError, match=r"^no such folder or file: .*nowhere$"):
         resolve_model(str(tmp_path / "nowhere"))
 
 
@@ -81,4 +81,6 @@ def test_hub_id_loads_from_local_cache_offline(
 
 def test_not_a_path_nor_hub_id(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="not a hub id"):
+        resolve_model("not a model")
+    with pytest.raises(ModelError, match=r"^no such folder or file: a/b/c$"):  # a path, not ORG/NAME
         resolve_model("a/b/c")

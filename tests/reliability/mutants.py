@@ -81,7 +81,7 @@ MUTANTS = [
            "if True", "disk_full_during_training"),
     Mutant("disk-errors-unmapped", "sdlite/errors.py", "    except OSError as exc:\n        reason", "    except KeyError as exc:\n        reason",
            "unwritable or full_disk or enospc"),
-    Mutant("out-created-late", "sdlite/training.py", "    prepare_out(config, accelerator)\n", "", "unwritable_training"),
+    Mutant("out-created-late", "sdlite/training.py", "    prepare_out(config, accelerator, fresh=resume_from is None)\n", "", "unwritable_training"),
     Mutant("resource-code-changed", "sdlite/errors.py", "    exit_code = 5", "    exit_code = 1", "each_kind"),
     Mutant("oom-is-internal", "sdlite/cli.py", 'if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":',
            "if False:", "unexpected_exceptions"),
@@ -108,6 +108,10 @@ MUTANTS = [
            "False", "torch_zip"),
     Mutant("header-length-unbounded", "sdlite/models.py", "if 2 <= header_len <= min(_MAX_HEADER, size - 8):",
            "if 2 <= header_len:", "damaged"),
+    Mutant("ctrl-c-only-between-batches", "sdlite/sampling.py", "        self.stop.check()\n        latents = kwargs",
+           "        latents = kwargs", "ctrl_c_while_sampling"),
+    Mutant("ctrl-c-waits-for-long-operations", "sdlite/sampling.py",
+           "wakeup = self._watch() if self.grace is not None else None", "wakeup = None", "long_operation"),
     Mutant("help-table-dropped", "sdlite/cli.py", "for code, text in EXIT_CODES.items())", "for code, text in [])", "table"),
 ]  # fmt: skip
 

@@ -1,0 +1,276 @@
+"""How a config's fields are checked, and how a bad value is named.
+
+Each field of a config dataclass carries its type (pydantic, strict: a boolean is not a number, a
+float is not an integer, a string is not either) and its range. The same check runs for every source
+of a value; only the name in the message differs, so the user learns exactly where to look:
+
+    --max-steps must be at least 1, got 0                      (the command line, or a Python caller)
+    train.toml: max-steps must be an integer, got 10.7         (a TOML file, the key as written)
+    prompts.jsonl:3: "steps" must be a positive integer, got "ten"   (a prompts-file line)
+
+Nothing here imports torch or diffusers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, NoReturn, Union, get_args, get_origin
+
+from annotated_types import Ge, Gt, Le, Lt, MinLen
+from pydantic import AfterValidator, AllowInfNan, BeforeValidator, Strict, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError
+
+from sdlite.errors import SdliteError, UsageError
+
+
+def _fspath(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _unicode(value: str) -> str:
+    """Text a tokenizer can read: no lone surrogates (invalid UTF-8 on a command line, a broken `\\ud800`
+    escape in JSON)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PydanticCustomError("unicode", "not valid Unicode", {"position": exc.start}) from None
+    return value
+
+
+# The field types configs are declared with.
+Integer = Annotated[int, Strict()]
+PositiveInt = Annotated[int, Strict(), Ge(1)]
+NonNegativeInt = Annotated[int, Strict(), Ge(0)]
+Number = Annotated[float, Strict(), AllowInfNan(False)]  # an int is accepted, NaN and inf are not
+NonNegativeNumber = Annotated[float, Strict(), AllowInfNan(False), Ge(0)]
+PositiveNumber = Annotated[float, Strict(), AllowInfNan(False), Gt(0)]
+Text = Annotated[str, Strict()]
+Prompt = Annotated[str, Strict(), AfterValidator(_unicode)]
+NonEmptyText = Annotated[str, Strict(), MinLen(1)]
+Flag = Annotated[bool, Strict()]
+PathText = Annotated[str, Strict(), BeforeValidator(_fspath)]  # a path or hub id, kept as given
+FilePath = Annotated[Path, BeforeValidator(_fspath)]  # a str or os.PathLike, stored as a Path
+
+
+def one_of(names: tuple[str, ...] | list[str]) -> Any:
+    """The type of a setting that takes one of a fixed list of names."""
+    return Literal[tuple(names)]  # type: ignore[valid-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where values came from, so that an error names it the way the user wrote it.
+
+    `where` prefixes the message (a file, or `file:line`); `style` says how a field is named there:
+    `option` (--max-steps, also for Python callers), `json` ("max_steps") or `toml` (the key as written);
+    `error` is the exception (and so the exit code) a bad value from here raises.
+    """
+
+    where: str | None = None
+    style: Literal["option", "json", "toml"] = "option"
+    error: type[SdliteError] = UsageError
+    spelling: Mapping[str, str] = dataclasses.field(default_factory=dict)  # toml: field -> key as written
+
+    def name(self, field: str, owner: type | None = None) -> str:
+        if self.style == "json":
+            return json.dumps(field)
+        if self.style == "toml":
+            return self.spelling.get(field, field.replace("_", "-"))
+        return option_name(owner, field)
+
+    def fail(self, message: str) -> SdliteError:
+        return self.error(f"{self.where}: {message}" if self.where else message)
+
+
+COMMAND_LINE = Source()
+
+
+def option_name(owner: type | None, field: str) -> str:
+    """The command-line spelling of a field: `--max-steps`, unless the class names it otherwise."""
+    names: Mapping[str, str] = getattr(owner, "_option_names", {})
+    return names.get(field) or "--" + field.replace("_", "-")
+
+
+# Where each field of the config being built came from (field -> Source); unset: the command line.
+_ORIGIN: ContextVar[Mapping[str, Source] | None] = ContextVar("sdlite_config_origin", default=None)
+
+
+@contextmanager
+def origin(sources: Mapping[str, Source]) -> Iterator[None]:
+    """Build configs inside this block to have their errors name each field's own source."""
+    token = _ORIGIN.set(sources)
+    try:
+        yield
+    finally:
+        _ORIGIN.reset(token)
+
+
+def source_of(field: str) -> Source:
+    return (_ORIGIN.get() or {}).get(field, COMMAND_LINE)
+
+
+def name(owner: type, field: str) -> str:
+    """A field's name as its source spells it (for messages about several fields)."""
+    return source_of(field).name(field, owner)
+
+
+def fail(field: str, message: str) -> NoReturn:
+    """Raise `message` as the error of `field`'s source (its prefix and exit code)."""
+    raise source_of(field).fail(message)
+
+
+def validate_fields(obj: Any) -> None:
+    """Check every field of a config dataclass against its declared type; normalize paths and tuples.
+
+    Called from `__post_init__`, so a config is checked however it is made: by the CLI, from a file,
+    or by a Python caller.
+    """
+    owner = type(obj)
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        checked, reason = _check(_hints(owner)[f.name], value)
+        if reason is not None:
+            fail(f.name, f"{name(owner, f.name)} {reason}")
+        if type(checked) is not type(value) and isinstance(checked, str | Path | tuple):
+            object.__setattr__(obj, f.name, checked)  # "out" -> Path("out"), [..] -> (..), Path -> str
+
+
+def check(owner: type, values: Mapping[str, Any], source: Source) -> None:
+    """Check the given fields of `owner` as they came from one source, before any are merged."""
+    hints = _hints(owner)
+    for field, value in values.items():
+        _, reason = _check(hints[field], value)
+        if reason is not None:
+            raise source.fail(f"{source.name(field, owner)} {reason}")
+
+
+def check_value(hint: Any, value: Any, label: str, source: Source = COMMAND_LINE) -> Any:
+    """Check one value that is not a config field (say `--num-processes`); returns it normalized."""
+    checked, reason = _check(hint, value)
+    if reason is not None:
+        raise source.fail(f"{label} {reason}")
+    return checked
+
+
+def describe_field(owner: type, field: str) -> str | None:
+    """What a field accepts, in words ("a positive integer"), or None if `owner` has no such field."""
+    hint = _hints(owner).get(field)
+    return None if hint is None else describe(hint)
+
+
+@cache
+def _hints(owner: type) -> dict[str, Any]:
+    return typing.get_type_hints(owner, include_extras=True)
+
+
+@cache
+def _adapter(hint: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(hint)
+
+
+def _check(hint: Any, value: Any) -> tuple[Any, str | None]:
+    try:
+        return _adapter(hint).validate_python(value), None
+    except ValidationError as exc:
+        return value, _reason(hint, exc.errors()[0], value)
+
+
+def _reason(hint: Any, error: Any, value: Any) -> str:
+    """Why `value` is not accepted: the part of the message after the field's name."""
+    kind, top = error["type"], not error["loc"]
+    shown = show(value)
+    base, meta = _unwrap(hint)
+    if top and kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"must be {_range(meta)}, got {shown}"
+    if top and kind == "finite_number":
+        return f"must be a finite number, got {shown}"
+    if top and kind == "int_type" and isinstance(value, float):
+        return f"must be an integer, got {shown}"
+    if top and kind == "literal_error":
+        return f"must be one of {', '.join(map(str, get_args(base)))}; got {shown}"
+    if top and kind == "string_too_short":
+        return "must not be empty"
+    if top and kind == "reason":  # a config's own check (say, a size off the VAE grid) gives its words
+        return str(error["ctx"]["reason"])
+    if top and kind == "unicode":
+        return f"must be valid Unicode text (invalid UTF-8 or a lone \\u surrogate escape), got {shown}"
+    return f"must be {describe(hint)}, got {shown}"
+
+
+def _unwrap(hint: Any) -> tuple[Any, list[Any]]:
+    """The type a hint accepts besides None, and its constraints."""
+    if get_origin(hint) in (Union, types.UnionType):
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    if get_origin(hint) is Annotated:
+        hint, *meta = get_args(hint)
+        return hint, meta
+    return hint, []
+
+
+def _range(meta: list[Any]) -> str | None:
+    low = next(((m.ge, True) for m in meta if isinstance(m, Ge)), None) or next(
+        ((m.gt, False) for m in meta if isinstance(m, Gt)), None
+    )
+    high = next(((m.le, True) for m in meta if isinstance(m, Le)), None) or next(
+        ((m.lt, False) for m in meta if isinstance(m, Lt)), None
+    )
+    if low and high:
+        return f"in [{low[0]}, {high[0]})" if low[1] and not high[1] else f"between {low[0]} and {high[0]}"
+    if low:
+        if low[0] == 0:
+            return "0 or more" if low[1] else "positive"
+        return f"at least {low[0]}" if low[1] else f"more than {low[0]}"
+    if high:
+        return f"at most {high[0]}" if high[1] else f"less than {high[0]}"
+    return None
+
+
+def describe(hint: Any) -> str:
+    """A field type in words: "a positive integer", "a number in [0, 1)", "one of ddim, ddpm"."""
+    base, meta = _unwrap(hint)
+    limits = _range(meta)
+    if get_origin(base) is Literal:
+        return "one of " + ", ".join(map(str, get_args(base)))
+    if base is bool:
+        return "true or false"
+    if base in (int, float):
+        noun = "an integer" if base is int else "a number"
+        if limits in ("at least 1", "positive"):
+            return f"a positive {noun.split()[-1]}"
+        if limits is None:
+            return noun
+        return f"{noun} {limits}" if limits.startswith(("between", "in ")) else f"{noun}, {limits}"
+    if base is str:
+        return "a path" if any(isinstance(m, BeforeValidator) for m in meta) else "text (a string)"
+    if base is Path:
+        return "a path"
+    if get_origin(base) is tuple:
+        return f"a list, each {describe(get_args(base)[0])}"
+    return f"a {getattr(base, '__name__', base)}"
+
+
+def show(value: Any) -> str:
+    """A value as the user would have written it, on one line and briefly."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int):
+        return str(value) if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+    if isinstance(value, float):
+        return repr(value)
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    # Line breaks JSON leaves alone (U+0085, U+2028), direction overrides, lone surrogates: escaped.
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)

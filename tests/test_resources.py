@@ -1,0 +1,172 @@
+"""Resources are checked before they are spent: absurd sizes are refused in seconds with little memory
+used (exit 5, one line with the estimate and the limit), reasonable ones are not, and the estimate
+follows size, batch, guidance, --low-memory and gradient checkpointing."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sdlite import resources
+from sdlite.cli import app
+from sdlite.config import Generation, SampleConfig, TrainConfig
+from sdlite.errors import ResourceError
+from sdlite.models import resolve_model
+from sdlite.presets import PRESETS
+from sdlite.testing import make_shapes_dataset
+
+SDLITE = [sys.executable, "-m", "sdlite"]
+BUILT_IN = Path(__file__).parents[1] / "sdlite" / "default_model"
+# SD v1.5's parameter counts (README: sdlite info of the sd15 preset).
+SD15_PARAMS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
+GIB = 1024**3
+
+
+def limited(address_space: int) -> None:
+    """In the child: cap the address space, so a run that tried to allocate its estimate would fail at once."""
+    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+
+def run_capped(*args: str) -> tuple[int, str, float, int]:
+    """`sdlite ARGS` under a 4 GiB address-space cap: exit code, stderr, seconds, peak RSS in bytes."""
+    started = time.monotonic()
+    process = subprocess.Popen([*SDLITE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: limited(4 * GIB))  # fmt: skip
+    assert process.stderr is not None
+    err = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, err, time.monotonic() - started, usage.ru_maxrss * 1024
+
+
+def test_absurd_sizes_exit_5_in_seconds_with_little_memory(tiny_model: Path, tmp_path: Path) -> None:
+    code, err, seconds, peak = run_capped("sample", "x", "--model", str(tiny_model), "--height", "100000", "--width",
+                                          "100000", "--out", str(tmp_path / "images"))  # fmt: skip
+    assert code == 5, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(
+        "error: sampling 1 image at 100000x100000 needs about "
+    )
+    assert "TiB of memory" in err and "this process can use" in err and "--height/--width" in err
+    assert seconds < 30 and peak < 1.5 * GIB
+    assert not (tmp_path / "images").exists()
+
+    data = make_shapes_dataset(tmp_path / "data", n=2)
+    code, err, seconds, peak = run_capped("train", "--model", str(tiny_model), "--data", str(data), "--out",
+                                          str(tmp_path / "run"), "--resolution", "100000", "--max-steps", "1")  # fmt: skip
+    assert code == 5, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: training at 100000x100000 with batch 1 needs ")
+    assert "--resolution" in err and "--gradient-checkpointing" in err
+    assert seconds < 30 and peak < 1.5 * GIB
+
+
+def config(model: Path, size: int, batch: int = 1, guidance: float = 5.0, mode: str = "default") -> SampleConfig:
+    gen = Generation("a red circle", seed=0, steps=1, guidance=guidance, num_images=batch, height=size, width=size)
+    return SampleConfig(model=str(model), generations=(gen,), batch_size=batch, mode=mode)
+
+
+def test_reasonable_sizes_are_not_refused(tiny_model: Path) -> None:
+    for model, size, batch in [(tiny_model, 64, 1), (tiny_model, 512, 4), (BUILT_IN, 64, 16), (BUILT_IN, 512, 1)]:
+        estimate = resources.check_sample(resolve_model(str(model), True, False, None, True), config(model, size, batch),
+                                          "cpu", "float32")  # fmt: skip
+        assert estimate.total < 2 * GIB
+    # SD v1.5 at 512x512, fp32 on a CPU: weights 4.3 GB and a few GiB of activations at most.
+    sd15 = PRESETS["sd15"]
+    cpu = resources.sample_estimate(sd15, SD15_PARAMS, 512, 512, 1, True, "float32", "cpu", "default")
+    assert 4.5 * GIB < cpu.total < 8 * GIB
+    gpu = resources.sample_estimate(sd15, SD15_PARAMS, 512, 512, 1, True, "float16", "cuda", "default")
+    assert 2 * GIB < gpu.total < 4 * GIB
+
+
+def test_estimate_follows_size_batch_guidance_and_low_memory() -> None:
+    shapes = {**PRESETS["shapes"], "vae": {**PRESETS["shapes"]["vae"]}}
+    params = {"unet": 4_190_000, "vae": 950_000, "text_encoder": 160_000}
+
+    def estimate(size: int, batch: int = 1, guidance: bool = True, mode: str = "default") -> resources.Estimate:
+        return resources.sample_estimate(shapes, params, size, size, batch, guidance, "float32", "cpu", mode)
+
+    assert estimate(64).total < estimate(512).total < estimate(1024).total
+    assert estimate(512, batch=4).phases["denoising"] > 3.5 * estimate(512).phases["denoising"]
+    with_guidance, without = estimate(512).phases["denoising"], estimate(512, guidance=False).phases["denoising"]
+    assert 1.9 < with_guidance / without <= 2
+    # --low-memory tiles the VAE decode (one image at a time) ...
+    assert estimate(1024, batch=4, mode="low-memory").phases["VAE decoding"] < estimate(1024).phases["VAE decoding"] / 4
+    # ... but its sliced attention holds heads/2 x tokens^2 scores where SDPA holds none (measured: 8.9 GB at 512).
+    sliced = estimate(512, mode="low-memory").phases["denoising"]
+    assert sliced > 8 * GIB > 10 * estimate(512).phases["denoising"]
+
+
+def test_refusal_names_estimate_limit_and_what_helps(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = resolve_model(str(tiny_model), True, False, None, True)
+    normal = resources.check_sample(model, config(tiny_model, 256, batch=16), "cpu", "float32")
+    low = resources.check_sample(model, config(tiny_model, 256, batch=16, mode="low-memory"), "cpu", "float32")
+    assert low.total < normal.total
+    limit = (low.total + normal.total) // 2
+    monkeypatch.setattr(resources, "device_limit", lambda device: resources.Limit(limit, "available RAM"))
+    with pytest.raises(ResourceError) as refused:
+        resources.check_sample(model, config(tiny_model, 256, batch=16), "cpu", "float32")
+    message = str(refused.value)
+    assert message.startswith("sampling 16 images at 256x256 needs about ") and "\n" not in message
+    assert f"{resources._size(limit)} this process can use (available RAM)" in message
+    assert "--low-memory (about" in message and "a smaller --batch-size" in message
+    assert resources.check_sample(model, config(tiny_model, 256, batch=16, mode="low-memory"), "cpu", "float32")
+
+
+def test_training_estimate_and_refusal(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = resolve_model(str(tiny_model), True, False, None, True)
+    configs, params = model.configs(), resources.parameter_counts(model)
+    assert params["unet"] > 500_000
+
+    def estimate(**options: object) -> int:
+        settings = {"batch_size": 8, **options}
+        train = TrainConfig(model=str(tiny_model), data=tmp_path, out=tmp_path / "out", max_steps=1, **settings)  # type: ignore[arg-type]
+        return resources.train_estimate(configs, params, train, 256, "cpu").total
+
+    assert estimate(gradient_checkpointing=True) < estimate() < estimate(batch_size=16)
+    assert estimate(ema=True) > estimate()
+    monkeypatch.setattr(resources, "device_limit", lambda device: resources.Limit(estimate() - 1, "available RAM"))
+    train = TrainConfig(model=str(tiny_model), data=tmp_path, out=tmp_path / "out", max_steps=1, batch_size=8)
+    with pytest.raises(
+        ResourceError, match=r"^training at 256x256 with batch 8 needs about .*--gradient-checkpointing"
+    ):
+        resources.check_train(model, train, 256, 1)
+
+
+def test_limit_is_the_tightest_of_ram_cgroup_and_address_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "cgroup"
+    (root / "job" / "step").mkdir(parents=True)
+    (root / "job" / "memory.max").write_text(f"{3 * GIB}\n")
+    (root / "job" / "memory.current").write_text(f"{GIB}\n")
+    (root / "job" / "step" / "memory.max").write_text("max\n")
+    (root / "job" / "step" / "memory.current").write_text(f"{GIB}\n")
+    membership = tmp_path / "self-cgroup"
+    membership.write_text("0::/job/step\n")
+    assert resources._cgroup_headroom(root, membership) == 2 * GIB
+    membership.write_text("0::/\n")
+    assert resources._cgroup_headroom(root, membership) is None
+
+    monkeypatch.setattr(resources, "_cgroup_headroom", lambda: 2 * GIB)
+    limit = resources.host_limit()
+    assert limit is not None and limit.source == "the cgroup memory limit"
+    monkeypatch.setattr(resources.resource, "getrlimit", lambda kind: (GIB + resources._own_memory()[1], -1))
+    limit = resources.host_limit()
+    assert limit is not None and limit.source == "the address-space limit (ulimit -v)"
+
+
+def test_far_above_native_size_warns_once(tiny_model: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["sample", "a red circle", "--model", str(tiny_model), "--steps", "1", "--out", str(tmp_path), "--quiet"]
+    twice = runner.invoke(app, [*args, "--height", "128", "--width", "128"])
+    assert twice.exit_code == 0 and twice.stderr == ""
+    far = runner.invoke(app, [*args, "--height", "192", "--width", "256"])
+    assert far.exit_code == 0, far.stderr
+    assert far.stderr.splitlines() == [
+        "warning: 256x192 is far above the model's native 64x64 (4x per side): expect repeated or broken "
+        "composition, and a run at least 12 times as long as one at the native size"
+    ]
