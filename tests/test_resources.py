@@ -4,8 +4,6 @@ follows size, batch, guidance, --low-memory and gradient checkpointing."""
 
 from __future__ import annotations
 
-import os
-import resource
 import subprocess
 import sys
 import time
@@ -29,21 +27,26 @@ SD15_PARAMS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_4
 GIB = 1024**3
 
 
-def limited(address_space: int) -> None:
-    """In the child: cap the address space, so a run that tried to allocate its estimate would fail at once."""
-    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+# A small launcher between pytest and sdlite: a forked child's peak RSS starts at its parent's RSS at the
+# fork, so measuring sdlite as pytest's own child would report pytest's size (gigabytes late in a run).
+# The launcher caps the address space (inherited by sdlite, so a run that tried to allocate its estimate
+# would fail at once) and prints sdlite's peak RSS in KiB.
+LAUNCHER = """
+import resource, subprocess, sys
+cap = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+code = subprocess.call(sys.argv[2:], stdout=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(code)
+"""
 
 
 def run_capped(*args: str) -> tuple[int, str, float, int]:
     """`sdlite ARGS` under a 4 GiB address-space cap: exit code, stderr, seconds, peak RSS in bytes."""
     started = time.monotonic()
-    process = subprocess.Popen([*SDLITE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: limited(4 * GIB))  # fmt: skip
-    assert process.stderr is not None
-    err = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, err, time.monotonic() - started, usage.ru_maxrss * 1024
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, str(4 * GIB), *SDLITE, *args], capture_output=True,
+                          text=True)  # fmt: skip
+    return done.returncode, done.stderr, time.monotonic() - started, int(done.stdout.split()[-1]) * 1024
 
 
 def test_absurd_sizes_exit_5_in_seconds_with_little_memory(tiny_model: Path, tmp_path: Path) -> None:
