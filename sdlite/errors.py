@@ -6,8 +6,10 @@ Exit codes are part of the public contract (scripts branch on them); never renum
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 EXIT_CODES: dict[int, str] = {
     0: "ok",
@@ -61,6 +63,21 @@ class Interrupted(SdliteError):
     """The user pressed Ctrl-C; whatever could be saved was saved first."""
 
     exit_code = 130
+
+
+@contextmanager
+def sigint_to(handler: Callable[[int, Any], None]) -> Iterator[bool]:
+    """Route Ctrl-C to `handler` inside the block, then restore the previous handler. Yields whether it
+    was installed: off the main thread Python allows no signal handlers and Ctrl-C keeps its meaning."""
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 DISK_FULL = {28: "no space left on device", 122: "disk quota exceeded", 27: "file too large for this file system"}

@@ -25,7 +25,7 @@ from typing import Any
 from sdlite import metadata, resources
 from sdlite.adapters import load_loras
 from sdlite.config import Generation, SampleConfig, validate_size
-from sdlite.errors import NumericalError, ResourceError, UsageError, writing
+from sdlite.errors import NumericalError, ResourceError, UsageError, sigint_to, writing
 from sdlite.models import ResolvedModel, load_pipeline, pick_device, pick_dtype, resolve_model, vae_factor
 from sdlite.modes import apply_mode, load_device
 from sdlite.schedulers import SCHEDULERS, make_scheduler
@@ -320,24 +320,24 @@ class _StopRequest:
 
     @contextlib.contextmanager
     def armed(self) -> Iterator[None]:
-        try:
-            previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: Ctrl-C keeps its default meaning
-            yield
-            return
-        wakeup = self._watch() if self.grace is not None else None
-        try:
-            yield
-        finally:
-            self.finished.set()
-            signal.signal(signal.SIGINT, previous)
-            if wakeup is not None:
-                previous_fd, writer, reader = wakeup
-                signal.set_wakeup_fd(previous_fd)
-                with contextlib.suppress(OSError):
-                    reader.shutdown(socket.SHUT_RDWR)  # wakes the watcher, which then returns
-                writer.close()
-                reader.close()
+        with sigint_to(self._handle) as installed:
+            wakeup = self._watch() if installed and self.grace is not None else None
+            try:
+                yield
+            finally:
+                self.finished.set()
+                if wakeup is not None:
+                    self._unwatch(wakeup)
+
+    @staticmethod
+    def _unwatch(wakeup: tuple[int, socket.socket, socket.socket]) -> None:
+        """Give the wakeup fd back and close the sockets (which ends the watcher)."""
+        previous_fd, writer, reader = wakeup
+        signal.set_wakeup_fd(previous_fd)
+        with contextlib.suppress(OSError):
+            reader.shutdown(socket.SHUT_RDWR)  # wakes the watcher, which then returns
+        writer.close()
+        reader.close()
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and self.grace is None:  # a second Ctrl-C from a Python caller: now

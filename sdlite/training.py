@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import shutil
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Any
 
 from sdlite import checkpoints, resources
 from sdlite.config import TrainConfig, validate_size
-from sdlite.errors import Interrupted, NumericalError, UsageError, writing
+from sdlite.errors import Interrupted, NumericalError, UsageError, sigint_to, writing
 from sdlite.models import (
     SINGLE_FILE_INDEX,
     ResolvedModel,
@@ -818,12 +817,5 @@ class _StopFlag:
 
     @contextlib.contextmanager
     def armed(self) -> Iterator[None]:
-        try:
-            previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: Ctrl-C keeps its default meaning
+        with sigint_to(self._handle):
             yield
-            return
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
