@@ -1,4 +1,4 @@
-"""sdlite: Stable Diffusion sampling (and, soon, training) as a small CLI and Python API.
+"""sdlite: Stable Diffusion sampling, training and inspection as a small CLI and Python API.
 
 The Python API mirrors the commands: build a config, call the function, get data back.
 
@@ -22,6 +22,9 @@ _EXPORTS = {
     "InfoConfig": "sdlite.config",
     "ExportConfig": "sdlite.config",
     "LoraChoice": "sdlite.config",
+    "NoiseConfig": "sdlite.config",
+    "noise_strip": "sdlite.noising",
+    "NoiseStrip": "sdlite.noising",
     "export": "sdlite.export",
     "sample": "sdlite.sampling",
     "SampleResult": "sdlite.sampling",

@@ -33,6 +33,7 @@ from sdlite.config import (
     InfoConfig,
     InitConfig,
     LoraChoice,
+    NoiseConfig,
     SampleConfig,
     SampleOverrides,
     TrainConfig,
@@ -53,7 +54,7 @@ _CLICK_USAGE_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__
 # The schema field behind an option, per command, to say what a value that does not parse should be.
 _OPTION_SCHEMAS: dict[str, tuple[type, ...]] = {
     "sample": (Generation, SampleConfig), "train": (TrainConfig,), "info": (InfoConfig,), "init": (InitConfig,),
-    "export": (ExportConfig,), "eval shapes": (EvalConfig,),
+    "export": (ExportConfig,), "eval shapes": (EvalConfig,), "noise": (NoiseConfig,),
 }  # fmt: skip
 _OPTION_FIELDS = {"lora_scale": (LoraChoice, "scale"), "force": (InitConfig, "overwrite")}
 
@@ -262,12 +263,62 @@ def sample(
             help="Memory preset: attention slicing, VAE slicing and tiling, and on an accelerator model CPU offload.",
         ),
     ] = False,
+    init_image: Annotated[
+        Path | None,
+        typer.Option(
+            help="Image-to-image: start from this picture (any format and size; EXIF orientation, transparency "
+            "and 16-bit handled) instead of pure noise. The output takes its size, rounded down to the VAE factor, "
+            "unless --height/--width say otherwise.",
+            show_default=False,
+        ),
+    ] = None,
+    strength: Annotated[
+        float | None,
+        typer.Option(
+            help="With --init-image: how much of the noise schedule to re-run, 0 < S <= 1. Low keeps the picture "
+            "and changes details; 1 keeps almost nothing of it. Runs int(steps x S) steps. [default: 0.75]",
+            show_default=False,
+        ),
+    ] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option(
+            help="Inpainting, with --init-image: white = repaint, black = keep. Kept pixels are the original's; "
+            "an inpainting model (9 input channels) uses its own UNet input, any other model has the kept "
+            "region's latents put back at every step.",
+            show_default=False,
+        ),
+    ] = None,
+    mask_blur: Annotated[
+        int | None,
+        typer.Option(
+            help="Soften the mask's edge by this many pixels (Gaussian blur). [default: 0]", show_default=False
+        ),
+    ] = None,
+    resize: Annotated[
+        str | None,
+        typer.Option(
+            help="How --init-image and --mask meet the output size: crop (cover, cut the overflow evenly), fit (fit "
+            "inside, fill the rest from the image's edges) or stretch. [default: crop]",
+            show_default=False,
+        ),
+    ] = None,
+    save_progress: Annotated[
+        int | None,
+        typer.Option(
+            help="Also write INDEX-SEED-progress.png per image: the model's estimate of the clean image (predicted "
+            "x0, decoded) at K evenly spaced denoising steps. The image itself is unchanged.",
+            metavar="K",
+            show_default=False,
+        ),
+    ] = None,
     offline: Offline = False,
     allow_pickle: AllowPickle = False,
     tokenizer: Tokenizer = None,
     ema_weights: EmaWeights = True,
 ) -> None:
-    """Generate images from text. Each PNG records how to make it again (A1111 `parameters` + full JSON)."""
+    """Generate images from text, or from a picture (--init-image) and a mask (--mask). Each PNG records how
+    to make it again (A1111 `parameters` + full JSON, with the sha256 of the files it started from)."""
     with _errors():
         config = build_sample_config(
             SampleOverrides(
@@ -285,6 +336,11 @@ def sample(
                     "num_images": num_images,
                     "height": height,
                     "width": width,
+                    "init_image": str(init_image) if init_image is not None else None,
+                    "strength": strength,
+                    "mask": str(mask) if mask is not None else None,
+                    "mask_blur": mask_blur,
+                    "resize": resize,
                 },
                 out=out,
                 batch_size=batch_size,
@@ -299,6 +355,7 @@ def sample(
                 low_memory=low_memory,
                 tokenizer=tokenizer,
                 ema_weights=None if ema_weights else False,
+                save_progress=save_progress,
             )
         )
         _quiet_libraries(offline)
@@ -635,6 +692,103 @@ def export(
         from sdlite.export import export as run_export
 
         typer.echo(str(run_export(config)))
+
+
+@app.command()
+def noise(
+    image: Annotated[Path, typer.Argument(help="The picture to add noise to (any image file).", show_default=False)],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="The strip PNG to write: top row the noisy latents decoded by the VAE, bottom row the same "
+            "amount of noise added to the pixels. Its `sdlite.noise` text chunk records every frame.",
+            show_default=False,
+        ),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Whose noise schedule and VAE. {MODEL_HELP} Default: $SDLITE_MODEL, else the built-in shapes model.",
+            show_default=False,
+        ),
+    ] = None,
+    frames: Annotated[
+        int,
+        typer.Option(
+            help="Columns of the strip (at least 2): steps 0..STEPS evenly spaced, always the clean image (step 0) "
+            "and the last step."
+        ),
+    ] = 11,
+    steps: Annotated[
+        int,
+        typer.Option(
+            help="Forward steps, spread evenly over the model's T training timesteps: step n is timestep "
+            "round(n*T/STEPS)-1, so the last step is T-1, where training starts from (almost) pure noise."
+        ),
+    ] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the noise: same seed, same strip, byte for byte.")] = 0,
+    height: Annotated[
+        int | None, typer.Option(help="Height, a multiple of 8. [default: the image's, rounded down to the VAE factor]")
+    ] = None,
+    width: Annotated[
+        int | None, typer.Option(help="Width, a multiple of 8. [default: the image's, rounded down to the VAE factor]")
+    ] = None,
+    resize: Annotated[
+        str,
+        typer.Option(
+            help="How the image meets --height/--width: crop (cover and cut the overflow), fit (fit inside, fill "
+            "from its edges) or stretch."
+        ),
+    ] = "crop",
+    json_out: JsonOut = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    dtype: Annotated[str, typer.Option(help=f"{', '.join(DTYPES)}; auto = fp16 on CUDA, else fp32.")] = "auto",
+    device: Annotated[str, typer.Option(help=f"{', '.join(DEVICES)}.")] = "auto",
+    offline: Offline = False,
+    allow_pickle: AllowPickle = False,
+    tokenizer: Tokenizer = None,
+    ema_weights: EmaWeights = True,
+) -> None:
+    """Show the forward diffusion process: IMAGE drowned step by step in the model's own noise schedule.
+
+    Training noises a latent z0 to z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps and teaches the UNet to undo
+    it. `signal` is sqrt(abar_t), the share of the original picture left at that step (1 = clean; about 0.07
+    at Stable Diffusion's last timestep, so even "pure noise" keeps a trace); `noise` is sqrt(1 - abar_t)
+    (signal^2 + noise^2 = 1). Only the VAE is loaded. Prints one line per frame, then the strip's path.
+    """
+    with _errors():
+        from sdlite.config import resolve_model_source
+
+        config = NoiseConfig(
+            image=str(image),
+            out=out,
+            model=resolve_model_source(model),
+            frames=frames,
+            steps=steps,
+            seed=seed,
+            height=height,
+            width=width,
+            resize=resize,
+            dtype=dtype,
+            device=device,
+            offline=offline,
+            allow_pickle=allow_pickle,
+            tokenizer=tokenizer,
+            ema_weights=ema_weights,
+            overwrite=force,
+        )
+        _quiet_libraries(offline)
+        from sdlite.noising import noise_strip
+
+        strip = noise_strip(config)
+        if json_out:
+            typer.echo(json.dumps(strip.to_dict()))
+            return
+        typer.echo(f"{'step':>4}  {'t':>4}  {'signal':>6}  {'noise':>6}")
+        for frame in strip.frames:
+            t = "-" if frame.t is None else frame.t
+            typer.echo(f"{frame.step:>4}  {t:>4}  {frame.signal:6.4f}  {frame.noise:6.4f}")
+        typer.echo(str(strip.path))
 
 
 def _print_result(result: Any, json_out: bool, progress: Any = None) -> None:

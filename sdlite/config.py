@@ -67,6 +67,11 @@ WeightsDType = Literal["fp32", "fp16", "bf16"]
 SchedulerName = one_of(tuple(SCHEDULERS))
 Mode = one_of(MODES)
 Seed = Annotated[int, Strict(), Ge(0), Le(MAX_SEED)]
+# Image-to-image: the share of the schedule re-run from the user's image (1 = from (almost) pure noise).
+Strength = Annotated[float, Strict(), AllowInfNan(False), Gt(0), Le(1)]
+ResizeRule = Literal["crop", "fit", "stretch"]
+RESIZE_RULES: tuple[str, ...] = get_args(ResizeRule)
+DEFAULT_STRENGTH = 0.75
 
 
 def _on_vae_grid(value: int) -> int:
@@ -92,7 +97,11 @@ _JSON_SPACE = re.compile(r"[ \t\r\n]*")
 class Generation:
     """Everything besides the model that decides the pixels of one prompt's images.
 
-    Image j of this prompt uses seed `seed + j`; height/width None mean the model's native size.
+    Image j of this prompt uses seed `seed + j`; height/width None mean the model's native size, or with an
+    init image that image's own size rounded down to the VAE factor. With `init_image` the run is
+    image-to-image (`strength` of the schedule re-run, 0.75 by default), with `mask` too it is inpainting
+    (white = repaint, the edge softened by `mask_blur` pixels); `resize` says how the inputs meet the output
+    size. Those four are None for text-to-image, and filled in with their defaults when an init image is given.
     """
 
     prompt: Prompt
@@ -105,16 +114,33 @@ class Generation:
     num_images: PositiveInt = 1
     height: ImageSize | None = None
     width: ImageSize | None = None
+    init_image: PathText | None = None
+    strength: Strength | None = None
+    mask: PathText | None = None
+    mask_blur: NonNegativeInt | None = None
+    resize: ResizeRule | None = None
 
     _option_names: ClassVar[dict[str, str]] = {"prompt": "PROMPT"}
 
     def __post_init__(self) -> None:
         validate_fields(self)
         validate_generation(self)
+        if self.init_image is not None:  # image-to-image: the defaults of its own settings
+            defaults = {"strength": DEFAULT_STRENGTH, "resize": "crop", "mask_blur": 0 if self.mask else None}
+            for key, value in defaults.items():
+                if getattr(self, key) is None:
+                    object.__setattr__(self, key, value)
+
+    @property
+    def task(self) -> str:
+        """text-to-image, image-to-image or inpainting."""
+        return "inpainting" if self.mask else "image-to-image" if self.init_image else "text-to-image"
 
 
 # Per-prompt settings a prompts-file line or `--from-image` may carry.
 GENERATION_KEYS = tuple(f.name for f in dataclasses.fields(Generation))
+# The files an image is made from besides the model: recorded with their sha256, found again to replay.
+INPUT_KEYS = {"init_image": "--init-image", "mask": "--mask"}
 
 
 @dataclass(frozen=True)
@@ -167,6 +193,8 @@ class SampleConfig:
     mode: Mode = "default"  # "fast" or "low-memory": see sdlite/modes.py
     tokenizer: PathText | None = None  # a single-file model's tokenizer (folder or hub id); default: found
     ema_weights: Flag = True  # a single file's EMA weights when it has them
+    # Also write, per image, a strip of the model's clean-image estimate at this many denoising steps.
+    save_progress: PositiveInt | None = None
 
     _option_names: ClassVar[dict[str, str]] = {
         "generations": "PROMPT", "loras": "--lora", "mode": "--fast/--low-memory",
@@ -239,6 +267,38 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class NoiseConfig:
+    """A whole `sdlite noise` run: which picture, which model's schedule, how many frames, where."""
+
+    image: PathText
+    out: FilePath
+    model: PathText
+    frames: Annotated[int, Strict(), Ge(2)] = 11  # at least the clean image and the last step
+    steps: PositiveInt = 50
+    seed: Seed = 0
+    height: ImageSize | None = None
+    width: ImageSize | None = None
+    resize: ResizeRule = "crop"
+    dtype: DType = "auto"
+    device: Device = "auto"
+    offline: Flag = False
+    allow_pickle: Flag = False
+    tokenizer: PathText | None = None
+    ema_weights: Flag = True
+    overwrite: Flag = False
+
+    _option_names: ClassVar[dict[str, str]] = {
+        "image": "IMAGE", "overwrite": "--force", "ema_weights": "--ema-weights/--no-ema-weights"
+    }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        if self.frames > self.steps + 1:
+            fail("frames", f"{name(NoiseConfig, 'frames')} {self.frames} is more than the {self.steps + 1} steps "
+                           f"0..{self.steps} of {name(NoiseConfig, 'steps')} {self.steps}")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class SampleOverrides:
     """What the user typed for `sdlite sample`, None where an option was not given.
 
@@ -264,6 +324,7 @@ class SampleOverrides:
     low_memory: bool = False
     tokenizer: str | None = None
     ema_weights: bool | None = None
+    save_progress: int | None = None
 
 
 def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None) -> SampleConfig:
@@ -282,7 +343,8 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
     if unknown:
         raise UsageError(f"unknown sample settings: {', '.join(sorted(unknown))}")
     check(Generation, cli, COMMAND_LINE)
-    given = {"batch_size": opts.batch_size, "dtype": opts.dtype, "device": opts.device}
+    given = {"batch_size": opts.batch_size, "dtype": opts.dtype, "device": opts.device,
+             "save_progress": opts.save_progress}  # fmt: skip
     check(SampleConfig, {k: v for k, v in given.items() if v is not None}, COMMAND_LINE)
 
     if opts.fast and opts.low_memory:
@@ -297,6 +359,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
     if opts.from_image is not None:
         recorded, image = _read_image_settings(opts.from_image)
         recorded_base = {k: recorded[k] for k in GENERATION_KEYS if k in recorded}
+        _find_inputs(recorded_base, recorded.get("inputs"), cli, image)
         if not model:  # a single file's tokenizer and weights choice belong to the recorded model
             model = recorded.get("model")
             tokenizer = tokenizer or recorded.get("tokenizer")
@@ -371,6 +434,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         mode=mode or "default",
         tokenizer=tokenizer,
         ema_weights=True if ema_weights is None else ema_weights,
+        save_progress=opts.save_progress,
     )
 
 
@@ -396,6 +460,50 @@ def _read_image_settings(path: Path) -> tuple[dict[str, Any], Source]:
     ):  # fmt: skip
         check_value(hint, recorded.get(key), f'its sdlite metadata field "{key}"', image)
     return recorded, image
+
+
+def _find_inputs(recorded: dict[str, Any], inputs: Any, cli: dict[str, Any], image: Source) -> None:
+    """Check that the init image and mask a PNG was made from are still there, unchanged, for `--from-image`.
+
+    A file given again on the command line wins (with a warning when it is not the recorded one); a recorded
+    file that is missing or changed is a data error naming it. Image-to-image settings recorded without an
+    init image (an A1111 img2img PNG, which does not record it) are dropped unless one is given.
+    """
+    import hashlib
+    import logging
+
+    inputs = inputs if isinstance(inputs, dict) else {}
+    for key, option in INPUT_KEYS.items():
+        expected = inputs.get(key, {}).get("sha256") if isinstance(inputs.get(key), dict) else None
+        path = cli.get(key) or recorded.get(key)
+        if path is None or expected is None:
+            continue
+        try:
+            digest = hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
+        except OSError as exc:
+            if key in cli:
+                raise DataError(f"cannot read {option} {path}: {exc.strerror or exc}") from exc
+            raise image.fail(
+                f"it was made from {option.removeprefix('--').replace('-', ' ')} {path}, which is missing: "
+                f"pass that file with {option}"
+            ) from exc
+        if digest == expected:
+            continue
+        if key in cli:
+            logging.getLogger("sdlite").warning(
+                f"{option} {path} is not the file {image.where} was made from (sha256 {expected[:12]}...): "
+                "the pixels will differ"
+            )
+        else:
+            raise image.fail(
+                f"its {option.removeprefix('--').replace('-', ' ')} {path} has changed since (sha256 {digest[:12]}... "
+                f"instead of {expected[:12]}...): pass the original with {option}"
+            )
+    if recorded.get("init_image") is None and "init_image" not in cli:
+        for key in ("strength", "mask", "mask_blur", "resize"):
+            recorded.pop(key, None)
+    if recorded.get("mask") is None and "mask" not in cli:
+        recorded.pop("mask_blur", None)
 
 
 def _recorded_loras(value: Any, image: Source) -> list[dict[str, Any]]:
@@ -475,7 +583,16 @@ def _prompt_rows(path: Path) -> list[tuple[dict[str, Any], Source]]:
                 rows.append(_prompt_row(line, Source(where=f"{path}:{number}", style="json", error=DataError)))
     if not rows:
         raise DataError(f"prompts file {path} holds no prompts")
-    return rows
+    return [(_anchored(row, path.parent), source) for row, source in rows]
+
+
+def _anchored(row: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A prompts file's relative `init_image`/`mask` paths are relative to the file, so it can be moved with them."""
+    return {
+        k: str(folder / v) if k in INPUT_KEYS and isinstance(v, str) and v and not Path(v).expanduser().is_absolute()
+        else v
+        for k, v in row.items()
+    }  # fmt: skip
 
 
 def _prompt_row(line: str, source: Source) -> tuple[dict[str, Any], Source]:
@@ -556,6 +673,12 @@ def _object_row(row: dict[str, Any], source: Source) -> dict[str, Any]:
 
 def validate_generation(gen: Generation) -> None:
     """The rules that join fields of one Generation (each field's own type is checked already)."""
+    if gen.init_image is None:
+        for key in ("strength", "mask", "resize"):
+            if getattr(gen, key) is not None:
+                fail(key, f"{name(Generation, key)} needs {name(Generation, 'init_image')} (an image to start from)")
+    if gen.mask is None and gen.mask_blur is not None:
+        fail("mask_blur", f"{name(Generation, 'mask_blur')} needs {name(Generation, 'mask')} (what to repaint)")
     if gen.eta > 0 and not SCHEDULERS[gen.scheduler].accepts_eta:
         names = [n for n, s in SCHEDULERS.items() if s.accepts_eta]
         fail(

@@ -85,6 +85,7 @@ def read_settings(path: Path) -> dict[str, Any]:
     settings["batch_seeds"] = run.get("batch_seeds")
     settings["lora"] = record.get("lora")
     settings["mode"] = run.get("mode", "default")
+    settings["inputs"] = record.get("inputs")
     return settings
 
 
@@ -108,7 +109,7 @@ def _a1111_settings(path: Path, parameters: str) -> dict[str, Any]:
         + "".join(f"; {note}" for note in notes)
     )
     return {**settings, "num_images": 1, "model": None, "model_hash": model["hash"] or None, "tokenizer": None,
-            "ema_weights": None, "batch_seeds": None, "lora": None, "mode": "default"}  # fmt: skip
+            "ema_weights": None, "batch_seeds": None, "lora": None, "mode": "default", "inputs": None}  # fmt: skip
 
 
 def library_versions() -> dict[str, str]:

@@ -306,16 +306,21 @@ def pick_dtype(requested: str, device: str) -> Any:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[requested]
 
 
-def load_pipeline(model: ResolvedModel, device: str, dtype: Any) -> Any:
-    """Load the checked model as a StableDiffusionPipeline on `device` (no safety checker, no remote code)."""
+def load_pipeline(model: ResolvedModel, device: str, dtype: Any, inpainting_ok: bool = False) -> Any:
+    """Load the checked model as a StableDiffusionPipeline on `device` (no safety checker, no remote code).
+
+    An inpainting model (9 UNet input channels) is refused unless the caller will only give it images
+    to start from (`inpainting_ok`).
+    """
     from diffusers import StableDiffusionPipeline
 
     silence_library_progress()
+    if is_inpainting(model) and not inpainting_ok:
+        raise ModelError(
+            f"{model.path} is an inpainting model (9 input channels): it does not make images from text alone; "
+            "give it an image with --init-image (and what to repaint with --mask)"
+        )
     if model.single_file is not None:
-        if model.single_file.inpainting:
-            raise ModelError(
-                f"{model.path} is an inpainting model (9 input channels): it does not make images from text alone"
-            )
         parts = load_single_file(model)
         pipe = StableDiffusionPipeline(
             **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
@@ -372,6 +377,12 @@ def silence_library_progress() -> None:
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+
+
+def is_inpainting(model: ResolvedModel) -> bool:
+    """An inpainting UNet takes the noisy latents, the mask and the masked image's latents (4 + 1 + 4 channels)."""
+    configs = model.configs()
+    return configs["unet"].get("in_channels") == 2 * configs["vae"].get("latent_channels", 4) + 1
 
 
 def vae_factor(vae_config: dict[str, Any]) -> int:

@@ -332,15 +332,20 @@ def sample_estimate(configs: dict[str, dict[str, Any]], params: dict[str, int], 
     return Estimate(fixed, phases)
 
 
-def check_sample(model: Any, config: Any, device: str, dtype: str) -> Estimate:
-    """Refuse (ResourceError) a sampling run whose largest batch cannot fit in the device's memory."""
+def check_sample(model: Any, config: Any, device: str, dtype: str,
+                 sizes: list[tuple[int, int]] | None = None) -> Estimate:  # fmt: skip
+    """Refuse (ResourceError) a sampling run whose largest batch cannot fit in the device's memory.
+
+    `sizes` are each generation's (height, width) when known (an init image decides them); else the
+    generation's own, or the model's native size.
+    """
     configs = model.configs()
     params = parameter_counts(model)
     native = model.native_size()
     single = Path(model.path).stat().st_size if model.single_file is not None else 0
     worst: tuple[Estimate, Any, int, int, int] | None = None
-    for gen in config.generations:
-        height, width = gen.height or native, gen.width or native
+    for n, gen in enumerate(config.generations):
+        height, width = sizes[n] if sizes else (gen.height or native, gen.width or native)
         batch = min(config.batch_size, gen.num_images)
         estimate = sample_estimate(configs, params, height, width, batch, gen.guidance > 1, dtype, device,
                                    config.mode, single)  # fmt: skip

@@ -1,14 +1,18 @@
-"""Text-to-image: `sample(config)` runs the diffusers pipeline and writes PNGs with their metadata.
+"""Text-to-image, image-to-image and inpainting: `sample(config)` runs diffusers' own pipelines and writes
+PNGs with their metadata.
 
-The pipeline itself is diffusers' own StableDiffusionPipeline; sdlite only chooses the scheduler,
-seeds one CPU generator per image (image i of a run uses seed + i, so any image can be regenerated
-alone, on any device), and records what made each image.
+The pipelines are diffusers' StableDiffusionPipeline, StableDiffusionImg2ImgPipeline and
+StableDiffusionInpaintPipeline, the latter two made from the components already loaded (one load per
+run). sdlite only chooses the scheduler, seeds one CPU generator per image (image i of a run uses
+seed + i, so any image can be regenerated alone, on any device), sizes the user's images, and records
+what made each image, including the sha256 of the files it started from.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 import os
 import re
@@ -25,9 +29,19 @@ from typing import Any
 from sdlite import metadata, resources
 from sdlite.adapters import load_loras
 from sdlite.config import Generation, SampleConfig, validate_size
-from sdlite.errors import NumericalError, ResourceError, UsageError, sigint_to, writing
-from sdlite.models import ResolvedModel, load_pipeline, pick_device, pick_dtype, resolve_model, vae_factor
+from sdlite.errors import ModelError, NumericalError, ResourceError, UsageError, sigint_to, writing
+from sdlite.init_images import UserImage, default_size, fit_to, read_user_image
+from sdlite.models import (
+    ResolvedModel,
+    is_inpainting,
+    load_pipeline,
+    pick_device,
+    pick_dtype,
+    resolve_model,
+    vae_factor,
+)
 from sdlite.modes import apply_mode, load_device
+from sdlite.previews import X0Recorder
 from sdlite.schedulers import SCHEDULERS, make_scheduler
 
 log = logging.getLogger("sdlite")
@@ -36,6 +50,7 @@ ProgressFn = Callable[[int, int], None]
 # stops; `ls -v`, `sort -V` and file managers (natural order) list 99999 before 100000.
 _NAME = re.compile(r"^(\d{5,})-\d+\.png$")
 _GRID = re.compile(r"^grid-(\d{5,})(?:-\d+)?\.png$")
+_IMAGE_TO_IMAGE_KEYS = ("init_image", "strength", "mask", "mask_blur", "resize")
 FAR_ABOVE_NATIVE = 2  # warn when a side is more than this many times the model's native size
 
 
@@ -56,10 +71,17 @@ class SampleResult:
     width: int
     model: str
     model_hash: str
+    init_image: str | None = None  # image-to-image and inpainting: the absolute path of the image started from
+    strength: float | None = None
+    mask: str | None = None
+    mask_blur: int | None = None
+    resize: str | None = None
+    progress: Path | None = None  # --save-progress: the strip of the model's clean-image estimates
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what `--json` prints)."""
-        return {**dataclasses.asdict(self), "path": str(self.path)}
+        return {**dataclasses.asdict(self), "path": str(self.path),
+                "progress": str(self.progress) if self.progress else None}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -88,11 +110,13 @@ def sample(
     (the CLI's choice), a single operation still running that many seconds after Ctrl-C (a huge image)
     ends the process with exit status 130 instead, once any image being written is complete.
     """
-    # 1. Locate and check the model; check sizes against its own VAE before loading any weights.
+    # 1. Locate and check the model; size every image against its own VAE before loading any weights.
     model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights)
     factor = vae_factor(model.configs()["vae"])
     native = model.native_size()
     timesteps = model.configs()["scheduler"].get("num_train_timesteps", 1000)
+    user_images = _UserImages()  # each init image and mask is read and hashed once per run
+    sizes = []
     for gen in config.generations:
         validate_size(gen.height, gen.width, factor)
         if gen.steps >= timesteps:  # the schedulers index past their last timestep
@@ -100,21 +124,32 @@ def sample(
                 f"steps {gen.steps} is more than this model's noise schedule has ({timesteps} training timesteps): "
                 f"use at most {timesteps - 1}"
             )
+        if gen.init_image is None:
+            sizes.append((gen.height or native, gen.width or native))
+        else:
+            sizes.append(default_size(user_images.read(gen.init_image).image.size, factor, gen.height, gen.width))
+    inpainting_model = is_inpainting(model)
+    if inpainting_model and any(gen.init_image is None for gen in config.generations):
+        raise ModelError(
+            f"{model.path} is an inpainting model (9 input channels): it does not make images from text alone; "
+            "give it an image with --init-image (and what to repaint with --mask)"
+        )
 
     # 2. Check the memory the requested sizes and batches need against the device's, before spending any.
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
-    resources.check_sample(model, config, device, str(dtype).removeprefix("torch."))
+    resources.check_sample(model, config, device, str(dtype).removeprefix("torch."), sizes)
     warnings: list[str] = []
-    for height, width in dict.fromkeys((g.height or native, g.width or native) for g in config.generations):
+    for height, width in dict.fromkeys(sizes):
         if max(height, width) > FAR_ABOVE_NATIVE * native:
             _warn(warnings, _far_above_native(height, width, native))
 
     # 3. Load the pipeline on the chosen device and precision; note what identifies the model.
-    pipe = load_pipeline(model, load_device(config.mode, device), dtype)
+    pipe = load_pipeline(model, load_device(config.mode, device), dtype, inpainting_ok=inpainting_model)
     base_scheduler_config = pipe.scheduler.config  # every sampler is built from the model's own schedule
     loras = load_loras(pipe, config.loras, warnings)
     applied = apply_mode(pipe, config.mode, device, bool(loras))
+    pipelines = _Pipelines(pipe, inpainting_model)
     facts = _facts(config.model, model, device, str(pipe.unet.dtype), loras or None, config.mode)
     expected = (config.expected_model_hash or "").lower()
     if expected and not facts.model_hash.startswith(expected):  # A1111 records only the first 10 hex digits
@@ -128,26 +163,38 @@ def sample(
     out = _prepare_out(config.out)
     numbering = _Numbering(out)
     stop = _StopRequest(interrupt_grace)
-    counter = _StepCounter(progress, sum(g.steps * g.num_images for g in config.generations), stop)
+    total = sum(denoising_steps(g) * g.num_images for g in config.generations)
+    counter = _StepCounter(progress, total, stop)
     results: list[SampleResult] = []
     with stop.armed():
-        for gen in config.generations:
+        for gen, (height, width) in zip(config.generations, sizes, strict=True):
             warning = _truncation_warning(pipe.tokenizer, gen.prompt)
             if warning:
                 _warn(warnings, warning)
-            pipe.scheduler = make_scheduler(gen.scheduler, base_scheduler_config)
-            height, width = gen.height or native, gen.width or native
+            runner = pipelines.for_task(gen.task)
+            runner.scheduler = make_scheduler(gen.scheduler, base_scheduler_config)
+            given = user_images.prepare(gen, height, width)
+            task = _task_record(gen, given, inpainting_model)
             for start in range(0, gen.num_images, config.batch_size):
                 stop.check()
                 seeds = list(range(gen.seed + start, gen.seed + min(gen.num_images, start + config.batch_size)))
-                pixels = _generate(pipe, gen, seeds, height, width, counter)
-                for seed, image in zip(seeds, pipe.numpy_to_pil(pixels), strict=True):
+                recorder = X0Recorder() if config.save_progress else None
+                pixels = _generate(runner, gen, seeds, height, width, counter, given, recorder)
+                strips = recorder.strips(runner.vae, runner.image_processor, config.save_progress) if recorder else []
+                for n, (seed, image) in enumerate(zip(seeds, runner.numpy_to_pil(pixels), strict=True)):
                     if config.keep_seeds and seed not in config.keep_seeds:
                         continue
+                    if given is not None and given.mask is not None:  # the known region: the original's own pixels
+                        image = runner.image_processor.apply_overlay(given.mask, given.image, image)
                     settings = {**dataclasses.asdict(gen), "seed": seed, "height": height, "width": width}
                     settings.pop("num_images")
+                    if given is not None:
+                        settings.update(given.paths())
+                    else:  # text-to-image records exactly what it always did
+                        settings = {k: v for k, v in settings.items() if k not in _IMAGE_TO_IMAGE_KEYS}
                     with stop.writing():  # a hard stop after Ctrl-C waits for this image and its report
-                        result = _save(out, numbering, image, settings, seeds, facts)
+                        result = _save(out, numbering, image, settings, seeds, facts, task,
+                                       given.record() if given else None, strips[n] if strips else None)  # fmt: skip
                         results.append(result)
                         if on_image:
                             on_image(result)
@@ -155,6 +202,101 @@ def sample(
         with stop.writing():
             grid = _write_grid(out, results, numbering) if config.grid else None
     return SampleRun(tuple(results), grid, tuple(warnings), tuple(applied))
+
+
+def denoising_steps(gen: Generation) -> int:
+    """Steps a generation actually runs: image-to-image re-runs only the last `strength` of the schedule
+    (diffusers' rule: int(steps * strength)); 0 means the image only makes the VAE round trip."""
+    if gen.init_image is None or gen.strength is None:
+        return gen.steps
+    return min(int(gen.steps * gen.strength), gen.steps)
+
+
+@dataclass(frozen=True)
+class _Given:
+    """A generation's own images at the output size: the init image and the (blurred) mask."""
+
+    init: UserImage
+    image: Any  # PIL RGB at the output size
+    mask_file: UserImage | None
+    mask: Any  # PIL L at the output size, or None
+
+    def paths(self) -> dict[str, str | None]:
+        return {"init_image": str(self.init.path), "mask": str(self.mask_file.path) if self.mask_file else None}
+
+    def record(self) -> dict[str, Any]:
+        inputs = {"init_image": self.init.record()}
+        if self.mask_file is not None:
+            inputs["mask"] = self.mask_file.record()
+        return inputs
+
+
+class _UserImages:
+    """Init images and masks of one run, each file read and hashed once however many prompts use it."""
+
+    def __init__(self) -> None:
+        self.read_files: dict[str, UserImage] = {}
+
+    def read(self, path: str) -> UserImage:
+        if path not in self.read_files:
+            self.read_files[path] = read_user_image(path)
+        return self.read_files[path]
+
+    def prepare(self, gen: Generation, height: int, width: int) -> _Given | None:
+        if gen.init_image is None:
+            return None
+        assert gen.resize is not None
+        init = self.read(gen.init_image)
+        image = fit_to(init.image, height, width, gen.resize)
+        if gen.mask is None:
+            return _Given(init, image, None, None)
+        from PIL import ImageFilter
+
+        mask_file = self.read(gen.mask)
+        mask = fit_to(mask_file.image, height, width, gen.resize).convert("L")
+        if gen.mask_blur:
+            mask = mask.filter(ImageFilter.GaussianBlur(gen.mask_blur))
+        return _Given(init, image, mask_file, mask)
+
+
+class _Pipelines:
+    """diffusers' text-to-image, image-to-image and inpainting pipelines over the same loaded components."""
+
+    def __init__(self, pipe: Any, inpainting_model: bool) -> None:
+        self.text_to_image, self.inpainting_model = pipe, inpainting_model
+        self.made: dict[str, Any] = {}
+
+    def for_task(self, task: str) -> Any:
+        if task == "text-to-image":
+            return self.text_to_image
+        # An inpainting model does image-to-image through its own pipeline, with everything to repaint.
+        kind = "inpainting" if task == "inpainting" or self.inpainting_model else "image-to-image"
+        if kind not in self.made:
+            from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+
+            cls = StableDiffusionInpaintPipeline if kind == "inpainting" else StableDiffusionImg2ImgPipeline
+            made = cls(**self.text_to_image.components, requires_safety_checker=False)  # the same modules, shared
+            made.set_progress_bar_config(disable=True)
+            self.made[kind] = made
+        return self.made[kind]
+
+
+def _task_record(gen: Generation, given: _Given | None, inpainting_model: bool) -> dict[str, Any]:
+    """What the PNG says about how the image was made from the user's images."""
+    if given is None:
+        return {"task": gen.task}
+    record: dict[str, Any] = {"task": gen.task}
+    if gen.mask is not None:
+        record["inpainting"] = (
+            "inpainting model (mask and masked image as UNet input)" if inpainting_model
+            else "latent blend (the known region's noised latents put back at every step)"
+        )  # fmt: skip
+        record["overlay"] = "original pixels outside the mask"
+    elif inpainting_model:
+        record["inpainting"] = "inpainting model with everything to repaint"
+    if denoising_steps(gen) == 0:
+        record["note"] = f"strength {gen.strength} x {gen.steps} steps runs no denoising step: VAE round trip only"
+    return record
 
 
 def _far_above_native(height: int, width: int, native: int) -> str:
@@ -211,42 +353,78 @@ def _single_file_record(model: ResolvedModel) -> dict[str, Any]:
 
 
 def _save(out: Path, numbering: _Numbering, image: Any, settings: dict[str, Any], batch: list[int],
-          facts: _ModelFacts) -> SampleResult:  # fmt: skip
-    """Write one PNG with both metadata chunks and describe it."""
+          facts: _ModelFacts, task: dict[str, Any], inputs: dict[str, Any] | None = None,
+          strip: Any = None) -> SampleResult:  # fmt: skip
+    """Write one PNG with both metadata chunks (and its progress strip, if any) and describe it."""
     record = {
         "format": metadata.FORMAT_VERSION,
         "settings": settings,
         "model": {"source": facts.ref, "hash": facts.model_hash, "files": facts.file_hashes, **facts.single_file},
-        "run": {"batch_seeds": batch, "device": facts.device, "dtype": facts.dtype, "mode": facts.mode},
+        "run": {"batch_seeds": batch, "device": facts.device, "dtype": facts.dtype, "mode": facts.mode, **task},
         "versions": facts.versions,
         "lora": facts.lora,
     }
+    if inputs:
+        record["inputs"] = inputs  # each file the image was made from: path and sha256
     spec = SCHEDULERS[settings["scheduler"]]
     info = metadata.png_info(metadata.a1111_parameters(settings, spec, facts.model_hash, facts.name), record)
     path, index = _write_png(out, numbering, settings["seed"], image, info)
-    return SampleResult(path=path, index=index, model=facts.ref, model_hash=facts.model_hash, **settings)
+    progress = _write_progress(path, strip) if strip is not None else None
+    return SampleResult(path=path, index=index, model=facts.ref, model_hash=facts.model_hash, progress=progress,
+                        **settings)  # fmt: skip
 
 
-def _generate(pipe: Any, gen: Generation, seeds: list[int], height: int, width: int, counter: _StepCounter) -> Any:
+def _write_progress(image_path: Path, strip: Any) -> Path:
+    """`INDEX-SEED-progress.png` beside its image; written whole or not at all."""
+    import io
+
+    path = image_path.with_name(f"{image_path.stem}-progress.png")
+    buffer = io.BytesIO()
+    strip.save(buffer, format="PNG")
+    try:
+        with path.open("xb") as f:
+            f.write(buffer.getvalue())
+    except FileExistsError:
+        with writing(str(path)):
+            raise
+    except OSError:
+        path.unlink(missing_ok=True)  # never leave a partial strip behind
+        with writing(str(path)):
+            raise
+    return path
+
+
+def _generate(pipe: Any, gen: Generation, seeds: list[int], height: int, width: int, counter: _StepCounter,
+              given: _Given | None = None, recorder: X0Recorder | None = None) -> Any:  # fmt: skip
     """One pipeline call for one batch; returns float pixels in [0, 1], refusing NaN/inf results."""
     import numpy as np
     import torch
 
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     extra: dict[str, Any] = {"eta": gen.eta} if SCHEDULERS[gen.scheduler].accepts_eta else {}
+    if given is not None:
+        extra.update(image=[given.image] * len(seeds), strength=gen.strength)
+        if "mask_image" in inspect.signature(pipe.__call__).parameters:  # inpainting (an inpainting model's too)
+            from PIL import Image
+
+            mask = given.mask if given.mask is not None else Image.new("L", given.image.size, 255)
+            extra.update(mask_image=[mask] * len(seeds), height=height, width=width)
+    else:
+        extra.update(height=height, width=width)
     try:
-        output = pipe(
-            prompt=[gen.prompt] * len(seeds),
-            negative_prompt=[gen.negative_prompt] * len(seeds) if gen.negative_prompt else None,
-            num_inference_steps=gen.steps,
-            guidance_scale=gen.guidance,
-            height=height,
-            width=width,
-            generator=generators,
-            output_type="np",
-            callback_on_step_end=counter,
-            **extra,
-        )
+        if given is not None and denoising_steps(gen) == 0:
+            return _round_trip(pipe, given.image, generators)
+        with recorder.watching(pipe.scheduler) if recorder else contextlib.nullcontext():
+            output = pipe(
+                prompt=[gen.prompt] * len(seeds),
+                negative_prompt=[gen.negative_prompt] * len(seeds) if gen.negative_prompt else None,
+                num_inference_steps=gen.steps,
+                guidance_scale=gen.guidance,
+                generator=generators,
+                output_type="np",
+                callback_on_step_end=counter,
+                **extra,
+            )
     except torch.OutOfMemoryError as exc:
         raise ResourceError(
             f"out of memory generating {len(seeds)} image(s) at {width}x{height}: lower --batch-size"
@@ -263,6 +441,19 @@ def _generate(pipe: Any, gen: Generation, seeds: list[int], height: int, width: 
             "(fp16 overflow? try --dtype fp32 or bf16); nothing was saved for them"
         )
     return pixels
+
+
+def _round_trip(pipe: Any, image: Any, generators: list[Any]) -> Any:
+    """A strength too small for one step: the image through the VAE and back, its latents drawn with each
+    image's generator as diffusers' image-to-image draws them."""
+    import torch
+
+    device = pipe._execution_device
+    with torch.inference_mode():
+        pixels = pipe.image_processor.preprocess(image).to(device, pipe.vae.dtype)
+        latents = torch.cat([pipe.vae.encode(pixels).latent_dist.sample(g) for g in generators])
+        decoded = pipe.vae.decode(latents, return_dict=False)[0]
+    return pipe.image_processor.postprocess(decoded.float(), output_type="np")
 
 
 class _NonFiniteLatents(Exception):

@@ -23,7 +23,7 @@ _LEGACY = {"DPM++ 2M Karras": ("DPM++ 2M", "Karras")}
 # What A1111's "Automatic" schedule (no `Schedule type`) means for the samplers sdlite has.
 _AUTOMATIC = {"DPM++ 2M": "Karras", "Euler": "Uniform", "Euler a": "Uniform", "LMS": "Uniform"}
 # Fields that change A1111's pixels and that sdlite does not replay.
-_NOT_REPLAYED = ("Clip skip", "Hires upscale", "Hires steps", "Denoising strength", "Lora hashes", "VAE",
+_NOT_REPLAYED = ("Clip skip", "Hires upscale", "Hires steps", "Lora hashes", "VAE",
                  "Variation seed", "Face restoration", "Refiner", "ENSD", "Eta")  # fmt: skip
 
 
@@ -49,6 +49,8 @@ def a1111_parameters(settings: dict[str, Any], spec: SchedulerSpec, model_hash: 
         ("Size", f"{settings['width']}x{settings['height']}"),
         ("Model hash", model_hash[:10]),
         ("Model", model_name),
+        ("Denoising strength", f"{settings['strength']:g}" if settings.get("init_image") else None),
+        ("Mask blur", settings.get("mask_blur") if settings.get("mask") else None),
         ("RNG", "CPU"),
         ("Eta DDIM", f"{settings['eta']:g}" if settings.get("eta") else None),
         ("Version", f"sdlite {__version__}"),
@@ -130,6 +132,17 @@ def generation_settings(text: str) -> tuple[dict[str, Any], dict[str, str], list
             settings["eta"] = float(pairs["Eta DDIM"])
         except ValueError:
             notes.append(f"Eta DDIM {pairs['Eta DDIM']!r} is not a number; 0 is used")
+    if "Denoising strength" in pairs and "Hires upscale" not in pairs:  # an img2img image (hires fix writes it too)
+        try:
+            settings["strength"] = float(pairs["Denoising strength"])
+            if "Mask blur" in pairs:
+                settings["mask_blur"] = int(pairs["Mask blur"])
+            notes.append(
+                f"it was made from an image (Denoising strength {pairs['Denoising strength']}) that A1111 does not "
+                f"record: pass it with --init-image{' and the mask with --mask' if 'Mask blur' in pairs else ''}"
+            )
+        except ValueError:
+            notes.append(f"Denoising strength {pairs['Denoising strength']!r} is not a number; not replayed")
     ignored = [key for key in _NOT_REPLAYED if key in pairs]
     if ignored:
         notes.append(f"not replayed: {', '.join(ignored)}")
