@@ -31,11 +31,18 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The built-in model (no --model): a few scenes, one of them a combination never shown in training.
+# The built-in model (no --model): a few scenes, one of them a combination never shown in training; then a
+# drawn red circle recoloured (image-to-image) and its background repainted (inpainting), and the forward noise.
 demo: install
 	$(OFFLINE) $(SDLITE) sample "a red circle on a blue background" "a yellow triangle on a black background" \
 		"a white square on a green background" "a purple circle on a black background" \
 		--num-images 2 --seed 42 --out build/demo --grid
+	$(OFFLINE) $(PY) examples/make_scene.py build/demo/inputs
+	$(OFFLINE) $(SDLITE) sample "a yellow circle on a blue background" --init-image build/demo/inputs/red-circle.png \
+		--strength 0.6 --num-images 4 --seed 42 --out build/demo/recolour --grid --save-progress 6
+	$(OFFLINE) $(SDLITE) sample "a red circle on a green background" --init-image build/demo/inputs/red-circle.png \
+		--mask build/demo/inputs/background-mask.png --num-images 4 --seed 42 --out build/demo/inpaint --grid
+	$(OFFLINE) $(SDLITE) noise build/demo/inputs/red-circle.png --out build/demo/noise.png --frames 11 --force
 
 # Retrain the built-in model from scratch with sdlite's own commands (under an hour on 2 cores).
 default-model: install

@@ -23,27 +23,28 @@ from sdlite.staging import share
 class EncodingCache:
     """Latent stats per image and embeddings per caption, filled once by the main process."""
 
-    def __init__(self, parts: Any, model: ResolvedModel, resolution: int, with_text: bool) -> None:
-        self.parts, self.resolution, self.has_text = parts, resolution, with_text
+    def __init__(self, parts: Any, model: ResolvedModel, with_text: bool) -> None:
+        self.parts, self.has_text = parts, with_text
         self.root = cache_dir() / "train-cache"
         dtype = str(parts.weight_dtype)
-        self.vae_key = _digest([_component_hash(model, "vae"), resolution, dtype, "center-crop"])
+        self.vae_key = _digest([_component_hash(model, "vae"), dtype, "center-crop"])
         self.text_key = _digest([_component_hash(model, "text_encoder"), _component_hash(model, "tokenizer"), dtype])
-        self.latents: dict[Path, tuple[Any, Any]] = {}
+        self.latents: dict[tuple[str, tuple[int, int]], tuple[Any, Any]] = {}
         self.texts: dict[str, Any] = {}
 
-    def fill(self, examples: tuple[Any, ...], compute: bool) -> dict[str, int]:
-        """Load every entry, computing (and storing) the missing ones when `compute`; returns counts."""
+    def fill(self, examples: tuple[Any, ...], sizes: tuple[tuple[int, int], ...], compute: bool) -> dict[str, int]:
+        """Load every entry (each example at its (width, height) bucket), computing and storing the missing ones
+        when `compute`; returns counts."""
         import torch
         from safetensors.torch import load_file
 
-        from sdlite.data import load_image, preprocess
+        from sdlite.data import load_example, preprocess
 
         counts = {"latents_reused": 0, "latents_computed": 0, "texts_reused": 0, "texts_computed": 0}
-        for example in examples:
-            path = self._latent_path(example.path)
+        for example, size in zip(examples, sizes, strict=True):
+            path = self._latent_path(example, size)
             if not path.exists() and compute:
-                pixels = preprocess(load_image(example.path), self.resolution, "center", False, 0)[None]
+                pixels = preprocess(load_example(example), size, "center", False, 0)[None]
                 with torch.no_grad():
                     dist = self.parts.vae.encode(pixels.to(self.parts.vae.device, self.parts.weight_dtype)).latent_dist
                 _save(path, {"mean": dist.mean[0].float(), "std": dist.std[0].float()})
@@ -51,7 +52,7 @@ class EncodingCache:
             else:
                 counts["latents_reused"] += 1
             entry = load_file(path)
-            self.latents[example.path] = (entry["mean"], entry["std"])
+            self.latents[(str(example), tuple(size))] = (entry["mean"], entry["std"])
         if self.has_text:
             for caption in sorted({e.caption for e in examples} | {""}):  # "" serves caption dropout
                 path = self._text_path(caption)
@@ -68,10 +69,10 @@ class EncodingCache:
                 self.texts[caption] = load_file(path)["embedding"]
         return counts
 
-    def latent_stats(self, examples: list[Any]) -> tuple[Any, Any]:
+    def latent_stats(self, examples: list[Any], sizes: list[tuple[int, int]]) -> tuple[Any, Any]:
         import torch
 
-        pairs = [self.latents[e.path] for e in examples]
+        pairs = [self.latents[(str(e), tuple(size))] for e, size in zip(examples, sizes, strict=True)]
         return torch.stack([m for m, _ in pairs]), torch.stack([s for _, s in pairs])
 
     def text_embeddings(self, captions: list[str]) -> Any:
@@ -79,8 +80,10 @@ class EncodingCache:
 
         return torch.stack([self.texts[c] for c in captions]).to(self.parts.weight_dtype)
 
-    def _latent_path(self, image: Path) -> Path:
-        return self.root / "latents" / f"{_digest([file_sha256(image), self.vae_key])}.safetensors"
+    def _latent_path(self, example: Any, size: tuple[int, int]) -> Path:
+        from sdlite.data import example_sha256
+
+        return self.root / "latents" / f"{_digest([example_sha256(example), self.vae_key, list(size)])}.safetensors"
 
     def _text_path(self, caption: str) -> Path:
         return self.root / "text" / f"{_digest([caption, self.text_key])}.safetensors"

@@ -386,7 +386,11 @@ def train(
     ] = None,
     data: Annotated[
         Path | None,
-        typer.Option(help="Captioned images: metadata.jsonl, metadata.csv or .txt sidecars.", show_default=False),
+        typer.Option(
+            help="Captioned images: a folder (metadata.jsonl, metadata.csv or .txt sidecars), a Parquet file or folder "
+            "of shards, a `datasets` save_to_disk folder, or a hub dataset id (needs the `datasets` extra).",
+            show_default=False,
+        ),
     ] = None,
     out: Annotated[
         Path | None,
@@ -500,6 +504,74 @@ def train(
     allow_missing_captions: Annotated[
         bool | None, typer.Option("--allow-missing-captions", help="Train images without a caption on an empty one.")
     ] = None,
+    buckets: Annotated[
+        bool | None,
+        typer.Option(
+            "--buckets/--no-buckets",
+            help="Aspect-ratio buckets: each image is resized to the bucket nearest its aspect ratio (about "
+            "RESOLUTION^2 pixels, sides multiples of --bucket-step) and cropped only by the remainder; every batch "
+            "comes from one bucket. --no-buckets squares every image. [default: on when the aspect ratios differ]",
+            show_default=False,
+        ),
+    ] = None,
+    bucket_step: Annotated[int | None, typer.Option(help="Bucket sides are multiples of this. [default: 64]")] = None,
+    bucket_min_side: Annotated[
+        int | None, typer.Option(help="Smallest bucket side. [default: half the resolution]")
+    ] = None,
+    bucket_max_side: Annotated[
+        int | None, typer.Option(help="Largest bucket side. [default: twice the resolution]")
+    ] = None,
+    max_aspect: Annotated[float | None, typer.Option(help="Largest bucket aspect ratio. [default: 2]")] = None,
+    instance_prompt: Annotated[
+        str | None,
+        typer.Option(
+            help='DreamBooth: train every image with this prompt ("a photo of sks dog"); no captions needed, '
+            "existing ones are overridden."
+        ),
+    ] = None,
+    class_prompt: Annotated[
+        str | None,
+        typer.Option(
+            help='Prior preservation: the class the subject belongs to ("a photo of a dog"). Its images are trained '
+            "beside the subject's so the model keeps what the class looks like."
+        ),
+    ] = None,
+    class_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of class images; missing ones (up to --num-class-images) are generated first with the base "
+            "model and kept for the next run. [default: a folder in sdlite's cache per model and class prompt]"
+        ),
+    ] = None,
+    num_class_images: Annotated[int | None, typer.Option(help="Class images to train with. [default: 100]")] = None,
+    prior_loss_weight: Annotated[
+        float | None, typer.Option(help="Weight of the class images' loss. [default: 1.0]")
+    ] = None,
+    image_column: Annotated[
+        str | None,
+        typer.Option(help="Image column of a Parquet/Arrow dataset (bytes, {bytes, path} or a path). [default: image]"),
+    ] = None,
+    shuffle_captions: Annotated[
+        bool | None,
+        typer.Option(
+            "--shuffle-captions",
+            help="Captions are comma-separated tags: shuffle them per example and epoch (deterministic from --seed).",
+        ),
+    ] = None,
+    keep_tokens: Annotated[
+        int | None, typer.Option(help="With --shuffle-captions: keep the first N tags in place. [default: 0]")
+    ] = None,
+    report_to: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Experiment tracker: tensorboard (under OUT/logs), wandb, mlflow or trackio (repeatable; each needs "
+            "its package). Logs loss, learning rate, images/s and validation grids.",
+            show_default=False,
+        ),
+    ] = None,
+    tracker_project: Annotated[
+        str | None, typer.Option(help="Project / experiment name for the trackers. [default: sdlite]")
+    ] = None,
     num_processes: Annotated[
         int | None, typer.Option(help="Launch N processes through accelerate (multi-GPU, or CPU for tests).")
     ] = None,
@@ -519,7 +591,8 @@ def train(
     tokenizer: Tokenizer = None,
     ema_weights: EmaWeights = True,
 ) -> None:
-    """Fine-tune a model on a captioned image folder (full, or LoRA), resumable, on one or many processes."""
+    """Fine-tune a model (full, or LoRA) on a captioned image folder, a Parquet/Arrow dataset or a hub dataset, or
+    DreamBooth-style on a subject's photos; resumable, aspect-ratio bucketed, on one or many processes."""
     with _errors():
         check_value(PositiveInt | None, num_processes, "--num-processes")
         if num_processes and num_processes > 1 and "WORLD_SIZE" not in os.environ:
@@ -541,6 +614,12 @@ def train(
             "validate_every": validate_every, "caption_column": caption_column, "skip_bad_images": skip_bad_images,
             "allow_missing_captions": allow_missing_captions, "offline": offline or None, "allow_pickle": allow_pickle or None,
             "tokenizer": tokenizer, "ema_weights": None if ema_weights else False,
+            "buckets": buckets, "bucket_step": bucket_step, "bucket_min_side": bucket_min_side,
+            "bucket_max_side": bucket_max_side, "max_aspect": max_aspect, "instance_prompt": instance_prompt,
+            "class_prompt": class_prompt, "class_data": class_data, "num_class_images": num_class_images,
+            "prior_loss_weight": prior_loss_weight, "image_column": image_column, "shuffle_captions": shuffle_captions,
+            "keep_tokens": keep_tokens, "report_to": tuple(report_to) if report_to else None,
+            "tracker_project": tracker_project,
         }  # fmt: skip
         config = build_train_config(cli_values, config_file)
         _quiet_libraries(offline)

@@ -67,6 +67,8 @@ WeightsDType = Literal["fp32", "fp16", "bf16"]
 SchedulerName = one_of(tuple(SCHEDULERS))
 Mode = one_of(MODES)
 Seed = Annotated[int, Strict(), Ge(0), Le(MAX_SEED)]
+Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio"]
+TRACKERS: tuple[str, ...] = get_args(Tracker)
 # Image-to-image: the share of the schedule re-run from the user's image (1 = from (almost) pure noise).
 Strength = Annotated[float, Strict(), AllowInfNan(False), Gt(0), Le(1)]
 ResizeRule = Literal["crop", "fit", "stretch"]
@@ -773,10 +775,31 @@ class TrainConfig:
     allow_pickle: Flag = False
     tokenizer: PathText | None = None  # a single-file base model's tokenizer (folder or hub id)
     ema_weights: Flag = True  # a single-file base model's EMA weights when it has them
+    # Aspect-ratio buckets: None = on when the images' aspect ratios differ (see sdlite/buckets.py).
+    buckets: Flag | None = None
+    bucket_step: PositiveInt = 64  # bucket sides are multiples of this
+    bucket_min_side: PositiveInt | None = None  # None: half the resolution
+    bucket_max_side: PositiveInt | None = None  # None: twice the resolution
+    max_aspect: Annotated[float, Strict(), AllowInfNan(False), Ge(1)] = 2.0
+    # DreamBooth: one prompt for every image, and prior preservation with images of the class.
+    instance_prompt: Prompt | None = None
+    class_prompt: Prompt | None = None
+    class_data: FilePath | None = None  # None: a folder in sdlite's cache, per model and class prompt
+    num_class_images: PositiveInt = 100
+    prior_loss_weight: NonNegativeNumber = 1.0
+    # Datasets in files: the columns of a Parquet / Arrow dataset (image: bytes, {bytes, path} or a path).
+    image_column: NonEmptyText = "image"
+    # Captions as comma-separated tags: shuffled per example and epoch, the first keep_tokens kept in place.
+    shuffle_captions: Flag = False
+    keep_tokens: NonNegativeInt = 0
+    # Experiment trackers (Accelerate's): loss, learning rate, images/s and validation grids.
+    report_to: tuple[Tracker, ...] = ()
+    tracker_project: NonEmptyText = "sdlite"
 
     _option_names: ClassVar[dict[str, str]] = {
         "validation_prompts": "--validation-prompt", "crop": "--center-crop/--random-crop",
         "cache": "--cache/--no-cache", "ema_weights": "--ema-weights/--no-ema-weights",
+        "buckets": "--buckets/--no-buckets",
     }  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -791,7 +814,9 @@ class TrainConfig:
                 "cache": self.cache, "snr_gamma": self.snr_gamma is not None, "noise_offset": self.noise_offset > 0,
                 "prediction_type": self.prediction_type is not None, "caption_dropout": self.caption_dropout > 0,
                 "checkpoint_every": self.checkpoint_every is not None, "resume": self.resume is not None,
-                "validation_prompts": bool(self.validation_prompts),
+                "validation_prompts": bool(self.validation_prompts), "buckets": bool(self.buckets),
+                "instance_prompt": self.instance_prompt is not None, "class_prompt": self.class_prompt is not None,
+                "shuffle_captions": self.shuffle_captions, "report_to": bool(self.report_to),
             }  # fmt: skip
             given = [key for key, used in unet_only.items() if used]
             if given:
@@ -808,6 +833,15 @@ class TrainConfig:
             )
         if self.validate_every is not None and not self.validation_prompts:
             fail("validate_every", f"{n('validate_every')} needs at least one {n('validation_prompts')}")
+        if self.class_prompt is not None and self.instance_prompt is None:
+            fail("class_prompt", f"{n('class_prompt')} (prior preservation) needs {n('instance_prompt')}")
+        for key in ("class_data",):
+            if getattr(self, key) is not None and self.class_prompt is None:
+                fail(key, f"{n(key)} needs {n('class_prompt')} (the prompt its images show)")
+        if self.keep_tokens and not self.shuffle_captions:
+            fail("keep_tokens", f"{n('keep_tokens')} needs {n('shuffle_captions')}")
+        if self.bucket_min_side and self.bucket_max_side and self.bucket_min_side > self.bucket_max_side:
+            fail("bucket_min_side", f"{n('bucket_min_side')} is larger than {n('bucket_max_side')}")
         if self.overwrite and self.resume is not None:
             fail(
                 "overwrite",
@@ -830,7 +864,7 @@ class TrainConfig:
         ignored = {
             "max_steps", "epochs", "out", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "cache",
             "gradient_checkpointing", "validation_prompts", "validate_every", "offline", "allow_pickle",
-            "skip_bad_images", "allow_missing_captions", "tokenizer",
+            "skip_bad_images", "allow_missing_captions", "tokenizer", "report_to", "tracker_project",
         }  # fmt: skip
         return {k: _jsonable(v) for k, v in dataclasses.asdict(self).items() if k not in ignored}
 

@@ -1,4 +1,8 @@
-"""Training data: find image/caption pairs in a folder, read images robustly, turn them into tensors.
+"""Training data: find image/caption pairs, read images robustly, turn them into tensors.
+
+Pairs come from a folder (metadata.jsonl / metadata.csv as Hugging Face imagefolder lays them out, or
+.txt sidecars) or from tables: Parquet files and shard folders, `datasets` save_to_disk folders, hub
+dataset ids (sdlite/tables.py reads those; an example is then a row of a table file).
 
 Every problem is found before training starts (`discover`, then `check_images`), so a run never dies
 hours in on one bad file. Module import stays light: Pillow, numpy and torch load inside functions.
@@ -7,14 +11,16 @@ hours in on one bad file. Module import stays light: Pillow, numpy and torch loa
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import os
 import random
 import struct
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sdlite.errors import DataError, UsageError
 
@@ -35,10 +41,51 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Inde
 
 @dataclass(frozen=True)
 class Example:
-    """One training pair: an image file and the caption it is trained with."""
+    """One training pair: an image (a file, or row `row` of a Parquet/Arrow file) and its caption."""
 
     path: Path  # absolute
     caption: str
+    row: int | None = None  # the image is in row `row` of the table file `path`
+    # (width, height) upright, once check_images has read it; derived, so not part of equality
+    size: tuple[int, int] | None = field(default=None, compare=False)
+    image_column: str = "image"  # the table column that holds the image (rows only)
+
+    def __str__(self) -> str:
+        return str(self.path) if self.row is None else f"{self.path} row {self.row}"
+
+
+def load_example(example: Example) -> Image.Image:
+    """The example's image as 8-bit RGB, upright (see load_image); DataError naming it when unreadable."""
+    if example.row is None:
+        return load_image(example.path)
+    value = _row_image(example)
+    return _decode(value if isinstance(value, Path) else io.BytesIO(value), str(example))
+
+
+def example_sha256(example: Example) -> str:
+    """The sha256 of the image's encoded bytes: what the latent cache is keyed by.
+
+    For a table row, the bytes in the row, or the file its path points to.
+    """
+    from sdlite.metadata import file_sha256
+
+    if example.row is None:
+        return file_sha256(example.path)
+    value = _row_image(example)
+    return file_sha256(value) if isinstance(value, Path) else hashlib.sha256(value).hexdigest()
+
+
+def _row_image(example: Example) -> bytes | Path:
+    """A table row's encoded image, or the existing file its path points to; DataError naming the row."""
+    from sdlite import tables
+
+    assert example.row is not None
+    value = tables.image_value(example.path, example.row, example.image_column)
+    if value is None:
+        raise DataError(f"{example}: cannot read image (the {example.image_column!r} cell is empty)")
+    if isinstance(value, Path) and not value.is_file():
+        raise DataError(f"{example}: cannot read image ({value} does not exist)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -46,40 +93,82 @@ class Dataset:
     """The examples of a data folder, how they were found, and what was left out or patched (to report)."""
 
     examples: tuple[Example, ...]  # sorted by path, so runs and resumes see the same order
-    source: str  # "metadata.jsonl", "metadata.csv" or "sidecar"
+    source: str  # "metadata.jsonl", "metadata.csv", "sidecar", "parquet", "arrow" or "hub:ORG/NAME"
     skipped: tuple[str, ...] = ()  # "PATH: reason" lines for the end-of-run summary
 
 
-def discover(data_dir: Path, caption_column: str = "text", allow_missing_captions: bool = False) -> Dataset:
-    """Find the examples of `data_dir`: `metadata.jsonl`, else `metadata.csv`, else `.txt` sidecars.
+def discover(
+    data_dir: Path | str,
+    caption_column: str = "text",
+    allow_missing_captions: bool = False,
+    image_column: str = "image",
+    offline: bool = False,
+) -> Dataset:
+    """Find the examples of `data_dir`: a folder of images, or a table dataset (see below).
 
-    Metadata follows the Hugging Face imagefolder layout (`file_name` relative to the folder plus a
-    caption column); images it does not list are ignored. Without metadata every image below the folder
-    (hidden files and folders excluded) needs a same-stem `.txt` next to it. A missing caption is an
-    error unless `allow_missing_captions`, which trains the image with "" and notes it in `skipped`.
-    Captions are stripped of surrounding whitespace.
+    In a folder: `metadata.jsonl`, else `metadata.csv`, else `.txt` sidecars. Metadata follows the
+    Hugging Face imagefolder layout (`file_name` relative to the folder plus a caption column); images
+    it does not list are ignored. Without metadata every image below the folder (hidden files and
+    folders excluded) needs a same-stem `.txt` next to it.
+
+    Tables (sdlite/tables.py): a `.parquet` file, a folder of Parquet shards (and no images), a
+    `datasets` save_to_disk folder or `.arrow` file, or, when online, a hub dataset id. Each row is an
+    example: `image_column` holds the image, `caption_column` the caption. Only captions are read here.
+
+    A missing caption is an error unless `allow_missing_captions`, which trains the image with "" and
+    notes it in `skipped`. Captions are stripped of surrounding whitespace.
     """
-    folder = Path(data_dir).expanduser()
-    if not folder.exists():
-        raise DataError(f"data folder {folder} does not exist")
-    if not folder.is_dir():
-        raise DataError(f"data folder {folder} is not a folder")
-    folder = folder.resolve()
+    from sdlite import tables
+
+    source = tables.locate(data_dir, offline, IMAGE_SUFFIXES)
+    if source is not None:
+        return _discover_table(source, caption_column, image_column, allow_missing_captions)
+    folder = Path(data_dir).expanduser().resolve()
 
     if (folder / _JSONL).is_file():
-        source, rows = _JSONL, _read_jsonl(folder / _JSONL, folder, caption_column)
+        kind, rows = _JSONL, _read_jsonl(folder / _JSONL, folder, caption_column)
     elif (folder / _CSV).is_file():
-        source, rows = _CSV, _read_csv(folder / _CSV, folder, caption_column)
+        kind, rows = _CSV, _read_csv(folder / _CSV, folder, caption_column)
     else:
-        source, rows = "sidecar", _read_sidecars(folder)
+        kind, rows = "sidecar", _read_sidecars(folder)
     if not rows:
-        where = f"{folder / source} lists no images" if source != "sidecar" else f"no images in {folder}"
+        where = f"{folder / kind} lists no images" if kind != "sidecar" else f"no images in {folder}"
         raise DataError(
             f"{where} (expected {_JSONL} or {_CSV} with {_FILE_COLUMN!r} and {caption_column!r} columns, "
-            f"or image files ({', '.join(IMAGE_SUFFIXES)}) with same-name .txt captions)"
+            f"or image files ({', '.join(IMAGE_SUFFIXES)}) with same-name .txt captions, "
+            "or Parquet shards, or a `datasets` save_to_disk folder)"
         )
 
     missing = [(path, where) for path, caption, where in rows if caption is None]
+    _refuse_missing(missing, allow_missing_captions)
+    examples = sorted(
+        (Example(path, "" if caption is None else caption) for path, caption, _ in rows),
+        key=lambda example: example.path.parts,
+    )
+    notes = tuple(f"{path}: missing caption (empty caption used)" for path, _ in sorted(missing, key=_path_parts))
+    return Dataset(examples=tuple(examples), source=kind, skipped=notes)
+
+
+def _discover_table(source: Any, caption_column: str, image_column: str, allow_missing_captions: bool) -> Dataset:
+    """One example per row, in file order then row order."""
+    from sdlite import tables
+
+    rows = tables.caption_rows(source, caption_column, image_column)
+    if not rows:
+        files = ", ".join(str(path) for path in source.files)
+        raise DataError(f"no rows in {files}")
+    examples = tuple(
+        Example(row.path, "" if row.caption is None else row.caption, row=row.row, image_column=image_column)
+        for row in rows
+    )
+    missing = [(f"{row.path} row {row.row}", f"{caption_column!r} is null") for row in rows if row.caption is None]
+    _refuse_missing(missing, allow_missing_captions)
+    notes = tuple(f"{name}: missing caption (empty caption used)" for name, _ in missing)
+    return Dataset(examples=examples, source=source.label, skipped=notes)
+
+
+def _refuse_missing(missing: list[Any], allow_missing_captions: bool) -> None:
+    """DataError on the first (image, why) pair without a caption, unless they are allowed."""
     if missing and not allow_missing_captions:
         path, where = missing[0]
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -87,12 +176,6 @@ def discover(data_dir: Path, caption_column: str = "text", allow_missing_caption
             f"{path}: no caption ({where}){more}; add the caption, or pass --allow-missing-captions "
             "to train such images with an empty caption"
         )
-    examples = sorted(
-        (Example(path, "" if caption is None else caption) for path, caption, _ in rows),
-        key=lambda example: example.path.parts,
-    )
-    notes = tuple(f"{path}: missing caption (empty caption used)" for path, _ in sorted(missing, key=_path_parts))
-    return Dataset(examples=tuple(examples), source=source, skipped=notes)
 
 
 def load_image(path: Path) -> Image.Image:
@@ -101,21 +184,26 @@ def load_image(path: Path) -> Image.Image:
     16-bit and float images are rescaled (Pillow's own conversion clips them to white). Pillow's
     decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) stays on: an image above it is refused.
     """
+    return _decode(path, str(path))
+
+
+def _decode(source: Path | BinaryIO, name: str) -> Image.Image:
+    """load_image's decoding of a file or of encoded bytes; errors name `name` (a path, or "PATH row N")."""
     from PIL import Image, ImageOps
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(source) as opened:
                 opened.load()  # decode now: truncated or corrupt data fails here, not mid-training
                 upright = ImageOps.exif_transpose(opened)
                 image = _to_rgb(upright)
                 if image is opened:
                     image = image.copy()  # the file closes when this block ends
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{path}: cannot read image (too large: {exc})") from exc
+        raise DataError(f"{name}: cannot read image (too large: {exc})") from exc
     except _DECODE_ERRORS as exc:
-        raise DataError(f"{path}: cannot read image ({_reason(exc)})") from exc
+        raise DataError(f"{name}: cannot read image ({_reason(exc)})") from exc
     return image
 
 
@@ -125,11 +213,11 @@ def check_images(dataset: Dataset, skip_bad_images: bool) -> Dataset:
     bad: list[str] = []
     for example in dataset.examples:
         try:
-            load_image(example.path)
+            size = load_example(example).size
         except DataError as exc:
             bad.append(str(exc))
             continue
-        good.append(example)
+        good.append(replace(example, size=size))
     if bad and not skip_bad_images:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise DataError(f"{bad[0]}{more}; fix or remove it, or pass --skip-bad-images to train without it")
@@ -143,8 +231,9 @@ def augmentation_is_fixed(crop: str, flip: bool) -> bool:
     return crop == "center" and not flip
 
 
-def preprocess(image: Image.Image, resolution: int, crop: str, flip: bool, seed: int) -> torch.Tensor:
-    """Resize the short side to `resolution` (bicubic), crop a square, maybe flip; float32 (3, R, R) in [-1, 1].
+def preprocess(image: Image.Image, resolution: int | tuple[int, int], crop: str, flip: bool, seed: int) -> torch.Tensor:
+    """Resize to cover `resolution` (a side, or a (width, height) bucket) keeping the aspect ratio (bicubic),
+    crop the remainder, maybe flip; float32 (3, H, W) in [-1, 1].
 
     All randomness comes from `random.Random(seed)`, drawn in a fixed order: the flip coin first (so
     it does not depend on image size or crop mode), then the x and y crop offsets for crop="random".
@@ -153,7 +242,8 @@ def preprocess(image: Image.Image, resolution: int, crop: str, flip: bool, seed:
     import torch
     from PIL import Image
 
-    if resolution < 1:
+    out_w, out_h = (resolution, resolution) if isinstance(resolution, int) else resolution
+    if min(out_w, out_h) < 1:
         raise UsageError(f"resolution must be at least 1, got {resolution}")
     if crop not in CROPS:
         raise UsageError(f"crop must be one of {', '.join(CROPS)}; got {crop!r}")
@@ -163,16 +253,16 @@ def preprocess(image: Image.Image, resolution: int, crop: str, flip: bool, seed:
     if image.mode != "RGB":
         image = image.convert("RGB")
     width, height = image.size
-    scale = resolution / min(width, height)
-    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    scale = max(out_w / width, out_h / height)
+    size = (max(out_w, round(width * scale)), max(out_h, round(height * scale)))
     if size != image.size:
         image = image.resize(size, Image.Resampling.BICUBIC)
-    spare_x, spare_y = size[0] - resolution, size[1] - resolution
+    spare_x, spare_y = size[0] - out_w, size[1] - out_h
     if crop == "random":
         left, top = rng.randint(0, spare_x), rng.randint(0, spare_y)
     else:
         left, top = spare_x // 2, spare_y // 2
-    image = image.crop((left, top, left + resolution, top + resolution))
+    image = image.crop((left, top, left + out_w, top + out_h))
     if flip and do_flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlite import checkpoints, resources
+from sdlite.buckets import Layout, make_layout
 from sdlite.config import TrainConfig, validate_size
 from sdlite.errors import Interrupted, NumericalError, UsageError, sigint_to, writing
 from sdlite.models import (
@@ -64,6 +65,9 @@ class TrainPlan:
     cache: bool
     cache_note: str
     trains: tuple[str, ...]
+    buckets: dict[str, int] = dataclasses.field(default_factory=dict)  # images per bucket ("WxH")
+    bucket_note: str = ""
+    class_images: int = 0  # prior preservation: class images trained beside the instance images
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,8 +83,8 @@ class TrainResult:
     bad_steps: int
 
 
-def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, Any, ResolvedModel]:
-    """Check the model and every image, and work out steps, epochs and batch sizes."""
+def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, Any, ResolvedModel, Layout]:
+    """Check the model and every image; work out buckets, steps, epochs and batch sizes."""
     from sdlite.data import check_images, discover
 
     model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights)
@@ -89,22 +93,36 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
             "--component vae trains from a diffusers folder: convert the single file first "
             f"(sdlite export {model.path} DIR --format diffusers)"
         )
-    factor = vae_factor(model.configs()["vae"])
+    configs = model.configs()
+    factor = vae_factor(configs["vae"])
     resolution = config.resolution or model.native_size()
     validate_size(resolution, None, factor, names=("--resolution",))
     resources.check_train(model, config, resolution, num_processes)  # before any image is read or weight loaded
     dataset = check_images(
-        discover(config.data, config.caption_column, config.allow_missing_captions), config.skip_bad_images
+        discover(
+            config.data,
+            config.caption_column,
+            config.allow_missing_captions or bool(config.instance_prompt),
+            image_column=config.image_column,
+            offline=config.offline,
+        ),
+        config.skip_bad_images,
     )
+    if config.instance_prompt is not None:  # DreamBooth: one prompt for every image, captions or not
+        examples = tuple(dataclasses.replace(e, caption=config.instance_prompt) for e in dataset.examples)
+        dataset = dataclasses.replace(dataset, examples=examples, skipped=tuple(
+            n for n in dataset.skipped if not n.endswith("missing caption (empty caption used)")))  # fmt: skip
     per_micro = config.batch_size * num_processes
-    micro_per_epoch = len(dataset.examples) // per_micro
-    if micro_per_epoch == 0:
+    effective = per_micro * config.grad_accum
+    layout = _layout(dataset, resolution, effective, config, configs)
+    per_epoch = layout.order.batches_per_epoch
+    if per_epoch == 0:
         raise UsageError(
-            f"{len(dataset.examples)} images cannot fill one batch of {config.batch_size} x {num_processes} processes; "
-            "lower --batch-size"
+            f"{len(dataset.examples)} images cannot fill one global batch of {effective} "
+            f"({config.batch_size} per process x {num_processes} processes x {config.grad_accum} accumulation); "
+            "lower --batch-size or --grad-accum"
         )
-    steps_per_epoch = micro_per_epoch / config.grad_accum
-    steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))  # type: ignore[operator]
+    steps = config.max_steps or max(1, math.ceil(config.epochs * per_epoch))  # type: ignore[operator]
     trains = ("unet", "text_encoder") if config.train_text_encoder else ("unet",)
     if config.lora:
         trains = tuple(f"{name} lora" for name in trains)
@@ -119,16 +137,33 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
         num_processes=num_processes,
         batch_size=config.batch_size,
         grad_accum=config.grad_accum,
-        effective_batch=per_micro * config.grad_accum,
-        micro_batches_per_epoch=micro_per_epoch,
-        steps_per_epoch=steps_per_epoch,
+        effective_batch=effective,
+        micro_batches_per_epoch=per_epoch * config.grad_accum,
+        steps_per_epoch=float(per_epoch),
         steps=steps,
-        epochs=steps / steps_per_epoch,
+        epochs=steps / per_epoch,
         cache=cache,
         cache_note=cache_note,
         trains=trains,
+        buckets=layout.histogram(),
+        bucket_note=layout.note,
+        class_images=config.num_class_images if config.class_prompt else 0,
     )
-    return plan, dataset, model
+    return plan, dataset, model, layout
+
+
+def _layout(dataset: Any, resolution: int, effective: int, config: TrainConfig, configs: dict[str, Any]) -> Layout:
+    """Buckets for the UNet (sides on the UNet's latent grid), a plain square for VAE training."""
+    if config.component == "vae":
+        return make_layout([e.size for e in dataset.examples], resolution, effective, False, 1, None, None, 1.0)
+    grid = vae_factor(configs["vae"]) * 2 ** (len(configs["unet"]["block_out_channels"]) - 1)
+    if config.buckets is not False and config.bucket_step % grid:
+        raise UsageError(
+            f"--bucket-step {config.bucket_step} must be a multiple of {grid} for this model (VAE factor x UNet "
+            "downsampling), or pass --no-buckets"
+        )
+    return make_layout([e.size for e in dataset.examples], resolution, effective, config.buckets, config.bucket_step,
+                       config.bucket_min_side, config.bucket_max_side, config.max_aspect)  # fmt: skip
 
 
 def dry_run(config: TrainConfig) -> TrainPlan:
@@ -167,12 +202,18 @@ def _train(
 ) -> TrainResult:
     # 1. Plan: model and data checked before any weights load.
     check_out(config)
-    plan, dataset, model = make_plan(config, accelerator.num_processes)
+    plan, dataset, model, layout = make_plan(config, accelerator.num_processes)
     emit("plan", **plan.to_dict())
     resume_from = resume_folder(config)
     prepare_out(config, accelerator, fresh=resume_from is None)
     for note in plan.skipped:
         emit("warning", message=note)
+    class_set = None
+    if config.class_prompt is not None:  # prior preservation: missing class images are generated first, once
+        from sdlite.dreambooth import class_images
+
+        with accelerator.main_process_first():
+            class_set = ClassSet(tuple(class_images(config, emit if accelerator.is_main_process else None)))
 
     # 2. Components: frozen ones in the compute precision, trained ones in fp32.
     parts = _load_components(model, config, accelerator, torch)
@@ -215,9 +256,13 @@ def _train(
     if plan.cache:
         from sdlite.cache import EncodingCache
 
-        cache = EncodingCache(parts, model, plan.resolution, not config.train_text_encoder)
+        cache = EncodingCache(parts, model, not config.train_text_encoder and not config.shuffle_captions)
         with accelerator.main_process_first():
-            counts = cache.fill(dataset.examples, accelerator.is_main_process)
+            counts = cache.fill(dataset.examples, layout.sizes, accelerator.is_main_process)
+            if class_set is not None:
+                square = (plan.resolution, plan.resolution)
+                more = cache.fill(class_set.examples, (square,) * len(class_set.examples), accelerator.is_main_process)
+                counts = {k: counts[k] + more[k] for k in counts}
         emit("cache", **counts)
 
     # 4. The loop: one optimizer step per `grad_accum` micro-batches on every process.
@@ -238,7 +283,9 @@ def _train(
                 m = step * config.grad_accum + micro
                 syncing = micro == config.grad_accum - 1
                 with _no_sync(accelerator, wrapped, not syncing), accelerator.autocast():
-                    loss = _micro_loss(m, plan, dataset, parts, unet, text_encoder, cache, config, accelerator, torch)
+                    batch = _MicroBatch.of(m, plan, layout, config, accelerator.process_index)
+                    loss = _micro_loss(batch, dataset, class_set, parts, unet, text_encoder, cache, config,
+                                       accelerator.device, torch)  # fmt: skip
                     if loss_hook is not None:
                         loss = loss_hook(step, loss)
                     accelerator.backward(loss / config.grad_accum)
@@ -437,44 +484,98 @@ def _lora_config(config: TrainConfig, targets: list[str]) -> Any:
                       init_lora_weights="gaussian", target_modules=targets)  # fmt: skip
 
 
-def batch_indices(m: int, plan: TrainPlan, seed: int, rank: int) -> tuple[list[int], list[int]]:
-    """(dataset indices, global positions) of micro-batch `m` for process `rank`; epoch order is a
-    permutation seeded by (seed, epoch), so it is the same however and whenever it is computed."""
-    import torch
+@dataclass(frozen=True)
+class _MicroBatch:
+    """This process's share of one micro-batch: which examples, at which global positions of the step.
 
-    epoch, position = divmod(m, plan.micro_batches_per_epoch)
-    order = torch.randperm(plan.images, generator=torch.Generator().manual_seed(mix(seed, epoch))).tolist()
-    start = position * plan.batch_size * plan.num_processes + rank * plan.batch_size
-    positions = list(range(start, start + plan.batch_size))
-    return [order[p] for p in positions], positions
+    Every random draw of an example (caption dropout, latent sample, noise, timestep) comes from a generator
+    seeded by (seed, step, position), so a global batch gets the same draws however it is split into
+    processes, micro-batches and accumulation steps.
+    """
+
+    step: int
+    epoch: int
+    indices: tuple[int, ...]
+    positions: tuple[int, ...]
+    size: tuple[int, int]  # (width, height) of the batch's bucket
+    effective_batch: int
+    resolution: int  # class images are trained square, at the run's resolution
+
+    @classmethod
+    def of(cls, m: int, plan: TrainPlan, layout: Layout, config: TrainConfig, rank: int) -> _MicroBatch:
+        step, micro = divmod(m, config.grad_accum)
+        batch = layout.order.batch(step, config.seed)
+        start = micro * plan.batch_size * plan.num_processes + rank * plan.batch_size
+        positions = tuple(range(start, start + plan.batch_size))
+        indices = tuple(batch[p] for p in positions)
+        epoch = step // layout.order.batches_per_epoch
+        return cls(step, epoch, indices, positions, layout.sizes[indices[0]], plan.effective_batch, plan.resolution)
+
+    def generators(self, seed: int, *salt: int) -> list[Any]:
+        import torch
+
+        return [torch.Generator().manual_seed(mix(seed, self.step, p, *salt)) for p in self.positions]
 
 
-def _micro_loss(m: int, plan: TrainPlan, dataset: Any, parts: _Parts, unet: Any, text_encoder: Any, cache: Any,
-                config: TrainConfig, accelerator: Any, torch: Any) -> Any:  # fmt: skip
-    """The noise-prediction loss of one micro-batch on this process."""
-    from sdlite.data import load_image, preprocess
+@dataclass(frozen=True)
+class ClassSet:
+    """Prior preservation's class images: each instance example is trained beside one of them, chosen by
+    its global position in the run from a permutation per pass over the class images."""
 
-    indices, positions = batch_indices(m, plan, config.seed, accelerator.process_index)
-    epoch = m // plan.micro_batches_per_epoch
-    examples = [dataset.examples[i] for i in indices]
-    gens = [torch.Generator().manual_seed(mix(config.seed, m, p)) for p in positions]
+    examples: tuple[Any, ...]
+
+    def pick(self, batch: _MicroBatch, seed: int) -> list[int]:
+        import torch
+
+        picked = []
+        for position in batch.positions:
+            n = batch.step * batch.effective_batch + position  # the instance example's number in the whole run
+            cycle, index = divmod(n, len(self.examples))
+            order = torch.randperm(len(self.examples), generator=torch.Generator().manual_seed(mix(seed, cycle, 7)))
+            picked.append(int(order[index]))
+        return picked
+
+
+def _micro_loss(batch: _MicroBatch, dataset: Any, class_set: ClassSet | None, parts: _Parts, unet: Any,
+                text_encoder: Any, cache: Any, config: TrainConfig, device: Any, torch: Any) -> Any:  # fmt: skip
+    """The noise-prediction loss of one micro-batch on this process (plus the weighted class loss)."""
+    examples = [dataset.examples[i] for i in batch.indices]
+    loss = _denoising_loss(examples, batch.indices, batch.size, batch.generators(config.seed), batch, parts, unet,
+                           text_encoder, cache, config, device, torch, augment=True).mean()  # fmt: skip
+    if class_set is not None:
+        chosen = class_set.pick(batch, config.seed)
+        class_examples = [class_set.examples[i] for i in chosen]
+        square = (batch.resolution, batch.resolution)
+        class_loss = _denoising_loss(class_examples, chosen, square, batch.generators(config.seed, 1), batch, parts,
+                                     unet, text_encoder, cache, config, device, torch, augment=False).mean()  # fmt: skip
+        loss = loss + config.prior_loss_weight * class_loss
+    return loss
+
+
+def _denoising_loss(examples: list[Any], indices: Any, size: tuple[int, int], gens: list[Any], batch: _MicroBatch,
+                    parts: _Parts, unet: Any, text_encoder: Any, cache: Any, config: TrainConfig, device: Any,
+                    torch: Any, augment: bool) -> Any:  # fmt: skip
+    """Per-example (min-SNR weighted) noise-prediction losses of `examples` at `size`, every draw from `gens`."""
+    from sdlite.data import load_example, preprocess
+
     drop = [config.caption_dropout > 0 and torch.rand((), generator=g).item() < config.caption_dropout for g in gens]
     captions = ["" if d else e.caption for d, e in zip(drop, examples, strict=True)]
-    device = accelerator.device
+    if config.shuffle_captions:
+        from sdlite.captions import shuffle_tags
+
+        captions = [shuffle_tags(c, config.keep_tokens, mix(config.seed, batch.step, p, 2)) if c else c
+                    for c, p in zip(captions, batch.positions, strict=True)]  # fmt: skip
 
     if cache is not None:
-        mean, std = cache.latent_stats(examples)
+        mean, std = cache.latent_stats(examples, [size] * len(examples))
     else:
+        crop, flip = (config.crop, config.random_flip) if augment else ("center", False)
         pixels = torch.stack(
-            [
-                preprocess(
-                    load_image(e.path), plan.resolution, config.crop, config.random_flip, mix(config.seed, epoch, i)
-                )
-                for e, i in zip(examples, indices, strict=True)
-            ]
-        )
+            [preprocess(load_example(e), size, crop, flip, mix(config.seed, batch.epoch, i, *(() if augment else (1,))))
+             for e, i in zip(examples, indices, strict=True)]
+        )  # fmt: skip
         with torch.no_grad():
-            dist = parts.vae.encode(pixels.to(device, dtype=parts.weight_dtype)).latent_dist
+            dist = parts.vae.encode(pixels.to(parts.vae.device, dtype=parts.weight_dtype)).latent_dist
         mean, std = dist.mean.float(), dist.std.float()
     mean, std = mean.to(device), std.to(device)
     sample_noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens]).to(device)
@@ -500,7 +601,7 @@ def _micro_loss(m: int, plan: TrainPlan, dataset: Any, parts: _Parts, unet: Any,
         target = noise
     prediction = unet(noisy, timesteps, encoder_hidden_states=text.to(dtype=noisy.dtype)).sample
     per_example = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return (per_example * loss_weights(parts.noise_scheduler, timesteps, config.snr_gamma)).mean()
+    return per_example * loss_weights(parts.noise_scheduler, timesteps, config.snr_gamma)
 
 
 def loss_weights(noise_scheduler: Any, timesteps: Any, snr_gamma: float | None) -> Any:

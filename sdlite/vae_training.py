@@ -22,7 +22,7 @@ from sdlite.training import (
     TrainResult,
     _Emitter,
     _LossLog,
-    batch_indices,
+    _MicroBatch,
     check_out,
     make_optimizer,
     make_plan,
@@ -40,7 +40,7 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: 
     from diffusers.optimization import get_scheduler
 
     check_out(config)
-    plan, dataset, model = make_plan(config, accelerator.num_processes)
+    plan, dataset, model, layout = make_plan(config, accelerator.num_processes)
     emit("plan", **plan.to_dict())
     prepare_out(config, accelerator, fresh=True)
     vae = AutoencoderKL.from_pretrained(model.path / "vae", use_safetensors=not model.uses_pickle or None)
@@ -58,7 +58,8 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: 
         for micro in range(config.grad_accum):
             m = step * config.grad_accum + micro
             with accelerator.autocast():
-                loss = _vae_loss(vae, m, plan, dataset, config, accelerator, torch)
+                batch = _MicroBatch.of(m, plan, layout, config, accelerator.process_index)
+                loss = _vae_loss(vae, batch, plan, dataset, config, accelerator, torch)
                 if loss_hook is not None:
                     loss = loss_hook(step, loss)
                 accelerator.backward(loss / config.grad_accum)
@@ -91,27 +92,21 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: 
     return TrainResult(Path(config.out), plan.steps, last_loss, (), plan.skipped, guard.total)
 
 
-def _vae_loss(vae: Any, m: int, plan: Any, dataset: Any, config: TrainConfig, accelerator: Any, torch: Any) -> Any:
+def _vae_loss(vae: Any, batch: _MicroBatch, plan: Any, dataset: Any, config: TrainConfig, accelerator: Any,
+              torch: Any) -> Any:  # fmt: skip
     """Reconstruction MSE (pixels in [-1, 1]) + kl_weight * KL to N(0, I), per example then averaged."""
-    from sdlite.data import load_image, preprocess
+    from sdlite.data import load_example, preprocess
 
-    indices, positions = batch_indices(m, plan, config.seed, accelerator.process_index)
-    epoch = m // plan.micro_batches_per_epoch
     pixels = torch.stack(
         [
-            preprocess(
-                load_image(dataset.examples[i].path),
-                plan.resolution,
-                config.crop,
-                config.random_flip,
-                mix(config.seed, epoch, i),
-            )
-            for i in indices
+            preprocess(load_example(dataset.examples[i]), plan.resolution, config.crop, config.random_flip,
+                       mix(config.seed, batch.epoch, i))
+            for i in batch.indices
         ]
-    ).to(accelerator.device)
+    ).to(accelerator.device)  # fmt: skip
     model = accelerator.unwrap_model(vae)
     dist = model.encode(pixels).latent_dist
-    gens = [torch.Generator().manual_seed(mix(config.seed, m, p)) for p in positions]
+    gens = batch.generators(config.seed)
     noise = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in gens]).to(accelerator.device)
     recon = model.decode(dist.mean + dist.std * noise).sample
     mse = torch.nn.functional.mse_loss(recon.float(), pixels.float())
@@ -121,12 +116,12 @@ def _vae_loss(vae: Any, m: int, plan: Any, dataset: Any, config: TrainConfig, ac
 
 def _scaling_factor(vae: Any, plan: Any, dataset: Any, config: TrainConfig, torch: Any) -> float:
     """1 / std of the latent means over up to SCALE_SAMPLES training images (fixed order)."""
-    from sdlite.data import load_image, preprocess
+    from sdlite.data import load_example, preprocess
 
     means = []
     with torch.no_grad():
         for example in dataset.examples[:SCALE_SAMPLES]:
-            pixels = preprocess(load_image(example.path), plan.resolution, "center", False, 0)[None]
+            pixels = preprocess(load_example(example), plan.resolution, "center", False, 0)[None]
             means.append(vae.encode(pixels.to(vae.device)).latent_dist.mean)
     return float(1.0 / torch.cat(means).std())
 

@@ -349,3 +349,79 @@ def test_generation_validation() -> None:
     gen = Generation("x", init_image="a.png")
     assert (gen.strength, gen.resize, gen.mask_blur, gen.task) == (0.75, "crop", None, "image-to-image")
     assert Generation("x", init_image="a.png", mask="m.png").mask_blur == 0
+
+
+def test_img2img_with_a_lora_equals_diffusers_with_the_same_lora(
+    tiny_model: Path, scene: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import diffusers
+    import torch
+    from safetensors.torch import save_file
+    from test_lora import _random_lora_of_every_target
+
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None)
+    state = {k: v * 0.3 for k, v in _random_lora_of_every_target(pipe, alpha=2).items()}
+    save_file(state, tmp_path / "lora.safetensors")
+    gen = Generation(PROMPT, seed=7, steps=STEPS, init_image=str(scene[0]), strength=0.7)
+    config = SampleConfig(model=str(tiny_model), generations=(gen,), out=tmp_path / "o",
+                          loras=(str(tmp_path / "lora.safetensors"),))  # fmt: skip
+    ours = pixels(sample(config).images[0].path)
+    theirs_pipe = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(tiny_model, safety_checker=None,
+                                                                          requires_safety_checker=False)  # fmt: skip
+    theirs_pipe.set_progress_bar_config(disable=True)
+    without = theirs_pipe(PROMPT, image=Image.open(scene[0]).convert("RGB"), strength=0.7, num_inference_steps=STEPS,
+                          generator=torch.Generator().manual_seed(7), output_type="np").images[0]  # fmt: skip
+    theirs_pipe.load_lora_weights(str(tmp_path / "lora.safetensors"))
+    theirs = theirs_pipe(PROMPT, image=Image.open(scene[0]).convert("RGB"), strength=0.7, num_inference_steps=STEPS,
+                         generator=torch.Generator().manual_seed(7), output_type="np").images[0]  # fmt: skip
+    assert np.abs(ours - (theirs * 255).round()).max() <= 2
+    assert np.abs(ours - (without * 255).round()).max() > 10  # the LoRA did something
+
+
+def test_built_in_model_recolours_and_inpaints(tmp_path: Path) -> None:
+    """The issue's judge, smaller: a rendered red circle on blue, recoloured at strength 0.6 and its background
+    repainted, on the built-in model over 10 seeds each."""
+    from sdlite.config import DEFAULT_MODEL
+    from sdlite.shapes import COLORS, Scene, classify, render
+
+    image = render(Scene("red", "circle", "blue", 0.5, 0.3, 0.6), 64)
+    shape = np.linalg.norm(np.asarray(image, dtype=np.float32) - np.asarray(COLORS["blue"]), axis=2) > 100
+    image.save(tmp_path / "in.png")
+    Image.fromarray(np.where(shape, 0, 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    gens = (
+        Generation("a yellow circle on a blue background", seed=0, num_images=10, init_image=str(tmp_path / "in.png"),
+                   strength=0.6),
+        Generation("a red circle on a green background", seed=0, num_images=10, init_image=str(tmp_path / "in.png"),
+                   mask=str(tmp_path / "mask.png")),
+    )  # fmt: skip
+    results = sample(SampleConfig(model=str(DEFAULT_MODEL), generations=gens, out=tmp_path / "o", batch_size=10)).images
+    recoloured = 0
+    for r in results[:10]:
+        out = Image.open(r.path)
+        kept = (
+            np.linalg.norm(np.asarray(out.convert("RGB"), dtype=np.float32) - np.asarray(COLORS["blue"]), axis=2) > 100
+        )
+        iou = (kept & shape).sum() / (kept | shape).sum()
+        recoloured += classify(out)["color"] == "yellow" and iou >= 0.6
+    assert recoloured >= 9
+    assert sum(classify(Image.open(r.path))["background"] == "green" for r in results[10:]) >= 9
+    assert all(np.array_equal(pixels(r.path)[shape], pixels(image)[shape]) for r in results[10:])
+
+
+def test_demo_scene_script_writes_the_scene_and_its_background_mask(tmp_path: Path) -> None:
+    import runpy
+
+    runpy.run_path(str(Path(__file__).parents[1] / "examples" / "make_scene.py"), run_name="not_main")["main"](tmp_path)
+    image, mask = pixels(tmp_path / "red-circle.png"), np.asarray(Image.open(tmp_path / "background-mask.png"))
+    assert set(np.unique(mask)) == {0, 255}
+    assert (image[mask == 255] == (40, 70, 220)).all()  # repainted: exactly the blue background
+    assert (image[mask == 0][:, 0] > 150).all()  # kept: the red circle
+
+
+def test_every_scheduler_does_image_to_image_and_inpainting(tiny_model: Path, scene: tuple[Path, Path],
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    gens = [Generation(PROMPT, seed=1, steps=4, scheduler=name, init_image=str(scene[0]), strength=0.5,
+                       mask=mask) for name in SCHEDULERS for mask in (None, str(scene[1]))]  # fmt: skip
+    results = run(tiny_model, tmp_path, *gens, save_progress=2)
+    assert [r.scheduler for r in results] == [g.scheduler for g in gens]
+    assert all(r.progress is not None and r.progress.is_file() for r in results)

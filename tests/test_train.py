@@ -226,8 +226,9 @@ def test_option_changes_first_loss(tiny_model: Path, shapes: Path, tmp_path: Pat
     wide = Path(shutil.copytree(shapes, tmp_path / "wide"))  # 96x64: room for a random crop
     for png in wide.glob("*.png"):
         Image.open(png).resize((96, 64)).save(png)
-    _, a = run(tiny_model, wide, tmp_path / "a", max_steps=1)
-    _, b = run(tiny_model, wide, tmp_path / "b", max_steps=1, **option)
+    # Four images in the step: a coin-flip option (random_flip) changes at least one of them.
+    _, a = run(tiny_model, wide, tmp_path / "a", max_steps=1, batch_size=4, buckets=False)
+    _, b = run(tiny_model, wide, tmp_path / "b", max_steps=1, batch_size=4, buckets=False, **option)
     assert losses(a)[0] != losses(b)[0]
 
 
@@ -327,7 +328,7 @@ def test_bad_images_and_captions(tiny_model: Path, shapes: Path, tmp_path: Path)
 
 
 def test_too_few_images_for_a_batch(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="cannot fill one batch"):
+    with pytest.raises(UsageError, match="cannot fill one global batch of 16"):
         run(tiny_model, shapes, tmp_path / "o", batch_size=16)
 
 

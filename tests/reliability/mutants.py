@@ -30,6 +30,7 @@ class Mutant:
     old: str
     new: str
     tests: str  # a pytest -k expression, run within the suite
+    suite: str = SUITE  # where those tests live (features outside the reliability suite name their own file)
 
 
 MUTANTS = [
@@ -112,6 +113,15 @@ MUTANTS = [
            "        latents = kwargs", "ctrl_c_while_sampling"),
     Mutant("ctrl-c-waits-for-long-operations", "sdlite/sampling.py",
            "wakeup = self._watch() if self.grace is not None else None", "wakeup = None", "long_operation"),
+    Mutant("inpaint-original-not-kept", "sdlite/sampling.py", "                        image = runner.image_processor.apply_overlay(",
+           "                        image = image or runner.image_processor.apply_overlay(", "inpainting", "tests/test_img2img.py"),
+    Mutant("changed-init-image-replayed", "sdlite/config.py", "        if digest == expected:", "        if True:",
+           "from_image_replays", "tests/test_img2img.py"),
+    Mutant("progress-changes-pixels", "sdlite/previews.py", "            self.frames.append((int(timestep), x0.detach().clone()))",
+           "            self.frames.append((int(timestep), x0.detach().clone()))\n            output.prev_sample.mul_(1.001)",
+           "save_progress", "tests/test_img2img.py"),
+    Mutant("strength-ignored", "sdlite/sampling.py", "extra.update(image=[given.image] * len(seeds), strength=gen.strength)",
+           "extra.update(image=[given.image] * len(seeds), strength=1.0)", "img2img_pixels or strength", "tests/test_img2img.py"),
     Mutant("help-table-dropped", "sdlite/cli.py", "for code, text in EXIT_CODES.items())", "for code, text in [])", "table"),
 ]  # fmt: skip
 
@@ -132,7 +142,7 @@ def run_mutant(mutant: Mutant, work: Path) -> set[str]:
         raise SystemExit(f"{mutant.name}: the text to break occurs {text.count(mutant.old)} times in {mutant.file}")
     source.write_text(text.replace(mutant.old, mutant.new))
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    result = subprocess.run([sys.executable, "-m", "pytest", SUITE, "-q", "-rf", "-p", "no:cacheprovider", "-k",
+    result = subprocess.run([sys.executable, "-m", "pytest", mutant.suite, "-q", "-rf", "-p", "no:cacheprovider", "-k",
                              mutant.tests], cwd=tree, env=env, capture_output=True, text=True)  # fmt: skip
     shutil.rmtree(tree, ignore_errors=True)
     return set(re.findall(r"^FAILED (\S+)", result.stdout, flags=re.MULTILINE)) | set(
