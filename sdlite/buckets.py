@@ -24,11 +24,12 @@ Size = tuple[int, int]  # (width, height)
 
 def bucket_sizes(resolution: int, step: int, min_side: int, max_side: int, max_aspect: float) -> list[Size]:
     """Every (width, height) with sides multiples of `step` in [min_side, max_side], area at most
-    resolution^2 and as large as it can be for its width, aspect ratio at most `max_aspect`."""
+    resolution^2 and the long side as long as it can be for the short one, aspect ratio at most `max_aspect`
+    (kohya's sd-scripts make their buckets by the same rule)."""
     area = resolution * resolution
     sizes = set()
     low = max(step, math.ceil(min_side / step) * step)
-    for width in range(low, max_side + 1, step):
+    for width in range(low, min(max_side, math.isqrt(area)) + 1, step):  # the narrow side; mirrored below
         height = min(max_side, area // width // step * step)
         if height < low:
             continue

@@ -1072,6 +1072,13 @@ def _train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
                 f"batch {event['effective_batch']}, {event['resolution']}px; cache {event['cache_note']}",
                 err=True,
             )
+            buckets = ", ".join(f"{size} x{count}" for size, count in event.get("buckets", {}).items())
+            typer.echo(f"buckets {event.get('bucket_note', '')}" + (f": {buckets}" if buckets else ""), err=True)
+            if event.get("class_images"):
+                typer.echo(f"prior preservation: {event['class_images']} class images", err=True)
+        elif event["event"] == "class_images" and not quiet:
+            typer.echo(f"class images in {event['folder']}: {event['have']} there, generating {event['generating']}",
+                       err=True)  # fmt: skip
         elif event["event"] == "speedups" and not quiet:
             typer.echo(f"speed-ups: {', '.join(event['applied'])}", err=True)
         elif event["event"] in ("checkpoint", "validation", "resume"):

@@ -422,7 +422,8 @@ def train_estimate(configs: dict[str, dict[str, Any]], params: dict[str, int], c
     factor = 2 ** (len(vae["block_out_channels"]) - 1)
     latent = math.ceil(resolution / factor)
     frozen = DTYPE_BYTES[config.mixed_precision]
-    batch = config.batch_size
+    # Prior preservation runs a class image beside each instance image: both graphs live until backward.
+    batch = config.batch_size * (2 if getattr(config, "class_prompt", None) else 1)
     fixed = {"runtime": CUDA_RUNTIME if device.startswith("cuda") else TRAIN_RUNTIME}
     if config.component == "vae":  # the autoencoder alone, trained in full at the resolution
         fixed["weights"] = 4 * params["vae"]

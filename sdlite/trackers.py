@@ -128,7 +128,7 @@ class Trackers:
             elif tracker.name == "trackio":
                 import trackio
 
-                if hasattr(trackio, "Image"):  # trackio >= 0.2 shows images; older ones only numbers
+                if hasattr(trackio, "Image"):  # only trackio versions with Image show images
                     tracker.log({"validation": trackio.Image(image)}, step=step)
 
     def finish(self) -> None:

@@ -181,8 +181,11 @@ def train(config: TrainConfig, on_event: EventFn | None = None, loss_hook: LossH
     silence_library_progress()
     # On a machine with no accelerator, cpu=True is what makes `accelerate launch` processes join one
     # gloo world (without it, each of them trains alone).
+    from sdlite.trackers import accelerator_kwargs, check_trackers
+
+    check_trackers(config.report_to)  # Accelerate would drop a tracker whose package is missing, silently
     no_accelerator = not torch.cuda.is_available() and not torch.backends.mps.is_available()
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=no_accelerator)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=no_accelerator, **accelerator_kwargs(config))
     emit = _Emitter(on_event, accelerator.is_main_process)
     try:
         if config.component == "vae":
@@ -265,6 +268,11 @@ def _train(
                 counts = {k: counts[k] + more[k] for k in counts}
         emit("cache", **counts)
 
+    from sdlite.trackers import Trackers
+
+    trackers = Trackers()
+    trackers.start(accelerator, config, plan.to_dict(), start_step)
+
     # 4. The loop: one optimizer step per `grad_accum` micro-batches on every process.
     log = _LossLog(config.out, start_step, accelerator.is_main_process)
     stop = _StopFlag()
@@ -306,6 +314,7 @@ def _train(
             rate = images / max(time.perf_counter() - started, 1e-9)
             log.add(done, float(step_loss), lr)
             emit("step", step=done, steps=plan.steps, loss=float(step_loss), lr=lr, images_per_s=rate)
+            trackers.log_step(done, float(step_loss), lr, rate)
             # A checkpoint right after a non-finite loss could hold damaged state: keep the last good one.
             due = config.checkpoint_every and done % config.checkpoint_every == 0 and done < plan.steps
             if due and guard.in_row == 0:
@@ -318,6 +327,7 @@ def _train(
                 grid = _validate(parts, unet, text_encoder, ema, config, model, done, accelerator, torch)
                 if grid:
                     emit("validation", step=done, path=str(grid))
+                    trackers.log_grid(done, grid)
 
     # 5. Output: the trained model (EMA weights with --ema), the loss log and its curve.
     _save_output(parts, unet, text_encoder, ema, config, model, plan, accelerator)
@@ -325,7 +335,9 @@ def _train(
         grid = _validate(parts, unet, text_encoder, ema, config, model, plan.steps, accelerator, torch)
         if grid:
             emit("validation", step=plan.steps, path=str(grid))
+            trackers.log_grid(plan.steps, grid)
     log.close(plot=True)
+    trackers.finish()
     emit(
         "done", out=str(config.out), steps=plan.steps, loss=last_loss, skipped=list(plan.skipped), bad_steps=guard.total
     )
@@ -352,7 +364,7 @@ def _tf32(accelerator: Any, torch: Any) -> list[str]:
 
 
 # What a training run writes in OUT: `--overwrite` removes these (and nothing else) before it starts.
-OUT_ENTRIES = ("checkpoints", "validation", "loss.csv", "loss.png", "sdlite-train.json", "model_index.json",
+OUT_ENTRIES = ("checkpoints", "validation", "logs", "loss.csv", "loss.png", "sdlite-train.json", "model_index.json",
                "unet", "vae", "text_encoder", "tokenizer", "scheduler", LORA_FILE)  # fmt: skip
 
 

@@ -122,6 +122,18 @@ MUTANTS = [
            "save_progress", "tests/test_img2img.py"),
     Mutant("strength-ignored", "sdlite/sampling.py", "extra.update(image=[given.image] * len(seeds), strength=gen.strength)",
            "extra.update(image=[given.image] * len(seeds), strength=1.0)", "img2img_pixels or strength", "tests/test_img2img.py"),
+    Mutant("draws-keyed-by-micro-batch", "sdlite/training.py",
+           "manual_seed(mix(seed, self.step, p, *salt)) for p in self.positions]",
+           "manual_seed(mix(seed, self.step, p - self.positions[0], *salt)) for p in self.positions]",
+           "same_global_batch"),
+    Mutant("epoch-order-per-micro-batch", "sdlite/training.py", "        batch = layout.order.batch(step, config.seed)",
+           "        batch = layout.order.batch(step * config.grad_accum + micro, config.seed)", "same_global_batch"),
+    Mutant("buckets-ignored-by-cache", "sdlite/cache.py", "preprocess(load_example(example), size,",
+           "preprocess(load_example(example), (size[0], size[0]),", "non_square_latents"),
+    Mutant("small-buckets-dropped", "sdlite/buckets.py", "        if not small or len(counts) == 1:",
+           "        if True:", "merged", "tests/test_buckets.py"),
+    Mutant("prior-loss-dropped", "sdlite/training.py", "        loss = loss + config.prior_loss_weight * class_loss",
+           "        loss = loss", "dreambooth", "tests/test_train_data.py"),
     Mutant("help-table-dropped", "sdlite/cli.py", "for code, text in EXIT_CODES.items())", "for code, text in [])", "table"),
 ]  # fmt: skip
 

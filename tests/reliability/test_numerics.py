@@ -24,9 +24,9 @@ def poison_losses(monkeypatch: pytest.MonkeyPatch, bad: Any) -> None:
     """Make the loss of optimizer steps for which bad(step) holds non-finite (test-only fault)."""
     micro_loss = training._micro_loss
 
-    def faulty(m: int, plan: Any, *args: Any) -> Any:
-        loss = micro_loss(m, plan, *args)
-        return loss * float("nan") if bad(m // plan.grad_accum + 1) else loss
+    def faulty(batch: Any, *args: Any) -> Any:
+        loss = micro_loss(batch, *args)
+        return loss * float("nan") if bad(batch.step + 1) else loss
 
     monkeypatch.setattr(training, "_micro_loss", faulty)
 

@@ -1,0 +1,58 @@
+"""Bucket sizes, the nearest-bucket rule, merging small buckets and the batch order, without a model."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from sdlite.buckets import BatchOrder, bucket_sizes, make_layout, nearest
+
+
+def test_sd_buckets_at_512_are_kohyas_within_aspect_two() -> None:
+    sizes = bucket_sizes(512, 64, 256, 1024, 2.0)
+    assert sizes == [(384, 640), (448, 576), (512, 512), (576, 448), (640, 384)]
+    assert all(w % 64 == 0 and h % 64 == 0 and w * h <= 512 * 512 for w, h in sizes)
+    assert bucket_sizes(512, 64, 256, 1024, 4.0)[0] == (256, 1024)
+
+
+def test_nearest_bucket_follows_the_aspect_ratio() -> None:
+    sizes = bucket_sizes(512, 64, 256, 1024, 2.0)
+    assert nearest((3000, 2000), sizes) == (640, 384)
+    assert nearest((2000, 3000), sizes) == (384, 640)
+    assert nearest((1000, 1010), sizes) == (512, 512)
+    assert nearest((1200, 1000), sizes) == (576, 448)
+
+
+def test_layout_is_off_for_square_data_and_on_for_mixed() -> None:
+    square = make_layout([(64, 64)] * 6, 64, 2, None, 16, None, None, 2.0)
+    assert not square.bucketed and square.note.startswith("off: every image is (nearly) square")
+    mixed = make_layout([(96, 64)] * 4 + [(64, 64)] * 2, 64, 2, None, 16, None, None, 2.0)
+    assert mixed.bucketed and mixed.histogram() == {"80x48": 4, "64x64": 2}
+    forced_off = make_layout([(96, 64)] * 4, 64, 2, False, 16, None, None, 2.0)
+    assert set(forced_off.sizes) == {(64, 64)} and forced_off.note == "off: --no-buckets"
+    only_square_fits = make_layout([(96, 64)] * 4, 64, 2, None, 64, None, None, 2.0)
+    assert not only_square_fits.bucketed and "only 64x64 fits --bucket-step 64" in only_square_fits.note
+
+
+def test_buckets_smaller_than_a_global_batch_are_merged_so_no_image_is_lost() -> None:
+    sizes = [(96, 64)] * 3 + [(64, 96)] * 1 + [(64, 64)] * 4
+    layout = make_layout(sizes, 64, 4, None, 16, None, None, 2.0)
+    assert sum(layout.histogram().values()) == 8
+    assert all(count >= 4 for count in layout.histogram().values())
+    assert "moved to a neighbouring bucket" in layout.note
+    assert layout.order.batches_per_epoch == 2
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_batch_order_uses_every_image_once_per_epoch_one_bucket_per_batch(seed: int) -> None:
+    groups = ((0, 1, 2, 3, 4), (5, 6, 7, 8))
+    order = BatchOrder(groups, 2)
+    assert order.batches_per_epoch == 4  # 2 + 2: a bucket's odd image waits for another epoch
+    for epoch in range(3):
+        batches = [order.batch(epoch * 4 + k, seed) for k in range(4)]
+        seen = Counter(i for b in batches for i in b)
+        assert all(n == 1 for n in seen.values()) and len(seen) == 8
+        assert all(set(b) <= set(groups[0]) or set(b) <= set(groups[1]) for b in batches)
+    assert [order.batch(k, seed) for k in range(8)] == [BatchOrder(groups, 2).batch(k, seed) for k in range(8)]
+    assert [order.batch(k, seed) for k in range(4)] != [order.batch(k, seed + 1) for k in range(4)]

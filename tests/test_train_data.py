@@ -1,0 +1,131 @@
+"""Training on the data people have: Parquet and Arrow datasets, DreamBooth folders, tag captions, trackers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from sdlite.config import TrainConfig
+from sdlite.metadata import read_record
+from sdlite.testing import make_shapes_dataset
+from sdlite.training import train
+
+UNET = Path("unet") / "diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n=6)
+
+
+def run(model: Path, data: Path, out: Path, **settings: Any) -> tuple[Any, list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+    options = {"max_steps": 3, "batch_size": 2, "lr": 1e-3, **settings}
+    result = train(TrainConfig(model=str(model), data=data, out=out, **options), on_event=events.append)
+    return result, events
+
+
+def as_tables(folder: Path, root: Path) -> tuple[Path, Path]:
+    """The same images and captions as a Parquet file (HF Image struct) and a `datasets` save_to_disk folder."""
+    import datasets
+
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    data = {"image": [str(folder / r["file_name"]) for r in rows], "text": [r["text"] for r in rows]}
+    dataset = datasets.Dataset.from_dict(data).cast_column("image", datasets.Image())
+    dataset = dataset.map(lambda row: row)  # embed the image bytes, as published datasets hold them
+    root.mkdir(parents=True, exist_ok=True)
+    dataset.to_parquet(str(root / "train.parquet"))
+    dataset.save_to_disk(str(root / "saved"))
+    return root / "train.parquet", root / "saved"
+
+
+def test_parquet_and_save_to_disk_train_like_the_same_images_in_a_folder(
+    tiny_model: Path, shapes: Path, tmp_path: Path
+) -> None:
+    parquet, saved = as_tables(shapes, tmp_path / "tables")
+    run(tiny_model, shapes, tmp_path / "folder", cache=False)
+    reference = load_file(tmp_path / "folder" / UNET)
+    for data, name in ((parquet, "parquet"), (saved, "saved")):
+        _, events = run(tiny_model, data, tmp_path / name, cache=False)
+        assert events[0]["images"] == 6
+        weights = load_file(tmp_path / name / UNET)
+        assert all(np.array_equal(weights[k].numpy(), reference[k].numpy()) for k in reference), name
+    # Cached latents of table rows are keyed by the rows' bytes: the second run reuses all of them.
+    run(tiny_model, parquet, tmp_path / "c1", cache=True)
+    _, second = run(tiny_model, saved, tmp_path / "c2", cache=True)
+    cache = next(e for e in second if e["event"] == "cache")
+    assert cache["latents_reused"] == 6 and cache["latents_computed"] == 0
+
+
+def test_dreambooth_with_prior_preservation_from_uncaptioned_photos(tiny_model: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for n in range(4):  # a "subject": the same green square, moved about; no captions at all
+        image = Image.new("RGB", (64, 64), (240, 240, 240))
+        image.paste((30, 180, 30), (8 + 4 * n, 12, 40 + 4 * n, 44))
+        image.save(photos / f"IMG_{n:04d}.jpg")
+    classes = tmp_path / "class"
+    common = {"instance_prompt": "a photo of sks block", "class_prompt": "a photo of a block", "class_data": classes,
+              "num_class_images": 3, "batch_size": 1, "max_steps": 2}  # fmt: skip
+    for lora in (True, False):
+        result, events = run(tiny_model, photos, tmp_path / f"out-{lora}", lora=lora, **common)
+        plan = events[0]
+        assert plan["captioned"] == 4 and plan["class_images"] == 3 and not result.skipped
+        made = next(e for e in events if e["event"] == "class_images")
+        assert made["generating"] == (3 if lora else 0)  # generated once, reused by the second run
+        assert result.final_loss is not None
+    generated = sorted(classes.glob("*.png"))
+    assert len(generated) == 3
+    assert read_record(generated[0])["settings"]["prompt"] == "a photo of a block"
+    assert (tmp_path / "out-True" / "pytorch_lora_weights.safetensors").is_file()
+    # Without prior preservation the class loss is gone: a different first loss.
+    _, plain = run(tiny_model, photos, tmp_path / "plain", instance_prompt="a photo of sks block", batch_size=1,
+                   max_steps=1)  # fmt: skip
+    loss = lambda evs: next(e["loss"] for e in evs if e["event"] == "step")  # noqa: E731
+    assert loss(plain) != loss(events)
+
+
+def test_shuffled_tag_captions_change_the_loss_and_turn_the_text_cache_off(tiny_model: Path, tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "tags", n=4)
+    meta = data / "metadata.jsonl"
+    rows = [json.loads(line) for line in meta.read_text().splitlines()]
+    for row in rows:
+        row["text"] = "shapes, " + ", ".join(row["text"].removeprefix("a ").split(" "))
+    meta.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, plain = run(tiny_model, data, tmp_path / "a", max_steps=1)
+    _, shuffled = run(tiny_model, data, tmp_path / "b", max_steps=1, shuffle_captions=True, keep_tokens=1)
+    loss = lambda evs: next(e["loss"] for e in evs if e["event"] == "step")  # noqa: E731
+    assert loss(plain) != loss(shuffled)
+    cache = next(e for e in shuffled if e["event"] == "cache")
+    assert cache["texts_computed"] == cache["texts_reused"] == 0
+
+
+def test_tensorboard_events_hold_the_loss_and_the_validation_grids(tiny_model: Path, shapes: Path,
+                                                                   tmp_path: Path) -> None:  # fmt: skip
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    _, events = run(tiny_model, shapes, out, max_steps=4, report_to=("tensorboard",),
+                    validation_prompts=("a red circle on a blue background",), validate_every=2)  # fmt: skip
+    logged = [e["loss"] for e in events if e["event"] == "step"]
+    runs = [p.parent for p in (out / "logs").rglob("events.out.tfevents.*")]
+    scalars, images = {}, {}
+    for folder in runs:
+        reader = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+        reader.Reload()
+        tags = reader.Tags()
+        scalars.update({t: reader.Scalars(t) for t in tags["scalars"]})
+        images.update({t: reader.Images(t) for t in tags["images"]})
+    assert [s.step for s in scalars["train/loss"]] == [1, 2, 3, 4]
+    assert [s.value for s in scalars["train/loss"]] == pytest.approx(logged, rel=1e-6)
+    assert {"train/lr", "train/images_per_s"} <= set(scalars)
+    (tag,) = [t for t in images if "validation" in t]
+    assert [i.step for i in images[tag]] == [2, 4]
+    grid = sorted((out / "validation").glob("*.png"))[-1]
+    assert (images[tag][-1].width, images[tag][-1].height) == Image.open(grid).size
