@@ -312,6 +312,15 @@ def sample(
             show_default=False,
         ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted run of this same command in --out: images it already wrote (checked "
+            "from their own metadata) are kept, only the missing ones are made, under the names an uninterrupted "
+            "run gives them.",
+        ),
+    ] = False,
     offline: Offline = False,
     allow_pickle: AllowPickle = False,
     tokenizer: Tokenizer = None,
@@ -356,6 +365,7 @@ def sample(
                 tokenizer=tokenizer,
                 ema_weights=None if ema_weights else False,
                 save_progress=save_progress,
+                resume=resume,
             )
         )
         _quiet_libraries(offline)

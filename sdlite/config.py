@@ -197,6 +197,8 @@ class SampleConfig:
     ema_weights: Flag = True  # a single file's EMA weights when it has them
     # Also write, per image, a strip of the model's clean-image estimate at this many denoising steps.
     save_progress: PositiveInt | None = None
+    # Keep the images an interrupted run of the same command wrote into `out`; make only the missing ones.
+    resume: Flag = False
 
     _option_names: ClassVar[dict[str, str]] = {
         "generations": "PROMPT", "loras": "--lora", "mode": "--fast/--low-memory",
@@ -327,6 +329,7 @@ class SampleOverrides:
     tokenizer: str | None = None
     ema_weights: bool | None = None
     save_progress: int | None = None
+    resume: bool = False
 
 
 def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None) -> SampleConfig:
@@ -437,6 +440,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         tokenizer=tokenizer,
         ema_weights=True if ema_weights is None else ema_weights,
         save_progress=opts.save_progress,
+        resume=opts.resume,
     )
 
 

@@ -15,7 +15,6 @@ import dataclasses
 import inspect
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -41,15 +40,13 @@ from sdlite.models import (
     vae_factor,
 )
 from sdlite.modes import apply_mode, load_device
+from sdlite.outputs import BackgroundWriter, find_existing, write_png
+from sdlite.outputs import Numbering as _Numbering
 from sdlite.previews import X0Recorder
 from sdlite.schedulers import SCHEDULERS, make_scheduler
 
 log = logging.getLogger("sdlite")
 ProgressFn = Callable[[int, int], None]
-# `INDEX-SEED.png`: the index has at least 5 digits and simply grows wider past 99999, so numbering never
-# stops; `ls -v`, `sort -V` and file managers (natural order) list 99999 before 100000.
-_NAME = re.compile(r"^(\d{5,})-\d+\.png$")
-_GRID = re.compile(r"^grid-(\d{5,})(?:-\d+)?\.png$")
 _IMAGE_TO_IMAGE_KEYS = ("init_image", "strength", "mask", "mask_blur", "resize")
 FAR_ABOVE_NATIVE = 2  # warn when a side is more than this many times the model's native size
 
@@ -159,49 +156,154 @@ def sample(
             f"(hash {config.expected_model_hash[:10]}); the pixels will differ",
         )
 
-    # 4. Denoise in batches and write each image as soon as its batch is done.
+    # 4. Denoise in batches; a background writer saves each image while the next batch denoises.
     out = _prepare_out(config.out)
     numbering = _Numbering(out)
+    batches = _batches(config, sizes)
+    existing = _resume(config, out, numbering, batches, facts) if config.resume else {}
+    first = numbering.first
+    if existing:  # the interrupted run's own numbering: the folder ends as an uninterrupted run leaves it
+        number = min(existing)
+        first = existing[number].index - number
     stop = _StopRequest(interrupt_grace)
     total = sum(denoising_steps(g) * g.num_images for g in config.generations)
     counter = _StepCounter(progress, total, stop)
     results: list[SampleResult] = []
-    with stop.armed():
-        for gen, (height, width) in zip(config.generations, sizes, strict=True):
-            warning = _truncation_warning(pipe.tokenizer, gen.prompt)
+
+    def write(job: _Job) -> None:
+        with stop.writing():  # a hard stop after Ctrl-C waits for this image and its report
+            result = job.kept or _save(out, numbering, job, facts, first + job.number)
+            results.append(result)
+            if on_image:
+                on_image(result)
+
+    writer = BackgroundWriter(write, limit=2 * config.batch_size)
+    try:
+        with stop.armed():
+            _denoise(config, batches, existing, pipelines, base_scheduler_config, user_images, inpainting_model,
+                     counter, stop, writer, warnings, facts)  # fmt: skip
+            writer.close()
+            stop.check()  # interrupted during the last batch: no grid, exit 130 like any other interruption
+            with stop.writing():
+                grid = _write_grid(out, results, numbering) if config.grid else None
+    finally:
+        writer.close(raise_error=False)  # what finished before a failure or Ctrl-C is still written
+    return SampleRun(tuple(results), grid, tuple(warnings), tuple(applied))
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One pipeline call: a generation's images with these seeds, numbered in the run from `first_number`."""
+
+    gen: Generation
+    height: int
+    width: int
+    seeds: tuple[int, ...]
+    first_number: int
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One image for the writer: new pixels and how they were made, or an image an earlier run already wrote."""
+
+    number: int
+    image: Any = None
+    settings: dict[str, Any] | None = None
+    batch: tuple[int, ...] = ()
+    task: dict[str, Any] | None = None
+    inputs: dict[str, Any] | None = None
+    strip: Any = None
+    kept: SampleResult | None = None
+
+
+def _batches(config: SampleConfig, sizes: list[tuple[int, int]]) -> list[_Batch]:
+    batches, number = [], 0
+    for gen, (height, width) in zip(config.generations, sizes, strict=True):
+        for start in range(0, gen.num_images, config.batch_size):
+            seeds = tuple(range(gen.seed + start, gen.seed + min(gen.num_images, start + config.batch_size)))
+            batches.append(_Batch(gen, height, width, seeds, number))
+            number += len(seeds)
+    return batches
+
+
+def _settings(gen: Generation, seed: int, height: int, width: int) -> dict[str, Any]:
+    """The settings an image records: its generation's, with its own seed and size."""
+    settings = {**dataclasses.asdict(gen), "seed": seed, "height": height, "width": width}
+    settings.pop("num_images")
+    if gen.init_image is None:  # text-to-image records exactly what it always did
+        return {k: v for k, v in settings.items() if k not in _IMAGE_TO_IMAGE_KEYS}
+    settings["init_image"] = str(Path(gen.init_image).expanduser().resolve())
+    settings["mask"] = str(Path(gen.mask).expanduser().resolve()) if gen.mask else None
+    return settings
+
+
+def _denoise(config: SampleConfig, batches: list[_Batch], existing: dict[int, SampleResult], pipelines: _Pipelines,
+             base_scheduler_config: Any, user_images: _UserImages, inpainting_model: bool, counter: _StepCounter,
+             stop: _StopRequest, writer: BackgroundWriter, warnings: list[str], facts: _ModelFacts) -> None:  # fmt: skip
+    """Run every batch in order and hand each finished image to the writer (images already there are kept)."""
+    prepared: tuple[Generation, Any, dict[str, Any]] | None = None
+    for batch in batches:
+        stop.check()
+        gen, numbers = batch.gen, range(batch.first_number, batch.first_number + len(batch.seeds))
+        wanted = [n for n, seed in zip(numbers, batch.seeds, strict=True)
+                  if not config.keep_seeds or seed in config.keep_seeds]  # fmt: skip
+        if all(n in existing for n in wanted):  # --resume: the whole batch is there already
+            counter.skip(denoising_steps(gen) * len(batch.seeds))
+            for n in wanted:
+                writer.put(_Job(n, kept=existing[n]))
+            continue
+        if prepared is None or prepared[0] is not gen:
+            warning = _truncation_warning(pipelines.text_to_image.tokenizer, gen.prompt)
             if warning:
                 _warn(warnings, warning)
-            runner = pipelines.for_task(gen.task)
-            runner.scheduler = make_scheduler(gen.scheduler, base_scheduler_config)
-            given = user_images.prepare(gen, height, width)
-            task = _task_record(gen, given, inpainting_model)
-            for start in range(0, gen.num_images, config.batch_size):
-                stop.check()
-                seeds = list(range(gen.seed + start, gen.seed + min(gen.num_images, start + config.batch_size)))
-                recorder = X0Recorder() if config.save_progress else None
-                pixels = _generate(runner, gen, seeds, height, width, counter, given, recorder)
-                strips = recorder.strips(runner.vae, runner.image_processor, config.save_progress) if recorder else []
-                for n, (seed, image) in enumerate(zip(seeds, runner.numpy_to_pil(pixels), strict=True)):
-                    if config.keep_seeds and seed not in config.keep_seeds:
-                        continue
-                    if given is not None and given.mask is not None:  # the known region: the original's own pixels
-                        image = runner.image_processor.apply_overlay(given.mask, given.image, image)
-                    settings = {**dataclasses.asdict(gen), "seed": seed, "height": height, "width": width}
-                    settings.pop("num_images")
-                    if given is not None:
-                        settings.update(given.paths())
-                    else:  # text-to-image records exactly what it always did
-                        settings = {k: v for k, v in settings.items() if k not in _IMAGE_TO_IMAGE_KEYS}
-                    with stop.writing():  # a hard stop after Ctrl-C waits for this image and its report
-                        result = _save(out, numbering, image, settings, seeds, facts, task,
-                                       given.record() if given else None, strips[n] if strips else None)  # fmt: skip
-                        results.append(result)
-                        if on_image:
-                            on_image(result)
-        stop.check()  # interrupted during the last batch: no grid, exit 130 like any other interruption
-        with stop.writing():
-            grid = _write_grid(out, results, numbering) if config.grid else None
-    return SampleRun(tuple(results), grid, tuple(warnings), tuple(applied))
+            given = user_images.prepare(gen, batch.height, batch.width)
+            prepared = (gen, given, _task_record(gen, given, inpainting_model))
+        _, given, task = prepared
+        runner = pipelines.for_task(gen.task)
+        runner.scheduler = make_scheduler(gen.scheduler, base_scheduler_config)
+        recorder = X0Recorder() if config.save_progress else None
+        pixels = _generate(runner, gen, list(batch.seeds), batch.height, batch.width, counter, given, recorder)
+        strips = recorder.strips(runner.vae, runner.image_processor, config.save_progress) if recorder else []
+        for i, (seed, image) in enumerate(zip(batch.seeds, runner.numpy_to_pil(pixels), strict=True)):
+            number = batch.first_number + i
+            if number not in wanted:
+                continue
+            if number in existing:  # recomputed with its batch (same rounding), but already written
+                writer.put(_Job(number, kept=existing[number]))
+                continue
+            if given is not None and given.mask is not None:  # the known region: the original's own pixels
+                image = runner.image_processor.apply_overlay(given.mask, given.image, image)
+            settings = _settings(gen, seed, batch.height, batch.width)
+            writer.put(_Job(number, image, settings, batch.seeds, task, given.record() if given else None,
+                            strips[i] if strips else None))  # fmt: skip
+
+
+def _resume(config: SampleConfig, out: Path, numbering: _Numbering, batches: list[_Batch],
+            facts: _ModelFacts) -> dict[int, SampleResult]:  # fmt: skip
+    """The images an interrupted run of this same command already wrote into `out`, by number in the run."""
+    expected = []
+    for batch in batches:
+        for i, seed in enumerate(batch.seeds):
+            wanted = {"settings": _settings(batch.gen, seed, batch.height, batch.width), "batch": list(batch.seeds),
+                      "number": batch.first_number + i}  # fmt: skip
+            expected.append((batch.first_number + i, seed, wanted))
+
+    def same(record: dict[str, Any], wanted: dict[str, Any]) -> bool:
+        run = record.get("run", {})
+        return (
+            record.get("settings") == wanted["settings"] and run.get("batch_seeds") == wanted["batch"]
+            and run.get("number") == wanted["number"] and run.get("mode") == facts.mode
+            and record.get("model", {}).get("hash") == facts.model_hash and record.get("lora") == facts.lora
+        )  # fmt: skip
+
+    found = find_existing(out, numbering, expected, same)
+    settings = {number: wanted["settings"] for number, _, wanted in expected}
+    kept = {}
+    for number, (path, index) in found.items():
+        strip = path.with_name(f"{path.stem}-progress.png")
+        kept[number] = SampleResult(path=path, index=index, model=facts.ref, model_hash=facts.model_hash,
+                                    progress=strip if strip.is_file() else None, **settings[number])  # fmt: skip
+    return kept
 
 
 def denoising_steps(gen: Generation) -> int:
@@ -352,46 +454,34 @@ def _single_file_record(model: ResolvedModel) -> dict[str, Any]:
     }
 
 
-def _save(out: Path, numbering: _Numbering, image: Any, settings: dict[str, Any], batch: list[int],
-          facts: _ModelFacts, task: dict[str, Any], inputs: dict[str, Any] | None = None,
-          strip: Any = None) -> SampleResult:  # fmt: skip
+def _save(out: Path, numbering: _Numbering, job: _Job, facts: _ModelFacts, index: int) -> SampleResult:
     """Write one PNG with both metadata chunks (and its progress strip, if any) and describe it."""
+    assert job.settings is not None
     record = {
         "format": metadata.FORMAT_VERSION,
-        "settings": settings,
+        "settings": job.settings,
         "model": {"source": facts.ref, "hash": facts.model_hash, "files": facts.file_hashes, **facts.single_file},
-        "run": {"batch_seeds": batch, "device": facts.device, "dtype": facts.dtype, "mode": facts.mode, **task},
+        "run": {
+            "batch_seeds": list(job.batch),
+            "number": job.number,
+            "device": facts.device,
+            "dtype": facts.dtype,
+            "mode": facts.mode,
+            **(job.task or {}),
+        },
         "versions": facts.versions,
         "lora": facts.lora,
     }
-    if inputs:
-        record["inputs"] = inputs  # each file the image was made from: path and sha256
-    spec = SCHEDULERS[settings["scheduler"]]
-    info = metadata.png_info(metadata.a1111_parameters(settings, spec, facts.model_hash, facts.name), record)
-    path, index = _write_png(out, numbering, settings["seed"], image, info)
-    progress = _write_progress(path, strip) if strip is not None else None
+    if job.inputs:
+        record["inputs"] = job.inputs  # each file the image was made from: path and sha256
+    spec = SCHEDULERS[job.settings["scheduler"]]
+    info = metadata.png_info(metadata.a1111_parameters(job.settings, spec, facts.model_hash, facts.name), record)
+    path, index = write_png(out, numbering, job.settings["seed"], job.image, info, index)
+    progress = None
+    if job.strip is not None:
+        progress, _ = write_png(out, numbering, job.settings["seed"], job.strip, None, index, suffix="-progress")
     return SampleResult(path=path, index=index, model=facts.ref, model_hash=facts.model_hash, progress=progress,
-                        **settings)  # fmt: skip
-
-
-def _write_progress(image_path: Path, strip: Any) -> Path:
-    """`INDEX-SEED-progress.png` beside its image; written whole or not at all."""
-    import io
-
-    path = image_path.with_name(f"{image_path.stem}-progress.png")
-    buffer = io.BytesIO()
-    strip.save(buffer, format="PNG")
-    try:
-        with path.open("xb") as f:
-            f.write(buffer.getvalue())
-    except FileExistsError:
-        with writing(str(path)):
-            raise
-    except OSError:
-        path.unlink(missing_ok=True)  # never leave a partial strip behind
-        with writing(str(path)):
-            raise
-    return path
+                        **job.settings)  # fmt: skip
 
 
 def _generate(pipe: Any, gen: Generation, seeds: list[int], height: int, width: int, counter: _StepCounter,
@@ -468,6 +558,12 @@ class _StepCounter:
 
     def __init__(self, progress: ProgressFn | None, total: int, stop: _StopRequest) -> None:
         self.progress, self.total, self.done, self.stop = progress, total, 0, stop
+
+    def skip(self, steps: int) -> None:
+        """Count steps that need not run (images an interrupted run already wrote)."""
+        self.done += steps
+        if self.progress:
+            self.progress(min(self.done, self.total), self.total)
 
     def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         self.stop.check()
@@ -596,45 +692,6 @@ def _prepare_out(out: Path) -> Path:
     with writing(f"to output folder {out}"):
         out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-class _Numbering:
-    """Image indices for one run: the folder is scanned once, then counted up.
-
-    The next index follows the highest `INDEX-SEED.png` (or `grid-INDEX.png`) already there; a name
-    taken meanwhile (another run writing into the same folder) is skipped by exclusive creation.
-    """
-
-    def __init__(self, out: Path) -> None:
-        with writing(f"to output folder {out}"):
-            names = [p.name for p in out.iterdir()]
-        taken = [int(m.group(1)) for name in names if (m := _NAME.match(name) or _GRID.match(name))]
-        self.next = max(taken, default=-1) + 1
-
-    def take(self) -> int:
-        index, self.next = self.next, self.next + 1
-        return index
-
-
-def _write_png(out: Path, numbering: _Numbering, seed: int, image: Any, info: Any) -> tuple[Path, int]:
-    """Write `INDEX-SEED.png` under the next free index; exclusive creation, so nothing is overwritten."""
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    while True:
-        index = numbering.take()
-        path = out / f"{index:05d}-{seed}.png"
-        try:
-            with path.open("xb") as f:
-                f.write(buffer.getvalue())
-            return path, index
-        except FileExistsError:
-            continue
-        except OSError:
-            path.unlink(missing_ok=True)  # never leave a partial image behind
-            with writing(str(path)):
-                raise
 
 
 def _write_grid(out: Path, results: list[SampleResult], numbering: _Numbering) -> Path:

@@ -18,7 +18,7 @@ from faults import SDLITE, events, run
 from PIL import Image
 from typer.testing import CliRunner
 
-from sdlite import checkpoints, metadata, sampling
+from sdlite import checkpoints, metadata
 from sdlite.cli import app
 
 runner = CliRunner()
@@ -40,7 +40,7 @@ def tmpfs(path: Path, size: str, read_only: bool = False) -> Iterator[Path]:
 
 def sample(model: Path, out: Path, n: int) -> Any:
     return runner.invoke(app, ["sample", "a red circle", "--model", str(model), "--steps", "1", "--seed", "0",
-                               "--num-images", str(n), "--out", str(out), "--json"])  # fmt: skip
+                               "--num-images", str(n), "--out", str(out), "--json", "--quiet"])  # fmt: skip
 
 
 def assert_whole_images(out: Path, expected: int) -> None:
@@ -85,37 +85,26 @@ def test_enospc_while_sampling_exits_5_keeping_earlier_images(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same without root: the fourth image write fails as a full disk would, halfway through."""
-    real_open = Path.open
+    from sdlite import outputs
+
+    real_write = Path.write_bytes
     opened = []
 
-    class HalfWriter:
-        def __init__(self, f: Any) -> None:
-            self.f = f
-
-        def __enter__(self) -> HalfWriter:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.f.close()
-
-        def write(self, data: bytes) -> int:
-            self.f.write(data[: len(data) // 2])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def open_(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        f = real_open(self, mode, *args, **kwargs)
-        if mode == "xb" and self.suffix == ".png":
-            opened.append(self)
+    def write_bytes(self: Path, data: bytes) -> int:  # images are written to a hidden file, then linked
+        if self.name.endswith(".partial") and ".png." in self.name:
+            opened.append(self.parent / self.name.lstrip(".").split(".png.")[0])
             if len(opened) == 4:
-                return HalfWriter(f)
-        return f
+                real_write(self, data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(self, data)
 
-    monkeypatch.setattr(sampling.Path, "open", open_)
+    monkeypatch.setattr(outputs.Path, "write_bytes", write_bytes)
     out = tmp_path / "out"
     result = sample(tiny_model, out, 6)
     assert result.exit_code == 5
-    assert result.stderr.strip() == f"error: cannot write {opened[3]}: no space left on device"
+    assert result.stderr.strip() == f"error: cannot write {opened[3]}.png: no space left on device"
     assert len(result.stdout.splitlines()) == 3
+    assert not [p for p in out.iterdir() if p.name.endswith(".partial")]  # the half-written file was removed
     assert_whole_images(out, 3)  # the half-written fourth file was removed
 
 
