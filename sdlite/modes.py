@@ -7,6 +7,7 @@ Which mode made an image is recorded in it, so `--from-image` replays the same m
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 MODES = ("default", "fast", "low-memory")
@@ -57,8 +58,25 @@ def _fast(pipe: Any, device: str, has_lora: bool) -> list[str]:
     if not has_lora:  # fused projections would bypass a LoRA's layers
         pipe.fuse_qkv_projections()
         applied.append("fused QKV projections")
+    compile_cache()
     # CUDA graphs ("reduce-overhead") remove the per-kernel launch cost that dominates at batch 1;
     # max-autotune would add minutes of kernel search to every new shape, too slow for a command.
     pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
     pipe.vae.decode = torch.compile(pipe.vae.decode, mode="reduce-overhead", fullgraph=True)
     return [*applied, "TF32", "torch.compile (CUDA graphs)"]
+
+
+def compile_cache() -> Path:
+    """Keep torch.compile's caches (Inductor's FX graph and autograd caches, Triton's kernels) in sdlite's
+    cache folder, so the next `--fast` command on the same model and size loads compiled code instead of
+    compiling again. A folder the user already chose (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR) is kept."""
+    import os
+
+    from sdlite.metadata import cache_dir
+
+    root = cache_dir() / "torch-compile"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])

@@ -25,3 +25,11 @@ def test_gpu_benchmark_smoke_runs_every_section(tmp_path: Path) -> None:
     assert any(line.startswith("with cache") for line in lines) and any(
         line.startswith("without cache") for line in lines
     )
+
+
+def test_output_cost_benchmark_runs_and_reports_the_ratio() -> None:
+    done = subprocess.run([sys.executable, str(BENCH_GPU.with_name("bench_outputs.py")), "--files", "50",
+                           "--images", "4"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ratio = next(line for line in done.stdout.splitlines() if line.startswith("ratio"))
+    assert float(ratio.split()[-1]) > 0

@@ -4,6 +4,7 @@ computes the same picture as the default up to float rounding; the mode is recor
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,15 @@ def test_what_each_mode_switches_on(tiny_model: Path) -> None:
     assert apply_mode(low, "low-memory", "cpu", False) == ["attention slicing", "VAE slicing", "VAE tiling"]
     assert all(isinstance(p, SlicedAttnProcessor) for p in low.unet.attn_processors.values())
     assert low.vae.use_slicing and low.vae.use_tiling
+
+
+def test_fast_keeps_torch_compile_caches_in_sdlites_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from sdlite.modes import compile_cache
+
+    monkeypatch.setenv("SDLITE_CACHE_DIR", str(tmp_path / "cache"))
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    assert compile_cache() == tmp_path / "cache" / "torch-compile" / "inductor"
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "cache" / "torch-compile" / "triton")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert compile_cache() == tmp_path / "mine"  # the user's own choice stays
