@@ -312,6 +312,13 @@ def sample(
             show_default=False,
         ),
     ] = None,
+    num_processes: Annotated[
+        int | None,
+        typer.Option(
+            help="Split the run's batches over N processes (one per GPU; N CPU processes for tests) through "
+            "accelerate launch: the same files, names, pixels and metadata as one process, reported in order."
+        ),
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -329,6 +336,11 @@ def sample(
     """Generate images from text, or from a picture (--init-image) and a mask (--mask). Each PNG records how
     to make it again (A1111 `parameters` + full JSON, with the sha256 of the files it started from)."""
     with _errors():
+        check_value(PositiveInt | None, num_processes, "--num-processes")
+        if num_processes and num_processes > 1 and "WORLD_SIZE" not in os.environ:
+            from sdlite.launch import relaunch
+
+            raise typer.Exit(relaunch(num_processes, same_threads=True))
         config = build_sample_config(
             SampleOverrides(
                 prompts=tuple(prompts or ()),
@@ -372,7 +384,7 @@ def sample(
         from sdlite.sampling import sample as run_sample
 
         images = len(config.keep_seeds) or sum(g.num_images for g in config.generations)
-        with _progress_bar(enabled=not quiet, images=images) as progress:
+        with _progress_bar(enabled=not quiet and _is_main_process(), images=images) as progress:
             run = run_sample(
                 config,
                 progress=progress,
@@ -381,7 +393,7 @@ def sample(
             )
         if run.grid:
             typer.echo(json.dumps({"grid": str(run.grid)}) if json_out else f"{run.grid}  grid")
-        if run.speedups and not quiet:
+        if run.speedups and not quiet and _is_main_process():
             typer.echo(f"{config.mode}: {', '.join(run.speedups)}", err=True)
 
 

@@ -100,19 +100,23 @@ def _create(path: Path, data: bytes) -> None:
 class BackgroundWriter:
     """Runs `write(job)` for each job on one thread, in order, while the caller computes the next batch.
 
-    At most `limit` jobs wait (so memory stays bounded: `put` blocks when they do). The first failure is
-    kept and raised in the caller's thread at the next `put` or at `close`; jobs after it are dropped.
+    At most `limit` jobs holding pixels wait (so memory stays bounded: `put` blocks when they do); light
+    jobs (reports of images another process writes) do not count. The first failure is kept and raised in
+    the caller's thread at the next `put` or at `close`; jobs after it are dropped.
     """
 
     def __init__(self, write: Callable[[Any], None], limit: int) -> None:
         self.write, self.error = write, None
-        self.jobs: queue.Queue[Any] = queue.Queue(maxsize=max(1, limit))
+        self.jobs: queue.Queue[Any] = queue.Queue()
+        self.slots = threading.Semaphore(max(1, limit))
         self.thread = threading.Thread(target=self._run, name="sdlite-writer", daemon=True)
         self.thread.start()
 
-    def put(self, job: Any) -> None:
+    def put(self, job: Any, heavy: bool = True) -> None:
         self.check()
-        self.jobs.put(job)
+        if heavy:
+            self.slots.acquire()
+        self.jobs.put((job, heavy))
 
     def check(self) -> None:
         if self.error is not None:
@@ -127,13 +131,16 @@ class BackgroundWriter:
             self.check()
 
     def _run(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            if self.error is not None:
-                continue
+        while (item := self.jobs.get()) is not None:
+            job, heavy = item
             try:
-                self.write(job)
+                if self.error is None:
+                    self.write(job)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                 self.error = exc
+            finally:
+                if heavy:
+                    self.slots.release()
 
 
 def find_existing(out: Path, numbering: Numbering, expected: list[tuple[int, int, dict[str, Any]]],

@@ -142,7 +142,10 @@ def sample(
             _warn(warnings, _far_above_native(height, width, native))
 
     # 3. Load the pipeline on the chosen device and precision; note what identifies the model.
-    pipe = load_pipeline(model, load_device(config.mode, device), dtype, inpainting_ok=inpainting_model)
+    world = _World.current()
+    if world.size > 1 and world.rank != 0:  # the first process reports every image, in order
+        progress, on_image = None, None
+    pipe = load_pipeline(model, load_device(config.mode, world.device(device)), dtype, inpainting_ok=inpainting_model)
     base_scheduler_config = pipe.scheduler.config  # every sampler is built from the model's own schedule
     loras = load_loras(pipe, config.loras, warnings)
     applied = apply_mode(pipe, config.mode, device, bool(loras))
@@ -165,12 +168,17 @@ def sample(
     if existing:  # the interrupted run's own numbering: the folder ends as an uninterrupted run leaves it
         number = min(existing)
         first = existing[number].index - number
+    first, existing = world.share((first, existing))  # every process names images as the first one sees them
     stop = _StopRequest(interrupt_grace)
     total = sum(denoising_steps(g) * g.num_images for g in config.generations)
     counter = _StepCounter(progress, total, stop)
     results: list[SampleResult] = []
 
     def write(job: _Job) -> None:
+        if job.remote is not None and job.remote_gen is not None:  # another process writes it: report it once whole
+            kept = _await_remote(out, first, job, facts, bool(config.save_progress))
+            counter.skip(denoising_steps(job.remote_gen))
+            job = _Job(job.number, kept=kept)
         with stop.writing():  # a hard stop after Ctrl-C waits for this image and its report
             result = job.kept or _save(out, numbering, job, facts, first + job.number)
             results.append(result)
@@ -181,13 +189,15 @@ def sample(
     try:
         with stop.armed():
             _denoise(config, batches, existing, pipelines, base_scheduler_config, user_images, inpainting_model,
-                     counter, stop, writer, warnings, facts)  # fmt: skip
+                     counter, stop, writer, warnings, facts, world)  # fmt: skip
             writer.close()
+            world.barrier()
             stop.check()  # interrupted during the last batch: no grid, exit 130 like any other interruption
             with stop.writing():
                 grid = _write_grid(out, results, numbering) if config.grid else None
     finally:
         writer.close(raise_error=False)  # what finished before a failure or Ctrl-C is still written
+        world.close()
     return SampleRun(tuple(results), grid, tuple(warnings), tuple(applied))
 
 
@@ -214,6 +224,8 @@ class _Job:
     inputs: dict[str, Any] | None = None
     strip: Any = None
     kept: SampleResult | None = None
+    remote: dict[str, Any] | None = None  # the settings of an image another process makes
+    remote_gen: Generation | None = None
 
 
 def _batches(config: SampleConfig, sizes: list[tuple[int, int]]) -> list[_Batch]:
@@ -239,14 +251,24 @@ def _settings(gen: Generation, seed: int, height: int, width: int) -> dict[str, 
 
 def _denoise(config: SampleConfig, batches: list[_Batch], existing: dict[int, SampleResult], pipelines: _Pipelines,
              base_scheduler_config: Any, user_images: _UserImages, inpainting_model: bool, counter: _StepCounter,
-             stop: _StopRequest, writer: BackgroundWriter, warnings: list[str], facts: _ModelFacts) -> None:  # fmt: skip
-    """Run every batch in order and hand each finished image to the writer (images already there are kept)."""
+             stop: _StopRequest, writer: BackgroundWriter, warnings: list[str], facts: _ModelFacts,
+             world: _World) -> None:  # fmt: skip
+    """Run this process's batches in order and hand each finished image to the writer (images already there
+    are kept; the first process also queues, in order, reports of the images the others make)."""
     prepared: tuple[Generation, Any, dict[str, Any]] | None = None
-    for batch in batches:
+    for number_of_batch, batch in enumerate(batches):
         stop.check()
         gen, numbers = batch.gen, range(batch.first_number, batch.first_number + len(batch.seeds))
         wanted = [n for n, seed in zip(numbers, batch.seeds, strict=True)
                   if not config.keep_seeds or seed in config.keep_seeds]  # fmt: skip
+        if not world.mine(number_of_batch):
+            if world.rank == 0:
+                for n in wanted:
+                    seed = batch.seeds[n - batch.first_number]
+                    settings = _settings(gen, seed, batch.height, batch.width)
+                    job = existing.get(n)
+                    writer.put(_Job(n, kept=job) if job else _Job(n, remote=settings, remote_gen=gen), heavy=False)
+            continue
         if all(n in existing for n in wanted):  # --resume: the whole batch is there already
             counter.skip(denoising_steps(gen) * len(batch.seeds))
             for n in wanted:
@@ -276,6 +298,76 @@ def _denoise(config: SampleConfig, batches: list[_Batch], existing: dict[int, Sa
             settings = _settings(gen, seed, batch.height, batch.width)
             writer.put(_Job(number, image, settings, batch.seeds, task, given.record() if given else None,
                             strips[i] if strips else None))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _World:
+    """The processes of one sample run (`--num-processes`, `accelerate launch`, `torchrun`): batch b is made by
+    process b mod N, every process writes its own images under the names one process would give them, and the
+    first process reports every image in order."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def current(cls) -> _World:
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        if size == 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():  # small objects only: gloo serves CPU and GPU runs alike
+            dist.init_process_group("gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+    def device(self, device: str) -> str:
+        """Each process its own GPU; the metadata still says just `cuda`."""
+        if self.size > 1 and device == "cuda":
+            import torch
+
+            torch.cuda.set_device(self.local_rank)
+            return f"cuda:{self.local_rank}"
+        return device
+
+    def mine(self, batch: int) -> bool:
+        return batch % self.size == self.rank
+
+    def share(self, value: Any) -> Any:
+        """The first process's `value`, on every process."""
+        if self.size == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        """Tear the process group down (without it gloo aborts the process at exit)."""
+        if self.size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _await_remote(out: Path, first: int, job: _Job, facts: _ModelFacts, with_strip: bool,
+                  poll: float = 0.05) -> SampleResult:  # fmt: skip
+    """Wait until another process has linked this image (and its strip) into place, whole, then describe it."""
+    settings = job.remote or {}
+    path = out / f"{first + job.number:05d}-{settings['seed']}.png"
+    strip = path.with_name(f"{path.stem}-progress.png")
+    while not path.exists() or (with_strip and not strip.exists()):
+        time.sleep(poll)
+    return SampleResult(path=path, index=first + job.number, model=facts.ref, model_hash=facts.model_hash,
+                        progress=strip if with_strip else None, **settings)  # fmt: skip
 
 
 def _resume(config: SampleConfig, out: Path, numbering: _Numbering, batches: list[_Batch],

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from sdlite.config import Generation, SampleConfig
@@ -81,3 +82,20 @@ def test_resume_after_sigkill_never_sees_a_partial_png(tiny_model: Path, tmp_pat
         str(out / f"{i:05d}-{5 + i}.png") for i in range(8)
     ]
     assert folder_state(out) == folder_state(reference)
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_files_of_one_and_report_them_in_order(tiny_model: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    args = [sys.executable, "-m", "sdlite", "sample", PROMPT, "a green square", "--model", str(tiny_model),
+            "--num-images", "3", "--batch-size", "2", "--seed", "11", "--steps", "4", "--json", "-q"]  # fmt: skip
+    one = subprocess.run([*args, "--out", str(tmp_path / "one")], capture_output=True, text=True)
+    two = subprocess.run(
+        [*args, "--out", str(tmp_path / "two"), "--num-processes", "2"], capture_output=True, text=True
+    )
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    names = lambda out: [Path(json.loads(line)["path"]).name for line in out.splitlines()]  # noqa: E731
+    assert names(two.stdout) == names(one.stdout) == [f"{i:05d}-{11 + i}.png" for i in range(6)]
+    digest = lambda folder: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.png")}  # noqa: E731
+    assert digest(tmp_path / "two") == digest(tmp_path / "one")  # pixels and metadata, byte for byte
