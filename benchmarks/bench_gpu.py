@@ -2,7 +2,10 @@
 
   sampling   fp16 and bf16, batch 1 and 8, 50 steps: it/s and s/image, default vs --fast, and the
              UNet's achieved TFLOP/s and utilisation against the published FLOP count;
-  training   images/s at 512 with and without the latent/text cache (fp16 mixed precision);
+  training   images/s and MFU at 512 with each lever: the latent/text cache, bf16, a larger batch,
+             torch.compile (--compile), against the fp16 batch-8 baseline;
+  latency    wall time to the first `--fast` image from a fresh process, cold (empty compile cache)
+             and warm (the second call on the same model and size);
   memory     peak VRAM of one fp16 batch-1 image, default vs --low-memory.
 
 Every figure comes from a fresh worker process (its own compile caches and peak-memory counters), and
@@ -64,15 +67,18 @@ def sample_worker(model: str, dtype: str, batch: int, mode: str, steps: int, bat
     return {"it_per_s": it_per_s, "s_per_image": s_per_image, "peak_vram_gib": peak, "speedups": list(run.speedups)}
 
 
-def train_worker(model: str, data: str, cache: bool, steps: int, batch: int, precision: str) -> dict:
+def train_worker(model: str, data: str, cache: bool, steps: int, batch: int, precision: str, compile_: bool) -> dict:
     import torch
 
     from sdlite.config import TrainConfig
     from sdlite.training import train
 
     marks: list[float] = []
+    plan: dict = {}
 
     def on_event(event: dict) -> None:
+        if event["event"] == "plan":
+            plan.update(event)
         if event["event"] == "step":
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
@@ -80,11 +86,27 @@ def train_worker(model: str, data: str, cache: bool, steps: int, batch: int, pre
 
     out = tempfile.mkdtemp()
     config = TrainConfig(model=model, data=data, out=out, max_steps=steps, batch_size=batch, lr=1e-5, cache=cache,
-                         mixed_precision=precision)  # fmt: skip
+                         mixed_precision=precision, compile=compile_)  # fmt: skip
     train(config, on_event=on_event)
     steady = marks[3:]
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
-    return {"images_per_s": (len(steady) - 1) * batch / (steady[-1] - steady[0]), "peak_vram_gib": peak}
+    rate = (len(steady) - 1) * batch / (steady[-1] - steady[0])
+    mfu = rate * plan["tflops_per_image"] / plan["peak_tflops"] if plan.get("peak_tflops") else float("nan")
+    return {"images_per_s": rate, "peak_vram_gib": peak, "mfu": mfu}
+
+
+def first_image_seconds(model: str, size: int, cache: str) -> float:
+    """Wall time from starting `sdlite sample --fast` to its first image line, in a fresh process."""
+    env = {**os.environ, "SDLITE_CACHE_DIR": cache}
+    command = [sys.executable, "-m", "sdlite", "sample", PROMPT, "--model", model, "--fast", "--height", str(size),
+               "--width", str(size), "--seed", "0", "--out", tempfile.mkdtemp(), "-q"]  # fmt: skip
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    process.stdout.readline()
+    seconds = time.perf_counter() - start
+    process.wait()
+    return seconds
 
 
 def spawn(*args: str) -> dict:
@@ -108,8 +130,8 @@ def main() -> None:
             model, dtype, batch, mode, steps, batches, size = rest
             result = sample_worker(model, dtype, int(batch), mode, int(steps), int(batches), int(size))
         else:
-            model, data, cache, steps, batch, precision = rest
-            result = train_worker(model, data, cache == "1", int(steps), int(batch), precision)
+            model, data, cache, steps, batch, precision, compile_ = rest
+            result = train_worker(model, data, cache == "1", int(steps), int(batch), precision, compile_ == "1")
         print(json.dumps(result))
         return
 
@@ -146,13 +168,31 @@ def main() -> None:
         r = spawn("sample", model, "fp16", "1", mode, str(steps), str(batches), str(size))
         print(f"{mode:<28}{r['peak_vram_gib']:>14.2f}{r['s_per_image']:>9.3f}", flush=True)
 
-    data = str(make_shapes_dataset(work / "data", n=64 if not args.smoke else 8, size=size))
-    batch, precision = (8, "fp16") if cuda else (2, "no")
-    print(f"\n{f'training, {precision}, batch {batch}':<28}{'images/s':>9}{'VRAM GiB':>10}")
-    for cache in ("1", "0"):
-        r = spawn("train", model, data, cache, str(args.train_steps if not args.smoke else 6), str(batch), precision)
-        label = "with cache" if cache == "1" else "without cache"
-        print(f"{label:<28}{r['images_per_s']:>9.2f}{r['peak_vram_gib']:>10.2f}", flush=True)
+    data = str(make_shapes_dataset(work / "data", n=128 if not args.smoke else 8, size=size))
+    half = "fp16" if cuda else "no"
+    print(f"\n{'training at ' + str(size):<34}{'images/s':>9}{'MFU':>7}{'VRAM GiB':>10}")
+    levers = [  # (label, cache, batch, precision, compile)
+        (f"{half}, batch 8, with cache", "1", 8, half, "0"),
+        (f"{half}, batch 8, without cache", "0", 8, half, "0"),
+        ("bf16, batch 8, with cache", "1", 8, "bf16" if cuda else "no", "0"),
+        ("bf16, batch 16, with cache", "1", 16, "bf16" if cuda else "no", "0"),
+        ("bf16, batch 16, cache, --compile", "1", 16, "bf16" if cuda else "no", "1"),
+    ]
+    if args.smoke:  # the same code paths, small: batch 2, and compile left to the GPU run
+        levers = [(f"{precision}, batch 2, {'with' if cache == '1' else 'without'} cache", cache, 2, precision, "0")
+                  for _, cache, _, precision, _ in levers[:3]]  # fmt: skip
+    for label, cache, batch, precision, compile_ in levers:
+        steps = str(args.train_steps if not args.smoke else 6)
+        r = spawn("train", model, data, cache, steps, str(batch), precision, compile_)
+        mfu = f"{r['mfu']:.0%}" if r["mfu"] == r["mfu"] else "-"
+        print(f"{label:<34}{r['images_per_s']:>9.2f}{mfu:>7}{r['peak_vram_gib']:>10.2f}", flush=True)
+
+    if cuda or not args.smoke:
+        cache = str(work / "compile-cache")
+        cold, warm = first_image_seconds(model, size, cache), first_image_seconds(model, size, cache)
+        print(
+            f"\n{'first --fast image (fresh process)':<34}{'cold s':>9}{'warm s':>9}\n{'':<34}{cold:>9.1f}{warm:>9.1f}"
+        )
 
 
 if __name__ == "__main__":

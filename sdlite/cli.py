@@ -594,6 +594,14 @@ def train(
     tracker_project: Annotated[
         str | None, typer.Option(help="Project / experiment name for the trackers. [default: sdlite]")
     ] = None,
+    compile_unet: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile",
+            help="torch.compile the UNet for training (Inductor; caches in sdlite's cache folder). Pays off on GPUs "
+            "over long runs; the first steps wait for the compile.",
+        ),
+    ] = None,
     num_processes: Annotated[
         int | None, typer.Option(help="Launch N processes through accelerate (multi-GPU, or CPU for tests).")
     ] = None,
@@ -641,7 +649,7 @@ def train(
             "class_prompt": class_prompt, "class_data": class_data, "num_class_images": num_class_images,
             "prior_loss_weight": prior_loss_weight, "image_column": image_column, "shuffle_captions": shuffle_captions,
             "keep_tokens": keep_tokens, "report_to": tuple(report_to) if report_to else None,
-            "tracker_project": tracker_project,
+            "tracker_project": tracker_project, "compile": compile_unet,
         }  # fmt: skip
         config = build_train_config(cli_values, config_file)
         _quiet_libraries(offline)
@@ -653,7 +661,8 @@ def train(
         with _train_reporter(json_events, quiet) as report:
             result = training.train(config, on_event=report)
         if not json_events and _is_main_process():
-            typer.echo(f"{result.out}  {result.steps} steps, final loss {result.final_loss}")
+            speed = f", {result.images_per_s:.3g} images/s" if result.images_per_s else ""
+            typer.echo(f"{result.out}  {result.steps} steps, final loss {result.final_loss}{speed}")
             for note in result.skipped:
                 typer.echo(f"skipped: {note}", err=True)
 
@@ -1091,7 +1100,9 @@ def _train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
         elif event["event"] == "plan" and not quiet:
             typer.echo(
                 f"plan: {event['images']} images, {event['steps']} steps ({event['epochs']:.3g} epochs), effective "
-                f"batch {event['effective_batch']}, {event['resolution']}px; cache {event['cache_note']}",
+                f"batch {event['effective_batch']}, {event['resolution']}px; cache {event['cache_note']}"
+                + (f"; {event['tflops_per_image']:.3g} TFLOP per image" if event.get("tflops_per_image") else "")
+                + (f" against a {event['peak_tflops']:.0f} TFLOP/s peak" if event.get("peak_tflops") else ""),
                 err=True,
             )
             buckets = ", ".join(f"{size} x{count}" for size, count in event.get("buckets", {}).items())
@@ -1119,6 +1130,8 @@ def _step_line(event: dict[str, Any]) -> str:
     """`step 120/1000, loss 0.1234, lr 1e-04, 12.3 images/s, ETA 0:01:12` (the end: `done in`)."""
     parts = [f"step {event['step']}/{event['steps']}", f"loss {event['loss']:.4g}", f"lr {event['lr']:.3g}",
              f"{event['images_per_s']:.3g} images/s"]  # fmt: skip
+    if event.get("mfu") is not None:
+        parts.append(f"MFU {event['mfu']:.1%}")
     if event["step"] < event["steps"] and event.get("eta") is not None:
         parts.append(f"ETA {_clock(event['eta'])}")
     elif event.get("elapsed") is not None:

@@ -799,6 +799,7 @@ class TrainConfig:
     # Experiment trackers (Accelerate's): loss, learning rate, images/s and validation grids.
     report_to: tuple[Tracker, ...] = ()
     tracker_project: NonEmptyText = "sdlite"
+    compile: Flag = False  # torch.compile the UNet for training (pays off on GPUs, after a compile of minutes)
 
     _option_names: ClassVar[dict[str, str]] = {
         "validation_prompts": "--validation-prompt", "crop": "--center-crop/--random-crop",
@@ -868,7 +869,7 @@ class TrainConfig:
         ignored = {
             "max_steps", "epochs", "out", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "cache",
             "gradient_checkpointing", "validation_prompts", "validate_every", "offline", "allow_pickle",
-            "skip_bad_images", "allow_missing_captions", "tokenizer", "report_to", "tracker_project",
+            "skip_bad_images", "allow_missing_captions", "tokenizer", "report_to", "tracker_project", "compile",
         }  # fmt: skip
         return {k: _jsonable(v) for k, v in dataclasses.asdict(self).items() if k not in ignored}
 

@@ -68,6 +68,8 @@ class TrainPlan:
     buckets: dict[str, int] = dataclasses.field(default_factory=dict)  # images per bucket ("WxH")
     bucket_note: str = ""
     class_images: int = 0  # prior preservation: class images trained beside the instance images
+    tflops_per_image: float | None = None  # model FLOPs of one image's step (see sdlite/flops.py)
+    peak_tflops: float | None = None  # the device's dense peak at this precision, when known: MFU = achieved / peak
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,6 +83,7 @@ class TrainResult:
     checkpoints: tuple[Path, ...]
     skipped: tuple[str, ...]
     bad_steps: int
+    images_per_s: float | None = None
 
 
 def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, Any, ResolvedModel, Layout]:
@@ -185,7 +188,16 @@ def train(config: TrainConfig, on_event: EventFn | None = None, loss_hook: LossH
 
     check_trackers(config.report_to)  # Accelerate would drop a tracker whose package is missing, silently
     no_accelerator = not torch.cuda.is_available() and not torch.backends.mps.is_available()
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=no_accelerator, **accelerator_kwargs(config))
+    compiled = {}
+    if config.compile:  # Accelerate compiles the prepared UNet with Inductor; caches live in sdlite's cache
+        from accelerate.utils import TorchDynamoPlugin
+
+        from sdlite.modes import compile_cache
+
+        compile_cache()
+        compiled = {"dynamo_plugin": TorchDynamoPlugin(backend="inductor")}
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=no_accelerator, **accelerator_kwargs(config),
+                              **compiled)  # fmt: skip
     emit = _Emitter(on_event, accelerator.is_main_process)
     try:
         if config.component == "vae":
@@ -206,6 +218,7 @@ def _train(
     # 1. Plan: model and data checked before any weights load.
     check_out(config)
     plan, dataset, model, layout = make_plan(config, accelerator.num_processes)
+    plan = _with_flops(plan, model, config, accelerator)
     emit("plan", **plan.to_dict())
     resume_from = resume_folder(config)
     prepare_out(config, accelerator, fresh=resume_from is None)
@@ -225,7 +238,8 @@ def _train(
         emit("warning", message=too_long)
     params = [p for m in parts.trained for p in m.parameters() if p.requires_grad]
     optimizer, kind = make_optimizer(params, config.lr, torch)
-    emit("speedups", applied=[kind, "SDPA attention", *_tf32(accelerator, torch)])
+    emit("speedups", applied=[kind, "SDPA attention", *_tf32(accelerator, torch),
+                              *(["torch.compile (Inductor)"] if config.compile else [])])  # fmt: skip
     from diffusers.optimization import get_scheduler
 
     lr_schedule = get_scheduler(
@@ -313,7 +327,9 @@ def _train(
             done = step + 1
             rate = images / max(time.perf_counter() - started, 1e-9)
             log.add(done, float(step_loss), lr)
-            emit("step", step=done, steps=plan.steps, loss=float(step_loss), lr=lr, images_per_s=rate)
+            emit(
+                "step", step=done, steps=plan.steps, loss=float(step_loss), lr=lr, images_per_s=rate, **_mfu(plan, rate)
+            )
             trackers.log_step(done, float(step_loss), lr, rate)
             # A checkpoint right after a non-finite loss could hold damaged state: keep the last good one.
             due = config.checkpoint_every and done % config.checkpoint_every == 0 and done < plan.steps
@@ -338,10 +354,30 @@ def _train(
             trackers.log_grid(plan.steps, grid)
     log.close(plot=True)
     trackers.finish()
-    emit(
-        "done", out=str(config.out), steps=plan.steps, loss=last_loss, skipped=list(plan.skipped), bad_steps=guard.total
-    )
-    return TrainResult(config.out, plan.steps, last_loss, tuple(saved), plan.skipped, guard.total)
+    rate = images / max(time.perf_counter() - started, 1e-9) if images else None
+    emit("done", out=str(config.out), steps=plan.steps, loss=last_loss, skipped=list(plan.skipped),
+         bad_steps=guard.total, images_per_s=rate, **(_mfu(plan, rate) if rate else {}))  # fmt: skip
+    return TrainResult(config.out, plan.steps, last_loss, tuple(saved), plan.skipped, guard.total, rate)
+
+
+def _with_flops(plan: TrainPlan, model: ResolvedModel, config: TrainConfig, accelerator: Any) -> TrainPlan:
+    """The plan with the model FLOPs of one image's step and, on a GPU in the table, the device's peak."""
+    from sdlite.flops import peak_flops, train_flops_per_image
+
+    flops = train_flops_per_image(model.configs(), plan.resolution, plan.resolution, config.train_text_encoder)
+    peak = None
+    if accelerator.device.type == "cuda":
+        import torch
+
+        peak = peak_flops(torch.cuda.get_device_name(accelerator.device), config.mixed_precision)
+    return dataclasses.replace(plan, tflops_per_image=flops / 1e12, peak_tflops=peak / 1e12 if peak else None)
+
+
+def _mfu(plan: TrainPlan, images_per_s: float) -> dict[str, float]:
+    """Model FLOP utilisation over all processes' devices, when the peak is known."""
+    if not plan.tflops_per_image or not plan.peak_tflops:
+        return {}
+    return {"mfu": images_per_s * plan.tflops_per_image / (plan.peak_tflops * plan.num_processes)}
 
 
 def make_optimizer(params: list[Any], lr: float, torch: Any) -> tuple[Any, str]:

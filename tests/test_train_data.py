@@ -129,3 +129,17 @@ def test_tensorboard_events_hold_the_loss_and_the_validation_grids(tiny_model: P
     assert [i.step for i in images[tag]] == [2, 4]
     grid = sorted((out / "validation").glob("*.png"))[-1]
     assert (images[tag][-1].width, images[tag][-1].height) == Image.open(grid).size
+
+
+def test_plan_reports_model_flops_and_mfu_needs_a_known_peak(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    from sdlite.flops import peak_flops, train_flops_per_image
+    from sdlite.presets import PRESETS
+
+    assert train_flops_per_image(PRESETS["sd15"], 512, 512, False) == pytest.approx(2.42e12, rel=0.01)
+    assert peak_flops("NVIDIA H200", "bf16") == 989e12 and peak_flops("NVIDIA H100 80GB HBM3", "no") == 494e12
+    assert peak_flops("cpu", "no") is None
+    result, events = run(tiny_model, shapes, tmp_path / "o", max_steps=1)
+    plan = events[0]
+    assert plan["tflops_per_image"] > 0 and plan["peak_tflops"] is None
+    step = next(e for e in events if e["event"] == "step")
+    assert "mfu" not in step and result.images_per_s > 0
