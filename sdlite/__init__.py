@@ -25,6 +25,10 @@ _EXPORTS = {
     "NoiseConfig": "sdlite.config",
     "noise_strip": "sdlite.noising",
     "NoiseStrip": "sdlite.noising",
+    "CheckConfig": "sdlite.check",
+    "CheckReport": "sdlite.check",
+    "CheckResult": "sdlite.check",
+    "ImagesDiffer": "sdlite.errors",
     "export": "sdlite.export",
     "sample": "sdlite.sampling",
     "SampleResult": "sdlite.sampling",
@@ -40,5 +44,9 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         import importlib
 
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        # Importing a submodule sets it as an attribute of this package: `sdlite.export` would then be the
+        # module on the next access. Pin the exported object instead.
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'sdlite' has no attribute {name!r}")

@@ -63,7 +63,7 @@ from sdlite.config import (
     SampleOverrides,
     build_sample_config,
 )
-from sdlite.errors import DataError, SdliteError, UsageError, writing
+from sdlite.errors import DataError, ImagesDiffer, UsageError, writing
 from sdlite.schema import FilePath, Flag, NonNegativeNumber, PathText, validate_fields
 
 DEFAULT_TOLERANCE = 4.0  # gray levels (of 255) a channel may move and the pixel still count as unchanged
@@ -75,12 +75,6 @@ _GRID = re.compile(r"^grid-\d+(?:-\d+)?\.png$", re.IGNORECASE)
 _PROGRESS = re.compile(r"-progress\.png$", re.IGNORECASE)
 
 
-class ImagesDiffer(SdliteError):
-    """Regenerated images differ from their goldens beyond the tolerance (the CI failure of `sdlite check`)."""
-
-    exit_code = 7
-
-
 @dataclass(frozen=True)
 class CheckConfig:
     """A whole `sdlite check` run: which goldens, which model (None: each golden's own), what passes, which
@@ -89,8 +83,8 @@ class CheckConfig:
     paths: tuple[PathText, ...]  # folders (searched recursively for *.png) and single PNG files
     model: PathText | None = None  # check every golden with this model instead of the one it records
     loras: tuple[InstanceOf[LoraChoice], ...] = ()  # when given, these LoRAs replace the recorded ones
-    tolerance: NonNegativeNumber = DEFAULT_TOLERANCE
-    max_changed: Share = DEFAULT_MAX_CHANGED
+    tolerance: NonNegativeNumber = DEFAULT_TOLERANCE  # a pixel changed: a channel moved by more gray levels
+    max_changed: Share = DEFAULT_MAX_CHANGED  # an image passes while at most this share of its pixels changed
     junit: FilePath | None = None  # write a JUnit XML report here (one test case per golden)
     diff_dir: FilePath | None = None  # write a difference heatmap per failing golden here
     dtype: DType = "auto"

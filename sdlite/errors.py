@@ -19,6 +19,7 @@ EXIT_CODES: dict[int, str] = {
     4: "model missing, incomplete, corrupt or unsafe (pickle without --allow-pickle)",
     5: "out of memory or disk",
     6: "numerical failure (NaN or inf)",
+    7: "images differ beyond tolerance (sdlite check)",
     130: "interrupted",
 }
 
@@ -57,6 +58,12 @@ class NumericalError(SdliteError):
     """Non-finite values where finite ones are required (NaN latents or pixels)."""
 
     exit_code = 6
+
+
+class ImagesDiffer(SdliteError):
+    """Regenerated images differ from their goldens beyond the tolerance (the CI failure of `sdlite check`)."""
+
+    exit_code = 7
 
 
 class Interrupted(SdliteError):

@@ -36,7 +36,10 @@ STEPS = 4
 def goldens(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """default/: a batch of 2 plus the batch's remainder (batch size 2) and a single image; fast/: --fast images."""
     root = tmp_path_factory.mktemp("goldens")
-    gens = (Generation("a red circle", seed=1, steps=STEPS, num_images=3), Generation("a blue square", seed=9, steps=STEPS))
+    gens = (
+        Generation("a red circle", seed=1, steps=STEPS, num_images=3),
+        Generation("a blue square", seed=9, steps=STEPS),
+    )
     sampling.sample(SampleConfig(model=str(tiny_model), generations=gens, out=root / "default", batch_size=2))
     fast = (Generation("a green triangle", seed=20, steps=STEPS, num_images=2),)
     sampling.sample(SampleConfig(model=str(tiny_model), generations=fast, out=root / "fast", mode="fast"))
@@ -181,7 +184,7 @@ def test_foreign_pngs_are_skipped_and_unreadable_ones_are_errors(goldens: Path, 
     reasons = {r.name: r.reason for r in report.results}
     assert "grid" in reasons["grid-00000.png"] and "progress" in reasons["00003-9-progress.png"]
     assert "another tool" in reasons["a1111.png"] and "no sdlite metadata" in reasons["photo.png"]
-    with pytest.raises(DataError, match="1 golden.* could not be checked: broken.png") as caught:
+    with pytest.raises(DataError, match=r"1 golden.* could not be checked: broken\.png") as caught:
         report.raise_for_status()  # an incomplete check is exit 3, not a pass
     assert caught.value.exit_code == 3
     suite, cases = junit_cases(junit)
@@ -284,3 +287,30 @@ def test_cli_exit_codes_lines_and_json(goldens: Path, tmp_path: Path) -> None:
 
     bad = runner.invoke(app, ["check", str(folder), "--tolerance", "-1"])
     assert bad.exit_code == 2 and "--tolerance" in bad.stderr
+
+
+@pytest.mark.slow
+def test_the_ci_example_makes_goldens_then_catches_an_edit(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    sdlite = Path(sys.executable).parent / "sdlite"
+    if subprocess.run([str(sdlite), "check", "--help"], capture_output=True).returncode != 0:
+        pytest.skip("the installed sdlite has no `check` command yet")
+    script = Path(__file__).resolve().parents[1] / "examples" / "ci" / "check_goldens.sh"
+    env = {**os.environ, "SDLITE": str(sdlite), "SAMPLE_ARGS": "--num-images 1 --steps 3"}
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", str(script), "goldens", "report.xml", "diffs"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True)  # fmt: skip
+
+    made = run()
+    assert made.returncode == 0 and "made 4 goldens in goldens" in made.stdout, made.stderr
+    assert run().returncode == 0 and junit_cases(tmp_path / "report.xml")[0]["failures"] == "0"
+    edited = sorted((tmp_path / "goldens").glob("*.png"))[2]
+    edit_patch(edited)
+    failed = run()
+    assert failed.returncode == 7, failed.stderr
+    assert junit_cases(tmp_path / "report.xml")[1][edited.name] == "failure"
+    assert [p.name for p in (tmp_path / "diffs").iterdir()] == [f"{edited.stem}-diff.png"]

@@ -16,6 +16,7 @@ import pytest
 import torch
 from faults import SDLITE
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -64,10 +65,20 @@ def failing_args(code: int, model: Path, tmp_path: Path) -> list[str]:
     if code == 5:
         (tmp_path / "file").write_text("in the way")
         return [*sample[:-1], str(tmp_path / "file" / "out")]
+    if code == 7:  # a golden edited after it was made
+        assert invoke(*sample).exit_code == 0
+        golden = next(out.glob("*.png"))
+        with Image.open(golden) as image:
+            info = PngInfo()
+            for key, value in image.text.items():
+                info.add_text(key, value)
+            edited = Image.eval(image.convert("RGB"), lambda v: 255 - v)
+        edited.save(golden, pnginfo=info)
+        return ["check", str(out), "-q"]
     return [*sample[:3], str(nan_vae(model, tmp_path)), *sample[4:]]  # 6: a VAE that decodes to NaN
 
 
-@pytest.mark.parametrize("code", [0, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("code", [0, 2, 3, 4, 5, 6, 7])
 def test_each_kind_of_failure_has_its_code(code: int, tiny_model: Path, tmp_path: Path) -> None:
     result = invoke(*failing_args(code, tiny_model, tmp_path))
     assert result.exit_code == code, result.stderr
