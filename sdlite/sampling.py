@@ -194,7 +194,7 @@ def sample(
             world.barrier()
             stop.check()  # interrupted during the last batch: no grid, exit 130 like any other interruption
             with stop.writing():
-                grid = _write_grid(out, results, numbering) if config.grid else None
+                grid = _write_grid(out, results, numbering) if config.grid and world.rank == 0 else None
     finally:
         writer.close(raise_error=False)  # what finished before a failure or Ctrl-C is still written
         world.close()
