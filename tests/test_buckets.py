@@ -56,3 +56,13 @@ def test_batch_order_uses_every_image_once_per_epoch_one_bucket_per_batch(seed: 
         assert all(set(b) <= set(groups[0]) or set(b) <= set(groups[1]) for b in batches)
     assert [order.batch(k, seed) for k in range(8)] == [BatchOrder(groups, 2).batch(k, seed) for k in range(8)]
     assert [order.batch(k, seed) for k in range(4)] != [order.batch(k, seed + 1) for k in range(4)]
+
+
+def test_side_limits_and_aspect_limit_bound_the_buckets() -> None:
+    wide = bucket_sizes(512, 64, 256, 1024, 4.0)
+    assert max(max(w / h, h / w) for w, h in wide) == 4.0
+    assert all(min(w, h) >= 384 and max(w, h) <= 640 for w, h in bucket_sizes(512, 64, 384, 640, 4.0))
+    layout = make_layout([(300, 100)] * 4, 512, 2, None, 64, None, None, 4.0)
+    assert layout.histogram() == {"768x320": 4}  # ratio 2.4 is nearest 3; with max aspect 2 it is 640x384
+    layout = make_layout([(300, 100)] * 4, 512, 2, None, 64, None, None, 2.0)
+    assert layout.histogram() == {"640x384": 4}

@@ -425,3 +425,16 @@ def test_every_scheduler_does_image_to_image_and_inpainting(tiny_model: Path, sc
     results = run(tiny_model, tmp_path, *gens, save_progress=2)
     assert [r.scheduler for r in results] == [g.scheduler for g in gens]
     assert all(r.progress is not None and r.progress.is_file() for r in results)
+
+
+def test_mask_blur_softens_the_seam_between_kept_and_repainted(tiny_model: Path, scene: tuple[Path, Path],
+                                                                tmp_path: Path) -> None:  # fmt: skip
+    sharp, soft = (
+        pixels(run(tiny_model, tmp_path / f"b{blur}", Generation(PROMPT, seed=2, steps=4, init_image=str(scene[0]),
+                                                                  mask=str(scene[1]), mask_blur=blur))[0].path)
+        for blur in (0, 3)
+    )  # fmt: skip
+    mask = np.asarray(Image.open(scene[1])) > 127
+    inside = ~mask  # the kept circle: exact with a sharp mask, blended near its edge with a soft one
+    assert np.array_equal(sharp[inside], pixels(scene[0])[inside])
+    assert not np.array_equal(soft[inside], pixels(scene[0])[inside])

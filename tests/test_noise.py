@@ -156,3 +156,11 @@ def test_bad_inputs(tiny_model: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="already exists; pass --force"):
         strip(tiny_model, tmp_path, out=tmp_path / "taken.png")
     assert (tmp_path / "taken.png").read_bytes() == b"keep me"
+
+
+def test_size_and_resize_options_reach_the_strip(tiny_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, square = strip(tiny_model, tmp_path / "a", height=16, width=16)
+    _, wide = strip(tiny_model, tmp_path / "b", height=16, width=32, resize="stretch")
+    assert (square.height, square.width) == (16, 16) and (wide.height, wide.width) == (16, 32)

@@ -143,3 +143,34 @@ def test_plan_reports_model_flops_and_mfu_needs_a_known_peak(tiny_model: Path, s
     assert plan["tflops_per_image"] > 0 and plan["peak_tflops"] is None
     step = next(e for e in events if e["event"] == "step")
     assert "mfu" not in step and result.images_per_s > 0
+
+
+def test_compile_hands_the_unet_to_torch_compile_and_the_tracker_project_names_the_run(
+    tiny_model: Path, shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    compiled: list[Any] = []
+
+    def fake_compile(model: Any, *args: Any, **kwargs: Any) -> Any:  # compiling for real takes minutes on a CPU
+        compiled.append(type(model).__name__)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    _, events = run(tiny_model, shapes, tmp_path / "o", max_steps=1, compile=True, report_to=("tensorboard",),
+                    tracker_project="my-project")  # fmt: skip
+    assert "UNet2DConditionModel" in compiled
+    assert "torch.compile (Inductor)" in next(e for e in events if e["event"] == "speedups")["applied"]
+    assert (tmp_path / "o" / "logs" / "my-project").is_dir()
+
+
+def test_prior_loss_weight_scales_the_class_loss(tiny_model: Path, tmp_path: Path) -> None:
+    photos = make_shapes_dataset(tmp_path / "photos", n=2)
+    common = {"instance_prompt": "a photo of sks shape", "class_prompt": "a photo of a shape",
+              "class_data": tmp_path / "class", "num_class_images": 1, "batch_size": 1, "max_steps": 1}  # fmt: skip
+    first = lambda evs: next(e["loss"] for e in evs if e["event"] == "step")  # noqa: E731
+    losses = [
+        first(run(tiny_model, photos, tmp_path / f"w{w}", prior_loss_weight=w, **common)[1]) for w in (0.0, 1.0, 2.0)
+    ]
+    assert losses[0] < losses[1] < losses[2]
+    assert losses[2] - losses[1] == pytest.approx(losses[1] - losses[0], rel=1e-4)  # linear in the weight
