@@ -415,9 +415,6 @@ class _Given:
     mask_file: UserImage | None
     mask: Any  # PIL L at the output size, or None
 
-    def paths(self) -> dict[str, str | None]:
-        return {"init_image": str(self.init.path), "mask": str(self.mask_file.path) if self.mask_file else None}
-
     def record(self) -> dict[str, Any]:
         inputs = {"init_image": self.init.record()}
         if self.mask_file is not None:

@@ -182,11 +182,11 @@ def train(config: TrainConfig, on_event: EventFn | None = None, loss_hook: LossH
     from accelerate import Accelerator
 
     silence_library_progress()
-    # On a machine with no accelerator, cpu=True is what makes `accelerate launch` processes join one
-    # gloo world (without it, each of them trains alone).
     from sdlite.trackers import accelerator_kwargs, check_trackers
 
     check_trackers(config.report_to)  # Accelerate would drop a tracker whose package is missing, silently
+    # On a machine with no accelerator, cpu=True is what makes `accelerate launch` processes join one
+    # gloo world (without it, each of them trains alone).
     no_accelerator = not torch.cuda.is_available() and not torch.backends.mps.is_available()
     compiled = {}
     if config.compile:  # Accelerate compiles the prepared UNet with Inductor; caches live in sdlite's cache
