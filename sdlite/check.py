@@ -37,7 +37,6 @@ change by this rule: make goldens at the precision and on the kind of device CI 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -63,8 +62,9 @@ from sdlite.config import (
     SampleOverrides,
     build_sample_config,
 )
-from sdlite.errors import DataError, ImagesDiffer, UsageError, writing
+from sdlite.errors import DataError, ImagesDiffer, UsageError
 from sdlite.schema import FilePath, Flag, NonNegativeNumber, PathText, validate_fields
+from sdlite.staging import staged_file
 
 DEFAULT_TOLERANCE = 4.0  # gray levels (of 255) a channel may move and the pixel still count as unchanged
 DEFAULT_MAX_CHANGED = 0.005  # share of an image's pixels that may change beyond the tolerance
@@ -555,9 +555,8 @@ def write_heatmap(golden: Any, regenerated: Any, path: Path, title: str, metrics
     for n, line in enumerate(footer):
         draw.text((_PAD, 2 * _PAD + _LABEL + size[1] + n * _LABEL - _PAD // 2), line, fill="black", font=font)
     path = Path(path)
-    with writing(f"difference heatmap {path}"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda f: sheet.save(f, format="PNG"))
+    with staged_file(path, "difference heatmap") as temp:
+        sheet.save(temp, format="PNG")
     return path
 
 
@@ -600,10 +599,8 @@ def write_junit(report: CheckReport, path: Path) -> Path:
     ET.indent(root)
     data = ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
     path = Path(path)
-    with writing(f"JUnit report {path}"):
-        if path.parent != Path():
-            path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda f: f.write(data))
+    with staged_file(path, "JUnit report") as temp:
+        temp.write_bytes(data)
     return path
 
 
@@ -613,15 +610,3 @@ _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]
 def _xml_text(text: str) -> str:
     """Text XML 1.0 can hold (control characters and lone surrogates in a file name become U+FFFD)."""
     return _XML_INVALID.sub("\ufffd", text)
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    """Write through a temporary file beside `path` and rename it into place: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()

@@ -475,8 +475,9 @@ def _find_inputs(recorded: dict[str, Any], inputs: Any, cli: dict[str, Any], ima
     file that is missing or changed is a data error naming it. Image-to-image settings recorded without an
     init image (an A1111 img2img PNG, which does not record it) are dropped unless one is given.
     """
-    import hashlib
     import logging
+
+    from sdlite.metadata import sha256_uncached
 
     inputs = inputs if isinstance(inputs, dict) else {}
     for key, option in INPUT_KEYS.items():
@@ -485,7 +486,7 @@ def _find_inputs(recorded: dict[str, Any], inputs: Any, cli: dict[str, Any], ima
         if path is None or expected is None:
             continue
         try:
-            digest = hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
+            digest = sha256_uncached(Path(path).expanduser())
         except OSError as exc:
             if key in cli:
                 raise DataError(f"cannot read {option} {path}: {exc.strerror or exc}") from exc

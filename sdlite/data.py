@@ -59,7 +59,7 @@ def load_example(example: Example) -> Image.Image:
     if example.row is None:
         return load_image(example.path)
     value = _row_image(example)
-    return _decode(value if isinstance(value, Path) else io.BytesIO(value), str(example))
+    return decode_image(value if isinstance(value, Path) else io.BytesIO(value), str(example))
 
 
 def example_sha256(example: Example) -> str:
@@ -184,10 +184,10 @@ def load_image(path: Path) -> Image.Image:
     16-bit and float images are rescaled (Pillow's own conversion clips them to white). Pillow's
     decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) stays on: an image above it is refused.
     """
-    return _decode(path, str(path))
+    return decode_image(path, str(path))
 
 
-def _decode(source: Path | BinaryIO, name: str) -> Image.Image:
+def decode_image(source: Path | BinaryIO, name: str) -> Image.Image:
     """load_image's decoding of a file or of encoded bytes; errors name `name` (a path, or "PATH row N")."""
     from PIL import Image, ImageOps
 

@@ -11,6 +11,7 @@ rounded down to the VAE factor, so nothing is cropped but a few edge pixels.
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ class UserImage:
 
 def read_user_image(path: str | Path) -> UserImage:
     """Read an image file the way training data is read; DataError (exit 3) naming it when it cannot be."""
-    from sdlite.data import load_image
+    from sdlite.data import decode_image
 
     resolved = Path(path).expanduser().resolve()
     try:
@@ -45,7 +46,9 @@ def read_user_image(path: str | Path) -> UserImage:
         raise DataError(f"{path} does not exist") from exc
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return UserImage(path=resolved, image=load_image(resolved), sha256=hashlib.sha256(data).hexdigest())
+    # Pixels and hash from the same bytes: the record names exactly the picture that was used.
+    return UserImage(path=resolved, image=decode_image(io.BytesIO(data), str(path)),
+                     sha256=hashlib.sha256(data).hexdigest())  # fmt: skip
 
 
 def default_size(image_size: tuple[int, int], factor: int, height: int | None = None,

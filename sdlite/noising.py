@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sdlite.config import NoiseConfig, size_problem
+from sdlite.config import NoiseConfig, validate_size
 from sdlite.errors import ModelError, NumericalError, UsageError
 
 CHUNK = "sdlite.noise"  # the PNG text chunk holding the strip's JSON record
@@ -78,9 +78,7 @@ def noise_strip(config: NoiseConfig) -> NoiseStrip:
                           need_tokenizer=False)  # fmt: skip
     configs = model.configs()
     factor = vae_factor(configs["vae"])
-    for option, value in (("--height", config.height), ("--width", config.width)):
-        if value is not None and (reason := size_problem(value, factor)):
-            raise UsageError(f"{option} {reason}")
+    validate_size(config.height, config.width, factor)
     scheduler = DDPMScheduler.from_config(configs["scheduler"])
     total = scheduler.config.num_train_timesteps
     if config.steps > total:

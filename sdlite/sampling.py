@@ -366,8 +366,14 @@ def _await_remote(out: Path, first: int, job: _Job, facts: _ModelFacts, with_str
     strip = path.with_name(f"{path.stem}-progress.png")
     while not path.exists() or (with_strip and not strip.exists()):
         time.sleep(poll)
-    return SampleResult(path=path, index=first + job.number, model=facts.ref, model_hash=facts.model_hash,
-                        progress=strip if with_strip else None, **settings)  # fmt: skip
+    return _on_disk(path, first + job.number, settings, facts)
+
+
+def _on_disk(path: Path, index: int, settings: dict[str, Any], facts: _ModelFacts) -> SampleResult:
+    """An image already written (by an earlier run or another process), with its progress strip if there is one."""
+    strip = path.with_name(f"{path.stem}-progress.png")
+    return SampleResult(path=path, index=index, model=facts.ref, model_hash=facts.model_hash,
+                        progress=strip if strip.is_file() else None, **settings)  # fmt: skip
 
 
 def _resume(config: SampleConfig, out: Path, numbering: _Numbering, batches: list[_Batch],
@@ -390,12 +396,7 @@ def _resume(config: SampleConfig, out: Path, numbering: _Numbering, batches: lis
 
     found = find_existing(out, numbering, expected, same)
     settings = {number: wanted["settings"] for number, _, wanted in expected}
-    kept = {}
-    for number, (path, index) in found.items():
-        strip = path.with_name(f"{path.stem}-progress.png")
-        kept[number] = SampleResult(path=path, index=index, model=facts.ref, model_hash=facts.model_hash,
-                                    progress=strip if strip.is_file() else None, **settings[number])  # fmt: skip
-    return kept
+    return {number: _on_disk(path, index, settings[number], facts) for number, (path, index) in found.items()}
 
 
 def denoising_steps(gen: Generation) -> int:

@@ -356,7 +356,7 @@ def test_discovery_reads_captions_only(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
     monkeypatch.setattr(pq.ParquetFile, "read", no_decoding)
-    monkeypatch.setattr(data, "_decode", no_decoding)
+    monkeypatch.setattr(data, "decode_image", no_decoding)
     monkeypatch.setattr(Image, "open", no_decoding)
 
     dataset = discover(target)

@@ -50,21 +50,10 @@ def reference(
     model: Path, kind: str, prompt: str, seeds: list[int], scheduler: str = "ddim", **call: object
 ) -> np.ndarray:
     """What plain diffusers' image-to-image or inpainting pipeline makes from the same folder."""
-    import diffusers
-    import torch
+    from test_sample import diffusers_reference
 
-    cls = diffusers.StableDiffusionImg2ImgPipeline if kind == "img2img" else diffusers.StableDiffusionInpaintPipeline
-    pipe = cls.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
-    spec = SCHEDULERS[scheduler]
-    pipe.scheduler = getattr(diffusers, spec.class_name).from_config(pipe.scheduler.config, **spec.overrides)
-    pipe.set_progress_bar_config(disable=True)
-    images = pipe(
-        [prompt] * len(seeds),
-        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-        output_type="np",
-        **call,
-    ).images
-    return (images * 255).round().astype(np.int16)
+    pipeline = "StableDiffusionImg2ImgPipeline" if kind == "img2img" else "StableDiffusionInpaintPipeline"
+    return diffusers_reference(model, prompt, seeds, scheduler, pipeline, **call).astype(np.int16)
 
 
 @pytest.mark.parametrize(("scheduler", "batch_size"), [("ddim", 1), ("ddim", 2), ("euler-a", 1), ("dpm++2m-karras", 1)])

@@ -29,13 +29,18 @@ def run(model: Path, out: Path, *gens: Generation, **kwargs: object) -> list[Pat
 
 
 def diffusers_reference(
-    model: Path, prompt: str, seeds: list[int], scheduler: str = "ddim", **call: object
+    model: Path,
+    prompt: str,
+    seeds: list[int],
+    scheduler: str = "ddim",
+    pipeline: str = "StableDiffusionPipeline",
+    **call: object,
 ) -> np.ndarray:
-    """What plain diffusers makes from the same folder: the parity baseline."""
+    """What plain diffusers (`pipeline`, text-to-image by default) makes from the same folder: the parity baseline."""
     import diffusers
     import torch
 
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+    pipe = getattr(diffusers, pipeline).from_pretrained(model, safety_checker=None, requires_safety_checker=False)
     spec = SCHEDULERS[scheduler]
     pipe.scheduler = getattr(diffusers, spec.class_name).from_config(pipe.scheduler.config, **spec.overrides)
     pipe.set_progress_bar_config(disable=True)
