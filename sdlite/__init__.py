@@ -25,7 +25,7 @@ _EXPORTS = {
     "NoiseConfig": "sdlite.config",
     "noise_strip": "sdlite.noising",
     "NoiseStrip": "sdlite.noising",
-    "CheckConfig": "sdlite.check",
+    "CheckConfig": "sdlite.config",
     "CheckReport": "sdlite.check",
     "CheckResult": "sdlite.check",
     "ImagesDiffer": "sdlite.errors",

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -48,63 +47,24 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
-
-from annotated_types import Ge, Le
-from pydantic import AllowInfNan, InstanceOf, Strict
+from typing import Any, Literal
 
 from sdlite.config import (
+    DEFAULT_MAX_CHANGED,
     DEFAULT_MODEL,
-    Device,
-    DType,
-    LoraChoice,
+    DEFAULT_TOLERANCE,
+    CheckConfig,
     SampleConfig,
     SampleOverrides,
     build_sample_config,
 )
-from sdlite.errors import DataError, ImagesDiffer, UsageError
-from sdlite.schema import FilePath, Flag, NonNegativeNumber, PathText, validate_fields
+from sdlite.errors import DataError, ImagesDiffer
 from sdlite.staging import staged_file
 
-DEFAULT_TOLERANCE = 4.0  # gray levels (of 255) a channel may move and the pixel still count as unchanged
-DEFAULT_MAX_CHANGED = 0.005  # share of an image's pixels that may change beyond the tolerance
-Share = Annotated[float, Strict(), AllowInfNan(False), Ge(0), Le(1)]
 Status = Literal["passed", "failed", "skipped", "error"]
 ProgressFn = Callable[[int, int], None]
 _GRID = re.compile(r"^grid-\d+(?:-\d+)?\.png$", re.IGNORECASE)
 _PROGRESS = re.compile(r"-progress\.png$", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class CheckConfig:
-    """A whole `sdlite check` run: which goldens, which model (None: each golden's own), what passes, which
-    reports to write."""
-
-    paths: tuple[PathText, ...]  # folders (searched recursively for *.png) and single PNG files
-    model: PathText | None = None  # check every golden with this model instead of the one it records
-    loras: tuple[InstanceOf[LoraChoice], ...] = ()  # when given, these LoRAs replace the recorded ones
-    tolerance: NonNegativeNumber = DEFAULT_TOLERANCE  # a pixel changed: a channel moved by more gray levels
-    max_changed: Share = DEFAULT_MAX_CHANGED  # an image passes while at most this share of its pixels changed
-    junit: FilePath | None = None  # write a JUnit XML report here (one test case per golden)
-    diff_dir: FilePath | None = None  # write a difference heatmap per failing golden here
-    dtype: DType = "auto"
-    device: Device = "auto"
-    offline: Flag = False
-    allow_pickle: Flag = False
-
-    _option_names: ClassVar[dict[str, str]] = {
-        "paths": "DIR", "loras": "--lora", "diff_dir": "--diff", "max_changed": "--max-changed"
-    }  # fmt: skip
-
-    def __post_init__(self) -> None:
-        if isinstance(self.paths, str | os.PathLike):  # one folder
-            object.__setattr__(self, "paths", (self.paths,))
-        if isinstance(self.loras, tuple | list):
-            loras = tuple(c if isinstance(c, LoraChoice) else LoraChoice(c) for c in self.loras)
-            object.__setattr__(self, "loras", loras)
-        validate_fields(self)
-        if not self.paths:
-            raise UsageError("no goldens given: pass DIR arguments (or --goldens DIR)")
 
 
 @dataclass(frozen=True)

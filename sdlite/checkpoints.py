@@ -204,6 +204,12 @@ def load_optimizer(optimizer: Any, folder: Path) -> None:
         state.setdefault(int(index), {})[key] = value
     groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+    for group in optimizer.param_groups:  # saved contiguous; a channels_last parameter needs its moments alike
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if getattr(value, "shape", None) == param.shape and value.stride() != param.stride():
+                    # fused AdamW walks a parameter and its moments as flat memory: the layouts must agree
+                    optimizer.state[param][key] = _like(param, value)
 
 
 def save_ema(ema: Any, folder: Path) -> None:
@@ -220,5 +226,13 @@ def load_ema(ema: Any, folder: Path) -> None:
 
     state = json.loads((folder / "ema.json").read_text())
     tensors = load_file(folder / "ema.safetensors")
-    state["shadow_params"] = [tensors[k] for k in sorted(tensors)]
+    # Each loaded tensor takes the place of the current shadow: same device, dtype and memory layout.
+    state["shadow_params"] = [_like(old, tensors[k]) for old, k in zip(ema.shadow_params, sorted(tensors), strict=True)]
     ema.load_state_dict(state)
+
+
+def _like(template: Any, value: Any) -> Any:
+    """`value` copied into a tensor with `template`'s device, dtype and strides."""
+    import torch
+
+    return torch.empty_like(template).copy_(value)

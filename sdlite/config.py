@@ -801,6 +801,7 @@ class TrainConfig:
     report_to: tuple[Tracker, ...] = ()
     tracker_project: NonEmptyText = "sdlite"
     compile: Flag = False  # torch.compile the UNet for training (pays off on GPUs, after a compile of minutes)
+    channels_last: Flag = False  # the UNet's weights and inputs in NHWC order (tensor-core convolutions on GPUs)
 
     _option_names: ClassVar[dict[str, str]] = {
         "validation_prompts": "--validation-prompt", "crop": "--center-crop/--random-crop",
@@ -871,6 +872,7 @@ class TrainConfig:
             "max_steps", "epochs", "out", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "cache",
             "gradient_checkpointing", "validation_prompts", "validate_every", "offline", "allow_pickle",
             "skip_bad_images", "allow_missing_captions", "tokenizer", "report_to", "tracker_project", "compile",
+            "channels_last",
         }  # fmt: skip
         return {k: _jsonable(v) for k, v in dataclasses.asdict(self).items() if k not in ignored}
 
@@ -972,3 +974,41 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         validate_fields(self)
+
+
+# The pass rule of `sdlite check` (how these were measured: sdlite/check.py).
+DEFAULT_TOLERANCE = 4.0  # gray levels (of 255) a channel may move and the pixel still count as unchanged
+DEFAULT_MAX_CHANGED = 0.005  # share of an image's pixels that may change beyond the tolerance
+Share = Annotated[float, Strict(), AllowInfNan(False), Ge(0), Le(1)]
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """A whole `sdlite check` run: which goldens, which model (None: each golden's own), what passes, which
+    reports to write."""
+
+    paths: tuple[PathText, ...]  # folders (searched recursively for *.png) and single PNG files
+    model: PathText | None = None  # check every golden with this model instead of the one it records
+    loras: tuple[InstanceOf[LoraChoice], ...] = ()  # when given, these LoRAs replace the recorded ones
+    tolerance: NonNegativeNumber = DEFAULT_TOLERANCE  # a pixel changed: a channel moved by more gray levels
+    max_changed: Share = DEFAULT_MAX_CHANGED  # an image passes while at most this share of its pixels changed
+    junit: FilePath | None = None  # write a JUnit XML report here (one test case per golden)
+    diff_dir: FilePath | None = None  # write a difference heatmap per failing golden here
+    dtype: DType = "auto"
+    device: Device = "auto"
+    offline: Flag = False
+    allow_pickle: Flag = False
+
+    _option_names: ClassVar[dict[str, str]] = {
+        "paths": "DIR", "loras": "--lora", "diff_dir": "--diff", "max_changed": "--max-changed"
+    }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if isinstance(self.paths, str | os.PathLike):  # one folder
+            object.__setattr__(self, "paths", (self.paths,))
+        if isinstance(self.loras, tuple | list):
+            loras = tuple(c if isinstance(c, LoraChoice) else LoraChoice(c) for c in self.loras)
+            object.__setattr__(self, "loras", loras)
+        validate_fields(self)
+        if not self.paths:
+            raise UsageError("no goldens given: pass DIR arguments (or --goldens DIR)")

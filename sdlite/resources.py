@@ -363,7 +363,7 @@ def check_sample(model: Any, config: Any, device: str, dtype: str,
         low = sample_estimate(configs, params, height, width, batch, gen.guidance > 1, dtype, device, "low-memory",
                               single)  # fmt: skip
         if low.total < estimate.total:
-            advice.append(f"--low-memory (about {_size(low.total)})")
+            advice.append(f"--low-memory (about {size_text(low.total)})")
     if batch > 1:
         advice.append("a smaller --batch-size")
     fits = _largest_fitting(lambda s: sample_estimate(configs, params, s, s, batch, gen.guidance > 1, dtype, device,
@@ -378,7 +378,8 @@ def factor_of(configs: dict[str, dict[str, Any]]) -> int:
 
 
 def _largest_fitting(total: Any, limit: int, step: int) -> int:
-    """The largest multiple of `step` (a square side) whose estimate fits `limit`, by bisection; 0 if none."""
+    """The largest multiple of `step` (a square side, a batch size) whose `total` fits `limit`, by bisection;
+    0 if none."""
     low, high = 0, 1
     while total(high * step) <= limit and high < 1 << 20:
         low, high = high, high * 2
@@ -390,16 +391,16 @@ def _largest_fitting(total: Any, limit: int, step: int) -> int:
 
 def _refusal(what: str, estimate: Estimate, limit: Limit, advice: list[str]) -> str:
     largest = estimate.peak_phase
-    detail = f"{largest} {_size(estimate.phases[largest])}" if largest else ""
+    detail = f"{largest} {size_text(estimate.phases[largest])}" if largest else ""
     weights = estimate.fixed.get("weights")
-    parts = ", ".join(p for p in (f"weights {_size(weights)}" if weights else "", detail) if p)
+    parts = ", ".join(p for p in (f"weights {size_text(weights)}" if weights else "", detail) if p)
     return (
-        f"{what} needs about {_size(estimate.total)} of memory ({parts}), more than the {_size(limit.bytes)} "
+        f"{what} needs about {size_text(estimate.total)} of memory ({parts}), more than the {size_text(limit.bytes)} "
         f"this process can use ({limit.source}); try {', or '.join(advice)}"
     )
 
 
-def _size(value: int | None) -> str:
+def size_text(value: int | None) -> str:
     if value is None:
         return "?"
     if value >= 1024 * 1024 * GIB:
@@ -416,14 +417,14 @@ def _size(value: int | None) -> str:
 
 
 def train_estimate(configs: dict[str, dict[str, Any]], params: dict[str, int], config: Any, resolution: int,
-                   device: str, lora_params: int = 0) -> Estimate:  # fmt: skip
-    """Peak memory of one training process at `resolution` and the config's batch size."""
+                   device: str, lora_params: int = 0, batch_size: int | None = None) -> Estimate:  # fmt: skip
+    """Peak memory of one training process at `resolution` and `batch_size` (default: the config's)."""
     unet, vae = configs["unet"], configs["vae"]
     factor = 2 ** (len(vae["block_out_channels"]) - 1)
     latent = math.ceil(resolution / factor)
     frozen = DTYPE_BYTES[config.mixed_precision]
     # Prior preservation runs a class image beside each instance image: both graphs live until backward.
-    batch = config.batch_size * (2 if getattr(config, "class_prompt", None) else 1)
+    batch = (batch_size or config.batch_size) * (2 if getattr(config, "class_prompt", None) else 1)
     fixed = {"runtime": CUDA_RUNTIME if device.startswith("cuda") else TRAIN_RUNTIME}
     if config.component == "vae":  # the autoencoder alone, trained in full at the resolution
         fixed["weights"] = 4 * params["vae"]
@@ -439,7 +440,7 @@ def train_estimate(configs: dict[str, dict[str, Any]], params: dict[str, int], c
         fixed["EMA"] = 4 * params["unet"]
     if config.mixed_precision != "no":
         fixed["half-precision weight copies"] = 2 * params["unet"]
-    act = 4 if config.mixed_precision == "no" else 3  # autocast keeps some fp32 tensors beside fp16 ones
+    act = _activation_bytes(config.mixed_precision, device)
     step = batch * act * unet_training_elements(unet, latent, latent, config.gradient_checkpointing)
     if config.lora:
         step *= K_TRAIN_LORA
@@ -450,6 +451,21 @@ def train_estimate(configs: dict[str, dict[str, Any]], params: dict[str, int], c
         validation = sample_estimate(configs, {}, resolution, resolution, 1, True, "float32", device, "default")
         phases["validation"] = max(validation.phases.values())
     return Estimate(fixed, phases)
+
+
+def _activation_bytes(mixed_precision: str, device: str) -> float:
+    """Bytes per counted activation element (unet_training_elements).
+
+    CPU (calibrated on resident memory): 4 in fp32, 3 under autocast (it keeps some fp32 tensors beside
+    the half ones). CUDA under fp16/bf16 autocast: SD v1.5 at 512, batch 8, measured 21 GiB peak allocated
+    on an H200 (../shared/reference.md, "GPU runs") of which 14.8 GiB are weights, gradients, AdamW moments
+    and autocast's weight copies: 0.78 GiB of activations per image, 1.0 byte per counted element (CUDA's
+    attention and fused kernels keep fewer intermediates than the CPU's); 1.25 keeps a margin. CUDA in
+    fp32 is not measured yet and keeps the CPU's 4.
+    """
+    if device.startswith("cuda") and mixed_precision in ("fp16", "bf16"):
+        return 1.25
+    return 4.0 if mixed_precision == "no" else 3.0
 
 
 def lora_parameters(unet: dict[str, Any], rank: int) -> int:
@@ -465,7 +481,16 @@ def lora_parameters(unet: dict[str, Any], rank: int) -> int:
     return total
 
 
-def check_train(model: Any, config: Any, resolution: int, num_processes: int) -> Estimate:
+@dataclass(frozen=True)
+class TrainFit:
+    """A training process's memory estimate, what its device has, and the largest batch size that fits."""
+
+    estimate: Estimate
+    limit: Limit | None
+    largest_batch: int | None  # None when the device's memory cannot be told
+
+
+def check_train(model: Any, config: Any, resolution: int, num_processes: int) -> TrainFit:
     """Refuse (ResourceError) a training run that cannot fit, before any image is read or weight loaded."""
     import torch
 
@@ -477,22 +502,26 @@ def check_train(model: Any, config: Any, resolution: int, num_processes: int) ->
     estimate = train_estimate(configs, params, config, resolution, device, lora)
     limit = device_limit(device)
     if limit is None:
-        return estimate
+        return TrainFit(estimate, None, None)
     # Processes on one machine share its RAM; on GPUs each process has its own device.
     local = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes)) if device == "cpu" else 1
-    need = estimate.total * local
-    if need <= limit.bytes:
-        return estimate
+
+    def need(batch: int) -> int:
+        return local * train_estimate(configs, params, config, resolution, device, lora, batch).total
+
+    largest = _largest_fitting(need, limit.bytes, 1)
+    if estimate.total * local <= limit.bytes:
+        return TrainFit(estimate, limit, largest)
     what = f"training at {resolution}x{resolution} with batch {config.batch_size}" + (
         f" on {local} processes" if local > 1 else ""
     )
     advice = []
-    if config.batch_size > 1:
-        advice.append("a smaller --batch-size (with --grad-accum for the same effective batch)")
+    if largest:
+        advice.append(f"--batch-size {largest} or less (with --grad-accum for the same effective batch)")
     if not config.gradient_checkpointing and config.component != "vae":
         advice.append("--gradient-checkpointing")
     fits = _largest_fitting(
-        lambda s: local * train_estimate(configs, params, config, s, device, lora).total,
+        lambda side: local * train_estimate(configs, params, config, side, device, lora).total,
         limit.bytes,
         factor_of(configs),
     )

@@ -70,6 +70,9 @@ class TrainPlan:
     class_images: int = 0  # prior preservation: class images trained beside the instance images
     tflops_per_image: float | None = None  # model FLOPs of one image's step (see sdlite/flops.py)
     peak_tflops: float | None = None  # the device's dense peak at this precision, when known: MFU = achieved / peak
+    memory_gib: float | None = None  # estimated peak memory of one process (sdlite/resources.py)
+    largest_batch: int | None = None  # the largest --batch-size whose estimate fits `memory_limit` now
+    memory_limit: str = ""  # what bounds this process's memory ("139 GiB (free memory on NVIDIA H200)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,7 +103,7 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
     factor = vae_factor(configs["vae"])
     resolution = config.resolution or model.native_size()
     validate_size(resolution, None, factor, names=("--resolution",))
-    resources.check_train(model, config, resolution, num_processes)  # before any image is read or weight loaded
+    fit = resources.check_train(model, config, resolution, num_processes)  # before any image is read or weight loaded
     dataset = check_images(
         discover(
             config.data,
@@ -151,6 +154,9 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
         buckets=layout.histogram(),
         bucket_note=layout.note,
         class_images=config.num_class_images if config.class_prompt else 0,
+        memory_gib=fit.estimate.total / resources.GIB,
+        largest_batch=fit.largest_batch,
+        memory_limit=f"{resources.size_text(fit.limit.bytes)} ({fit.limit.source})" if fit.limit else "",
     )
     return plan, dataset, model, layout
 
@@ -239,6 +245,7 @@ def _train(
     params = [p for m in parts.trained for p in m.parameters() if p.requires_grad]
     optimizer, kind = make_optimizer(params, config.lr, torch)
     emit("speedups", applied=[kind, "SDPA attention", *_tf32(accelerator, torch),
+                              *(["channels_last"] if config.channels_last else []),
                               *(["torch.compile (Inductor)"] if config.compile else [])])  # fmt: skip
     from diffusers.optimization import get_scheduler
 
@@ -287,32 +294,39 @@ def _train(
     trackers = Trackers()
     trackers.start(accelerator, config, plan.to_dict(), start_step)
 
-    # 4. The loop: one optimizer step per `grad_accum` micro-batches on every process.
+    # 4. The loop: one optimizer step per `grad_accum` micro-batches on every process. Each micro-batch's
+    # inputs are drawn while the device runs the previous backward; the host waits on the device once per
+    # step, for the loss and the stop flag (one all-reduce), then queues the optimizer step.
     log = _LossLog(config.out, start_step, accelerator.is_main_process)
     stop = _StopFlag()
     guard, last_loss, saved = FiniteGuard(emit), None, []
     started, images = time.perf_counter(), 0
+    device, micro_batches = accelerator.device, plan.steps * config.grad_accum
+
+    def draw(m: int) -> tuple[_Inputs, _Inputs | None]:
+        batch = _MicroBatch.of(m, plan, layout, config, accelerator.process_index)
+        with accelerator.autocast():
+            return _draw_micro(batch, dataset, class_set, parts, text_encoder, cache, config, device, torch)
+
+    upcoming = draw(start_step * config.grad_accum) if start_step < plan.steps else None
     with stop.armed():
         for step in range(start_step, plan.steps):
-            if accelerator.reduce(torch.tensor(float(stop.requested)), "sum").item() > 0:
-                path = _save_checkpoint(
-                    parts, unet, text_encoder, optimizer, lr_schedule, ema, config, model, step, accelerator
-                )
-                emit("checkpoint", step=step, path=str(path), reason="interrupted")
-                raise Interrupted(f"interrupted at step {step}; resume with --resume latest (checkpoint {path})")
             losses = []
             for micro in range(config.grad_accum):
                 m = step * config.grad_accum + micro
                 syncing = micro == config.grad_accum - 1
                 with _no_sync(accelerator, wrapped, not syncing), accelerator.autocast():
-                    batch = _MicroBatch.of(m, plan, layout, config, accelerator.process_index)
-                    loss = _micro_loss(batch, dataset, class_set, parts, unet, text_encoder, cache, config,
-                                       accelerator.device, torch)  # fmt: skip
+                    loss = _micro_loss(upcoming, parts, unet, text_encoder, config)
                     if loss_hook is not None:
                         loss = loss_hook(step, loss)
                     accelerator.backward(loss / config.grad_accum)
                 losses.append(loss.detach().float())
-            step_loss = accelerator.reduce(torch.stack(losses).mean(), "mean")
+                if m + 1 < micro_batches:
+                    upcoming = draw(m + 1)
+            flags = torch.stack([torch.stack(losses).mean(), torch.tensor(float(stop.requested), device=device)])
+            totals = accelerator.reduce(flags, "sum")
+            totals[0] /= accelerator.num_processes  # the mean loss over processes
+            step_loss, stops = totals.tolist()  # the step's one wait on the device
             images += plan.effective_batch
             if guard.finite(step_loss, step + 1):
                 if config.max_grad_norm > 0:
@@ -320,17 +334,21 @@ def _train(
                 optimizer.step()
                 if ema is not None:
                     ema.step(parts.unet.parameters())
-                last_loss = float(step_loss)
+                last_loss = step_loss
             optimizer.zero_grad(set_to_none=True)
             lr = lr_schedule.get_last_lr()[0]  # the rate this step used
             lr_schedule.step()
             done = step + 1
             rate = images / max(time.perf_counter() - started, 1e-9)
-            log.add(done, float(step_loss), lr)
-            emit(
-                "step", step=done, steps=plan.steps, loss=float(step_loss), lr=lr, images_per_s=rate, **_mfu(plan, rate)
-            )
-            trackers.log_step(done, float(step_loss), lr, rate)
+            log.add(done, step_loss, lr)
+            emit("step", step=done, steps=plan.steps, loss=step_loss, lr=lr, images_per_s=rate, **_mfu(plan, rate))
+            trackers.log_step(done, step_loss, lr, rate)
+            if stops > 0 and done < plan.steps:  # Ctrl-C (on any process): this step is kept, then a checkpoint
+                path = _save_checkpoint(
+                    parts, unet, text_encoder, optimizer, lr_schedule, ema, config, model, done, accelerator
+                )
+                emit("checkpoint", step=done, path=str(path), reason="interrupted")
+                raise Interrupted(f"interrupted at step {done}; resume with --resume latest (checkpoint {path})")
             # A checkpoint right after a non-finite loss could hold damaged state: keep the last good one.
             due = config.checkpoint_every and done % config.checkpoint_every == 0 and done < plan.steps
             if due and guard.in_row == 0:
@@ -520,6 +538,8 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
             text_encoder.gradient_checkpointing_enable()
     for module in (vae, text_encoder, unet):
         module.to(accelerator.device)
+    if config.channels_last:  # saved files stay contiguous: safetensors writers make them so
+        unet.to(memory_format=torch.channels_last)
     for module in trained:
         module.train()
     return _Parts(tokenizer, text_encoder, vae, unet, noise_scheduler, trained, weight_dtype)
@@ -584,26 +604,51 @@ class ClassSet:
         return picked
 
 
-def _micro_loss(batch: _MicroBatch, dataset: Any, class_set: ClassSet | None, parts: _Parts, unet: Any,
-                text_encoder: Any, cache: Any, config: TrainConfig, device: Any, torch: Any) -> Any:  # fmt: skip
-    """The noise-prediction loss of one micro-batch on this process (plus the weighted class loss)."""
+@dataclass(frozen=True)
+class _Inputs:
+    """Everything a loss needs that does not depend on the trained weights, already on the device.
+
+    Drawn for the next micro-batch while the device still runs this one's backward pass (copies are
+    non-blocking from pinned memory on CUDA), so the host never makes the device wait between steps.
+    """
+
+    noisy: Any  # latents with the drawn noise at the drawn timesteps
+    timesteps: Any
+    target: Any  # the noise, or the velocity for v-prediction
+    text: Any  # caption embeddings when no gradient flows through them, else None
+    ids: Any  # token ids for the trained text encoder, else None
+
+
+def _draw_micro(batch: _MicroBatch, dataset: Any, class_set: ClassSet | None, parts: _Parts, text_encoder: Any,
+                cache: Any, config: TrainConfig, device: Any, torch: Any) -> tuple[_Inputs, _Inputs | None]:  # fmt: skip
+    """This process's inputs for micro-batch `batch`: its examples and, with prior preservation, their class images."""
     examples = [dataset.examples[i] for i in batch.indices]
-    loss = _denoising_loss(examples, batch.indices, batch.size, batch.generators(config.seed), batch, parts, unet,
-                           text_encoder, cache, config, device, torch, augment=True).mean()  # fmt: skip
-    if class_set is not None:
-        chosen = class_set.pick(batch, config.seed)
-        class_examples = [class_set.examples[i] for i in chosen]
-        square = (batch.resolution, batch.resolution)
-        class_loss = _denoising_loss(class_examples, chosen, square, batch.generators(config.seed, 1), batch, parts,
-                                     unet, text_encoder, cache, config, device, torch, augment=False).mean()  # fmt: skip
-        loss = loss + config.prior_loss_weight * class_loss
+    inputs = _draw(examples, batch.indices, batch.size, batch.generators(config.seed), batch, parts, text_encoder,
+                   cache, config, device, torch, augment=True)  # fmt: skip
+    if class_set is None:
+        return inputs, None
+    chosen = class_set.pick(batch, config.seed)
+    class_examples = [class_set.examples[i] for i in chosen]
+    square = (batch.resolution, batch.resolution)
+    class_inputs = _draw(class_examples, chosen, square, batch.generators(config.seed, 1), batch, parts, text_encoder,
+                         cache, config, device, torch, augment=False)  # fmt: skip
+    return inputs, class_inputs
+
+
+def _micro_loss(drawn: tuple[_Inputs, _Inputs | None], parts: _Parts, unet: Any, text_encoder: Any,
+                config: TrainConfig) -> Any:  # fmt: skip
+    """The noise-prediction loss of one micro-batch on this process (plus the weighted class loss)."""
+    inputs, class_inputs = drawn
+    loss = _denoising_loss(inputs, parts, unet, text_encoder, config).mean()
+    if class_inputs is not None:
+        loss = loss + config.prior_loss_weight * _denoising_loss(class_inputs, parts, unet, text_encoder, config).mean()
     return loss
 
 
-def _denoising_loss(examples: list[Any], indices: Any, size: tuple[int, int], gens: list[Any], batch: _MicroBatch,
-                    parts: _Parts, unet: Any, text_encoder: Any, cache: Any, config: TrainConfig, device: Any,
-                    torch: Any, augment: bool) -> Any:  # fmt: skip
-    """Per-example (min-SNR weighted) noise-prediction losses of `examples` at `size`, every draw from `gens`."""
+def _draw(examples: list[Any], indices: Any, size: tuple[int, int], gens: list[Any], batch: _MicroBatch,
+          parts: _Parts, text_encoder: Any, cache: Any, config: TrainConfig, device: Any, torch: Any,
+          augment: bool) -> _Inputs:  # fmt: skip
+    """The noised latents, timesteps, targets and text of `examples` at `size`, every draw from `gens`."""
     from sdlite.data import load_example, preprocess
 
     drop = [config.caption_dropout > 0 and torch.rand((), generator=g).item() < config.caption_dropout for g in gens]
@@ -623,33 +668,58 @@ def _denoising_loss(examples: list[Any], indices: Any, size: tuple[int, int], ge
              for e, i in zip(examples, indices, strict=True)]
         )  # fmt: skip
         with torch.no_grad():
-            dist = parts.vae.encode(pixels.to(parts.vae.device, dtype=parts.weight_dtype)).latent_dist
+            dist = parts.vae.encode(to_device(pixels, parts.vae.device, parts.weight_dtype)).latent_dist
         mean, std = dist.mean.float(), dist.std.float()
-    mean, std = mean.to(device), std.to(device)
-    sample_noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens]).to(device)
-    latents = (mean + std * sample_noise) * parts.vae.config.scaling_factor
-
-    if cache is not None and cache.has_text:
-        text = cache.text_embeddings(captions).to(device)
-    else:
-        ids = parts.tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids.to(device)
-        with torch.set_grad_enabled(config.train_text_encoder):
-            text = text_encoder(ids)[0]
-
-    noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in gens]).to(device)
+    sample_noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens])
+    noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens])
     if config.noise_offset:
-        offset = torch.stack([torch.randn(latents.shape[1], 1, 1, generator=g) for g in gens]).to(device)
+        offset = torch.stack([torch.randn(mean.shape[1], 1, 1, generator=g) for g in gens])
         noise = noise + config.noise_offset * offset
     steps = parts.noise_scheduler.config.num_train_timesteps
-    timesteps = torch.stack([torch.randint(0, steps, (), generator=g) for g in gens]).to(device)
+    timesteps = torch.stack([torch.randint(0, steps, (), generator=g) for g in gens])
+    mean, std, sample_noise, noise, timesteps = (
+        to_device(t, device) for t in (mean, std, sample_noise, noise, timesteps)
+    )
+    latents = (mean + std * sample_noise) * parts.vae.config.scaling_factor
+
+    text = ids = None
+    if cache is not None and cache.has_text:
+        text = to_device(cache.text_embeddings(captions), device)
+    else:
+        ids = to_device(parts.tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids,
+                        device)  # fmt: skip
+        if not config.train_text_encoder:  # frozen: encoded now, ahead of the step
+            with torch.no_grad():
+                text, ids = text_encoder(ids)[0], None
+
     noisy = parts.noise_scheduler.add_noise(latents, noise, timesteps)
     if parts.noise_scheduler.config.prediction_type == "v_prediction":
         target = parts.noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
-    prediction = unet(noisy, timesteps, encoder_hidden_states=text.to(dtype=noisy.dtype)).sample
-    per_example = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return per_example * loss_weights(parts.noise_scheduler, timesteps, config.snr_gamma)
+    return _Inputs(noisy, timesteps, target, text, ids)
+
+
+def _denoising_loss(inputs: _Inputs, parts: _Parts, unet: Any, text_encoder: Any, config: TrainConfig) -> Any:
+    """Per-example (min-SNR weighted) noise-prediction losses."""
+    import torch
+
+    text = inputs.text if inputs.ids is None else text_encoder(inputs.ids)[0]
+    noisy = inputs.noisy
+    if config.channels_last:
+        noisy = noisy.contiguous(memory_format=torch.channels_last)
+    prediction = unet(noisy, inputs.timesteps, encoder_hidden_states=text.to(dtype=noisy.dtype)).sample
+    per_example = torch.nn.functional.mse_loss(prediction.float(), inputs.target.float(), reduction="none")
+    return per_example.mean(dim=(1, 2, 3)) * loss_weights(parts.noise_scheduler, inputs.timesteps, config.snr_gamma)
+
+
+def to_device(tensor: Any, device: Any, dtype: Any = None) -> Any:
+    """`tensor` on `device`; to a CUDA device from pinned memory without blocking, so the host can run ahead."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, dtype=dtype, non_blocking=True)
+    return tensor.to(device, dtype=dtype)
 
 
 def loss_weights(noise_scheduler: Any, timesteps: Any, snr_gamma: float | None) -> Any:
@@ -878,10 +948,8 @@ class FiniteGuard:
     def __init__(self, emit: _Emitter) -> None:
         self.emit, self.in_row, self.total = emit, 0, 0
 
-    def finite(self, loss: Any, step: int) -> bool:
-        import torch
-
-        if torch.isfinite(loss):
+    def finite(self, loss: float, step: int) -> bool:
+        if math.isfinite(loss):
             self.in_row = 0
             return True
         self.in_row, self.total = self.in_row + 1, self.total + 1

@@ -257,12 +257,12 @@ def test_config_is_checked(fields: dict[str, Any], message: str) -> None:
 
 
 def _cli() -> Any:
-    """The `check` command's app, once sdlite/cli.py declares it."""
+    """The `check` command's app, once sdlite/cli/quality.py declares it."""
     from sdlite import cli
 
     names = {c.name or (c.callback.__name__ if c.callback else None) for c in cli.app.registered_commands}
     if "check" not in names:
-        pytest.skip("`sdlite check` is not declared in sdlite/cli.py yet")
+        pytest.skip("`sdlite check` is not declared in sdlite/cli/ yet")
     return cli.app
 
 

@@ -335,7 +335,7 @@ def test_prompts_file_through_cli(tiny_model: Path, tmp_path: Path) -> None:
 def test_progress_bar_only_on_a_terminal_and_not_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
-    from sdlite.cli import _progress_bar
+    from sdlite.cli.progress import _progress_bar
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

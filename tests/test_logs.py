@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from sdlite import cli
-from sdlite.cli import app
+from sdlite.cli import app, progress
 from sdlite.testing import make_shapes_dataset
 
 runner = CliRunner()
@@ -67,8 +66,8 @@ class Clock:
 def test_lines_every_ten_seconds_or_tenth_and_at_the_end(monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     clock = Clock()
-    monkeypatch.setattr(cli.time, "monotonic", clock)
-    lines = cli._StepLines(images=2)
+    monkeypatch.setattr(progress.time, "monotonic", clock)
+    lines = progress._StepLines(images=2)
     lines(1, 1000)  # the first step starts the clock
     for done in range(2, 1001):
         clock.now += 0.5  # 2 steps/s: 10% (100 steps) takes 50 s, so the 10 s rule paces
@@ -82,7 +81,7 @@ def test_lines_every_ten_seconds_or_tenth_and_at_the_end(monkeypatch: pytest.Mon
     assert err[-1] == "sample: 2/2 images, 1000/1000 steps, 2 steps/s, done in 0:08:20"
 
     clock.now += 100
-    fast = cli._StepLines(images=None)
+    fast = progress._StepLines(images=None)
     fast(0, 50)
     for done in range(1, 51):
         clock.now += 0.25  # 12.5 s in all: 10% (5 steps) every 1.25 s

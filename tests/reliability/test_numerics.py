@@ -20,13 +20,15 @@ runner = CliRunner()
 UNET = Path("unet") / "diffusion_pytorch_model.safetensors"
 
 
-def poison_losses(monkeypatch: pytest.MonkeyPatch, bad: Any) -> None:
-    """Make the loss of optimizer steps for which bad(step) holds non-finite (test-only fault)."""
-    micro_loss = training._micro_loss
+def poison_losses(monkeypatch: pytest.MonkeyPatch, bad: Any, grad_accum: int = 2) -> None:
+    """Make the loss of optimizer steps for which bad(step) holds non-finite (test-only fault); the runs here
+    start at step 1 and compute `grad_accum` micro-batch losses per step."""
+    micro_loss, calls = training._micro_loss, []
 
-    def faulty(batch: Any, *args: Any) -> Any:
-        loss = micro_loss(batch, *args)
-        return loss * float("nan") if bad(batch.step + 1) else loss
+    def faulty(*args: Any) -> Any:
+        loss = micro_loss(*args)
+        calls.append(None)
+        return loss * float("nan") if bad((len(calls) - 1) // grad_accum + 1) else loss
 
     monkeypatch.setattr(training, "_micro_loss", faulty)
 
