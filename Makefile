@@ -8,7 +8,7 @@ TORCH  := torch==2.13.0
 # Tests and the demo never touch the network for weights.
 OFFLINE := HF_HUB_OFFLINE=1
 
-.PHONY: install test lint demo bench bench-gpu default-model mutants clean
+.PHONY: install test lint demo bench bench-gpu gpu-wheels default-model mutants clean
 
 install: $(STAMP)
 
@@ -55,6 +55,10 @@ bench: install
 # SD v1.5 architecture at 512x512 on a GPU (not for CI; `--smoke` checks it on CPU).
 bench-gpu: install
 	$(OFFLINE) $(PY) benchmarks/bench_gpu.py
+
+# The wheels a lent GPU machine lacks, for `bash benchmarks/gpu_run.sh` there (carry .gpu-wheels).
+gpu-wheels: install
+	PIP=$(VENV)/bin/pip bash benchmarks/gpu_wheels.sh
 
 clean:
 	rm -rf build outputs .pytest_cache .ruff_cache
