@@ -87,6 +87,7 @@ class TrainResult:
     skipped: tuple[str, ...]
     bad_steps: int
     images_per_s: float | None = None
+    mfu: float | None = None  # model FLOP utilisation, on GPUs whose peak sdlite knows
 
 
 def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, Any, ResolvedModel, Layout]:
@@ -373,9 +374,10 @@ def _train(
     log.close(plot=True)
     trackers.finish()
     rate = images / max(time.perf_counter() - started, 1e-9) if images else None
+    mfu = _mfu(plan, rate) if rate else {}
     emit("done", out=str(config.out), steps=plan.steps, loss=last_loss, skipped=list(plan.skipped),
-         bad_steps=guard.total, images_per_s=rate, **(_mfu(plan, rate) if rate else {}))  # fmt: skip
-    return TrainResult(config.out, plan.steps, last_loss, tuple(saved), plan.skipped, guard.total, rate)
+         bad_steps=guard.total, images_per_s=rate, **mfu)  # fmt: skip
+    return TrainResult(config.out, plan.steps, last_loss, tuple(saved), plan.skipped, guard.total, rate, mfu.get("mfu"))
 
 
 def _with_flops(plan: TrainPlan, model: ResolvedModel, config: TrainConfig, accelerator: Any) -> TrainPlan:

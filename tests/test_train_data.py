@@ -142,7 +142,27 @@ def test_plan_reports_model_flops_and_mfu_needs_a_known_peak(tiny_model: Path, s
     plan = events[0]
     assert plan["tflops_per_image"] > 0 and plan["peak_tflops"] is None
     step = next(e for e in events if e["event"] == "step")
-    assert "mfu" not in step and result.images_per_s > 0
+    assert "mfu" not in step and result.images_per_s > 0 and result.mfu is None
+
+
+def test_mfu_in_step_events_and_result_when_the_peak_is_known(
+    tiny_model: Path, shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from sdlite import training
+
+    with_flops = training._with_flops
+
+    def known_peak(plan: Any, *args: Any) -> Any:  # a device whose peak is twice one image's step
+        plan = with_flops(plan, *args)
+        return dataclasses.replace(plan, peak_tflops=2 * plan.tflops_per_image)
+
+    monkeypatch.setattr(training, "_with_flops", known_peak)
+    result, events = run(tiny_model, shapes, tmp_path / "o", max_steps=2)
+    steps = [e for e in events if e["event"] == "step"]
+    assert all(e["mfu"] == pytest.approx(e["images_per_s"] / 2) for e in steps)
+    assert result.mfu == pytest.approx(result.images_per_s / 2) and events[-1]["mfu"] == result.mfu
 
 
 def test_compile_hands_the_unet_to_torch_compile_and_the_tracker_project_names_the_run(

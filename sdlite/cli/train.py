@@ -290,6 +290,7 @@ def train(
             result = training.train(config, on_event=report)
         if not json_events and _is_main_process():
             speed = f", {result.images_per_s:.3g} images/s" if result.images_per_s else ""
+            speed += f", MFU {result.mfu:.1%}" if result.mfu is not None else ""
             typer.echo(f"{result.out}  {result.steps} steps, final loss {result.final_loss}{speed}")
             for note in result.skipped:
                 typer.echo(f"skipped: {note}", err=True)
