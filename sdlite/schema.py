@@ -203,6 +203,10 @@ def _reason(hint: Any, error: Any, value: Any) -> str:
         return str(error["ctx"]["reason"])
     if top and kind == "unicode":
         return f"must be valid Unicode text (invalid UTF-8 or a lone \\u surrogate escape), got {shown}"
+    index = error["loc"][0] if error["loc"] else None
+    if get_origin(base) is tuple and isinstance(index, int) and isinstance(value, (list, tuple)) and index < len(value):
+        element = get_args(base)[0]  # name the one value that is wrong, in the element's own terms
+        return f"item {index + 1} {_reason(element, {**error, 'loc': error['loc'][1:]}, value[index])}"
     return f"must be {describe(hint)}, got {shown}"
 
 

@@ -183,7 +183,10 @@ def test_encodings_bom_and_empty_files(tmp_path: Path) -> None:
         ("max-steps = 1\nlr = -1", "train.toml: lr must be positive, got -1"),
         ("max-steps = 1\nlora = 1", "train.toml: lora must be true or false, got 1"),
         ("max-steps = 1\nresolution = 60", "train.toml: resolution 60 is not a multiple of the VAE factor 8"),
-        ("max-steps = 1\nvalidation-prompt = [1]", "train.toml: validation-prompt must be a list, each text"),
+        (
+            "max-steps = 1\nvalidation-prompt = [1]",
+            "train.toml: validation-prompt item 1 must be text (a string), got 1",
+        ),
         ("max-steps = 1\nlr-scheduler = 'magic'", "train.toml: lr-scheduler must be one of constant"),
         ("max-steps = 1\nbatch-size = 2024-01-01", "train.toml: batch-size must be a positive integer, got"),
         (
@@ -321,7 +324,7 @@ def test_model_recommended_settings_are_checked(tmp_path: Path) -> None:
         (lambda: Generation("a", guidance=float("nan")), "--guidance must be a finite number, got nan"),
         (lambda: Generation(5), "PROMPT must be text (a string), got 5"),  # type: ignore[arg-type]
         (lambda: SampleConfig(model="m", generations=(Generation("a"),), batch_size=0), "--batch-size must be at least 1, got 0"),
-        (lambda: SampleConfig(model="m", generations=("a",)), "PROMPT must be a list, each a Generation"),  # type: ignore[arg-type]
+        (lambda: SampleConfig(model="m", generations=("a",)), "PROMPT item 1 must be a Generation"),  # type: ignore[arg-type]
         (lambda: SampleConfig(model="m", generations=()), "no prompt given"),
         (lambda: LoraChoice("l", scale=float("inf")), "--lora-scale must be a finite number, got inf"),
         (lambda: TrainConfig(model="m", data="d", out="o", max_steps=10.7), "--max-steps must be an integer, got 10.7"),  # type: ignore[arg-type]
