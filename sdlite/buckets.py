@@ -68,7 +68,7 @@ class BatchOrder:
     def _epoch(self, seed: int, epoch: int) -> tuple[tuple[int, ...], ...]:
         import torch
 
-        from sdlite.training import mix
+        from sdlite.runs import mix  # here, not at the top: runs imports this module
 
         generator = torch.Generator().manual_seed(mix(seed, epoch))
         batches = []

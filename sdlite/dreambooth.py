@@ -19,6 +19,7 @@ from typing import Any
 from sdlite.config import TrainConfig
 from sdlite.data import Example
 from sdlite.errors import UsageError
+from sdlite.runs import mix
 
 EmitFn = Callable[..., None]  # called as emit(kind, **data), like training's event emitter
 CLASS_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -91,7 +92,6 @@ def _generate(
     """Make `missing` class images in `folder` with the base model, at the model's recommended sampler settings."""
     from sdlite.config import Generation, SampleConfig, model_defaults
     from sdlite.sampling import sample
-    from sdlite.training import mix  # here, not at the top: training imports this module
 
     base = mix(config.seed, _SEED_SALT) % _SEED_SPAN
     used = [int(m.group(1)) for p in existing if (m := _GENERATED.match(p.name))]

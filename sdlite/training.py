@@ -1,186 +1,57 @@
 """Fine-tuning: `train(config)` minimises the noise-prediction loss with Accelerate.
 
-Every random draw comes from a generator seeded by (seed, micro-step, example position), and the
-data order from a permutation seeded by (seed, epoch). Nothing depends on hidden RNG state, so a
-resumed run sees exactly the batches and noise of an uninterrupted one, whatever the number of
-processes, and checkpoints need no pickled RNG state.
+What a run shares with VAE training (the plan, the batch order and per-example seeding, the optimizer,
+OUT's checks, the finite-loss guard, events and the loss log) lives in sdlite/runs.py. That seeding
+leaves nothing to hidden RNG state, so a resumed run sees exactly the batches and noise of an
+uninterrupted one, whatever the number of processes, and checkpoints need no pickled RNG state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
-import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdlite import checkpoints, resources
-from sdlite.buckets import Layout, make_layout
-from sdlite.config import TrainConfig, validate_size
-from sdlite.errors import Interrupted, NumericalError, UsageError, sigint_to, writing
+from sdlite import checkpoints
+from sdlite.config import TrainConfig
+from sdlite.errors import Interrupted, sigint_to, writing
 from sdlite.models import (
     SINGLE_FILE_INDEX,
     ResolvedModel,
     load_single_file,
-    resolve_model,
     silence_library_progress,
-    vae_factor,
 )
+from sdlite.runs import (
+    Emitter,
+    EventFn,
+    FiniteGuard,
+    LossHook,
+    LossLog,
+    MicroBatch,
+    TrainPlan,
+    TrainResult,
+    check_out,
+    make_optimizer,
+    make_plan,
+    mix,
+    prepare_out,
+    write_run_record,
+)
+from sdlite.runs import dry_run as dry_run  # re-exported: `from sdlite.training import dry_run` is public API
 from sdlite.staging import new_folder
 
-EventFn = Callable[[dict[str, Any]], None]
-LossHook = Callable[[int, Any], Any]  # (global step, loss) -> loss; lets tests inject faults
-MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
 VALIDATION_STEPS = 25
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 # The CLIP attention projections: the text-encoder LoRA targets of kohya's sd-scripts and diffusers' scripts.
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-LORA_FILE = "pytorch_lora_weights.safetensors"
 LORA_ADAPTER = "default"  # the adapter name training gives its LoRA(s)
 SAFE = {"safe_serialization": True}
-
-
-@dataclass(frozen=True)
-class TrainPlan:
-    """What a run will do, computed before any weights load (`--dry-run` prints it)."""
-
-    images: int
-    captioned: int
-    skipped: tuple[str, ...]
-    resolution: int
-    num_processes: int
-    batch_size: int
-    grad_accum: int
-    effective_batch: int
-    micro_batches_per_epoch: int
-    steps_per_epoch: float
-    steps: int
-    epochs: float
-    cache: bool
-    cache_note: str
-    trains: tuple[str, ...]
-    buckets: dict[str, int] = dataclasses.field(default_factory=dict)  # images per bucket ("WxH")
-    bucket_note: str = ""
-    class_images: int = 0  # prior preservation: class images trained beside the instance images
-    tflops_per_image: float | None = None  # model FLOPs of one image's step (see sdlite/flops.py)
-    peak_tflops: float | None = None  # the device's dense peak at this precision, when known: MFU = achieved / peak
-    memory_gib: float | None = None  # estimated peak memory of one process (sdlite/resources.py)
-    largest_batch: int | None = None  # the largest --batch-size whose estimate fits `memory_limit` now
-    memory_limit: str = ""  # what bounds this process's memory ("139 GiB (free memory on NVIDIA H200)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    out: Path
-    steps: int
-    final_loss: float | None
-    checkpoints: tuple[Path, ...]
-    skipped: tuple[str, ...]
-    bad_steps: int
-    images_per_s: float | None = None
-    mfu: float | None = None  # model FLOP utilisation, on GPUs whose peak sdlite knows
-
-
-def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, Any, ResolvedModel, Layout]:
-    """Check the model and every image; work out buckets, steps, epochs and batch sizes."""
-    from sdlite.data import check_images, discover
-
-    model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights)
-    if config.component == "vae" and model.single_file is not None:
-        raise UsageError(
-            "--component vae trains from a diffusers folder: convert the single file first "
-            f"(sdlite export {model.path} DIR --format diffusers)"
-        )
-    configs = model.configs()
-    factor = vae_factor(configs["vae"])
-    resolution = config.resolution or model.native_size()
-    validate_size(resolution, None, factor, names=("--resolution",))
-    fit = resources.check_train(model, config, resolution, num_processes)  # before any image is read or weight loaded
-    dataset = check_images(
-        discover(
-            config.data,
-            config.caption_column,
-            config.allow_missing_captions or bool(config.instance_prompt),
-            image_column=config.image_column,
-            offline=config.offline,
-        ),
-        config.skip_bad_images,
-    )
-    if config.instance_prompt is not None:  # DreamBooth: one prompt for every image, captions or not
-        examples = tuple(dataclasses.replace(e, caption=config.instance_prompt) for e in dataset.examples)
-        dataset = dataclasses.replace(dataset, examples=examples, skipped=tuple(
-            n for n in dataset.skipped if not n.endswith("missing caption (empty caption used)")))  # fmt: skip
-    per_micro = config.batch_size * num_processes
-    effective = per_micro * config.grad_accum
-    layout = _layout(dataset, resolution, effective, config, configs)
-    per_epoch = layout.order.batches_per_epoch
-    if per_epoch == 0:
-        raise UsageError(
-            f"{len(dataset.examples)} images cannot fill one global batch of {effective} "
-            f"({config.batch_size} per process x {num_processes} processes x {config.grad_accum} accumulation); "
-            "lower --batch-size or --grad-accum"
-        )
-    steps = config.max_steps or max(1, math.ceil(config.epochs * per_epoch))  # type: ignore[operator]
-    trains = ("unet", "text_encoder") if config.train_text_encoder else ("unet",)
-    if config.lora:
-        trains = tuple(f"{name} lora" for name in trains)
-    if config.component == "vae":
-        trains = ("vae",)
-    cache, cache_note = config.cache_choice()
-    plan = TrainPlan(
-        images=len(dataset.examples),
-        captioned=sum(1 for e in dataset.examples if e.caption),
-        skipped=dataset.skipped,
-        resolution=resolution,
-        num_processes=num_processes,
-        batch_size=config.batch_size,
-        grad_accum=config.grad_accum,
-        effective_batch=effective,
-        micro_batches_per_epoch=per_epoch * config.grad_accum,
-        steps_per_epoch=float(per_epoch),
-        steps=steps,
-        epochs=steps / per_epoch,
-        cache=cache,
-        cache_note=cache_note,
-        trains=trains,
-        buckets=layout.histogram(),
-        bucket_note=layout.note,
-        class_images=config.num_class_images if config.class_prompt else 0,
-        memory_gib=fit.estimate.total / resources.GIB,
-        largest_batch=fit.largest_batch,
-        memory_limit=f"{resources.size_text(fit.limit.bytes)} ({fit.limit.source})" if fit.limit else "",
-    )
-    return plan, dataset, model, layout
-
-
-def _layout(dataset: Any, resolution: int, effective: int, config: TrainConfig, configs: dict[str, Any]) -> Layout:
-    """Buckets for the UNet (sides on the UNet's latent grid), a plain square for VAE training."""
-    if config.component == "vae":
-        return make_layout([e.size for e in dataset.examples], resolution, effective, False, 1, None, None, 1.0)
-    grid = vae_factor(configs["vae"]) * 2 ** (len(configs["unet"]["block_out_channels"]) - 1)
-    if config.buckets is not False and config.bucket_step % grid:
-        raise UsageError(
-            f"--bucket-step {config.bucket_step} must be a multiple of {grid} for this model (VAE factor x UNet "
-            "downsampling), or pass --no-buckets"
-        )
-    return make_layout([e.size for e in dataset.examples], resolution, effective, config.buckets, config.bucket_step,
-                       config.bucket_min_side, config.bucket_max_side, config.max_aspect)  # fmt: skip
-
-
-def dry_run(config: TrainConfig) -> TrainPlan:
-    """Validate data and settings and return the plan; nothing is trained or written."""
-    import os
-
-    return make_plan(config, int(os.environ.get("WORLD_SIZE", "1")))[0]
 
 
 def train(config: TrainConfig, on_event: EventFn | None = None, loss_hook: LossHook | None = None) -> TrainResult:
@@ -205,7 +76,7 @@ def train(config: TrainConfig, on_event: EventFn | None = None, loss_hook: LossH
         compiled = {"dynamo_plugin": TorchDynamoPlugin(backend="inductor")}
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=no_accelerator, **accelerator_kwargs(config),
                               **compiled)  # fmt: skip
-    emit = _Emitter(on_event, accelerator.is_main_process)
+    emit = Emitter(on_event, accelerator.is_main_process)
     try:
         if config.component == "vae":
             from sdlite.vae_training import train_vae
@@ -219,9 +90,7 @@ def train(config: TrainConfig, on_event: EventFn | None = None, loss_hook: LossH
         AcceleratorState._reset_state()  # let a later train() in this process choose its own precision
 
 
-def _train(
-    config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: LossHook | None, torch: Any
-) -> TrainResult:
+def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: LossHook | None, torch: Any) -> TrainResult:
     # 1. Plan: model and data checked before any weights load.
     check_out(config)
     plan, dataset, model, layout = make_plan(config, accelerator.num_processes)
@@ -298,14 +167,14 @@ def _train(
     # 4. The loop: one optimizer step per `grad_accum` micro-batches on every process. Each micro-batch's
     # inputs are drawn while the device runs the previous backward; the host waits on the device once per
     # step, for the loss and the stop flag (one all-reduce), then queues the optimizer step.
-    log = _LossLog(config.out, start_step, accelerator.is_main_process)
+    log = LossLog(config.out, start_step, accelerator.is_main_process)
     stop = _StopFlag()
     guard, last_loss, saved = FiniteGuard(emit), None, []
     started, images = time.perf_counter(), 0
     device, micro_batches = accelerator.device, plan.steps * config.grad_accum
 
     def draw(m: int) -> tuple[_Inputs, _Inputs | None]:
-        batch = _MicroBatch.of(m, plan, layout, config, accelerator.process_index)
+        batch = MicroBatch.of(m, plan, layout, config, accelerator.process_index)
         with accelerator.autocast():
             return _draw_micro(batch, dataset, class_set, parts, text_encoder, cache, config, device, torch)
 
@@ -400,15 +269,6 @@ def _mfu(plan: TrainPlan, images_per_s: float) -> dict[str, float]:
     return {"mfu": images_per_s * plan.tflops_per_image / (plan.peak_tflops * plan.num_processes)}
 
 
-def make_optimizer(params: list[Any], lr: float, torch: Any) -> tuple[Any, str]:
-    """AdamW with the fused kernel (all tensors in one pass) where torch has it for these tensors,
-    else the foreach one; the per-tensor loop is never used."""
-    try:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=True), "fused AdamW"
-    except (RuntimeError, ValueError):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, foreach=True), "foreach AdamW"
-
-
 def _tf32(accelerator: Any, torch: Any) -> list[str]:
     """TF32 matmuls and convolutions on GPUs that have them (Ampere and later): fp32 range, ~8x speed."""
     device = accelerator.device
@@ -417,11 +277,6 @@ def _tf32(accelerator: Any, torch: Any) -> list[str]:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     return ["TF32"]
-
-
-# What a training run writes in OUT: `--overwrite` removes these (and nothing else) before it starts.
-OUT_ENTRIES = ("checkpoints", "validation", "logs", "loss.csv", "loss.png", "sdlite-train.json", "model_index.json",
-               "unet", "vae", "text_encoder", "tokenizer", "scheduler", LORA_FILE)  # fmt: skip
 
 
 def resume_folder(config: TrainConfig) -> Path | None:
@@ -448,37 +303,6 @@ def long_captions(tokenizer: Any, captions: list[str]) -> str | None:
         f"{len(long)} of {len(captions)} captions are longer than the text encoder's {limit} tokens; the words "
         f"past that are never seen in training (longest: {lengths[example]} tokens, {example[:60]!r}...)"
     )
-
-
-def check_out(config: TrainConfig) -> None:
-    """A fresh run refuses an OUT that already holds files, so an earlier run's model and checkpoints
-    are never mixed with or replaced by a new one by accident (`--resume` continues, `--overwrite` replaces)."""
-    if config.resume or config.overwrite:
-        return
-    out = Path(config.out)
-    held = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
-    if held:
-        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-        raise UsageError(
-            f"--out {out} is not empty ({shown}): pass --resume latest (or auto) to continue that run, "
-            "--overwrite to replace it, or another --out"
-        )
-
-
-def prepare_out(config: TrainConfig, accelerator: Any, fresh: bool) -> None:
-    """Create OUT before any weights load (an unwritable location fails in seconds, not after a
-    model load) and clear what a killed run may have left half-written there; a fresh run with
-    `--overwrite` first removes an earlier run's outputs."""
-    if accelerator.is_main_process:
-        out = Path(config.out)
-        with writing(f"to output folder {out}"):
-            out.mkdir(parents=True, exist_ok=True)
-            if fresh and config.overwrite:
-                for name in OUT_ENTRIES:
-                    target = out / name
-                    shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        checkpoints.clean_staging(config.out)
-    accelerator.wait_for_everyone()
 
 
 @dataclass
@@ -555,46 +379,13 @@ def _lora_config(config: TrainConfig, targets: list[str]) -> Any:
 
 
 @dataclass(frozen=True)
-class _MicroBatch:
-    """This process's share of one micro-batch: which examples, at which global positions of the step.
-
-    Every random draw of an example (caption dropout, latent sample, noise, timestep) comes from a generator
-    seeded by (seed, step, position), so a global batch gets the same draws however it is split into
-    processes, micro-batches and accumulation steps.
-    """
-
-    step: int
-    epoch: int
-    indices: tuple[int, ...]
-    positions: tuple[int, ...]
-    size: tuple[int, int]  # (width, height) of the batch's bucket
-    effective_batch: int
-    resolution: int  # class images are trained square, at the run's resolution
-
-    @classmethod
-    def of(cls, m: int, plan: TrainPlan, layout: Layout, config: TrainConfig, rank: int) -> _MicroBatch:
-        step, micro = divmod(m, config.grad_accum)
-        batch = layout.order.batch(step, config.seed)
-        start = micro * plan.batch_size * plan.num_processes + rank * plan.batch_size
-        positions = tuple(range(start, start + plan.batch_size))
-        indices = tuple(batch[p] for p in positions)
-        epoch = step // layout.order.batches_per_epoch
-        return cls(step, epoch, indices, positions, layout.sizes[indices[0]], plan.effective_batch, plan.resolution)
-
-    def generators(self, seed: int, *salt: int) -> list[Any]:
-        import torch
-
-        return [torch.Generator().manual_seed(mix(seed, self.step, p, *salt)) for p in self.positions]
-
-
-@dataclass(frozen=True)
 class ClassSet:
     """Prior preservation's class images: each instance example is trained beside one of them, chosen by
     its global position in the run from a permutation per pass over the class images."""
 
     examples: tuple[Any, ...]
 
-    def pick(self, batch: _MicroBatch, seed: int) -> list[int]:
+    def pick(self, batch: MicroBatch, seed: int) -> list[int]:
         import torch
 
         picked = []
@@ -621,7 +412,7 @@ class _Inputs:
     ids: Any  # token ids for the trained text encoder, else None
 
 
-def _draw_micro(batch: _MicroBatch, dataset: Any, class_set: ClassSet | None, parts: _Parts, text_encoder: Any,
+def _draw_micro(batch: MicroBatch, dataset: Any, class_set: ClassSet | None, parts: _Parts, text_encoder: Any,
                 cache: Any, config: TrainConfig, device: Any, torch: Any) -> tuple[_Inputs, _Inputs | None]:  # fmt: skip
     """This process's inputs for micro-batch `batch`: its examples and, with prior preservation, their class images."""
     examples = [dataset.examples[i] for i in batch.indices]
@@ -647,7 +438,7 @@ def _micro_loss(drawn: tuple[_Inputs, _Inputs | None], parts: _Parts, unet: Any,
     return loss
 
 
-def _draw(examples: list[Any], indices: Any, size: tuple[int, int], gens: list[Any], batch: _MicroBatch,
+def _draw(examples: list[Any], indices: Any, size: tuple[int, int], gens: list[Any], batch: MicroBatch,
           parts: _Parts, text_encoder: Any, cache: Any, config: TrainConfig, device: Any, torch: Any,
           augment: bool) -> _Inputs:  # fmt: skip
     """The noised latents, timesteps, targets and text of `examples` at `size`, every draw from `gens`."""
@@ -737,12 +528,6 @@ def loss_weights(noise_scheduler: Any, timesteps: Any, snr_gamma: float | None) 
     if noise_scheduler.config.prediction_type == "v_prediction":
         return clipped / (snr + 1)
     return clipped / snr
-
-
-def mix(*numbers: int) -> int:
-    """A 63-bit seed from integers: well spread, and the same on every machine and process."""
-    digest = hashlib.sha256(json.dumps(numbers).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 @contextlib.contextmanager
@@ -889,13 +674,6 @@ def _save_output(parts: _Parts, unet: Any, text_encoder: Any, ema: Any, config: 
     accelerator.wait_for_everyone()
 
 
-def write_run_record(out: Path, config: TrainConfig, plan: TrainPlan, **extra: Any) -> None:
-    """OUT/sdlite-train.json: the resolved settings and plan that produced this model."""
-    record = {"config": config.fingerprint() | {"max_steps": config.max_steps, "epochs": config.epochs},
-              "plan": plan.to_dict(), **extra}  # fmt: skip
-    (Path(out) / "sdlite-train.json").write_text(json.dumps(record, indent=2, default=str))
-
-
 @contextlib.contextmanager
 def _ema_weights(ema: Any, unet: Any) -> Iterator[None]:
     """Temporarily put the EMA weights into the UNet (for saving or validation), then restore."""
@@ -941,88 +719,6 @@ def _validate(parts: _Parts, unet: Any, text_encoder: Any, ema: Any, config: Tra
         folder.mkdir(parents=True, exist_ok=True)
         contact_sheet(images).save(path)
     return path
-
-
-class FiniteGuard:
-    """Skips steps whose loss is NaN/inf (reported as warnings) and stops the run after
-    MAX_BAD_STEPS in a row; `in_row` > 0 means the latest step was skipped."""
-
-    def __init__(self, emit: _Emitter) -> None:
-        self.emit, self.in_row, self.total = emit, 0, 0
-
-    def finite(self, loss: float, step: int) -> bool:
-        if math.isfinite(loss):
-            self.in_row = 0
-            return True
-        self.in_row, self.total = self.in_row + 1, self.total + 1
-        self.emit("warning", step=step, message=f"non-finite loss at step {step}; step skipped")
-        if self.in_row >= MAX_BAD_STEPS:
-            raise NumericalError(
-                f"{self.in_row} non-finite losses in a row (last at step {step}); stopped. "
-                "Lower --lr, or use --mixed-precision bf16/no; earlier checkpoints are intact"
-            )
-        return False
-
-
-class _Emitter:
-    """Sends events to the caller's callback, from the main process only.
-
-    Step events also get `elapsed` (seconds of stepping in this run: its images / images_per_s), `eta`
-    (seconds left at that pace) and `epoch` (epochs completed, fractional, as the plan counts them),
-    worked out from the plan and resume events sent before them, for the UNet and VAE loops alike.
-    """
-
-    def __init__(self, on_event: EventFn | None, main: bool) -> None:
-        self.on_event, self.main = on_event, main
-        self.steps_per_epoch, self.effective_batch, self.first_step = 0.0, 0, 0
-
-    def __call__(self, kind: str, **data: Any) -> None:
-        if kind == "plan":
-            self.steps_per_epoch, self.effective_batch = data["steps_per_epoch"], data["effective_batch"]
-        elif kind == "resume":
-            self.first_step = data["step"]
-        elif kind == "step":
-            timing = self._timing(data["step"], data["steps"], data.get("images_per_s") or 0.0)
-            data = {**data, **{k: v for k, v in timing.items() if k not in data}}
-        if self.on_event is not None and self.main:
-            self.on_event({"event": kind, **data})
-
-    def _timing(self, step: int, steps: int, images_per_s: float) -> dict[str, Any]:
-        timing: dict[str, Any] = {"elapsed": None, "eta": None, "epoch": None}
-        done = step - self.first_step
-        if done > 0 and images_per_s > 0 and self.effective_batch:
-            elapsed = done * self.effective_batch / images_per_s
-            timing["elapsed"], timing["eta"] = round(elapsed, 3), round((steps - step) * elapsed / done, 3)
-        if self.steps_per_epoch:
-            timing["epoch"] = round(step / self.steps_per_epoch, 4)
-        return timing
-
-
-class _LossLog:
-    """OUT/loss.csv (step, loss, lr), continued on resume; OUT/loss.png drawn at the end."""
-
-    def __init__(self, out: Path, start_step: int, main: bool) -> None:
-        self.path, self.main = Path(out) / "loss.csv", main
-        if not main:
-            return
-        kept = ["step,loss,lr"]
-        if start_step and self.path.exists():
-            kept += [row for row in self.path.read_text().splitlines()[1:] if int(row.split(",")[0]) <= start_step]
-        with writing(str(self.path)):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("\n".join(kept) + "\n")
-
-    def add(self, step: int, loss: float, lr: float) -> None:
-        if self.main:
-            with writing(str(self.path)), self.path.open("a") as f:
-                f.write(f"{step},{loss:.6g},{lr:.6g}\n")
-
-    def close(self, plot: bool) -> None:
-        if self.main and plot:
-            from sdlite.plot import loss_curve
-
-            with writing(str(self.path.with_suffix(".png"))):
-                loss_curve(self.path, self.path.with_suffix(".png"))
 
 
 class _StopFlag:

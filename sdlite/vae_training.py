@@ -1,9 +1,9 @@
 """`train --component vae`: the autoencoder, trained on reconstruction MSE plus a small KL term.
 
 Used to build sdlite's own models from scratch (the built-in shapes model). It shares the data
-order, per-example seeding, events and loss log of UNet training; it writes OUT as the base model
-with the new VAE, whose `scaling_factor` is set from the data (1 / std of the latents) so the
-diffusion model sees unit-variance latents.
+order, per-example seeding, events and loss log of UNet training (all in sdlite/runs.py); it writes
+OUT as the base model with the new VAE, whose `scaling_factor` is set from the data (1 / std of the
+latents) so the diffusion model sees unit-variance latents.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import Any
 from sdlite import checkpoints
 from sdlite.config import TrainConfig
 from sdlite.errors import writing
-from sdlite.training import (
+from sdlite.runs import (
+    Emitter,
     FiniteGuard,
+    LossLog,
+    MicroBatch,
     TrainResult,
-    _Emitter,
-    _LossLog,
-    _MicroBatch,
     check_out,
     make_optimizer,
     make_plan,
@@ -34,7 +34,7 @@ from sdlite.training import (
 SCALE_SAMPLES = 256  # images used to measure the latent std
 
 
-def train_vae(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: Any) -> TrainResult:
+def train_vae(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Any) -> TrainResult:
     import torch
     from diffusers import AutoencoderKL
     from diffusers.optimization import get_scheduler
@@ -52,13 +52,13 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: 
     )
     vae, optimizer = accelerator.prepare(vae, optimizer)
 
-    log = _LossLog(config.out, 0, accelerator.is_main_process)
+    log = LossLog(config.out, 0, accelerator.is_main_process)
     guard, last_loss, started = FiniteGuard(emit), None, time.perf_counter()
     for step in range(plan.steps):
         for micro in range(config.grad_accum):
             m = step * config.grad_accum + micro
             with accelerator.autocast():
-                batch = _MicroBatch.of(m, plan, layout, config, accelerator.process_index)
+                batch = MicroBatch.of(m, plan, layout, config, accelerator.process_index)
                 loss = _vae_loss(vae, batch, plan, dataset, config, accelerator, torch)
                 if loss_hook is not None:
                     loss = loss_hook(step, loss)
@@ -92,7 +92,7 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: _Emitter, loss_hook: 
     return TrainResult(Path(config.out), plan.steps, last_loss, (), plan.skipped, guard.total)
 
 
-def _vae_loss(vae: Any, batch: _MicroBatch, plan: Any, dataset: Any, config: TrainConfig, accelerator: Any,
+def _vae_loss(vae: Any, batch: MicroBatch, plan: Any, dataset: Any, config: TrainConfig, accelerator: Any,
               torch: Any) -> Any:  # fmt: skip
     """Reconstruction MSE (pixels in [-1, 1]) + kl_weight * KL to N(0, I), per example then averaged."""
     from sdlite.data import load_example, preprocess

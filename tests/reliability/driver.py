@@ -20,20 +20,20 @@ from typing import Any
 
 
 def main() -> None:
-    from sdlite import checkpoints, training
+    from sdlite import checkpoints, runs
     from sdlite.cli import app
 
     fault, at, *args = sys.argv[1:]
     step_at = int(at)
     if fault == "kill-after-step":
-        add = training._LossLog.add
+        add = runs.LossLog.add
 
         def add_then_kill(self: Any, step: int, loss: float, lr: float) -> None:
             add(self, step, loss, lr)
             if step == step_at:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        training._LossLog.add = add_then_kill  # type: ignore[method-assign]
+        runs.LossLog.add = add_then_kill  # type: ignore[method-assign]
     elif fault == "kill-in-checkpoint":
         write_manifest = checkpoints.write_manifest
 
