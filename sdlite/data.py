@@ -208,22 +208,65 @@ def decode_image(source: Path | BinaryIO, name: str) -> Image.Image:
 
 
 def check_images(dataset: Dataset, skip_bad_images: bool) -> Dataset:
-    """Read every image once before training; fail on the first bad one, or drop and note all of them."""
+    """Read every image once before training; fail on the first bad one, or drop and note all of them.
+
+    Images decode on several threads (Pillow releases the GIL), and a good image's size is remembered
+    while its file is unchanged (sdlite/filecache.py), so a later run over the same data only looks up
+    what it already checked.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(CHECK_THREADS, os.cpu_count() or 1)) as pool:
+        checked = list(pool.map(_checked_size, dataset.examples))
     good: list[Example] = []
     bad: list[str] = []
-    for example in dataset.examples:
-        try:
-            size = load_example(example).size
-        except DataError as exc:
-            bad.append(str(exc))
-            continue
-        good.append(replace(example, size=size))
+    for example, size in zip(dataset.examples, checked, strict=True):
+        if isinstance(size, str):
+            bad.append(size)
+        else:
+            good.append(replace(example, size=size))
     if bad and not skip_bad_images:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise DataError(f"{bad[0]}{more}; fix or remove it, or pass --skip-bad-images to train without it")
     if not good:
         raise DataError(f"no readable images left: all {len(bad)} failed to load (first: {bad[0]})")
     return replace(dataset, examples=tuple(good), skipped=(*dataset.skipped, *bad))
+
+
+CHECK_THREADS = 8
+_SIZES = "image-size-v1"  # filecache kind: (width, height) upright of an image that decoded
+
+
+def _checked_size(example: Example) -> tuple[int, int] | str:
+    """The example's upright (width, height), or why it cannot be read."""
+    from sdlite import filecache
+
+    key = _content_key(example)
+    known = filecache.recall(_SIZES, key) if key else None
+    if isinstance(known, list) and len(known) == 2:
+        return int(known[0]), int(known[1])
+    try:
+        size = load_example(example).size
+    except DataError as exc:
+        return str(exc)
+    if key:
+        filecache.remember(_SIZES, key, list(size))
+    return size
+
+
+def _content_key(example: Example) -> str | None:
+    """What identifies the example's encoded image without reading it; None when that cannot be told."""
+    from sdlite.filecache import file_key
+
+    try:
+        if example.row is None:
+            return file_key(example.path)
+        value = _row_image(example)
+        if isinstance(value, Path):
+            return file_key(value)
+        return f"{file_key(example.path)}|row {example.row}|{example.image_column}"
+    except (OSError, DataError):
+        return None  # load_example will say what is wrong
 
 
 def augmentation_is_fixed(crop: str, flip: bool) -> bool:

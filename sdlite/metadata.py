@@ -132,29 +132,28 @@ def _library_versions() -> dict[str, str]:
 
 
 def file_sha256(path: Path, data: bytes | None = None) -> str:
-    """sha256 of a file, cached by (path, size, mtime) because model files are large and rarely change.
+    """sha256 of a file, remembered while the file is unchanged (sdlite/filecache.py): model files are
+    large, datasets are many files, and both rarely change.
 
     `data`, when the caller already holds the file's bytes, is hashed instead of reading the file again.
     """
-    key = _hash_key(path)
-    cache_file = cache_dir() / "hashes.json"
-    cache = _load_cache(cache_file)
-    if key in cache:
-        return cache[key]
-    cache[key] = hashlib.sha256(data).hexdigest() if data is not None else sha256_uncached(path)
-    _save_cache(cache_file, cache)
-    return cache[key]
+    from sdlite import filecache
+
+    key = filecache.file_key(path)
+    known = filecache.recall("sha256", key)
+    if isinstance(known, str):
+        return known
+    digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_uncached(path)
+    filecache.remember("sha256", key, digest)
+    return digest
 
 
 def cached_sha256(path: Path) -> str | None:
-    """The cached sha256 of a file when it has not changed since it was hashed, else None."""
-    return _load_cache(cache_dir() / "hashes.json").get(_hash_key(path))
+    """The remembered sha256 of a file when it has not changed since it was hashed, else None."""
+    from sdlite import filecache
 
-
-def _hash_key(path: Path) -> str:
-    path = Path(path).resolve()
-    stat = path.stat()
-    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    known = filecache.recall("sha256", filecache.file_key(path))
+    return known if isinstance(known, str) else None
 
 
 def sha256_uncached(path: Path) -> str:
@@ -181,22 +180,3 @@ def cache_dir() -> Path:
     if os.environ.get("SDLITE_CACHE_DIR"):
         return Path(os.environ["SDLITE_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sdlite"
-
-
-def _load_cache(path: Path) -> dict[str, str]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _save_cache(path: Path, cache: dict[str, str]) -> None:
-    """Best effort: a cache that cannot be written only costs a rehash next time."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, path)
-    except OSError:
-        pass

@@ -36,3 +36,11 @@ def test_output_cost_benchmark_runs_and_reports_the_ratio() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     ratio = next(line for line in done.stdout.splitlines() if line.startswith("ratio"))
     assert float(ratio.split()[-1]) > 0
+
+
+def test_data_startup_benchmark_runs_and_reports_both_ratios() -> None:
+    done = subprocess.run([sys.executable, str(BENCH_GPU.with_name("bench_data.py")), "--small", "20", "--large",
+                           "40"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ratios = [line for line in done.stdout.splitlines() if line.startswith("ratio")]
+    assert [line.split()[1] for line in ratios] == ["cold", "warm"] and all(float(r.split()[-1]) > 0 for r in ratios)

@@ -138,6 +138,8 @@ MUTANTS = [
            "loss = loss + 0 * _denoising_loss(class_inputs", "dreambooth", "tests/test_train_data.py"),
     Mutant("moments-reloaded-contiguous", "sdlite/checkpoints.py", "optimizer.state[param][key] = _like(param, value)",
            "pass", "channels_last_resumes_exactly", "tests/test_train_levers.py"),
+    Mutant("file-facts-outlive-edits", "sdlite/filecache.py", 'return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"',
+           'return f"{path}"', "unchanged or file_changed or decodes_nothing", "tests/test_filecache.py"),
     Mutant("help-table-dropped", "sdlite/cli/__init__.py", "for code, text in EXIT_CODES.items())", "for code, text in [])", "table"),
 ]  # fmt: skip
 
