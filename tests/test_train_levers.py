@@ -60,3 +60,36 @@ def test_channels_last_resumes_exactly(tiny_model: Path, shapes: Path, tmp_path:
     run(tiny_model, shapes, tmp_path / "b", resume="latest", **settings)
     assert max_diff(unet_weights(tmp_path / "a"), unet_weights(tmp_path / "b")) == 0.0
     assert (tmp_path / "a" / "loss.csv").read_text() == (tmp_path / "b" / "loss.csv").read_text()
+
+
+def test_cache_entries_are_read_when_needed_and_damaged_ones_are_recomputed(
+    tiny_model: Path, shapes: Path, tmp_path: Path
+) -> None:
+    """The latent/text cache stays on disk (memory does not grow with the dataset). Entries damaged between
+    runs are computed again at the start; one damaged during a run is named when a batch needs it (exit 3)
+    and removed, so the next run computes it."""
+    from sdlite.errors import DataError
+    from sdlite.metadata import cache_dir
+
+    run(tiny_model, shapes, tmp_path / "a", max_steps=2)
+    entries = sorted((cache_dir() / "train-cache").rglob("*.safetensors"))
+    assert len(entries) >= 9  # 8 latents, the captions' and the empty caption's embeddings
+
+    def damage(*_: Any) -> None:
+        for entry in entries:
+            entry.write_bytes(entry.read_bytes()[:-8])  # truncated
+
+    damage()
+    _, events = run(tiny_model, shapes, tmp_path / "b", max_steps=2)
+    cache = next(e for e in events if e["event"] == "cache")
+    assert (cache["latents_computed"], cache["latents_reused"]) == (8, 0) and cache["texts_reused"] == 0
+
+    def damage_at_first_step(step: int, loss: Any) -> Any:
+        if step == 0:
+            damage()
+        return loss
+
+    with pytest.raises(DataError, match=r"cache entry .* cannot be read .*removed"):
+        run(tiny_model, shapes, tmp_path / "c", max_steps=2, hook=damage_at_first_step)
+    assert not all(e.exists() for e in entries)
+    run(tiny_model, shapes, tmp_path / "d", max_steps=2)
