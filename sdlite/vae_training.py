@@ -55,6 +55,7 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: A
     log = LossLog(config.out, 0, accelerator.is_main_process)
     guard, last_loss, started = FiniteGuard(emit), None, time.perf_counter()
     for step in range(plan.steps):
+        losses = []
         for micro in range(config.grad_accum):
             m = step * config.grad_accum + micro
             with accelerator.autocast():
@@ -63,18 +64,20 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: A
                 if loss_hook is not None:
                     loss = loss_hook(step, loss)
                 accelerator.backward(loss / config.grad_accum)
-        step_loss = accelerator.reduce(loss.detach().float(), "mean")
+            losses.append(loss.detach().float())
+        # Every micro-batch's loss counts: a NaN in any of them must not reach the weights.
+        step_loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()
         if guard.finite(step_loss, step + 1):
             if config.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(vae.parameters(), config.max_grad_norm)
             optimizer.step()
-            last_loss = float(step_loss)
+            last_loss = step_loss
         optimizer.zero_grad(set_to_none=True)
         lr = schedule.get_last_lr()[0]
         schedule.step()
-        log.add(step + 1, float(step_loss), lr)
+        log.add(step + 1, step_loss, lr)
         rate = (step + 1) * plan.effective_batch / max(time.perf_counter() - started, 1e-9)
-        emit("step", step=step + 1, steps=plan.steps, loss=float(step_loss), lr=lr, images_per_s=rate)
+        emit("step", step=step + 1, steps=plan.steps, loss=step_loss, lr=lr, images_per_s=rate)
 
     raw = accelerator.unwrap_model(vae)
     raw.eval()

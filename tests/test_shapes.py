@@ -140,3 +140,27 @@ def test_judge_ignores_specks_and_soft_edges() -> None:
         image = render(Scene("orange", shape, "white", 0.5, 0.2, 0.6), 64).filter(ImageFilter.GaussianBlur(1.2))
         ImageDraw.Draw(image).ellipse((56, 2, 61, 7), fill=COLORS["orange"])  # a speck in a far corner
         assert classify(image) == {"color": "orange", "shape": shape, "background": "white"}
+
+
+def test_vae_training_skips_a_step_whose_first_micro_batch_is_nan(tiny_model: Path, tmp_path: Path) -> None:
+    """Every micro-batch's loss counts (the step's loss was once its last micro-batch's alone, so a NaN in an
+    earlier one reached the weights)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from sdlite.config import TrainConfig
+    from sdlite.shapes import write_dataset
+    from sdlite.training import train
+
+    data = write_dataset(tmp_path / "data", 8, 64, 0)
+    calls: list[int] = []
+
+    def nan_in_first_micro_batch_of_step_2(step: int, loss: torch.Tensor) -> torch.Tensor:
+        calls.append(step)
+        return loss * float("nan") if step == 1 and calls.count(1) == 1 else loss
+
+    result = train(TrainConfig(model=str(tiny_model), data=data, out=tmp_path / "out", component="vae", max_steps=3,
+                               batch_size=2, grad_accum=2, lr=1e-3), loss_hook=nan_in_first_micro_batch_of_step_2)  # fmt: skip
+    assert result.bad_steps == 1
+    weights = load_file(result.out / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(bool(v.isfinite().all()) for v in weights.values())
