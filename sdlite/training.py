@@ -8,6 +8,7 @@ uninterrupted one, whatever the number of processes, and checkpoints need no pic
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -170,7 +171,7 @@ def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Loss
     log = LossLog(config.out, start_step, accelerator.is_main_process)
     stop = _StopFlag()
     guard, last_loss, saved = FiniteGuard(emit), None, []
-    started, images = time.perf_counter(), 0
+    pace = Pace()
     device, micro_batches = accelerator.device, plan.steps * config.grad_accum
 
     def draw(m: int) -> tuple[_Inputs, _Inputs | None]:
@@ -197,7 +198,7 @@ def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Loss
             totals = accelerator.reduce(flags, "sum")
             totals[0] /= accelerator.num_processes  # the mean loss over processes
             step_loss, stops = totals.tolist()  # the step's one wait on the device
-            images += plan.effective_batch
+            pace.add(plan.effective_batch)
             if guard.finite(step_loss, step + 1):
                 if config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -209,9 +210,10 @@ def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Loss
             lr = lr_schedule.get_last_lr()[0]  # the rate this step used
             lr_schedule.step()
             done = step + 1
-            rate = images / max(time.perf_counter() - started, 1e-9)
+            rate = pace.recent()
             log.add(done, step_loss, lr)
-            emit("step", step=done, steps=plan.steps, loss=step_loss, lr=lr, images_per_s=rate, **_mfu(plan, rate))
+            emit("step", step=done, steps=plan.steps, loss=step_loss, lr=lr, images_per_s=rate, elapsed=pace.elapsed(),
+                 eta=round((plan.steps - done) * plan.effective_batch / rate, 3), **_mfu(plan, rate))  # fmt: skip
             trackers.log_step(done, step_loss, lr, rate)
             if stops > 0 and done < plan.steps:  # Ctrl-C (on any process): this step is kept, then a checkpoint
                 path = _save_checkpoint(
@@ -242,7 +244,7 @@ def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Loss
             trackers.log_grid(plan.steps, grid)
     log.close(plot=True)
     trackers.finish()
-    rate = images / max(time.perf_counter() - started, 1e-9) if images else None
+    rate = pace.overall()
     mfu = _mfu(plan, rate) if rate else {}
     emit("done", out=str(config.out), steps=plan.steps, loss=last_loss, skipped=list(plan.skipped),
          bad_steps=guard.total, images_per_s=rate, **mfu)  # fmt: skip
@@ -510,8 +512,8 @@ def to_device(tensor: Any, device: Any, dtype: Any = None) -> Any:
     """`tensor` on `device`; to a CUDA device from pinned memory without blocking, so the host can run ahead."""
     import torch
 
-    if torch.device(device).type == "cuda":
-        return tensor.pin_memory().to(device, dtype=dtype, non_blocking=True)
+    if torch.device(device).type == "cuda":  # copy first, convert on the device: a CPU-side cast would not be pinned
+        return tensor.pin_memory().to(device, non_blocking=True).to(dtype=dtype)
     return tensor.to(device, dtype=dtype)
 
 
@@ -719,6 +721,32 @@ def _validate(parts: _Parts, unet: Any, text_encoder: Any, ema: Any, config: Tra
         folder.mkdir(parents=True, exist_ok=True)
         contact_sheet(images).save(path)
     return path
+
+
+class Pace:
+    """Images per second over the last WINDOW steps, so a compile or warm-up in the first steps fades out of
+    the step events (and their MFU and ETA), and over the whole run, for the final line."""
+
+    WINDOW = 20
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.images = 0
+        self.marks: collections.deque[tuple[float, int]] = collections.deque([(self.start, 0)], self.WINDOW + 1)
+
+    def add(self, images: int) -> None:
+        self.images += images
+        self.marks.append((time.perf_counter(), self.images))
+
+    def recent(self) -> float:
+        (t0, n0), (t1, n1) = self.marks[0], self.marks[-1]
+        return (n1 - n0) / max(t1 - t0, 1e-9)
+
+    def overall(self) -> float | None:
+        return self.images / max(time.perf_counter() - self.start, 1e-9) if self.images else None
+
+    def elapsed(self) -> float:
+        return round(self.marks[-1][0] - self.start, 3)
 
 
 class _StopFlag:
