@@ -61,7 +61,7 @@ MUTANTS = [
            "first_bad_file"),
     Mutant("bomb-limit-off", "sdlite/data.py", "            warnings.simplefilter(\"error\", Image.DecompressionBombWarning)\n",
            "            Image.MAX_IMAGE_PIXELS = None\n", "bomb or skip_bad_images"),
-    Mutant("bad-image-skipped-silently", "sdlite/data.py", "            bad.append(str(exc))\n", "", "skip_bad_images"),
+    Mutant("bad-image-skipped-silently", "sdlite/data.py", "            bad.append(size)\n", "            pass\n", "skip_bad_images"),
     Mutant("no-exif-transpose", "sdlite/data.py", "upright = ImageOps.exif_transpose(opened)", "upright = opened",
            "exif"),
     Mutant("transparency-on-black", "sdlite/data.py", "(255, 255, 255", "(0, 0, 0", "composited or transparency"),
