@@ -75,8 +75,25 @@ def compile_cache() -> Path:
     from sdlite.metadata import cache_dir
 
     root = cache_dir() / "torch-compile"
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+    if not _chosen_inductor_dir():
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
     os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
+def _chosen_inductor_dir() -> bool:
+    """Whether TORCHINDUCTOR_CACHE_DIR holds a folder someone chose. Importing torch's libraries sets it to
+    torch's own default (/tmp/torchinductor_USER) on the way, so an environment variable that is merely
+    present does not say the user chose it."""
+    import os
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None:
+        return False
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # a torch without that helper: keep whatever is set
+        return True
+    return os.path.abspath(current) != os.path.abspath(default_cache_dir())

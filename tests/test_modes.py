@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +103,25 @@ def test_fast_keeps_torch_compile_caches_in_sdlites_cache(monkeypatch: pytest.Mo
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "cache" / "torch-compile" / "triton")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert compile_cache() == tmp_path / "mine"  # the user's own choice stays
+
+
+def test_compile_caches_move_to_sdlites_cache_even_after_torch_set_its_default(tmp_path: Path) -> None:
+    """Importing diffusers and accelerate makes torch set TORCHINDUCTOR_CACHE_DIR to its /tmp default; the
+    caches still belong in sdlite's cache folder, where a second `--fast` command finds them."""
+    script = (
+        "import os, diffusers, accelerate, torch\n"
+        "from diffusers import StableDiffusionPipeline\n"
+        "from accelerate import Accelerator\n"
+        "import torch._inductor.config\n"
+        "from torch._inductor.runtime.cache_dir_utils import cache_dir\n"
+        "from sdlite.modes import compile_cache\n"
+        "before = os.environ.get('TORCHINDUCTOR_CACHE_DIR')\n"
+        "print(before, compile_cache(), cache_dir(), sep='\\n')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    env["SDLITE_CACHE_DIR"] = str(tmp_path / "cache")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, ours, torchs = done.stdout.split()[-3:]
+    assert before != ours  # torch had set its default: the case this test is about
+    assert ours == torchs == str(tmp_path / "cache" / "torch-compile" / "inductor")
