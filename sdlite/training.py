@@ -543,7 +543,9 @@ def _no_sync(accelerator: Any, modules: list[Any], skip: bool) -> Iterator[None]
 
 
 def _unwrapped(accelerator: Any, module: Any) -> Any:
-    return accelerator.unwrap_model(module)
+    """The module itself, outside DDP and torch.compile's wrapper (whose state-dict keys gain `_orig_mod.`):
+    what is saved, validated and averaged."""
+    return accelerator.unwrap_model(module, keep_torch_compile=False)
 
 
 def _assemble(parts: _Parts, unet: Any, text_encoder: Any, config: TrainConfig, model: ResolvedModel,

@@ -194,3 +194,25 @@ def test_prior_loss_weight_scales_the_class_loss(tiny_model: Path, tmp_path: Pat
     ]
     assert losses[0] < losses[1] < losses[2]
     assert losses[2] - losses[1] == pytest.approx(losses[1] - losses[0], rel=1e-4)  # linear in the weight
+
+
+def test_compiled_unet_saves_plain_keys_for_lora_and_full_models(
+    tiny_model: Path, shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What torch.compile hands back wraps the UNet (its state-dict keys gain an `_orig_mod.` prefix): saved
+    models, LoRAs and checkpoints must hold the UNet's own keys, or other tools cannot load them."""
+    import torch
+    from safetensors.torch import load_file
+    from torch._dynamo.eval_frame import DisableContext, OptimizedModule
+
+    def wrap_without_compiling(model: Any, *args: Any, **kwargs: Any) -> Any:  # the real wrapper, run eagerly
+        return OptimizedModule(model, DisableContext())
+
+    monkeypatch.setattr(torch, "compile", wrap_without_compiling)
+    lora, _ = run(tiny_model, shapes, tmp_path / "lora", max_steps=2, compile=True, lora=True, checkpoint_every=1)
+    full, _ = run(tiny_model, shapes, tmp_path / "full", max_steps=2, compile=True, checkpoint_every=1)
+    files = [lora.out / "pytorch_lora_weights.safetensors", full.out / "unet" / "diffusion_pytorch_model.safetensors",
+             *(lora.out / "checkpoints").rglob("*.safetensors"), *(full.out / "checkpoints").rglob("*.safetensors")]  # fmt: skip
+    keys = [k for f in files for k in load_file(f)]
+    assert keys and not [k for k in keys if "_orig_mod" in k]
+    assert any(k.startswith("unet.") and "lora" in k for k in load_file(files[0]))

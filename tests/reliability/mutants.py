@@ -140,6 +140,8 @@ MUTANTS = [
            "pass", "channels_last_resumes_exactly", "tests/test_train_levers.py"),
     Mutant("file-facts-outlive-edits", "sdlite/filecache.py", 'return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"',
            'return f"{path}"', "unchanged or file_changed or decodes_nothing", "tests/test_filecache.py"),
+    Mutant("compiled-wrapper-saved", "sdlite/training.py", "keep_torch_compile=False", "keep_torch_compile=True",
+           "plain_keys", "tests/test_train_data.py"),
     Mutant("help-table-dropped", "sdlite/cli/__init__.py", "for code, text in EXIT_CODES.items())", "for code, text in [])", "table"),
 ]  # fmt: skip
 
