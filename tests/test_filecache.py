@@ -73,3 +73,23 @@ def test_bad_images_are_never_remembered(tmp_path: Path) -> None:
             check_images(discover(folder, "text", False), False)
     kept = check_images(discover(folder, "text", False), True)
     assert [e.path.name for e in kept.examples] == ["000.png", "001.png", "003.png"]
+
+
+def test_ctrl_c_during_the_check_stops_it_without_checking_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = folder_of(tmp_path, 200)
+    dataset = discover(folder, "text", False)
+    checked: list[str] = []
+    real = data._checked_size
+
+    def interrupted_at_the_third(example: data.Example) -> object:
+        checked.append(example.path.name)
+        if example.path.name == "002.png":
+            raise KeyboardInterrupt
+        return real(example)
+
+    monkeypatch.setattr(data, "_checked_size", interrupted_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        check_images(dataset, False)
+    assert len(checked) < 50  # not all 200 before the interrupt surfaces
