@@ -21,7 +21,7 @@ from typing import Any
 
 from sdlite import checkpoints
 from sdlite.config import TrainConfig
-from sdlite.errors import Interrupted, sigint_to, writing
+from sdlite.errors import Interrupted, UsageError, sigint_to, writing
 from sdlite.models import (
     SINGLE_FILE_INDEX,
     ResolvedModel,
@@ -67,6 +67,11 @@ def train(config: TrainConfig, on_event: EventFn | None = None, loss_hook: LossH
     # On a machine with no accelerator, cpu=True is what makes `accelerate launch` processes join one
     # gloo world (without it, each of them trains alone).
     no_accelerator = not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    if no_accelerator and config.mixed_precision == "fp16":  # Accelerate would silently train in fp32 instead
+        raise UsageError(
+            "--mixed-precision fp16 needs a GPU: on a CPU Accelerate runs no fp16 autocast (the UNet would train "
+            "in fp32 beside fp16 encoders, and validation would fail); use --mixed-precision bf16 or no"
+        )
     compiled = {}
     if config.compile:  # Accelerate compiles the prepared UNet with Inductor; caches live in sdlite's cache
         from accelerate.utils import TorchDynamoPlugin

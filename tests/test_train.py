@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from sdlite.config import TrainConfig
@@ -332,10 +333,21 @@ def test_too_few_images_for_a_batch(tiny_model: Path, shapes: Path, tmp_path: Pa
         run(tiny_model, shapes, tmp_path / "o", batch_size=16)
 
 
-def test_fp16_keeps_trainable_weights_fp32(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
-    result, events = run(tiny_model, shapes, tmp_path / "fp16", max_steps=2, mixed_precision="fp16")
+def test_half_precision_keeps_trainable_weights_fp32(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    # bf16: what autocasts on a CPU (fp16 runs on GPUs, tests/test_gpu.py); validation runs in it too
+    result, events = run(tiny_model, shapes, tmp_path / "bf16", max_steps=2, mixed_precision="bf16",
+                         validation_prompts=("a red circle",))  # fmt: skip
+    assert (result.out / "validation" / "step-000002.png").is_file()
     assert all(math.isfinite(v) for v in losses(events))
     assert {str(v.dtype) for v in unet_weights(result.out).values()} == {"torch.float32"}
     # Frozen components are the base model's own files, untouched by the fp16 compute copy.
     base_vae = tiny_model / "vae" / "diffusion_pytorch_model.safetensors"
     assert (result.out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == base_vae.read_bytes()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for CPU-only machines")
+def test_fp16_on_a_cpu_is_refused_before_anything_loads(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    """Accelerate runs no fp16 autocast on a CPU: the run would be fp32 in truth and crash at validation."""
+    with pytest.raises(UsageError, match=r"fp16 needs a GPU.*bf16"):
+        run(tiny_model, shapes, tmp_path / "o", mixed_precision="fp16")
+    assert not (tmp_path / "o").exists()
