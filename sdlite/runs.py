@@ -13,11 +13,13 @@ processes, and checkpoints need no pickled RNG state.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
 import math
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,38 +286,55 @@ class FiniteGuard:
         return False
 
 
+class Pace:
+    """Images per second over the last WINDOW steps, so a compile or warm-up in the first steps fades out of
+    the step events (and their MFU and ETA), and over the whole run, for the final line."""
+
+    WINDOW = 20
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.images = self.last = 0
+        self.marks: collections.deque[tuple[float, int]] = collections.deque([(self.start, 0)], self.WINDOW + 1)
+
+    def add(self, images: int) -> None:
+        """A step of `images` images has just finished."""
+        self.images, self.last = self.images + images, images
+        self.marks.append((time.perf_counter(), self.images))
+
+    def recent(self) -> float:
+        (t0, n0), (t1, n1) = self.marks[0], self.marks[-1]
+        return (n1 - n0) / max(t1 - t0, 1e-9)
+
+    def overall(self) -> float | None:
+        return self.images / max(time.perf_counter() - self.start, 1e-9) if self.images else None
+
+    def timing(self, steps_left: int) -> dict[str, float]:
+        """A step event's `images_per_s` (recent), `elapsed` (this run's) and `eta` (seconds at that pace)."""
+        rate = self.recent()
+        return {"images_per_s": rate, "elapsed": round(self.marks[-1][0] - self.start, 3),
+                "eta": round(steps_left * self.last / rate, 3)}  # fmt: skip
+
+
 class Emitter:
     """Sends events to the caller's callback, from the main process only.
 
-    Step events also get `elapsed` (seconds of stepping in this run: its images / images_per_s), `eta`
-    (seconds left at that pace) and `epoch` (epochs completed, fractional, as the plan counts them),
-    worked out from the plan and resume events sent before them, for the UNet and VAE loops alike.
+    Step events also get `epoch` (epochs completed, fractional, as the plan counts them), worked out from
+    the plan event sent before them, for the UNet and VAE loops alike.
     """
 
     def __init__(self, on_event: EventFn | None, main: bool) -> None:
         self.on_event, self.main = on_event, main
-        self.steps_per_epoch, self.effective_batch, self.first_step = 0.0, 0, 0
+        self.steps_per_epoch = 0.0
 
     def __call__(self, kind: str, **data: Any) -> None:
         if kind == "plan":
-            self.steps_per_epoch, self.effective_batch = data["steps_per_epoch"], data["effective_batch"]
-        elif kind == "resume":
-            self.first_step = data["step"]
+            self.steps_per_epoch = data["steps_per_epoch"]
         elif kind == "step":
-            timing = self._timing(data["step"], data["steps"], data.get("images_per_s") or 0.0)
-            data = {**data, **{k: v for k, v in timing.items() if k not in data}}
+            epoch = round(data["step"] / self.steps_per_epoch, 4) if self.steps_per_epoch else None
+            data = {**data, "epoch": epoch}
         if self.on_event is not None and self.main:
             self.on_event({"event": kind, **data})
-
-    def _timing(self, step: int, steps: int, images_per_s: float) -> dict[str, Any]:
-        timing: dict[str, Any] = {"elapsed": None, "eta": None, "epoch": None}
-        done = step - self.first_step
-        if done > 0 and images_per_s > 0 and self.effective_batch:
-            elapsed = done * self.effective_batch / images_per_s
-            timing["elapsed"], timing["eta"] = round(elapsed, 3), round((steps - step) * elapsed / done, 3)
-        if self.steps_per_epoch:
-            timing["epoch"] = round(step / self.steps_per_epoch, 4)
-        return timing
 
 
 class LossLog:

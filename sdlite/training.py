@@ -8,12 +8,10 @@ uninterrupted one, whatever the number of processes, and checkpoints need no pic
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import json
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from sdlite.runs import (
     LossHook,
     LossLog,
     MicroBatch,
+    Pace,
     TrainPlan,
     TrainResult,
     check_out,
@@ -215,11 +214,18 @@ def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Loss
             lr = lr_schedule.get_last_lr()[0]  # the rate this step used
             lr_schedule.step()
             done = step + 1
-            rate = pace.recent()
+            timing = pace.timing(plan.steps - done)
             log.add(done, step_loss, lr)
-            emit("step", step=done, steps=plan.steps, loss=step_loss, lr=lr, images_per_s=rate, elapsed=pace.elapsed(),
-                 eta=round((plan.steps - done) * plan.effective_batch / rate, 3), **_mfu(plan, rate))  # fmt: skip
-            trackers.log_step(done, step_loss, lr, rate)
+            emit(
+                "step",
+                step=done,
+                steps=plan.steps,
+                loss=step_loss,
+                lr=lr,
+                **timing,
+                **_mfu(plan, timing["images_per_s"]),
+            )
+            trackers.log_step(done, step_loss, lr, timing["images_per_s"])
             if stops > 0 and done < plan.steps:  # Ctrl-C (on any process): this step is kept, then a checkpoint
                 path = _save_checkpoint(
                     parts, unet, text_encoder, optimizer, lr_schedule, ema, config, model, done, accelerator
@@ -728,32 +734,6 @@ def _validate(parts: _Parts, unet: Any, text_encoder: Any, ema: Any, config: Tra
         folder.mkdir(parents=True, exist_ok=True)
         contact_sheet(images).save(path)
     return path
-
-
-class Pace:
-    """Images per second over the last WINDOW steps, so a compile or warm-up in the first steps fades out of
-    the step events (and their MFU and ETA), and over the whole run, for the final line."""
-
-    WINDOW = 20
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.images = 0
-        self.marks: collections.deque[tuple[float, int]] = collections.deque([(self.start, 0)], self.WINDOW + 1)
-
-    def add(self, images: int) -> None:
-        self.images += images
-        self.marks.append((time.perf_counter(), self.images))
-
-    def recent(self) -> float:
-        (t0, n0), (t1, n1) = self.marks[0], self.marks[-1]
-        return (n1 - n0) / max(t1 - t0, 1e-9)
-
-    def overall(self) -> float | None:
-        return self.images / max(time.perf_counter() - self.start, 1e-9) if self.images else None
-
-    def elapsed(self) -> float:
-        return round(self.marks[-1][0] - self.start, 3)
 
 
 class _StopFlag:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from sdlite.runs import (
     FiniteGuard,
     LossLog,
     MicroBatch,
+    Pace,
     TrainResult,
     check_out,
     make_optimizer,
@@ -53,7 +53,7 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: A
     vae, optimizer = accelerator.prepare(vae, optimizer)
 
     log = LossLog(config.out, 0, accelerator.is_main_process)
-    guard, last_loss, started = FiniteGuard(emit), None, time.perf_counter()
+    guard, last_loss, pace = FiniteGuard(emit), None, Pace()
     for step in range(plan.steps):
         losses = []
         for micro in range(config.grad_accum):
@@ -76,8 +76,8 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: A
         lr = schedule.get_last_lr()[0]
         schedule.step()
         log.add(step + 1, step_loss, lr)
-        rate = (step + 1) * plan.effective_batch / max(time.perf_counter() - started, 1e-9)
-        emit("step", step=step + 1, steps=plan.steps, loss=step_loss, lr=lr, images_per_s=rate)
+        pace.add(plan.effective_batch)
+        emit("step", step=step + 1, steps=plan.steps, loss=step_loss, lr=lr, **pace.timing(plan.steps - step - 1))
 
     raw = accelerator.unwrap_model(vae)
     raw.eval()

@@ -137,16 +137,17 @@ def test_quiet_silences_progress(tiny_model: Path, tmp_path: Path) -> None:
 def test_images_per_s_of_step_events_is_recent_so_a_slow_first_step_fades_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """A compile (or any warm-up) in the first step must not drag the step events' images/s (and their MFU and
     ETA) down for the rest of the run; the final line keeps the whole run's average."""
-    from sdlite import training
+    from sdlite import runs
 
     now = [0.0]
-    monkeypatch.setattr(training.time, "perf_counter", lambda: now[0])
-    pace = training.Pace()
+    monkeypatch.setattr(runs.time, "perf_counter", lambda: now[0])
+    pace = runs.Pace()
     now[0] = 100.0  # step 1 compiles for 100 s
     pace.add(8)
-    assert pace.recent() == pytest.approx(0.08) and pace.elapsed() == 100.0
+    assert pace.timing(29) == {"images_per_s": pytest.approx(0.08), "elapsed": 100.0, "eta": pytest.approx(2900.0)}
     for step in range(2, 22):  # then 1 s a step, 8 images each
         now[0] = 100.0 + step - 1
         pace.add(8)
-    assert pace.recent() == pytest.approx(8.0)  # the last 20 steps only
-    assert pace.overall() == pytest.approx(21 * 8 / 120) and pace.elapsed() == 120.0
+    # the last 20 steps only: 8 images/s, so the 9 steps left take 9 s
+    assert pace.timing(9) == {"images_per_s": pytest.approx(8.0), "elapsed": 120.0, "eta": pytest.approx(9.0)}
+    assert pace.overall() == pytest.approx(21 * 8 / 120)
