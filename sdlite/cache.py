@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from sdlite.errors import DataError, writing
+from sdlite.errors import DataError
 from sdlite.metadata import cache_dir, file_sha256
 from sdlite.models import ResolvedModel
-from sdlite.staging import share
+from sdlite.staging import staged_file
 
 
 class EncodingCache:
@@ -132,12 +131,5 @@ def _save(path: Path, tensors: dict[str, Any]) -> None:
     """Write atomically, so an interrupted fill never leaves a half entry that later runs trust."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    try:
-        with writing(f"cache entry {path}"):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
-            share(tmp)  # the umask's mode: safetensors writes its files 0600
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with staged_file(path, "cache entry") as temp:  # given the umask's mode: safetensors writes its files 0600
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, temp)
