@@ -520,10 +520,12 @@ def _denoising_loss(inputs: _Inputs, parts: _Parts, unet: Any, text_encoder: Any
 
 
 def to_device(tensor: Any, device: Any, dtype: Any = None) -> Any:
-    """`tensor` on `device`; to a CUDA device from pinned memory without blocking, so the host can run ahead."""
+    """`tensor` on `device`; from the CPU to a CUDA device through pinned memory without blocking, so the host
+    can run ahead. A tensor already on a GPU (the VAE's latents without the cache) moves as it is: only CPU
+    memory can be pinned."""
     import torch
 
-    if torch.device(device).type == "cuda":  # copy first, convert on the device: a CPU-side cast would not be pinned
+    if tensor.device.type == "cpu" and torch.device(device).type == "cuda":  # cast on the device: a CPU cast is unpinned
         return tensor.pin_memory().to(device, non_blocking=True).to(dtype=dtype)
     return tensor.to(device, dtype=dtype)
 

@@ -61,6 +61,15 @@ def test_fp16_scaler_and_the_finite_guard_skip_a_nan_step(tiny_model: Path, shap
     assert all(bool(v.isfinite().all()) for v in unet_weights(result.out).values())
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_training_draws_inputs_from_the_cache_and_from_the_vae(tiny_model: Path, shapes: Path, tmp_path: Path,
+                                                               cache: bool) -> None:  # fmt: skip
+    """Both input paths onto the GPU: cached latents come from pinned CPU memory, the VAE's already live on
+    the GPU (pinning them once crashed every run without the cache, e.g. with --random-flip)."""
+    result, events = run(tiny_model, shapes, tmp_path / "o", cache=cache, max_steps=2, mixed_precision="bf16")
+    assert events[0]["cache"] is cache and result.steps == 2 and all(np.isfinite(losses(events)))
+
+
 def test_plan_names_the_gpu_memory_and_reports_mfu_on_known_devices(tiny_model: Path, shapes: Path,
                                                                      tmp_path: Path) -> None:  # fmt: skip
     from sdlite.flops import peak_flops

@@ -93,3 +93,23 @@ def test_cache_entries_are_read_when_needed_and_damaged_ones_are_recomputed(
         run(tiny_model, shapes, tmp_path / "c", max_steps=2, hook=damage_at_first_step)
     assert not all(e.exists() for e in entries)
     run(tiny_model, shapes, tmp_path / "d", max_steps=2)
+
+
+def test_only_cpu_tensors_are_pinned_on_the_way_to_a_gpu() -> None:
+    """Pinning applies to CPU memory only: the VAE's latents (no cache) are already on the GPU, and pinning
+    them raised at the first step of every GPU run without the cache. CI has no GPU, so the tensors are
+    stand-ins that record what was asked of them."""
+    from unittest import mock
+
+    import torch
+
+    from sdlite.training import to_device
+
+    on_gpu = mock.MagicMock(device=torch.device("cuda", 0))
+    to_device(on_gpu, "cuda", torch.float16)
+    on_gpu.pin_memory.assert_not_called()
+    on_gpu.to.assert_called_once_with("cuda", dtype=torch.float16)
+    on_cpu = mock.MagicMock(device=torch.device("cpu"))
+    to_device(on_cpu, "cuda", torch.float16)
+    on_cpu.pin_memory.return_value.to.assert_called_once_with("cuda", non_blocking=True)
+    on_cpu.pin_memory.return_value.to.return_value.to.assert_called_once_with(dtype=torch.float16)
