@@ -13,9 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sdlite import checkpoints
 from sdlite.config import TrainConfig
 from sdlite.errors import writing
+from sdlite.models import vae_factor
 from sdlite.runs import (
     Emitter,
     FiniteGuard,
@@ -35,7 +38,6 @@ SCALE_SAMPLES = 256  # images used to measure the latent std
 
 
 def train_vae(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Any) -> TrainResult:
-    import torch
     from diffusers import AutoencoderKL
     from diffusers.optimization import get_scheduler
 
@@ -50,7 +52,7 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: A
     schedule = get_scheduler(
         config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=plan.steps
     )
-    vae, optimizer = accelerator.prepare(vae, optimizer)
+    model_step, optimizer = accelerator.prepare(Reconstruction(vae), optimizer)
 
     log = LossLog(config.out, 0, accelerator.is_main_process)
     guard, last_loss, pace = FiniteGuard(emit), None, Pace()
@@ -60,7 +62,7 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: A
             m = step * config.grad_accum + micro
             with accelerator.autocast():
                 batch = MicroBatch.of(m, plan, layout, config, accelerator.process_index)
-                loss = _vae_loss(vae, batch, plan, dataset, config, accelerator, torch)
+                loss = _vae_loss(model_step, vae, batch, plan, dataset, config, accelerator)
                 if loss_hook is not None:
                     loss = loss_hook(step, loss)
                 accelerator.backward(loss / config.grad_accum)
@@ -79,14 +81,13 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: A
         pace.add(plan.effective_batch)
         emit("step", step=step + 1, steps=plan.steps, loss=step_loss, lr=lr, **pace.timing(plan.steps - step - 1))
 
-    raw = accelerator.unwrap_model(vae)
-    raw.eval()
-    scale = _scaling_factor(raw, plan, dataset, config, torch)
+    vae.eval()
+    scale = _scaling_factor(vae, plan, dataset, config)
     emit("vae", scaling_factor=scale)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with writing(f"the trained model in {config.out}"):
-            _write_model(raw, scale, model.path, Path(config.out), config, plan)
+            _write_model(vae, scale, model.path, Path(config.out), config, plan)
     accelerator.wait_for_everyone()
     log.close(plot=True)
     emit(
@@ -95,8 +96,23 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: A
     return TrainResult(Path(config.out), plan.steps, last_loss, (), plan.skipped, guard.total)
 
 
-def _vae_loss(vae: Any, batch: MicroBatch, plan: Any, dataset: Any, config: TrainConfig, accelerator: Any,
-              torch: Any) -> Any:  # fmt: skip
+class Reconstruction(torch.nn.Module):
+    """One training pass of the VAE (encode, sample the posterior with the given noise, decode) as a module
+    call: DDP averages gradients over processes only for what runs through its wrapper's forward, so calling
+    the unwrapped VAE left every process training its own copy."""
+
+    def __init__(self, vae: Any) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, pixels: Any, noise: Any) -> tuple[Any, Any]:
+        """The reconstruction and each example's KL to N(0, I), summed over its latent elements."""
+        dist = self.vae.encode(pixels).latent_dist
+        return self.vae.decode(dist.mean + dist.std * noise).sample, dist.kl()
+
+
+def _vae_loss(model_step: Any, vae: Any, batch: MicroBatch, plan: Any, dataset: Any, config: TrainConfig,
+              accelerator: Any) -> Any:  # fmt: skip
     """Reconstruction MSE (pixels in [-1, 1]) + kl_weight * KL to N(0, I), per example then averaged."""
     from sdlite.data import load_example, preprocess
 
@@ -107,17 +123,15 @@ def _vae_loss(vae: Any, batch: MicroBatch, plan: Any, dataset: Any, config: Trai
             for i in batch.indices
         ]
     ).to(accelerator.device)  # fmt: skip
-    model = accelerator.unwrap_model(vae)
-    dist = model.encode(pixels).latent_dist
-    gens = batch.generators(config.seed)
-    noise = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in gens]).to(accelerator.device)
-    recon = model.decode(dist.mean + dist.std * noise).sample
+    factor = vae_factor(vae.config)
+    latent = (vae.config.latent_channels, pixels.shape[2] // factor, pixels.shape[3] // factor)
+    noise = torch.stack([torch.randn(latent, generator=g) for g in batch.generators(config.seed)])
+    recon, kl = model_step(pixels, noise.to(accelerator.device))
     mse = torch.nn.functional.mse_loss(recon.float(), pixels.float())
-    kl = dist.kl().mean() / dist.mean[0].numel()
-    return mse + config.kl_weight * kl
+    return mse + config.kl_weight * kl.mean() / noise[0].numel()
 
 
-def _scaling_factor(vae: Any, plan: Any, dataset: Any, config: TrainConfig, torch: Any) -> float:
+def _scaling_factor(vae: Any, plan: Any, dataset: Any, config: TrainConfig) -> float:
     """1 / std of the latent means over up to SCALE_SAMPLES training images (fixed order)."""
     from sdlite.data import load_example, preprocess
 

@@ -142,6 +142,10 @@ MUTANTS = [
            'return f"{path}"', "unchanged or file_changed or decodes_nothing", "tests/test_filecache.py"),
     Mutant("compiled-wrapper-saved", "sdlite/training.py", "keep_torch_compile=False", "keep_torch_compile=True",
            "plain_keys", "tests/test_train_data.py"),
+    Mutant("vae-step-outside-ddp", "sdlite/vae_training.py", "recon, kl = model_step(pixels,",
+           "recon, kl = accelerator.unwrap_model(model_step)(pixels,", "train_the_vae"),
+    Mutant("gpu-tensors-pinned", "sdlite/training.py", 'if tensor.device.type == "cpu" and torch.device(device).type == "cuda":',
+           'if torch.device(device).type == "cuda":', "pinned", "tests/test_train_levers.py"),
     Mutant("help-table-dropped", "sdlite/cli/__init__.py", "for code, text in EXIT_CODES.items())", "for code, text in [])", "table"),
 ]  # fmt: skip
 
