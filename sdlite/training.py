@@ -51,6 +51,7 @@ LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 # The CLIP attention projections: the text-encoder LoRA targets of kohya's sd-scripts and diffusers' scripts.
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 LORA_ADAPTER = "default"  # the adapter name training gives its LoRA(s)
+LORA_INIT_SALT = 0x4C6F5241  # "LoRA": the adapters' initial weights, a seed stream of their own
 SAFE = {"safe_serialization": True}
 
 
@@ -365,12 +366,18 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
     unet.requires_grad_(not config.lora)
     trained = [unet, text_encoder] if config.train_text_encoder else [unet]
     if config.lora:  # only the adapters' weights train; alpha is part of each adapter's config (and saved file)
-        unet.add_adapter(_lora_config(config, LORA_TARGETS), adapter_name=LORA_ADAPTER)
-        if config.train_text_encoder:
-            # peft's own injection: transformers' add_adapter wants a newer peft than diffusers works with
-            from peft import inject_adapter_in_model
+        # peft draws the adapters' first matrices from torch's global generator: seeded from --seed, so the same
+        # command trains the same adapter, and restored after, so nothing else depends on it.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix(config.seed, LORA_INIT_SALT))
+            unet.add_adapter(_lora_config(config, LORA_TARGETS), adapter_name=LORA_ADAPTER)
+            if config.train_text_encoder:
+                # peft's own injection: transformers' add_adapter wants a newer peft than diffusers works with
+                from peft import inject_adapter_in_model
 
-            inject_adapter_in_model(_lora_config(config, TEXT_LORA_TARGETS), text_encoder, adapter_name=LORA_ADAPTER)
+                inject_adapter_in_model(
+                    _lora_config(config, TEXT_LORA_TARGETS), text_encoder, adapter_name=LORA_ADAPTER
+                )
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if config.train_text_encoder:

@@ -184,6 +184,30 @@ def test_lora_model_has_only_adapter_parameters_trainable(tiny_model: Path, shap
     assert not any(p.requires_grad for p in parts.vae.parameters())
 
 
+def test_lora_initial_weights_come_from_the_seed(tiny_model: Path) -> None:
+    """peft draws the adapters' first matrices from torch's global generator, which training never seeded:
+    the same command trained a different adapter each time (and could not be checked against a resumed run)."""
+    import torch
+    from accelerate import Accelerator
+
+    import sdlite.training as training
+    from sdlite.models import resolve_model
+
+    def adapters(seed: int) -> dict[str, Any]:
+        config = TrainConfig(model=str(tiny_model), data=Path("unused"), out=Path("unused"), max_steps=1, lora=True,
+                             train_text_encoder=True, seed=seed)  # fmt: skip
+        parts = training._load_components(resolve_model(str(tiny_model)), config, Accelerator(cpu=True), torch)
+        return {n: p.detach().clone() for m in (parts.unet, parts.text_encoder)
+                for n, p in m.named_parameters() if "lora_A" in n}  # fmt: skip
+
+    state = torch.random.get_rng_state()
+    first = adapters(1)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is left as it was
+    torch.manual_seed(12345)  # whatever else ran before must not matter
+    again, other = adapters(1), adapters(2)
+    assert any("self_attn" in n for n in first) and max_diff(first, again) == 0 and max_diff(first, other) > 0
+
+
 def test_ema_output_differs_from_raw(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
     run(tiny_model, shapes, tmp_path / "raw", max_steps=5)
     run(tiny_model, shapes, tmp_path / "ema", max_steps=5, ema=True, ema_decay=0.5, checkpoint_every=4)
