@@ -532,7 +532,8 @@ def to_device(tensor: Any, device: Any, dtype: Any = None) -> Any:
     memory can be pinned."""
     import torch
 
-    if tensor.device.type == "cpu" and torch.device(device).type == "cuda":  # cast on the device: a CPU cast is unpinned
+    # Cast after the copy, on the device: a CPU-side cast would make a new, unpinned tensor.
+    if tensor.device.type == "cpu" and torch.device(device).type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True).to(dtype=dtype)
     return tensor.to(device, dtype=dtype)
 
