@@ -23,6 +23,9 @@ from sdlite.staging import share
 MANIFEST = "sdlite-checkpoint.json"
 FORMAT = 1
 SAFE_TEXT = (".json", ".txt")
+# Settings manifests began to record later, with the value the runs before had (one process, as most did):
+# their checkpoints still resume.
+RECORDED_LATER = {"num_processes": 1}
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -162,9 +165,10 @@ def verify(folder: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
     )
     if extra:
         raise ModelError(f"checkpoint {folder} holds files sdlite did not write: {', '.join(extra[:3])}")
-    differing = sorted(k for k in fingerprint if manifest["fingerprint"].get(k) != fingerprint[k])
+    recorded = {**RECORDED_LATER, **manifest["fingerprint"]}
+    differing = sorted(k for k in fingerprint if recorded.get(k) != fingerprint[k])
     if differing:
-        details = ", ".join(f"{k}: {manifest['fingerprint'].get(k)!r} -> {fingerprint[k]!r}" for k in differing)
+        details = ", ".join(f"{k}: {recorded.get(k)!r} -> {fingerprint[k]!r}" for k in differing)
         raise UsageError(f"cannot resume {folder} with different settings ({details})")
     return manifest
 

@@ -824,6 +824,8 @@ class TrainConfig:
                 "validation_prompts": bool(self.validation_prompts), "buckets": bool(self.buckets),
                 "instance_prompt": self.instance_prompt is not None, "class_prompt": self.class_prompt is not None,
                 "shuffle_captions": self.shuffle_captions, "report_to": bool(self.report_to),
+                "gradient_checkpointing": self.gradient_checkpointing, "channels_last": self.channels_last,
+                "compile": self.compile,
             }  # fmt: skip
             given = [key for key, used in unet_only.items() if used]
             if given:

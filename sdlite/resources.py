@@ -490,12 +490,17 @@ class TrainFit:
     largest_batch: int | None  # None when the device's memory cannot be told
 
 
-def check_train(model: Any, config: Any, resolution: int, num_processes: int) -> TrainFit:
-    """Refuse (ResourceError) a training run that cannot fit, before any image is read or weight loaded."""
+def train_device() -> str:
+    """The device accelerate gives this training process: its local GPU, else the CPU (MPS shares the
+    host's memory)."""
     import torch
 
-    # The device accelerate gives this process: its local GPU, else the CPU (MPS shares the host's memory).
-    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+
+
+def check_train(model: Any, config: Any, resolution: int, num_processes: int) -> TrainFit:
+    """Refuse (ResourceError) a training run that cannot fit, before any image is read or weight loaded."""
+    device = train_device()
     configs = model.configs()
     params = parameter_counts(model)
     lora = lora_parameters(configs["unet"], config.lora_rank) if config.lora else 0

@@ -168,10 +168,29 @@ def _layout(dataset: Any, resolution: int, effective: int, config: TrainConfig, 
 
 
 def dry_run(config: TrainConfig) -> TrainPlan:
-    """Validate data and settings and return the plan; nothing is trained or written."""
+    """Validate data and settings and return the plan, as the run itself reports it; nothing is trained or
+    written."""
     import os
 
-    return make_plan(config, int(os.environ.get("WORLD_SIZE", "1")))[0]
+    import torch
+
+    plan, _, model, _ = make_plan(config, int(os.environ.get("WORLD_SIZE", "1")))
+    if config.component != "unet":
+        return plan
+    return with_flops(plan, model, config, torch.device(resources.train_device()))
+
+
+def with_flops(plan: TrainPlan, model: ResolvedModel, config: TrainConfig, device: Any) -> TrainPlan:
+    """The plan with the model FLOPs of one image's UNet step and, on a GPU in the table, the device's peak."""
+    from sdlite.flops import peak_flops, train_flops_per_image
+
+    flops = train_flops_per_image(model.configs(), plan.resolution, plan.resolution, config.train_text_encoder)
+    peak = None
+    if device.type == "cuda":
+        import torch
+
+        peak = peak_flops(torch.cuda.get_device_name(device), config.mixed_precision)
+    return dataclasses.replace(plan, tflops_per_image=flops / 1e12, peak_tflops=peak / 1e12 if peak else None)
 
 
 def make_optimizer(params: list[Any], lr: float, torch: Any) -> tuple[Any, str]:

@@ -87,6 +87,8 @@ def write_dataset(out: Path, n: int, size: int = 64, seed: int = 0) -> Path:
     if n < 1 or size < 16:
         raise UsageError("--n must be at least 1 and --size at least 16")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file, not a folder: choose a new or empty folder for the dataset")
     out.mkdir(parents=True, exist_ok=True)
     if (out / "metadata.jsonl").exists():
         raise UsageError(f"{out} already holds a dataset (metadata.jsonl); choose an empty folder")

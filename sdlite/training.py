@@ -9,7 +9,6 @@ uninterrupted one, whatever the number of processes, and checkpoints need no pic
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import shutil
 from collections.abc import Iterator
@@ -41,6 +40,7 @@ from sdlite.runs import (
     make_plan,
     mix,
     prepare_out,
+    with_flops,
     write_run_record,
 )
 from sdlite.runs import dry_run as dry_run  # re-exported: `from sdlite.training import dry_run` is public API
@@ -100,9 +100,18 @@ def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Loss
     # 1. Plan: model and data checked before any weights load.
     check_out(config)
     plan, dataset, model, layout = make_plan(config, accelerator.num_processes)
-    plan = _with_flops(plan, model, config, accelerator)
+    plan = with_flops(plan, model, config, accelerator.device)
     emit("plan", **plan.to_dict())
     resume_from = resume_folder(config)
+    manifest = None
+    if resume_from is not None:  # checked before OUT is touched or any weights load
+        manifest = checkpoints.verify(resume_from, resume_settings(config, plan.num_processes))
+        if manifest["step"] >= plan.steps:
+            raise UsageError(
+                f"{resume_from} is at step {manifest['step']} and this run ends at step {plan.steps}: nothing is "
+                f"left to train, and resuming would replace the model in {config.out} with the checkpoint's; "
+                f"give --max-steps (or --epochs) past step {manifest['step']}"
+            )
     prepare_out(config, accelerator, fresh=resume_from is None)
     for note in plan.skipped:
         emit("warning", message=note)
@@ -136,9 +145,8 @@ def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Loss
 
     # 3. Resume: weights, optimizer, schedule and EMA from a verified checkpoint; the step says the rest.
     start_step = 0
-    if resume_from is not None:
+    if resume_from is not None and manifest is not None:
         folder = resume_from
-        manifest = checkpoints.verify(folder, config.fingerprint())
         _load_trained_weights(parts, folder, config, torch)
         checkpoints.load_optimizer(optimizer, folder / "training")
         lr_schedule.load_state_dict(json.loads((folder / "training" / "lr_schedule.json").read_text()))
@@ -263,19 +271,6 @@ def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Loss
     return TrainResult(config.out, plan.steps, last_loss, tuple(saved), plan.skipped, guard.total, rate, mfu.get("mfu"))
 
 
-def _with_flops(plan: TrainPlan, model: ResolvedModel, config: TrainConfig, accelerator: Any) -> TrainPlan:
-    """The plan with the model FLOPs of one image's step and, on a GPU in the table, the device's peak."""
-    from sdlite.flops import peak_flops, train_flops_per_image
-
-    flops = train_flops_per_image(model.configs(), plan.resolution, plan.resolution, config.train_text_encoder)
-    peak = None
-    if accelerator.device.type == "cuda":
-        import torch
-
-        peak = peak_flops(torch.cuda.get_device_name(accelerator.device), config.mixed_precision)
-    return dataclasses.replace(plan, tflops_per_image=flops / 1e12, peak_tflops=peak / 1e12 if peak else None)
-
-
 def _mfu(plan: TrainPlan, images_per_s: float) -> dict[str, float]:
     """Model FLOP utilisation over all processes' devices, when the peak is known."""
     if not plan.tflops_per_image or not plan.peak_tflops:
@@ -291,6 +286,12 @@ def _tf32(accelerator: Any, torch: Any) -> list[str]:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     return ["TF32"]
+
+
+def resume_settings(config: TrainConfig, num_processes: int) -> dict[str, Any]:
+    """What a checkpoint must share with the run that resumes it: the settings that shape the weights, and
+    the number of processes, which with the batch size decides every step's examples."""
+    return config.fingerprint() | {"num_processes": num_processes}
 
 
 def resume_folder(config: TrainConfig) -> Path | None:
@@ -624,7 +625,7 @@ def _save_checkpoint(parts: _Parts, unet: Any, text_encoder: Any, optimizer: Any
             try:
                 _write_checkpoint(parts, unet, text_encoder, optimizer, lr_schedule, ema, config, model, staging,
                                   accelerator)  # fmt: skip
-                checkpoints.write_manifest(staging, step, config.fingerprint())
+                checkpoints.write_manifest(staging, step, resume_settings(config, accelerator.num_processes))
                 checkpoints.commit(staging, final)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)

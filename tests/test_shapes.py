@@ -57,6 +57,8 @@ def test_dataset_is_deterministic_and_captioned_exactly(tmp_path: Path) -> None:
     assert (tmp_path / "c" / "metadata.jsonl").read_bytes() != (tmp_path / "a" / "metadata.jsonl").read_bytes()
     again = runner.invoke(app, ["data", "shapes", str(tmp_path / "a"), "--n", "5"])
     assert again.exit_code == 2 and "already holds a dataset" in again.stderr
+    onto_a_file = runner.invoke(app, ["data", "shapes", str(tmp_path / "a" / "metadata.jsonl"), "--n", "5"])
+    assert onto_a_file.exit_code == 2 and "is a file, not a folder" in onto_a_file.stderr  # was exit 1
 
 
 def test_world_coverage() -> None:
@@ -130,6 +132,9 @@ def test_vae_component_trains_and_sets_the_scaling_factor(tiny_model: Path, tmp_
     assert any(not (trained[k] == original[k]).all() for k in original)
     with pytest.raises(UsageError, match="--component vae does not support --lora"):
         TrainConfig(model="m", data=data, out=tmp_path, component="vae", max_steps=1, lora=True)
+    for flag in ("gradient_checkpointing", "channels_last", "compile"):  # UNet levers: no silent no-op
+        with pytest.raises(UsageError, match=f"--component vae does not support --{flag.replace('_', '-')}"):
+            TrainConfig(model="m", data=data, out=tmp_path, component="vae", max_steps=1, **{flag: True})
 
 
 def test_judge_ignores_specks_and_soft_edges() -> None:

@@ -14,10 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sdlite import checkpoints
 from sdlite.config import TrainConfig
 from sdlite.errors import DataError, Interrupted, ModelError, UsageError
 from sdlite.testing import make_shapes_dataset
-from sdlite.training import train
+from sdlite.training import resume_settings, train
 
 
 @pytest.fixture(scope="session")
@@ -121,6 +122,21 @@ def test_checkpoints_are_usable_kept_and_verified(tiny_model: Path, shapes: Path
     # Settings that change the weights must match; a tampered or foreign folder is refused.
     with pytest.raises(UsageError, match=r"different settings.*lr"):
         run(tiny_model, shapes, out, max_steps=8, lr=5e-4, resume="latest")
+    # Another process count gives every step other examples; checkpoints from before it was recorded
+    # (one process) still resume.
+    latest = out / "checkpoints" / "step-000006"
+    config = TrainConfig(model=str(tiny_model), data=shapes, out=out, max_steps=8, batch_size=2, lr=1e-3)
+    with pytest.raises(UsageError, match=r"different settings \(num_processes: 1 -> 2\)"):
+        checkpoints.verify(latest, resume_settings(config, 2))
+    manifest = json.loads((latest / checkpoints.MANIFEST).read_text())
+    del manifest["fingerprint"]["num_processes"]
+    (latest / checkpoints.MANIFEST).write_text(json.dumps(manifest))
+    assert checkpoints.verify(latest, resume_settings(config, 1))["step"] == 6
+    # A checkpoint at or past the run's last step has nothing left to train: refused, OUT untouched.
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(UsageError, match=r"at step 6 and this run ends at step 5: nothing is left to train"):
+        run(tiny_model, shapes, out, max_steps=5, resume="latest")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     tampered = out / "checkpoints" / "step-000006" / "training" / "lr_schedule.json"
     tampered.write_text(tampered.read_text().replace("1", "2"))
     with pytest.raises(ModelError, match="modified after sdlite wrote it"):

@@ -141,6 +141,11 @@ def test_plan_reports_model_flops_and_mfu_needs_a_known_peak(tiny_model: Path, s
     result, events = run(tiny_model, shapes, tmp_path / "o", max_steps=1)
     plan = events[0]
     assert plan["tflops_per_image"] > 0 and plan["peak_tflops"] is None
+    from sdlite.config import TrainConfig
+    from sdlite.training import dry_run
+
+    dry = dry_run(TrainConfig(model=str(tiny_model), data=shapes, out=tmp_path / "o", max_steps=1, batch_size=2))
+    assert dry.tflops_per_image == plan["tflops_per_image"]  # --dry-run reports the plan the run does
     step = next(e for e in events if e["event"] == "step")
     assert "mfu" not in step and result.images_per_s > 0 and result.mfu is None
 
@@ -152,13 +157,13 @@ def test_mfu_in_step_events_and_result_when_the_peak_is_known(
 
     from sdlite import training
 
-    with_flops = training._with_flops
+    with_flops = training.with_flops
 
     def known_peak(plan: Any, *args: Any) -> Any:  # a device whose peak is twice one image's step
         plan = with_flops(plan, *args)
         return dataclasses.replace(plan, peak_tflops=2 * plan.tflops_per_image)
 
-    monkeypatch.setattr(training, "_with_flops", known_peak)
+    monkeypatch.setattr(training, "with_flops", known_peak)
     result, events = run(tiny_model, shapes, tmp_path / "o", max_steps=2)
     steps = [e for e in events if e["event"] == "step"]
     assert all(e["mfu"] == pytest.approx(e["images_per_s"] / 2) for e in steps)

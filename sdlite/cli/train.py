@@ -41,7 +41,10 @@ def train(
     ] = None,
     component: Annotated[
         str | None,
-        typer.Option(help="What to train: unet (the usual) or vae (the autoencoder, from scratch). [default: unet]"),
+        typer.Option(
+            help="What to train: unet (the usual) or vae (the autoencoder, starting from the model's VAE; "
+            "`sdlite init` makes a model with random weights). [default: unet]"
+        ),
     ] = None,
     kl_weight: Annotated[
         float | None, typer.Option(help="--component vae: weight of the KL term. [default: 1e-6]")
