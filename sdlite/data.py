@@ -448,4 +448,8 @@ def _high_depth_to_la(image: Image.Image) -> Image.Image:
 
 
 def _reason(exc: BaseException) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):  # Pillow's text names its file object (`<_io.BytesIO at 0x..>`)
+        return "not an image format Pillow can read"
     return str(exc) or type(exc).__name__

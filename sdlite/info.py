@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from sdlite.config import InfoConfig, validate_size
-from sdlite.models import SINGLE_FILE_INDEX, WEIGHT_COMPONENTS, ResolvedModel, read_json, resolve_model, vae_factor
+from sdlite.models import (
+    SINGLE_FILE_INDEX,
+    WEIGHT_COMPONENTS,
+    ResolvedModel,
+    is_inpainting,
+    read_json,
+    resolve_model,
+    vae_factor,
+)
 
 _DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64"}
 
@@ -53,12 +61,17 @@ def describe(config: InfoConfig) -> dict[str, Any]:
         components[name] = {"class": index[name][1], "parameters": params, "dtypes": dtypes, "files": files}
     components["tokenizer"] = {"class": index["tokenizer"][1], "model_max_length": max_tokens}
 
+    inpainting = is_inpainting(model)
+    # An inpainting UNet also reads the mask and the masked image's latents beside the noisy latents.
+    unet_inputs: dict[str, Any] = {"latents": latent, "text": text}
+    if inpainting:
+        unet_inputs = {"latents": latent, "mask": (1, *latent[1:]), "masked image latents": latent, "text": text}
     flow = [
         _stage("image", None, (cfg["vae"]["in_channels"], height, width)),
         _stage("vae encoder", (cfg["vae"]["in_channels"], height, width), latent),
         _stage("tokenizer", "prompt", (max_tokens,)),
         _stage("text encoder", (max_tokens,), text),
-        _stage("unet", {"latents": latent, "text": text}, (cfg["unet"]["out_channels"], *latent[1:])),
+        _stage("unet", unet_inputs, (cfg["unet"]["out_channels"], *latent[1:])),
         _stage("vae decoder", (cfg["unet"]["out_channels"], *latent[1:]), (cfg["vae"]["out_channels"], height, width)),
     ]
     problems = []
@@ -66,17 +79,18 @@ def describe(config: InfoConfig) -> dict[str, Any]:
         problems.append(
             f"unet cross_attention_dim {cfg['unet'].get('cross_attention_dim')} != text encoder hidden size {text[1]}"
         )
-    if cfg["unet"]["in_channels"] != latent[0]:
+    if cfg["unet"]["in_channels"] != latent[0] and not inpainting:
         problems.append(f"unet in_channels {cfg['unet']['in_channels']} != vae latent_channels {latent[0]}")
 
     return {
         "model": config.model,
         "path": str(root),
         "pipeline": index.get("_class_name"),
+        "inpainting": inpainting,
         "components": components,
         "total_parameters": sum(c.get("parameters", 0) for c in components.values()),
         "scheduler": {
-            "class": scheduler.get("_class_name"),
+            "class": scheduler.get("_class_name") or index["scheduler"][1],  # a single file's: the default
             **{
                 k: scheduler.get(k)
                 for k in ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
@@ -173,7 +187,8 @@ def _tokenizer_config(folder: Path | None) -> dict[str, Any]:
 
 def format_info(info: dict[str, Any]) -> str:
     """The human-readable report `sdlite info` prints."""
-    lines = [f"model      {info['model']}  ({info['pipeline']})"]
+    kind = ", inpainting: 9 input channels" if info["inpainting"] else ""
+    lines = [f"model      {info['model']}  ({info['pipeline']}{kind})"]
     for name, comp in info["components"].items():
         if "parameters" in comp:
             lines.append(

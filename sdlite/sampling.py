@@ -28,7 +28,7 @@ from typing import Any
 from sdlite import metadata, resources
 from sdlite.adapters import load_loras
 from sdlite.config import Generation, SampleConfig, validate_size
-from sdlite.errors import ModelError, NumericalError, ResourceError, UsageError, sigint_to, writing
+from sdlite.errors import DataError, ModelError, NumericalError, ResourceError, UsageError, sigint_to, writing
 from sdlite.init_images import UserImage, default_size, fit_to, read_user_image
 from sdlite.models import (
     ResolvedModel,
@@ -125,6 +125,8 @@ def sample(
             sizes.append((gen.height or native, gen.width or native))
         else:
             sizes.append(default_size(user_images.read(gen.init_image).image.size, factor, gen.height, gen.width))
+            if gen.mask is not None:
+                _check_mask_shape(user_images.read(gen.mask), user_images.read(gen.init_image))
     inpainting_model = is_inpainting(model)
     if inpainting_model and any(gen.init_image is None for gen in config.generations):
         raise ModelError(
@@ -421,6 +423,17 @@ class _Given:
         if self.mask_file is not None:
             inputs["mask"] = self.mask_file.record()
         return inputs
+
+
+def _check_mask_shape(mask: UserImage, init: UserImage) -> None:
+    """A mask must have its image's shape (its size, or scaled): each is fitted to the output on its own,
+    so one of another aspect ratio would be cropped differently and repaint the wrong region."""
+    (mask_w, mask_h), (init_w, init_h) = mask.image.size, init.image.size
+    if abs(mask_w * init_h - mask_h * init_w) > max(mask_w, mask_h, init_w, init_h):  # beyond a pixel's rounding
+        raise DataError(
+            f"mask {mask.path} is {mask_w}x{mask_h} but the init image {init.path} is {init_w}x{init_h}: "
+            "the mask must have the image's shape (the same size, or scaled)"
+        )
 
 
 class _UserImages:

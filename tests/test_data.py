@@ -253,7 +253,10 @@ def mixed_dataset(tmp_path: Path) -> Dataset:
 
 def test_check_images_raises_without_skip(tmp_path: Path) -> None:
     dataset = mixed_dataset(tmp_path)
-    with pytest.raises(DataError, match=r"b\.png: cannot read image .*\(and 1 more\).*--skip-bad-images"):
+    with pytest.raises(
+        DataError,
+        match=r"b\.png: cannot read image \(not an image format Pillow can read\) \(and 1 more\).*--skip-bad-images",
+    ):
         check_images(dataset, skip_bad_images=False)
 
 

@@ -262,6 +262,13 @@ def test_inpainting_model_is_used_as_designed(tiny_model: Path, scene: tuple[Pat
     config["in_channels"] = 9
     unet = diffusers.UNet2DConditionModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
     unet.save_pretrained(model / "unet")
+    from sdlite.config import InfoConfig
+    from sdlite.info import describe, format_info
+
+    info = describe(InfoConfig(model=str(model)))  # an inpainting model, not a broken one
+    assert info["inpainting"] and info["problems"] == [] and "inpainting: 9 input channels" in format_info(info)
+    unet_inputs = next(s for s in info["flow"] if s["stage"] == "unet")["input"]
+    assert sum(shape[0] for name, shape in unet_inputs.items() if name != "text") == unet.config.in_channels
     gen = Generation(PROMPT, seed=1, steps=4, init_image=str(scene[0]), mask=str(scene[1]), strength=1.0)
     (result,) = run(model, tmp_path / "o", gen)
     assert read_record(result.path)["run"]["inpainting"].startswith("inpainting model")
@@ -288,7 +295,8 @@ def test_inpainting_model_is_used_as_designed(tiny_model: Path, scene: tuple[Pat
         (["--init-image", "IMG", "--mask-blur", "3"], 2, "--mask-blur needs --mask"),
         (["--init-image", "IMG", "--resize", "zoom"], 2, "--resize must be one of"),
         (["--init-image", "MISSING"], 3, "does not exist"),
-        (["--init-image", "NOTIMAGE"], 3, "cannot read image"),
+        (["--init-image", "NOTIMAGE"], 3, "cannot read image (not an image format Pillow can read)"),
+        (["--init-image", "IMG", "--mask", "WIDE"], 3, "the mask must have the image's shape"),
         (["--save-progress", "0"], 2, "--save-progress must be at least 1"),
     ],
 )
@@ -296,7 +304,10 @@ def test_bad_image_options_are_one_line_errors(
     tiny_model: Path, scene: tuple[Path, Path], tmp_path: Path, args: list[str], code: int, message: str
 ) -> None:
     (tmp_path / "not.png").write_text("hello")
-    names = {"IMG": str(scene[0]), "MISSING": str(tmp_path / "nope.png"), "NOTIMAGE": str(tmp_path / "not.png")}
+    with Image.open(scene[1]) as mask:  # the scene's mask at another aspect ratio
+        mask.resize((mask.width, mask.height // 2)).save(tmp_path / "wide.png")
+    names = {"IMG": str(scene[0]), "MISSING": str(tmp_path / "nope.png"), "NOTIMAGE": str(tmp_path / "not.png"),
+             "WIDE": str(tmp_path / "wide.png")}  # fmt: skip
     args = [names.get(a, a) for a in args]
     outcome = runner.invoke(app, ["sample", PROMPT, "--model", str(tiny_model), "--steps", "2",
                                   "--out", str(tmp_path / "o"), *args])  # fmt: skip

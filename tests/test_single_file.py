@@ -192,6 +192,9 @@ def test_inpainting_model_is_detected_and_reported(sd1_tiny_model: Path, tmp_pat
     save_file(state, tmp_path / "inpaint.safetensors")
     info = invoke("info", str(tmp_path / "inpaint.safetensors"), "--json")
     assert info.exit_code == 0 and json.loads(info.stdout)["single_file"]["inpainting"] is True
+    described = json.loads(info.stdout)
+    assert described["inpainting"] and described["problems"] == []  # 9 channels are right for inpainting
+    assert described["scheduler"]["class"] == "DDIMScheduler"  # the one sampling builds (was None)
     result = invoke("sample", "x", "--model", str(tmp_path / "inpaint.safetensors"), "--out", str(tmp_path / "o"),
                     "--tokenizer", str(sd1_tiny_model / "tokenizer"))  # fmt: skip
     assert result.exit_code == 4 and "inpainting model (9 input channels)" in result.output
