@@ -293,6 +293,7 @@ def _replay_config(golden: _Golden, config: CheckConfig, tmp: Path) -> SampleCon
                 from_image=golden.path, model=config.model, out=tmp / "unused",
                 lora=tuple(c.source for c in config.loras), lora_scale=tuple(c.scale for c in config.loras),
                 dtype=config.dtype, device=config.device, offline=config.offline, allow_pickle=config.allow_pickle,
+                tokenizer=config.tokenizer, ema_weights=config.ema_weights,
             )
         )  # fmt: skip
     except DataError as exc:

@@ -24,7 +24,7 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import AfterValidator, AllowInfNan, InstanceOf, Strict
 from pydantic_core import PydanticCustomError
 
-from sdlite.errors import DataError, UsageError
+from sdlite.errors import DataError, ModelError, UsageError
 from sdlite.modes import FAST_SETTINGS, MODES
 from sdlite.schedulers import SCHEDULERS
 from sdlite.schema import (
@@ -336,8 +336,8 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
     """Merge command line, prompts file, source-image metadata and defaults into one SampleConfig.
 
     Precedence: command line > prompts-file line > `--from-image` metadata > `--fast`'s sampler
-    and steps > the model's own recommended settings (`sdlite.json` in its folder) > built-in
-    defaults, except that a
+    and steps > the model's own recommended settings (`sdlite.json` in its folder, or in the metadata of a
+    file `sdlite export` wrote) > built-in defaults, except that a
     prompts-file line's own seed beats `--seed`, which only starts the run's counter. Seeds are
     resolved here (random when not given) so the config says exactly which images will be made.
     Every source is checked on its own first, so an error names the option, or the file and line.
@@ -365,8 +365,9 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         recorded, image = _read_image_settings(opts.from_image)
         recorded_base = {k: recorded[k] for k in GENERATION_KEYS if k in recorded}
         _find_inputs(recorded_base, recorded.get("inputs"), cli, image)
-        if not model:  # a single file's tokenizer and weights choice belong to the recorded model
-            model = recorded.get("model")
+        if not model or _same_file(model, recorded.get("model")):
+            # a single file's tokenizer and weights choice belong to the recorded model (also when named again)
+            model = model or recorded.get("model")
             tokenizer = tokenizer or recorded.get("tokenizer")
             ema_weights = recorded.get("ema_weights") if ema_weights is None else ema_weights
         expected_hash = recorded.get("model_hash")
@@ -442,6 +443,12 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         save_progress=opts.save_progress,
         resume=opts.resume,
     )
+
+
+def _same_file(model: str, recorded: str | None) -> bool:
+    """Whether `model` is the very file a PNG records (`--model` naming the golden's own single file)."""
+    path = Path(model).expanduser()
+    return recorded is not None and path.is_file() and path.resolve() == Path(recorded).expanduser().resolve()
 
 
 def _as_tuple(value: Any) -> tuple[Any, ...]:
@@ -538,22 +545,47 @@ def resolve_model_source(model: str | None, env: dict[str, str] | None = None) -
 
 
 def model_defaults(model: str) -> dict[str, Any]:
-    """Settings a model folder recommends for itself (`sdlite.json`: {"defaults": {"steps": 30, ...}})."""
+    """Settings a model recommends for itself (`sdlite.json`: {"defaults": {"steps": 30, ...}}, in its folder or,
+    for a file `sdlite export` wrote, in the file's metadata)."""
     return _model_defaults(model)[0]
 
 
-def _model_defaults(model: str) -> tuple[dict[str, Any], Source]:
-    path = Path(model).expanduser() / MODEL_DEFAULTS_FILE
-    source = Source(where=str(path), style="json", error=UsageError)
+def model_settings_record(model: str) -> tuple[Any, str]:
+    """A model's own `sdlite.json` record (None when it has none) and where it was read: the folder's file, or the
+    copy `sdlite export` keeps in a single file's metadata, so the settings survive the trip through one file.
+
+    A record that is not JSON is a corrupt model (ModelError naming it); files of other tools have no record.
+    """
+    path = Path(model).expanduser()
+    if path.is_file():
+        from sdlite.formats.single_file import SETTINGS_METADATA, read_metadata
+
+        where = f"{path} (its {SETTINGS_METADATA} metadata)"
+        text = read_metadata(path).get(SETTINGS_METADATA)
+    else:
+        where = str(path / MODEL_DEFAULTS_FILE)
+        try:
+            text = (path / MODEL_DEFAULTS_FILE).read_text(encoding="utf-8") if path.is_dir() else None
+        except FileNotFoundError:
+            text = None
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+            raise ModelError(f"{where} is not readable: {exc}") from exc
+    if text is None:
+        return None, where
     try:
-        if not path.is_file():
-            return {}, source
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # ValueError: bad JSON or UTF-8
-        raise UsageError(f"{path} is not valid JSON: {exc}") from exc
+        return json.loads(text), where
+    except ValueError as exc:
+        raise ModelError(f"{where} is not valid JSON (a corrupt model): {exc}") from exc
+
+
+def _model_defaults(model: str) -> tuple[dict[str, Any], Source]:
+    record, where = model_settings_record(model)
+    source = Source(where=where, style="json", error=UsageError)
+    if record is None:
+        return {}, source
     defaults = record.get("defaults", {}) if isinstance(record, dict) else None
     if not isinstance(defaults, dict):
-        raise UsageError(f'{path}: "defaults" must be a JSON object of sample settings')
+        raise UsageError(f'{where}: "defaults" must be a JSON object of sample settings')
     defaults = {k: v for k, v in defaults.items() if k in GENERATION_KEYS and k not in ("prompt", "seed", "num_images")}
     check(Generation, defaults, source)
     return defaults, source
@@ -1000,9 +1032,15 @@ class CheckConfig:
     device: Device = "auto"
     offline: Flag = False
     allow_pickle: Flag = False
+    # A single-file model's tokenizer (folder or hub id); None: the golden's recorded one when the model is the
+    # file it records (no --model, or --model naming that file), else found as `sample` finds it.
+    tokenizer: PathText | None = None
+    # A single file's EMA weights: False takes the raw ones; None: what each golden records (EMA when present).
+    ema_weights: Flag | None = None
 
     _option_names: ClassVar[dict[str, str]] = {
-        "paths": "DIR", "loras": "--lora", "diff_dir": "--diff", "max_changed": "--max-changed"
+        "paths": "DIR", "loras": "--lora", "diff_dir": "--diff", "max_changed": "--max-changed",
+        "ema_weights": "--ema-weights/--no-ema-weights",
     }  # fmt: skip
 
     def __post_init__(self) -> None:

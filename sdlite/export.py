@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sdlite.config import ExportConfig
+from sdlite.config import MODEL_DEFAULTS_FILE, ExportConfig, model_defaults, model_settings_record
 from sdlite.errors import ModelError, UsageError
 from sdlite.formats import lora, original_keys, single_file
 from sdlite.models import ResolvedModel, load_single_file, resolve_model, silence_library_progress
@@ -97,9 +97,11 @@ def _folder_state(folder: Path, pickled: bool) -> dict[str, Any]:
 
 
 def single_file_metadata(model: ResolvedModel, title: str) -> dict[str, str]:
-    """ModelSpec fields (as kohya's and Stability's tools write them) so loaders know the family and size."""
+    """ModelSpec fields (as kohya's and Stability's tools write them) so loaders know the family and size, plus
+    what sdlite needs to load the model exactly as the source: configs shapes cannot tell, and its `sdlite.json`
+    (recommended sampling settings), which other tools ignore."""
     size = model.native_size()
-    return {
+    meta = {
         "format": "pt",
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": "stable-diffusion-v1",
@@ -108,32 +110,48 @@ def single_file_metadata(model: ResolvedModel, title: str) -> dict[str, str]:
         "modelspec.resolution": f"{size}x{size}",
         single_file.CONFIG_METADATA: single_file.configs_to_store(model.configs()),
     }
+    record = settings_record(model)
+    if record is not None:
+        meta[single_file.SETTINGS_METADATA] = json.dumps(record)
+    return meta
+
+
+def settings_record(model: ResolvedModel) -> Any:
+    """The source's `sdlite.json` record (None when it has none), checked first: a bad one fails the export
+    instead of travelling into a file that would then fail to sample."""
+    record, _ = model_settings_record(str(model.path))
+    if record is not None:
+        model_defaults(str(model.path))  # the same checks sampling makes: a bad record fails here, naming it
+    return record
 
 
 def _write_single_file(model: ResolvedModel, config: ExportConfig) -> Path:
     from safetensors.torch import save_file
 
-    state = original_state(model, config.dtype)
     out = Path(config.out)
+    metadata = single_file_metadata(model, out.stem)  # first: a bad sdlite.json fails before the weights load
+    state = original_state(model, config.dtype)
     with staged_file(out, "single file") as temp:
-        save_file(state, temp, metadata=single_file_metadata(model, out.stem))
+        save_file(state, temp, metadata=metadata)
     return out
 
 
 def _write_diffusers(model: ResolvedModel, config: ExportConfig) -> Path:
-    """A diffusers folder: the single file's parts converted by diffusers, or a folder's re-saved."""
+    """A diffusers folder: the single file's parts converted by diffusers, or a folder's re-saved; either way with
+    the source's `sdlite.json` (a single file keeps it in its metadata)."""
     import torch
     from diffusers import StableDiffusionPipeline
 
     from sdlite.models import load_pipeline
 
     dtype = getattr(torch, _DTYPES[config.dtype]) if config.dtype else None
+    if model.single_file is None and dtype is None:  # a folder in its own precision: a copy (hard links)
+        return _copy_folder(model.path, Path(config.out))
+    settings = settings_record(model)  # first: a bad one fails before the weights load
     if model.single_file is not None:
         parts = load_single_file(model)
         pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)  # fmt: skip
-    elif dtype is None:  # a folder in its own precision: a copy (hard links where possible)
-        return _copy_folder(model.path, Path(config.out))
     else:
         pipe = load_pipeline(model, "cpu", dtype)
     if dtype is not None:
@@ -141,6 +159,8 @@ def _write_diffusers(model: ResolvedModel, config: ExportConfig) -> Path:
     out = Path(config.out)
     with staged_folder(out, "diffusers folder") as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
+        if settings is not None:
+            (staging / MODEL_DEFAULTS_FILE).write_text(json.dumps(settings) + "\n", encoding="utf-8")
         if model.single_file is not None:
             record = {"source": str(model.path), "ema_weights": model.use_ema and model.single_file.has_ema}
             (staging / "sdlite-export.json").write_text(json.dumps(record))
@@ -151,7 +171,7 @@ def _copy_folder(source: Path, out: Path) -> Path:
     from sdlite.checkpoints import link_or_copy_tree
 
     with staged_folder(out, "diffusers folder") as staging:
-        for name in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", "sdlite.json"):
+        for name in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", MODEL_DEFAULTS_FILE):
             if (source / name).is_dir():
                 link_or_copy_tree(source / name, staging / name)
             elif (source / name).is_file():

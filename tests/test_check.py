@@ -289,6 +289,42 @@ def test_cli_exit_codes_lines_and_json(goldens: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "--tolerance" in bad.stderr
 
 
+def test_single_file_goldens_check_with_the_recorded_or_given_tokenizer(tiny_model: Path, tmp_path: Path) -> None:
+    """A single file holds no tokenizer: naming the goldens' own file again keeps their recorded tokenizer, and
+    another file takes `--tokenizer` and `--no-ema-weights` as `sample` does (offline: SD v1's is not cached)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    from typer.testing import CliRunner
+
+    from sdlite.config import ExportConfig
+    from sdlite.export import export
+    from sdlite.formats.single_file import UNET, ema_key
+
+    file = export(ExportConfig(source=str(tiny_model), out=tmp_path / "m.safetensors"))
+    tokenizer = str(tiny_model / "tokenizer")
+    gens = (Generation("a red circle", seed=3, steps=STEPS),)
+    sampling.sample(SampleConfig(model=str(file), generations=gens, out=tmp_path / "g", tokenizer=tokenizer))
+    state = load_file(file)  # a copy whose EMA UNet differs: only --no-ema-weights makes the goldens' pixels
+    generator = torch.Generator().manual_seed(0)
+    for key in [k for k in state if k.startswith(UNET)]:
+        state[ema_key(key)] = state[key] + 0.2 * torch.randn(state[key].shape, generator=generator)
+    with safe_open(file, "pt") as f:
+        meta = f.metadata()  # the tiny model's configs, which SD v1's conventions would not give
+    save_file(state, tmp_path / "ema.safetensors", metadata=meta)
+
+    app, runner = _cli(), CliRunner()
+    same = runner.invoke(app, ["check", str(tmp_path / "g"), "--model", str(file), "-q"])
+    assert same.exit_code == 0, same.stderr  # was exit 4: "a single-file model holds no tokenizer"
+    other = ["check", str(tmp_path / "g"), "--model", str(tmp_path / "ema.safetensors"), "-q"]
+    untold = runner.invoke(app, other)
+    assert untold.exit_code == 4 and "--tokenizer" in untold.stderr  # another file's tokenizer is not assumed
+    raw = runner.invoke(app, [*other, "--tokenizer", tokenizer, "--no-ema-weights"])
+    assert raw.exit_code == 0, raw.stderr  # the options exist and reach the model
+    ema = runner.invoke(app, [*other, "--tokenizer", tokenizer])
+    assert ema.exit_code == 7, ema.stderr  # the EMA weights by default: other pixels
+
+
 @pytest.mark.slow
 def test_the_ci_example_makes_goldens_then_catches_an_edit(tmp_path: Path) -> None:
     import os

@@ -15,7 +15,7 @@ from sdlite.config import (
     read_prompts_file,
     validate_size,
 )
-from sdlite.errors import DataError, UsageError
+from sdlite.errors import DataError, ModelError, UsageError
 
 
 def build(**kwargs: object) -> SampleConfig:
@@ -130,7 +130,7 @@ def test_model_recommended_settings(tmp_path: Path) -> None:
     ).generations[0]
     assert gen.steps == 7  # the command line wins
     (tmp_path / "sdlite.json").write_text("{broken")
-    with pytest.raises(UsageError, match=r"sdlite\.json is not valid JSON"):
+    with pytest.raises(ModelError, match=r"sdlite\.json is not valid JSON"):
         build_sample_config(SampleOverrides(prompts=("a",), model=str(tmp_path)), env={})
 
 

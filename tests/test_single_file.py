@@ -316,3 +316,43 @@ def test_the_built_in_model_round_trips_through_a_single_file(tmp_path: Path) ->
     a = sample_one(DEFAULT_MODEL, tmp_path / "a", *settings)
     b = sample_one(file, tmp_path / "b", "--tokenizer", str(DEFAULT_MODEL / "tokenizer"), *settings)
     assert pixels(a).shape == (64, 64, 3) and np.array_equal(pixels(a), pixels(b))
+
+
+def test_recommended_settings_travel_in_the_single_file(tmp_path: Path) -> None:
+    """The built-in model recommends guidance 5 (its `sdlite.json`): the exported file keeps the record in its
+    metadata, so the same command samples the same pixels from folder and file, and a diffusers export of the
+    file writes `sdlite.json` again. A file without the record (other tools') keeps the built-in defaults."""
+    from sdlite.config import DEFAULT_MODEL
+    from sdlite.metadata import read_settings
+
+    file = export(DEFAULT_MODEL, tmp_path / "shapes.safetensors")
+    tokenizer = ["--tokenizer", str(DEFAULT_MODEL / "tokenizer")]
+    from_folder = sample_one(DEFAULT_MODEL, tmp_path / "a")  # no --guidance or --scheduler: the model's
+    from_file = sample_one(file, tmp_path / "b", *tokenizer)
+    assert read_settings(from_file)["guidance"] == 5.0  # was 7.5
+    assert np.array_equal(pixels(from_folder), pixels(from_file))
+    folder = export(file, tmp_path / "folder", "--format", "diffusers", *tokenizer)
+    recorded = json.loads((DEFAULT_MODEL / "sdlite.json").read_text())
+    assert json.loads((folder / "sdlite.json").read_text()) == recorded
+    with safe_open(file, "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta.pop("sdlite.json")) == recorded
+    save_file(load_file(file), tmp_path / "other.safetensors", metadata=meta)
+    assert read_settings(sample_one(tmp_path / "other.safetensors", tmp_path / "c", *tokenizer))["guidance"] == 7.5
+
+
+def test_a_corrupt_settings_record_is_a_model_error_naming_it(tiny_model: Path, tmp_path: Path) -> None:
+    """An `sdlite.json` that is not JSON is a corrupt model (exit 4), in a folder or in a file's metadata."""
+    folder = Path(shutil.copytree(tiny_model, tmp_path / "model"))
+    (folder / "sdlite.json").write_text("{broken")
+    result = invoke("sample", "x", "--model", str(folder), "--out", str(tmp_path / "o"))
+    assert result.exit_code == 4 and f"{folder / 'sdlite.json'} is not valid JSON" in result.output  # was exit 2
+    (folder / "sdlite.json").unlink()
+    file = export(folder, tmp_path / "m.safetensors")
+    with safe_open(file, "pt") as f:
+        meta = f.metadata()
+    assert "sdlite.json" not in meta  # no record, no key
+    save_file(load_file(file), tmp_path / "bad.safetensors", metadata={**meta, "sdlite.json": "{"})
+    result = invoke("sample", "x", "--model", str(tmp_path / "bad.safetensors"), "--out", str(tmp_path / "o"),
+                    "--tokenizer", str(folder / "tokenizer"))  # fmt: skip
+    assert result.exit_code == 4 and "bad.safetensors (its sdlite.json metadata) is not valid JSON" in result.output

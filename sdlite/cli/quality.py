@@ -75,8 +75,9 @@ def check(
         str | None,
         typer.Option(
             help=f"Check every golden with this model instead of the one it records (a new model against old "
-            f"goldens). {MODEL_HELP} [default: each golden's own; goldens of the built-in model use this "
-            "installation's]",
+            f"goldens). {MODEL_HELP} The single file the goldens record keeps their tokenizer and EMA choice; "
+            "another takes --tokenizer and --no-ema-weights. [default: each golden's own; goldens of the built-in "
+            "model use this installation's]",
             show_default=False,
         ),
     ] = None,
@@ -133,6 +134,8 @@ def check(
     device: Device = "auto",
     offline: Offline = False,
     allow_pickle: AllowPickle = False,
+    tokenizer: Tokenizer = None,
+    ema_weights: EmaWeights = True,
 ) -> None:
     """Golden-image regression check for CI: regenerate every sdlite PNG under DIR from its own metadata and
     compare it with the stored pixels. Exit 0: all within tolerance; 7: some differ; 3: a golden unreadable."""
@@ -151,6 +154,8 @@ def check(
             device=device,
             offline=offline,
             allow_pickle=allow_pickle,
+            tokenizer=tokenizer,
+            ema_weights=None if ema_weights else False,  # default: what each golden records
         )
         _quiet_libraries(offline)
         from sdlite.check import check as run_check

@@ -11,6 +11,7 @@ says otherwise. The key mapping itself is diffusers' own single-file conversion.
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ CONVENTIONS = {
     "text_encoder": ("num_attention_heads", "hidden_act"),
 }
 TEXT_KEPT = ("num_attention_heads", "hidden_act", "layer_norm_eps")  # CLIP config entries worth storing
+# The metadata key where `sdlite export` keeps the model folder's `sdlite.json` (its recommended sampling
+# settings), so sampling the file uses them as sampling the folder does, and a diffusers export restores it.
+SETTINGS_METADATA = "sdlite.json"
+_MAX_HEADER = 100 * 1024 * 1024  # a larger "header" is not safetensors (a pickle's first bytes)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,25 @@ def read_header(path: Path) -> tuple[Shapes, dict[str, str], list[str]]:
     meta = header.pop("__metadata__", None) or {}
     shapes = {k: tuple(v["shape"]) for k, v in header.items()}
     return shapes, meta, sorted({v["dtype"] for v in header.values()})
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's `__metadata__` from its header alone, without trusting the file: {} for a pickle or
+    a damaged header (loading the model reports those in its own words)."""
+    try:
+        with Path(path).open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) < 8:
+                return {}
+            (length,) = struct.unpack("<Q", head)
+            if not 2 <= length <= min(_MAX_HEADER, size - 8):
+                return {}
+            header = json.loads(f.read(length))
+    except (OSError, ValueError):  # ValueError: bad JSON or UTF-8
+        return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return {k: v for k, v in meta.items() if isinstance(v, str)} if isinstance(meta, dict) else {}
 
 
 def shapes_of(state: dict[str, Any]) -> Shapes:
