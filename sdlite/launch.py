@@ -1,13 +1,27 @@
-"""`sdlite train|sample --num-processes N`: run the same command under `accelerate launch`.
+"""`sdlite train|sample --num-processes N`: the same command in N processes.
 
-The child processes get the original arguments minus `--num-processes`, and find WORLD_SIZE set,
-so they do the work instead of launching again.
+The child processes get the original arguments minus `--num-processes`, and find WORLD_SIZE set, so they
+do the work instead of launching again. Training runs under `accelerate launch` (Accelerate sets up the
+devices and mixed precision); sampling exchanges only a few small objects between its processes, so sdlite
+starts them itself and keeps the run's exit status and one-line errors. Either way no worker outlives the
+command: each dies with its parent (Linux), so a SIGKILL of `sdlite` never leaves workers writing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+from typing import IO
+
+LAUNCHED = "SDLITE_LAUNCHED"  # set in every process sdlite starts, so each ties its life to its parent's
+POLL = 0.05  # seconds between looks at the workers
+GRACE = 5.0  # seconds the first process gets to finish failing once another has failed
 
 
 def relaunch(num_processes: int, argv: list[str] | None = None, same_threads: bool = False) -> int:
@@ -15,23 +29,125 @@ def relaunch(num_processes: int, argv: list[str] | None = None, same_threads: bo
 
     `--multi_gpu` is what gives N processes on CPU-only machines too (gloo); `--cpu` would run one.
     Accelerate gives each process one CPU thread unless OMP_NUM_THREADS says otherwise; `same_threads`
-    keeps this process's count instead, because CPU kernels round differently with another thread count
-    and `sample` promises the pixels of one process.
+    keeps this process's count instead, because CPU kernels round differently with another thread count.
     """
-    import os
-
     args = _without_num_processes(list(sys.argv[1:] if argv is None else argv))
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sdlite", *args]  # fmt: skip
-    env = dict(os.environ)
+    try:
+        return subprocess.run(command, check=False, env=_child_env(same_threads), preexec_fn=die_with_parent).returncode
+    except KeyboardInterrupt:
+        return 130
+
+
+def spawn(num_processes: int, argv: list[str] | None = None) -> int:
+    """Run N processes of this command as one torch.distributed group (env://, gloo) and return the run's status.
+
+    The first process writes to this terminal (progress, its errors); the others' stderr is kept and shown
+    only when one of them fails first, whose status the run then ends with: every user error stays one line
+    with its own exit code. When any process fails the others are stopped, so none waits forever for an
+    image that will not come. Ctrl-C reaches every process (one process group): they finish the images in
+    hand and the run ends with 130. Each process keeps this one's CPU thread count, because CPU kernels
+    round differently with another, and `sample` promises the pixels of one process.
+    """
+    args = _without_num_processes(list(sys.argv[1:] if argv is None else argv))
+    with socket.socket() as probe:  # a free port for the group's rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    common = {**_child_env(same_threads=True), "WORLD_SIZE": str(num_processes),
+              "LOCAL_WORLD_SIZE": str(num_processes), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        logs = [None, *(stack.enter_context(tempfile.TemporaryFile()) for _ in range(1, num_processes))]
+        workers: list[subprocess.Popen[bytes]] = []
+        for rank in range(num_processes):
+            env = {**common, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+            workers.append(subprocess.Popen([sys.executable, "-m", "sdlite", *args], env=env, stderr=logs[rank],
+                                            preexec_fn=die_with_parent))  # fmt: skip
+        try:
+            return _outcome(workers, logs)
+        except KeyboardInterrupt:
+            for worker in workers:  # they got the same SIGINT: let them write what they finished
+                _stop(worker, GRACE * 6)
+            return 130
+        finally:
+            for worker in workers:
+                _stop(worker, 0)
+
+
+def _outcome(workers: list[subprocess.Popen[bytes]], logs: list[IO[bytes] | None]) -> int:
+    """Wait for every worker; on the first failure stop the rest and return the status that explains it."""
+    while True:
+        codes = [w.poll() for w in workers]
+        if all(code == 0 for code in codes):
+            return 0
+        failed = [r for r, code in enumerate(codes) if code not in (None, 0)]
+        if failed:
+            break
+        time.sleep(POLL)
+    first = workers[0]
+    if 0 not in failed:  # the first process usually fails the same way a moment later, in its own words
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            first.wait(timeout=GRACE)
+    if first.returncode not in (None, 0):
+        for worker in workers[1:]:
+            _stop(worker, 0)
+        return _status(first.returncode)
+    _stop(first, 0)
+    rank = failed[0]
+    log = logs[rank]
+    if log is not None:  # the failing worker's last words: its one-line error
+        log.seek(0)
+        lines = [line for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+        if lines:
+            sys.stderr.write(lines[-1] + "\n")
+    return _status(workers[rank].returncode)
+
+
+def _status(code: int | None) -> int:
+    """A child's exit status as a shell reports it (128 + N for a death by signal N)."""
+    if code is None:
+        return 1
+    return 128 - code if code < 0 else code
+
+
+def _stop(worker: subprocess.Popen[bytes], grace: float) -> None:
+    if worker.poll() is not None:
+        return
+    try:
+        worker.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+def _child_env(same_threads: bool) -> dict[str, str]:
+    env = {**os.environ, LAUNCHED: "1"}
     if same_threads and "OMP_NUM_THREADS" not in env:
         import torch
 
         env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
-    try:
-        return subprocess.run(command, check=False, env=env).returncode
-    except KeyboardInterrupt:
-        return 130
+    return env
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG); elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def tie_to_parent() -> None:
+    """In a worker sdlite started (possibly through a launcher that gives it a session of its own): die with
+    the process that started it, and at once if that one is already gone."""
+    if os.environ.get(LAUNCHED) != "1":
+        return
+    parent = os.getppid()
+    die_with_parent()
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(128 + signal.SIGKILL)
 
 
 def _without_num_processes(args: list[str]) -> list[str]:

@@ -94,7 +94,26 @@ def _create(path: Path, data: bytes) -> None:
                 path.unlink(missing_ok=True)  # never leave a partial image behind
                 raise
     finally:
-        temp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder refuses even this; the real error is on its way
+            temp.unlink(missing_ok=True)
+
+
+def write_grid_png(out: Path, index: int, image: Any) -> Path:
+    """`grid-INDEX.png` (or `grid-INDEX-N.png` past names taken), whole or not at all. A grid already holding
+    these very bytes is the one a resumed run would write again: it is kept, not doubled."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data, n = buffer.getvalue(), 0
+    while True:
+        path = out / (f"grid-{index:05d}.png" if n == 0 else f"grid-{index:05d}-{n}.png")
+        try:
+            _create(path, data)
+            return path
+        except FileExistsError:
+            with contextlib.suppress(OSError):
+                if path.read_bytes() == data:
+                    return path
+            n += 1
 
 
 class BackgroundWriter:

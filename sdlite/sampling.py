@@ -40,7 +40,7 @@ from sdlite.models import (
     vae_factor,
 )
 from sdlite.modes import apply_mode, load_device
-from sdlite.outputs import BackgroundWriter, find_existing, write_png
+from sdlite.outputs import NAME, BackgroundWriter, find_existing, write_grid_png, write_png
 from sdlite.outputs import Numbering as _Numbering
 from sdlite.previews import X0Recorder
 from sdlite.schedulers import SCHEDULERS, make_scheduler
@@ -108,6 +108,8 @@ def sample(
     ends the process with exit status 130 instead, once any image being written is complete.
     """
     # 1. Locate and check the model; size every image against its own VAE before loading any weights.
+    world = _World.current()
+    config = world.share(config)  # one run: the first process's seeds, also the random ones it drew
     model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights)
     factor = vae_factor(model.configs()["vae"])
     native = model.native_size()
@@ -144,7 +146,6 @@ def sample(
             _warn(warnings, _far_above_native(height, width, native))
 
     # 3. Load the pipeline on the chosen device and precision; note what identifies the model.
-    world = _World.current()
     if world.size > 1 and world.rank != 0:  # the first process reports every image, in order
         progress, on_image = None, None
     pipe = load_pipeline(model, load_device(config.mode, world.device(device)), dtype, inpainting_ok=inpainting_model)
@@ -165,12 +166,9 @@ def sample(
     out = _prepare_out(config.out)
     numbering = _Numbering(out)
     batches = _batches(config, sizes)
-    existing = _resume(config, out, numbering, batches, facts) if config.resume else {}
-    first = numbering.first
-    if existing:  # the interrupted run's own numbering: the folder ends as an uninterrupted run leaves it
-        number = min(existing)
-        first = existing[number].index - number
-    first, existing = world.share((first, existing))  # every process names images as the first one sees them
+    existing = _resume(config, out, numbering, batches, facts, user_images) if config.resume else {}
+    indices = _plan_indices(batches, existing, numbering)
+    existing, indices = world.share((existing, indices))  # every process names images as the first one sees them
     stop = _StopRequest(interrupt_grace)
     total = sum(denoising_steps(g) * g.num_images for g in config.generations)
     counter = _StepCounter(progress, total, stop)
@@ -178,11 +176,14 @@ def sample(
 
     def write(job: _Job) -> None:
         if job.remote is not None and job.remote_gen is not None:  # another process writes it: report it once whole
-            kept = _await_remote(out, first, job, facts, bool(config.save_progress))
+            kept = _await_remote(out, indices[job.number], job, facts, bool(config.save_progress))
             counter.skip(denoising_steps(job.remote_gen))
             job = _Job(job.number, kept=kept)
         with stop.writing():  # a hard stop after Ctrl-C waits for this image and its report
-            result = job.kept or _save(out, numbering, job, facts, first + job.number)
+            if job.kept is not None and job.strip is not None:  # a kept image whose progress strip was lost
+                result = _save_strip(out, numbering, job.kept, job.strip)
+            else:
+                result = job.kept or _save(out, numbering, job, facts, indices[job.number])
             results.append(result)
             if on_image:
                 on_image(result)
@@ -269,9 +270,12 @@ def _denoise(config: SampleConfig, batches: list[_Batch], existing: dict[int, Sa
                     seed = batch.seeds[n - batch.first_number]
                     settings = _settings(gen, seed, batch.height, batch.width)
                     job = existing.get(n)
-                    writer.put(_Job(n, kept=job) if job else _Job(n, remote=settings, remote_gen=gen), heavy=False)
+                    if job is not None and _whole(job, config):
+                        writer.put(_Job(n, kept=job), heavy=False)
+                    else:
+                        writer.put(_Job(n, remote=settings, remote_gen=gen), heavy=False)
             continue
-        if all(n in existing for n in wanted):  # --resume: the whole batch is there already
+        if all(n in existing and _whole(existing[n], config) for n in wanted):  # --resume: the batch is there
             counter.skip(denoising_steps(gen) * len(batch.seeds))
             for n in wanted:
                 writer.put(_Job(n, kept=existing[n]))
@@ -293,7 +297,8 @@ def _denoise(config: SampleConfig, batches: list[_Batch], existing: dict[int, Sa
             if number not in wanted:
                 continue
             if number in existing:  # recomputed with its batch (same rounding), but already written
-                writer.put(_Job(number, kept=existing[number]))
+                kept = existing[number]
+                writer.put(_Job(number, kept=kept, strip=None if _whole(kept, config) else strips[i]))
                 continue
             if given is not None and given.mask is not None:  # the known region: the original's own pixels
                 image = runner.image_processor.apply_overlay(given.mask, given.image, image)
@@ -360,15 +365,46 @@ class _World:
                 dist.destroy_process_group()
 
 
-def _await_remote(out: Path, first: int, job: _Job, facts: _ModelFacts, with_strip: bool,
+def _await_remote(out: Path, index: int, job: _Job, facts: _ModelFacts, with_strip: bool,
                   poll: float = 0.05) -> SampleResult:  # fmt: skip
     """Wait until another process has linked this image (and its strip) into place, whole, then describe it."""
     settings = job.remote or {}
-    path = out / f"{first + job.number:05d}-{settings['seed']}.png"
+    path = out / f"{index:05d}-{settings['seed']}.png"
     strip = path.with_name(f"{path.stem}-progress.png")
     while not path.exists() or (with_strip and not strip.exists()):
         time.sleep(poll)
-    return _on_disk(path, first + job.number, settings, facts)
+    return _on_disk(path, index, settings, facts)
+
+
+def _plan_indices(batches: list[_Batch], existing: dict[int, SampleResult], numbering: _Numbering) -> dict[int, int]:
+    """Every image's index in the folder, fixed before any is made, so each process names images alike.
+
+    A kept image (--resume) keeps its own; a new one continues the run's numbering (an interrupted run's, so
+    the folder ends as an uninterrupted run leaves it), unless a file of another run holds that index, when
+    it takes the next index past everything in the folder."""
+    first = numbering.first
+    if existing:
+        number = min(existing)
+        first = existing[number].index - number
+    kept = {result.index for result in existing.values()}
+    taken = {int(m.group(1)) for name in numbering.names if (m := NAME.match(name))} - kept
+    indices = {}
+    for batch in batches:
+        for number in range(batch.first_number, batch.first_number + len(batch.seeds)):
+            if number in existing:
+                indices[number] = existing[number].index
+                continue
+            index = first + number
+            if index in taken:
+                index = numbering.take()
+            numbering.after(index)
+            indices[number] = index
+    return indices
+
+
+def _whole(kept: SampleResult, config: SampleConfig) -> bool:
+    """Whether a kept image has everything this run writes for it: its progress strip, when one is asked for."""
+    return kept.progress is not None or not config.save_progress
 
 
 def _on_disk(path: Path, index: int, settings: dict[str, Any], facts: _ModelFacts) -> SampleResult:
@@ -379,21 +415,28 @@ def _on_disk(path: Path, index: int, settings: dict[str, Any], facts: _ModelFact
 
 
 def _resume(config: SampleConfig, out: Path, numbering: _Numbering, batches: list[_Batch],
-            facts: _ModelFacts) -> dict[int, SampleResult]:  # fmt: skip
-    """The images an interrupted run of this same command already wrote into `out`, by number in the run."""
+            facts: _ModelFacts, user_images: _UserImages) -> dict[int, SampleResult]:  # fmt: skip
+    """The images an interrupted run of this same command already wrote into `out`, by number in the run: made
+    with the same settings, place in the run, model, LoRAs, mode, device, precision and input files' bytes."""
     expected = []
     for batch in batches:
+        gen = batch.gen
+        inputs = {key: user_images.read(path).sha256 for key, path in (("init_image", gen.init_image),
+                                                                        ("mask", gen.mask)) if path}  # fmt: skip
         for i, seed in enumerate(batch.seeds):
-            wanted = {"settings": _settings(batch.gen, seed, batch.height, batch.width), "batch": list(batch.seeds),
-                      "number": batch.first_number + i}  # fmt: skip
+            wanted = {"settings": _settings(gen, seed, batch.height, batch.width), "batch": list(batch.seeds),
+                      "number": batch.first_number + i, "inputs": inputs}  # fmt: skip
             expected.append((batch.first_number + i, seed, wanted))
 
     def same(record: dict[str, Any], wanted: dict[str, Any]) -> bool:
-        run = record.get("run", {})
+        run, made_by = record.get("run", {}), record.get("model", {})
+        inputs = {key: item.get("sha256") for key, item in record.get("inputs", {}).items()}
         return (
             record.get("settings") == wanted["settings"] and run.get("batch_seeds") == wanted["batch"]
             and run.get("number") == wanted["number"] and run.get("mode") == facts.mode
-            and record.get("model", {}).get("hash") == facts.model_hash and record.get("lora") == facts.lora
+            and run.get("device") == facts.device and run.get("dtype") == facts.dtype
+            and made_by.get("hash") == facts.model_hash and record.get("lora") == facts.lora
+            and all(made_by.get(k) == v for k, v in facts.single_file.items()) and inputs == wanted["inputs"]
         )  # fmt: skip
 
     found = find_existing(out, numbering, expected, same)
@@ -555,6 +598,13 @@ def _single_file_record(model: ResolvedModel) -> dict[str, Any]:
         "tokenizer": str(model.tokenizer.resolve()) if model.tokenizer else None,
         "ema_weights": model.use_ema and model.single_file.has_ema,
     }
+
+
+def _save_strip(out: Path, numbering: _Numbering, kept: SampleResult, strip: Any) -> SampleResult:
+    """A kept image's progress strip, made again with its batch (lost to a kill between image and strip, or
+    asked for only now)."""
+    progress, _ = write_png(out, numbering, kept.seed, strip, None, kept.index, suffix="-progress")
+    return dataclasses.replace(kept, progress=progress)
 
 
 def _save(out: Path, numbering: _Numbering, job: _Job, facts: _ModelFacts, index: int) -> SampleResult:
@@ -802,16 +852,4 @@ def _write_grid(out: Path, results: list[SampleResult], numbering: _Numbering) -
     from sdlite.grid import contact_sheet
 
     sheet = contact_sheet([(r.path, f"{r.prompt} | seed {r.seed}") for r in results])
-    index = results[0].index if results else numbering.take()
-    path = out / f"grid-{index:05d}.png"
-    n = 0
-    while path.exists():
-        n += 1
-        path = out / f"grid-{index:05d}-{n}.png"
-    try:
-        with writing(str(path)):
-            sheet.save(path)
-    except ResourceError:
-        path.unlink(missing_ok=True)
-        raise
-    return path
+    return write_grid_png(out, results[0].index if results else numbering.take(), sheet)

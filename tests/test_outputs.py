@@ -143,3 +143,24 @@ def test_checkpoints_trained_models_and_cache_get_the_umask(umask: Any, tiny_mod
     assert stat.S_IMODE((out / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mode) == 0o644
     assert stat.S_IMODE((checkpoint / "training" / "optimizer.safetensors").stat().st_mode) == 0o644
     assert modes(tmp_path / "cache") == ({0o644}, {0o755})  # the latent and text-embedding cache
+
+
+def test_a_read_only_folder_is_a_disk_error_not_an_internal_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a read-only file system even removing a temporary file that was never made fails (EROFS): that
+    cleanup error once replaced the one-line disk error (exit 5) with an internal error (exit 1)."""
+    import errno
+
+    from PIL import Image
+
+    from sdlite.errors import ResourceError
+    from sdlite.outputs import Numbering, write_png
+
+    def read_only(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(ResourceError, match="Read-only file system"):
+        write_png(tmp_path, Numbering(tmp_path), 1, Image.new("RGB", (8, 8)), None)

@@ -99,3 +99,83 @@ def test_two_processes_write_the_files_of_one_and_report_them_in_order(tiny_mode
     assert names(two.stdout) == names(one.stdout) == [f"{i:05d}-{11 + i}.png" for i in range(6)]
     digest = lambda folder: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.png")}  # noqa: E731
     assert digest(tmp_path / "two") == digest(tmp_path / "one")  # pixels and metadata, byte for byte
+
+
+def test_resume_keeps_only_images_made_alike_and_completes_their_strips(tiny_model: Path, tmp_path: Path) -> None:
+    """Another precision or other bytes in the same init image make other pixels: nothing is kept. A kept image
+    whose progress strip is missing (a kill between the two files) gets it again, the same bytes."""
+    import dataclasses
+
+    from PIL import ImageDraw
+
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), "blue").save(init)
+    gens = (Generation(PROMPT, seed=3, steps=4, num_images=2, init_image=str(init), strength=0.8, resize="crop"),)
+    base = SampleConfig(model=str(tiny_model), generations=gens, out=tmp_path / "o", batch_size=1, save_progress=2)
+    first = sample(base).images
+    expected = folder_state(base.out)
+    first[1].progress.unlink()
+    again = sample(dataclasses.replace(base, resume=True)).images
+    assert [(r.path, r.progress) for r in again] == [(r.path, r.progress) for r in first]
+    assert folder_state(base.out) == expected
+
+    bf16 = sample(dataclasses.replace(base, resume=True, dtype="bf16")).images
+    assert [r.index for r in bf16] == [2, 3]  # made again, after the fp32 ones
+    with Image.open(init) as image:
+        ImageDraw.Draw(image).ellipse((8, 8, 40, 40), fill="red")
+        image.save(init)  # the same path, other pixels
+    changed = sample(dataclasses.replace(base, resume=True)).images
+    assert [r.index for r in changed] == [4, 5]
+
+
+def test_a_resumed_grid_is_not_doubled(tiny_model: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    base = dataclasses.replace(config(tiny_model, tmp_path / "o"), grid=True)
+    grid = sample(base).grid
+    assert grid is not None and sample(dataclasses.replace(base, resume=True)).grid == grid
+    assert [p.name for p in (tmp_path / "o").glob("grid-*.png")] == [grid.name]
+
+
+@pytest.mark.slow
+def test_two_processes_name_around_foreign_files_draw_one_seed_and_fail_in_one_line(tiny_model: Path,
+                                                                                   tmp_path: Path) -> None:  # fmt: skip
+    """Resuming over files of another run that hold the run's names: both process counts name and report alike
+    (the second process once wrote elsewhere while the first reported the stale file). A random seed is drawn
+    once for every process (each drew its own, and the first waited forever for images never made). A user's
+    mistake is its one line and exit code, not the launcher's traceback."""
+    import hashlib
+    import shutil
+
+    first = tmp_path / "first.jsonl"
+    first.write_text('{"prompt": "red", "num_images": 2}\n{"prompt": "blue", "num_images": 2, "guidance": 3}\n')
+    second = tmp_path / "second.jsonl"
+    second.write_text('{"prompt": "red", "num_images": 2}\n{"prompt": "blue", "num_images": 2, "guidance": 5}\n')
+    args = [sys.executable, "-m", "sdlite", "sample", "--model", str(tiny_model), "--seed", "1", "--steps", "2", "-q",
+            "--json"]  # fmt: skip
+    assert subprocess.run([*args, "--prompts-file", str(first), "--out", str(tmp_path / "one")]).returncode == 0
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    resume = [*args, "--prompts-file", str(second), "--resume", "--grid"]
+    one = subprocess.run([*resume, "--out", str(tmp_path / "one")], capture_output=True, text=True)
+    two = subprocess.run([*resume, "--out", str(tmp_path / "two"), "--num-processes", "2"], capture_output=True,
+                         text=True)  # fmt: skip
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    reported = lambda out: [Path(r.get("path") or r["grid"]).name for r in map(json.loads, out.splitlines())]  # noqa: E731
+    assert reported(two.stdout) == reported(one.stdout)
+    assert reported(one.stdout) == ["00000-1.png", "00001-2.png", "00004-3.png", "00005-4.png", "grid-00000.png"]
+    digest = lambda folder: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.png")}  # noqa: E731
+    assert digest(tmp_path / "two") == digest(tmp_path / "one")
+
+    drawn = subprocess.run([*args[:-4], "--steps", "1", "--num-images", "3", "--batch-size", "1", "-q", "--json",
+                            "red", "--out", str(tmp_path / "random"), "--num-processes", "2"],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert drawn.returncode == 0, drawn.stderr[-2000:]
+    seeds = [json.loads(line)["seed"] for line in drawn.stdout.splitlines()]
+    assert len(seeds) == 3 and seeds == list(range(seeds[0], seeds[0] + 3))
+    assert sorted(p.name for p in (tmp_path / "random").glob("*.png")) == [f"{i:05d}-{s}.png" for i, s in
+                                                                            enumerate(seeds)]  # fmt: skip
+    missing = subprocess.run([*args, "red", "--init-image", str(tmp_path / "nope.png"), "--out", str(tmp_path / "x"),
+                              "--num-processes", "2"], capture_output=True, text=True)  # fmt: skip
+    assert missing.returncode == 3 and missing.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nope.png'} does not exist"
+    ]

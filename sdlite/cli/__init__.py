@@ -167,6 +167,9 @@ def main() -> None:
     writes is closed by then and training tears its process group down itself, so after flushing
     the standard streams nothing is left to do.
     """
+    from sdlite.launch import tie_to_parent
+
+    tie_to_parent()  # a worker of `--num-processes` never outlives the command
     try:
         app()
         code = 0

@@ -180,9 +180,9 @@ def sample(
     with _errors():
         check_value(PositiveInt | None, num_processes, "--num-processes")
         if num_processes and num_processes > 1 and "WORLD_SIZE" not in os.environ:
-            from sdlite.launch import relaunch
+            from sdlite.launch import spawn
 
-            raise typer.Exit(relaunch(num_processes, same_threads=True))
+            raise typer.Exit(spawn(num_processes))
         config = build_sample_config(
             SampleOverrides(
                 prompts=tuple(prompts or ()),
