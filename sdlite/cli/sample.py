@@ -157,8 +157,8 @@ def sample(
     num_processes: Annotated[
         int | None,
         typer.Option(
-            help="Split the run's batches over N processes (one per GPU; N CPU processes for tests) through "
-            "accelerate launch: the same files, names, pixels and metadata as one process, reported in order."
+            help="Split the run's batches over N processes (one per GPU; N CPU processes for tests), started by "
+            "sdlite: the same files, names, pixels and metadata as one process, reported in order."
         ),
     ] = None,
     resume: Annotated[
