@@ -84,23 +84,6 @@ def test_resume_after_sigkill_never_sees_a_partial_png(tiny_model: Path, tmp_pat
     assert folder_state(out) == folder_state(reference)
 
 
-@pytest.mark.slow
-def test_two_processes_write_the_files_of_one_and_report_them_in_order(tiny_model: Path, tmp_path: Path) -> None:
-    import hashlib
-
-    args = [sys.executable, "-m", "sdlite", "sample", PROMPT, "a green square", "--model", str(tiny_model),
-            "--num-images", "3", "--batch-size", "2", "--seed", "11", "--steps", "4", "--json", "-q"]  # fmt: skip
-    one = subprocess.run([*args, "--out", str(tmp_path / "one")], capture_output=True, text=True)
-    two = subprocess.run(
-        [*args, "--out", str(tmp_path / "two"), "--num-processes", "2"], capture_output=True, text=True
-    )
-    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
-    names = lambda out: [Path(json.loads(line)["path"]).name for line in out.splitlines()]  # noqa: E731
-    assert names(two.stdout) == names(one.stdout) == [f"{i:05d}-{11 + i}.png" for i in range(6)]
-    digest = lambda folder: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.png")}  # noqa: E731
-    assert digest(tmp_path / "two") == digest(tmp_path / "one")  # pixels and metadata, byte for byte
-
-
 def test_resume_keeps_only_images_made_alike_and_completes_their_strips(tiny_model: Path, tmp_path: Path) -> None:
     """Another precision or other bytes in the same init image make other pixels: nothing is kept. A kept image
     whose progress strip is missing (a kill between the two files) gets it again, the same bytes."""
@@ -148,11 +131,11 @@ def test_two_processes_name_around_foreign_files_draw_one_seed_and_fail_in_one_l
     import shutil
 
     first = tmp_path / "first.jsonl"
-    first.write_text('{"prompt": "red", "num_images": 2}\n{"prompt": "blue", "num_images": 2, "guidance": 3}\n')
+    first.write_text('{"prompt": "red", "num_images": 3}\n{"prompt": "blue", "num_images": 2, "guidance": 3}\n')
     second = tmp_path / "second.jsonl"
-    second.write_text('{"prompt": "red", "num_images": 2}\n{"prompt": "blue", "num_images": 2, "guidance": 5}\n')
-    args = [sys.executable, "-m", "sdlite", "sample", "--model", str(tiny_model), "--seed", "1", "--steps", "2", "-q",
-            "--json"]  # fmt: skip
+    second.write_text('{"prompt": "red", "num_images": 3}\n{"prompt": "blue", "num_images": 2, "guidance": 5}\n')
+    args = [sys.executable, "-m", "sdlite", "sample", "--model", str(tiny_model), "--seed", "1", "--steps", "2",
+            "--batch-size", "2", "-q", "--json"]  # fmt: skip
     assert subprocess.run([*args, "--prompts-file", str(first), "--out", str(tmp_path / "one")]).returncode == 0
     shutil.copytree(tmp_path / "one", tmp_path / "two")
     resume = [*args, "--prompts-file", str(second), "--resume", "--grid"]
@@ -162,13 +145,16 @@ def test_two_processes_name_around_foreign_files_draw_one_seed_and_fail_in_one_l
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
     reported = lambda out: [Path(r.get("path") or r["grid"]).name for r in map(json.loads, out.splitlines())]  # noqa: E731
     assert reported(two.stdout) == reported(one.stdout)
-    assert reported(one.stdout) == ["00000-1.png", "00001-2.png", "00004-3.png", "00005-4.png", "grid-00000.png"]
+    assert reported(one.stdout) == [
+        "00000-1.png", "00001-2.png", "00002-3.png", "00005-4.png", "00006-5.png", "grid-00000.png"
+    ]  # fmt: skip
     digest = lambda folder: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.png")}  # noqa: E731
     assert digest(tmp_path / "two") == digest(tmp_path / "one")
 
-    drawn = subprocess.run([*args[:-4], "--steps", "1", "--num-images", "3", "--batch-size", "1", "-q", "--json",
-                            "red", "--out", str(tmp_path / "random"), "--num-processes", "2"],
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    at = args.index("--seed")
+    no_seed = args[:at] + args[at + 2 :]  # a random seed
+    drawn = subprocess.run([*no_seed, "--num-images", "3", "--batch-size", "1", "red", "--out", str(tmp_path / "random"),
+                            "--num-processes", "2"], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert drawn.returncode == 0, drawn.stderr[-2000:]
     seeds = [json.loads(line)["seed"] for line in drawn.stdout.splitlines()]
     assert len(seeds) == 3 and seeds == list(range(seeds[0], seeds[0] + 3))

@@ -73,6 +73,8 @@ def test_toml_config_with_command_line_override(tiny_model: Path, shapes: Path, 
         (["--lr-scheduler", "magic"], 2, "--lr-scheduler must be one of"),
         (["--cache", "--random-flip"], 2, "--cache needs a fixed augmentation"),
         (["--resume", "latest"], 2, "no checkpoints under"),
+        # checked before any process is launched: one line and its own code, not the launcher's traceback
+        (["--cache", "--random-flip", "--num-processes", "2"], 2, "--cache needs a fixed augmentation"),
     ],
 )
 def test_usage_errors(

@@ -255,10 +255,6 @@ def train(
     DreamBooth-style on a subject's photos; resumable, aspect-ratio bucketed, on one or many processes."""
     with _errors():
         check_value(PositiveInt | None, num_processes, "--num-processes")
-        if num_processes and num_processes > 1 and "WORLD_SIZE" not in os.environ:
-            from sdlite.launch import relaunch
-
-            raise typer.Exit(relaunch(num_processes))
         cli_values = {
             "model": model, "data": data, "out": out, "component": component, "kl_weight": kl_weight,
             "resolution": resolution,
@@ -283,6 +279,10 @@ def train(
             "channels_last": channels_last,
         }  # fmt: skip
         config = build_train_config(cli_values, config_file)
+        if num_processes and num_processes > 1 and "WORLD_SIZE" not in os.environ:  # options checked once, here
+            from sdlite.launch import relaunch
+
+            raise typer.Exit(relaunch(num_processes))
         _quiet_libraries(offline)
         from sdlite import training
 
@@ -294,6 +294,7 @@ def train(
         if not json_events and _is_main_process():
             speed = f", {result.images_per_s:.3g} images/s" if result.images_per_s else ""
             speed += f", MFU {result.mfu:.1%}" if result.mfu is not None else ""
-            typer.echo(f"{result.out}  {result.steps} steps, final loss {result.final_loss}{speed}")
+            loss = "n/a (no step was finite)" if result.final_loss is None else result.final_loss
+            typer.echo(f"{result.out}  {result.steps} steps, final loss {loss}{speed}")
             for note in result.skipped:
                 typer.echo(f"skipped: {note}", err=True)
