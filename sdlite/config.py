@@ -622,7 +622,12 @@ def _prompt_rows(path: Path) -> list[tuple[dict[str, Any], Source]]:
                 rows.append(_prompt_row(line, Source(where=f"{path}:{number}", style="json", error=DataError)))
     if not rows:
         raise DataError(f"prompts file {path} holds no prompts")
-    return [(_anchored(row, path.parent), source) for row, source in rows]
+    anchored = [(_anchored(row, path.parent), source) for row, source in rows]
+    for row, source in anchored:  # a missing input file is named with its line, before any model loads
+        for key in INPUT_KEYS:
+            if isinstance(row.get(key), str) and row[key] and not Path(row[key]).expanduser().exists():
+                raise source.fail(f'"{key}" {row[key]} does not exist')
+    return anchored
 
 
 def _anchored(row: dict[str, Any], folder: Path) -> dict[str, Any]:

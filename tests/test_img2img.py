@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -208,6 +209,9 @@ def test_prompts_file_lines_carry_their_own_init_image_relative_to_the_file(
     results = sample(config).images
     assert [r.init_image for r in results] == [None, str(folder / "in.png"), str(folder / "in.png")]
     assert read_record(results[2].path)["inputs"]["mask"]["path"] == str(folder / "m.png")
+    (folder / "p.jsonl").write_text("\n".join([json.dumps(lines[0]), json.dumps({**lines[2], "mask": "gone.png"})]))
+    with pytest.raises(DataError, match=rf'p\.jsonl:2: "mask" {re.escape(str(folder / "gone.png"))} does not exist'):
+        build_sample_config(SampleOverrides(prompts_file=folder / "p.jsonl", out=tmp_path / "o", model=str(tiny_model)))
 
 
 def test_save_progress_writes_a_strip_and_leaves_the_pixels_alone(tiny_model: Path, scene: tuple[Path, Path],
