@@ -1013,6 +1013,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         validate_fields(self)
+        if self.n % 2:  # an odd count would be judged one image short, silently
+            fail("n", f"{name(EvalConfig, 'n')} must be even (half seen triples, half held out), got {self.n}")
 
 
 # The pass rule of `sdlite check` (how these were measured: sdlite/check.py).

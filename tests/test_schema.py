@@ -335,6 +335,7 @@ def test_model_recommended_settings_are_checked(tmp_path: Path) -> None:
         (lambda: ExportConfig(source="m", out="o", format="zip"), "--format must be one of"),
         (lambda: InitConfig(out="o", overwrite="yes"), '--force must be true or false, got "yes"'),  # type: ignore[arg-type]
         (lambda: EvalConfig(model="m", steps=0), "--steps must be at least 1, got 0"),
+        (lambda: EvalConfig(model="m", n=3), "--n must be even (half seen triples, half held out), got 3"),
     ],
 )  # fmt: skip
 def test_python_api_is_checked_like_the_command_line(make: object, expected: str) -> None:

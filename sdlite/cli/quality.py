@@ -25,7 +25,7 @@ def eval_shapes(
         str | None,
         typer.Option(help="Model to judge. Default: $SDLITE_MODEL, else the built-in model.", show_default=False),
     ] = None,
-    n: Annotated[int, typer.Option("--n", help="Images: half from training triples, half held out.")] = 240,
+    n: Annotated[int, typer.Option("--n", help="Images (even): half from training triples, half held out.")] = 240,
     seed: Annotated[int, typer.Option(help="Seed of the first image (image i uses seed + i).")] = 0,
     steps: Annotated[int | None, typer.Option(help="Denoising steps. [default: the model's]")] = None,
     guidance: Annotated[float | None, typer.Option(help="Guidance scale. [default: the model's]")] = None,
