@@ -1,10 +1,11 @@
 """`sdlite train|sample --num-processes N`: the same command in N processes.
 
 The child processes get the original arguments minus `--num-processes`, and find WORLD_SIZE set, so they
-do the work instead of launching again. Training runs under `accelerate launch` (Accelerate sets up the
-devices and mixed precision); sampling exchanges only a few small objects between its processes, so sdlite
-starts them itself and keeps the run's exit status and one-line errors. Either way no worker outlives the
-command: each dies with its parent (Linux), so a SIGKILL of `sdlite` never leaves workers writing.
+do the work instead of launching again. sdlite starts them itself with the environment torchrun gives
+(RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT), which Accelerate and torch.distributed read, so the run
+keeps its own exit status and one-line errors. No worker outlives the command: each dies with its parent
+(Linux), so a SIGKILL of `sdlite` never leaves workers writing. (`accelerate launch`/`torchrun` run by the
+user work as well: the processes then find WORLD_SIZE set already.)
 """
 
 from __future__ import annotations
@@ -24,37 +25,23 @@ POLL = 0.05  # seconds between looks at the workers
 GRACE = 5.0  # seconds the first process gets to finish failing once another has failed
 
 
-def relaunch(num_processes: int, argv: list[str] | None = None, same_threads: bool = False) -> int:
-    """Run `accelerate launch --multi_gpu --num_processes N -m sdlite ARGS`; returns its exit code.
-
-    `--multi_gpu` is what gives N processes on CPU-only machines too (gloo); `--cpu` would run one.
-    Accelerate gives each process one CPU thread unless OMP_NUM_THREADS says otherwise; `same_threads`
-    keeps this process's count instead, because CPU kernels round differently with another thread count.
-    """
-    args = _without_num_processes(list(sys.argv[1:] if argv is None else argv))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sdlite", *args]  # fmt: skip
-    try:
-        return subprocess.run(command, check=False, env=_child_env(same_threads), preexec_fn=die_with_parent).returncode
-    except KeyboardInterrupt:
-        return 130
-
-
-def spawn(num_processes: int, argv: list[str] | None = None) -> int:
-    """Run N processes of this command as one torch.distributed group (env://, gloo) and return the run's status.
+def spawn(num_processes: int, argv: list[str] | None = None, same_threads: bool = True) -> int:
+    """Run N processes of this command as one torch.distributed group (env://, as torchrun sets it up) and
+    return the run's status.
 
     The first process writes to this terminal (progress, its errors); the others' stderr is kept and shown
     only when one of them fails first, whose status the run then ends with: every user error stays one line
     with its own exit code. When any process fails the others are stopped, so none waits forever for an
     image that will not come. Ctrl-C reaches every process (one process group): they finish the images in
-    hand and the run ends with 130. Each process keeps this one's CPU thread count, because CPU kernels
-    round differently with another, and `sample` promises the pixels of one process.
+    hand and the run ends with 130. With `same_threads` each process keeps this one's CPU thread count,
+    because CPU kernels round differently with another (`sample` promises the pixels of one process);
+    otherwise each gets one thread, as torchrun gives them.
     """
     args = _without_num_processes(list(sys.argv[1:] if argv is None else argv))
     with socket.socket() as probe:  # a free port for the group's rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    common = {**_child_env(same_threads=True), "WORLD_SIZE": str(num_processes),
+    common = {**_child_env(same_threads), "WORLD_SIZE": str(num_processes),
               "LOCAL_WORLD_SIZE": str(num_processes), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
     with contextlib.ExitStack() as stack:
         logs = [None, *(stack.enter_context(tempfile.TemporaryFile()) for _ in range(1, num_processes))]
@@ -122,10 +109,10 @@ def _stop(worker: subprocess.Popen[bytes], grace: float) -> None:
 
 def _child_env(same_threads: bool) -> dict[str, str]:
     env = {**os.environ, LAUNCHED: "1"}
-    if same_threads and "OMP_NUM_THREADS" not in env:
+    if "OMP_NUM_THREADS" not in env:
         import torch
 
-        env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+        env["OMP_NUM_THREADS"] = str(torch.get_num_threads()) if same_threads else "1"
     return env
 
 

@@ -95,6 +95,14 @@ def test_bad_image_exits_3_before_training(tiny_model: Path, shapes: Path, tmp_p
                                  "--max-steps", "1", "--json-events"])  # fmt: skip
     assert result.exit_code == 3
     assert "005.png" in result.stderr and result.stdout == ""
+    # Found by the workers of --num-processes: still its one line and exit 3 (was 1, with the launcher's traceback).
+    import subprocess
+    import sys
+
+    two = subprocess.run([sys.executable, "-m", "sdlite", "train", "--model", str(tiny_model), "--data", str(data),
+                          "--out", str(tmp_path / "two"), "--max-steps", "1", "--num-processes", "2"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert two.returncode == 3 and len(two.stderr.strip().splitlines()) == 1 and "005.png" in two.stderr
 
 
 @pytest.mark.slow

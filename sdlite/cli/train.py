@@ -233,7 +233,10 @@ def train(
         ),
     ] = None,
     num_processes: Annotated[
-        int | None, typer.Option(help="Launch N processes through accelerate (multi-GPU, or CPU for tests).")
+        int | None,
+        typer.Option(
+            help="Run N processes, one per GPU (N CPU processes for tests); accelerate launch and torchrun work too."
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check data and settings, print the plan as JSON, train nothing.")
@@ -280,9 +283,9 @@ def train(
         }  # fmt: skip
         config = build_train_config(cli_values, config_file)
         if num_processes and num_processes > 1 and "WORLD_SIZE" not in os.environ:  # options checked once, here
-            from sdlite.launch import relaunch
+            from sdlite.launch import spawn
 
-            raise typer.Exit(relaunch(num_processes))
+            raise typer.Exit(spawn(num_processes, same_threads=False))
         _quiet_libraries(offline)
         from sdlite import training
 
