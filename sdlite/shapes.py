@@ -82,10 +82,13 @@ def render(scene: Scene, size: int) -> Any:
     return image
 
 
+MIN_SIZE, MAX_SIZE = 16, 4096  # pixels a side: the drawn shapes need room; 4096 is 48 MB per image in memory
+
+
 def write_dataset(out: Path, n: int, size: int = 64, seed: int = 0) -> Path:
     """An imagefolder (`metadata.jsonl`) of `n` scenes from the training triples; same seed, same files."""
-    if n < 1 or size < 16:
-        raise UsageError("--n must be at least 1 and --size at least 16")
+    if n < 1 or not MIN_SIZE <= size <= MAX_SIZE:
+        raise UsageError(f"--n must be at least 1 and --size between {MIN_SIZE} and {MAX_SIZE}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} is a file, not a folder: choose a new or empty folder for the dataset")

@@ -59,6 +59,8 @@ def test_dataset_is_deterministic_and_captioned_exactly(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "already holds a dataset" in again.stderr
     onto_a_file = runner.invoke(app, ["data", "shapes", str(tmp_path / "a" / "metadata.jsonl"), "--n", "5"])
     assert onto_a_file.exit_code == 2 and "is a file, not a folder" in onto_a_file.stderr  # was exit 1
+    huge = runner.invoke(app, ["data", "shapes", str(tmp_path / "h"), "--n", "1", "--size", "100000"])
+    assert huge.exit_code == 2 and "--size between 16 and 4096" in huge.stderr  # was minutes, then out of memory
 
 
 def test_world_coverage() -> None:

@@ -16,7 +16,7 @@ data_app = typer.Typer(help="Make training datasets.", no_args_is_help=True)
 def data_shapes(
     out: Annotated[Path, typer.Argument(help="Folder to create: PNGs + metadata.jsonl (Hugging Face imagefolder).")],
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 10000,
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
+    size: Annotated[int, typer.Option(help="Image side in pixels (16-4096).")] = 64,
     seed: Annotated[int, typer.Option(help="Same seed, same dataset.")] = 0,
 ) -> None:
     """Synthetic scenes captioned `a {color} {shape} on a {color} background` (held-out triples excluded)."""
