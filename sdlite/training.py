@@ -64,8 +64,8 @@ def train(config: TrainConfig, on_event: EventFn | None = None, loss_hook: LossH
     from sdlite.trackers import accelerator_kwargs, check_trackers
 
     check_trackers(config.report_to)  # Accelerate would drop a tracker whose package is missing, silently
-    # On a machine with no accelerator, cpu=True is what makes `accelerate launch` processes join one
-    # gloo world (without it, each of them trains alone).
+    # On a machine with no accelerator, cpu=True is what makes the processes of one run (--num-processes,
+    # torchrun) join one gloo world (without it, each of them trains alone).
     no_accelerator = not torch.cuda.is_available() and not torch.backends.mps.is_available()
     if no_accelerator and config.mixed_precision == "fp16":  # Accelerate would silently train in fp32 instead
         raise UsageError(
