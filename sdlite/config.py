@@ -625,7 +625,9 @@ def _prompt_rows(path: Path) -> list[tuple[dict[str, Any], Source]]:
     anchored = [(_anchored(row, path.parent), source) for row, source in rows]
     for row, source in anchored:  # a missing input file is named with its line, before any model loads
         for key in INPUT_KEYS:
-            if isinstance(row.get(key), str) and row[key] and not Path(row[key]).expanduser().exists():
+            if row.get(key) == "":
+                raise source.fail(f'"{key}" is empty: give an image path, or leave the key out')
+            if isinstance(row.get(key), str) and not Path(row[key]).expanduser().exists():
                 raise source.fail(f'"{key}" {row[key]} does not exist')
     return anchored
 

@@ -39,11 +39,15 @@ def read_user_image(path: str | Path) -> UserImage:
     """Read an image file the way training data is read; DataError (exit 3) naming it when it cannot be."""
     from sdlite.data import decode_image
 
+    if not str(path).strip():
+        raise DataError("an image path is empty")
     resolved = Path(path).expanduser().resolve()
     try:
         data = resolved.read_bytes()
     except FileNotFoundError as exc:
         raise DataError(f"{path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise DataError(f"{path} is a folder, not an image") from exc
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
     # Pixels and hash from the same bytes: the record names exactly the picture that was used.

@@ -207,13 +207,31 @@ OUT_ENTRIES = ("checkpoints", "validation", "logs", "loss.csv", "loss.png", "sdl
                "unet", "vae", "text_encoder", "tokenizer", "scheduler", LORA_FILE)  # fmt: skip
 
 
+# What only a finished run leaves (its model); the rest of OUT_ENTRIES a run writes as it goes.
+FINISHED_ENTRIES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", LORA_FILE)
+
+
 def check_out(config: TrainConfig) -> None:
     """A fresh run refuses an OUT that already holds files, so an earlier run's model and checkpoints
-    are never mixed with or replaced by a new one by accident (`--resume` continues, `--overwrite` replaces)."""
-    if config.resume or config.overwrite:
+    are never mixed with or replaced by a new one by accident (`--resume` continues, `--overwrite` replaces).
+
+    `--resume auto` with no checkpoint yet starts fresh (a preemptible job's first start, or a restart
+    before its first checkpoint): it may replace the files an unfinished run writes as it goes, never a
+    finished run's model or anything a run does not write."""
+    if config.overwrite:
         return
     out = Path(config.out)
     held = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+    if config.resume == "auto" and not checkpoints.list_checkpoints(out):
+        if any(name in FINISHED_ENTRIES or name not in OUT_ENTRIES for name in held):
+            raise UsageError(
+                f"--out {out} holds a finished run or other files ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''})"
+                " and no checkpoint: --resume auto would start fresh over them; pass --overwrite to replace that "
+                "run, or another --out"
+            )
+        return
+    if config.resume:
+        return
     if held:
         shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
         raise UsageError(

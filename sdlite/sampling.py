@@ -472,7 +472,9 @@ def _check_mask_shape(mask: UserImage, init: UserImage) -> None:
     """A mask must have its image's shape (its size, or scaled): each is fitted to the output on its own,
     so one of another aspect ratio would be cropped differently and repaint the wrong region."""
     (mask_w, mask_h), (init_w, init_h) = mask.image.size, init.image.size
-    if abs(mask_w * init_h - mask_h * init_w) > max(mask_w, mask_h, init_w, init_h):  # beyond a pixel's rounding
+    # Scaled by some factor and rounded either way, each side lands within a pixel: the factors those allow
+    # for the width and for the height must overlap.
+    if max((mask_w - 1) / init_w, (mask_h - 1) / init_h) > min((mask_w + 1) / init_w, (mask_h + 1) / init_h):
         raise DataError(
             f"mask {mask.path} is {mask_w}x{mask_h} but the init image {init.path} is {init_w}x{init_h}: "
             "the mask must have the image's shape (the same size, or scaled)"

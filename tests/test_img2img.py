@@ -209,6 +209,9 @@ def test_prompts_file_lines_carry_their_own_init_image_relative_to_the_file(
     results = sample(config).images
     assert [r.init_image for r in results] == [None, str(folder / "in.png"), str(folder / "in.png")]
     assert read_record(results[2].path)["inputs"]["mask"]["path"] == str(folder / "m.png")
+    (folder / "p.jsonl").write_text(json.dumps({**lines[1], "init_image": ""}))
+    with pytest.raises(DataError, match=r'p\.jsonl:1: "init_image" is empty'):
+        build_sample_config(SampleOverrides(prompts_file=folder / "p.jsonl", out=tmp_path / "o", model=str(tiny_model)))
     (folder / "p.jsonl").write_text("\n".join([json.dumps(lines[0]), json.dumps({**lines[2], "mask": "gone.png"})]))
     with pytest.raises(DataError, match=rf'p\.jsonl:2: "mask" {re.escape(str(folder / "gone.png"))} does not exist'):
         build_sample_config(SampleOverrides(prompts_file=folder / "p.jsonl", out=tmp_path / "o", model=str(tiny_model)))
@@ -301,6 +304,8 @@ def test_inpainting_model_is_used_as_designed(tiny_model: Path, scene: tuple[Pat
         (["--init-image", "MISSING"], 3, "does not exist"),
         (["--init-image", "NOTIMAGE"], 3, "cannot read image (not an image format Pillow can read)"),
         (["--init-image", "IMG", "--mask", "WIDE"], 3, "the mask must have the image's shape"),
+        (["--init-image", ""], 3, ". is a folder, not an image"),  # the command line makes "" the current folder
+        (["--init-image", "FOLDER"], 3, "is a folder, not an image"),
         (["--save-progress", "0"], 2, "--save-progress must be at least 1"),
     ],
 )
@@ -311,7 +316,7 @@ def test_bad_image_options_are_one_line_errors(
     with Image.open(scene[1]) as mask:  # the scene's mask at another aspect ratio
         mask.resize((mask.width, mask.height // 2)).save(tmp_path / "wide.png")
     names = {"IMG": str(scene[0]), "MISSING": str(tmp_path / "nope.png"), "NOTIMAGE": str(tmp_path / "not.png"),
-             "WIDE": str(tmp_path / "wide.png")}  # fmt: skip
+             "WIDE": str(tmp_path / "wide.png"), "FOLDER": str(tmp_path)}  # fmt: skip
     args = [names.get(a, a) for a in args]
     outcome = runner.invoke(app, ["sample", PROMPT, "--model", str(tiny_model), "--steps", "2",
                                   "--out", str(tmp_path / "o"), *args])  # fmt: skip
@@ -442,3 +447,25 @@ def test_mask_blur_softens_the_seam_between_kept_and_repainted(tiny_model: Path,
     inside = ~mask  # the kept circle: exact with a sharp mask, blended near its edge with a soft one
     assert np.array_equal(sharp[inside], pixels(scene[0])[inside])
     assert not np.array_equal(soft[inside], pixels(scene[0])[inside])
+
+
+@pytest.mark.parametrize(
+    ("mask", "image", "fits"),
+    [((64, 64), (64, 64), True), ((32, 32), (64, 64), True), ((512, 383), (1023, 767), True),
+     ((512, 384), (1023, 767), True), ((64, 32), (64, 64), False), ((767, 1023), (1023, 767), False),
+     ((64, 64), (1023, 767), False), ((24, 24), (1023, 767), False), ((4000, 3990), (64, 64), False)],
+)  # fmt: skip
+def test_a_mask_is_the_image_scaled_within_a_pixel(mask: tuple[int, int], image: tuple[int, int], fits: bool) -> None:
+    """Scaled and rounded, each side lands within a pixel (the first rule's slack grew with the larger of
+    the two, so a large mask could be 10 pixels off)."""
+    from sdlite.init_images import UserImage
+    from sdlite.sampling import _check_mask_shape
+
+    def user_image(size: tuple[int, int]) -> UserImage:
+        return UserImage(Path(f"{size[0]}x{size[1]}.png"), Image.new("RGB", size), "0" * 64)
+
+    if fits:
+        _check_mask_shape(user_image(mask), user_image(image))
+    else:
+        with pytest.raises(DataError, match="the mask must have the image's shape"):
+            _check_mask_shape(user_image(mask), user_image(image))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,18 @@ def test_resume_auto_starts_fresh_then_continues(tiny_model: Path, shapes: Path,
     resumed = [e for e in events(longer) if e["event"] == "resume"]
     assert resumed and resumed[0]["step"] == 1  # the newest checkpoint (the last step writes the model instead)
     assert [e["step"] for e in events(longer) if e["event"] == "step"] == [2, 3]
+
+    # No checkpoint: auto starts fresh over what an unfinished run leaves (its loss log), never over a finished
+    # run's model (it once silently replaced a finished run's LoRA and mixed one into a full model).
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "loss.csv").write_text("step,loss,lr\n1,0.5,0.001\n")
+    assert train(tiny_model, shapes, unfinished, "--resume", "auto").exit_code == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "checkpoints" not in p.parts}
+    shutil.rmtree(out / "checkpoints")
+    refused = train(tiny_model, shapes, out, "--resume", "auto", "--lora")
+    assert refused.exit_code == 2 and "holds a finished run" in refused.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_captions_past_the_text_encoder_are_warned_once(tiny_model: Path, tmp_path: Path) -> None:
