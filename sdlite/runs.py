@@ -204,11 +204,12 @@ def make_optimizer(params: list[Any], lr: float, torch: Any) -> tuple[Any, str]:
 
 # What a training run writes in OUT: `--overwrite` removes these (and nothing else) before it starts.
 OUT_ENTRIES = ("checkpoints", "validation", "logs", "loss.csv", "loss.png", "sdlite-train.json", "model_index.json",
-               "unet", "vae", "text_encoder", "tokenizer", "scheduler", LORA_FILE)  # fmt: skip
+               "unet", "vae", "text_encoder", "tokenizer", "scheduler", LORA_FILE, "sdlite.json")  # fmt: skip
 
 
 # What only a finished run leaves (its model); the rest of OUT_ENTRIES a run writes as it goes.
-FINISHED_ENTRIES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", LORA_FILE)
+FINISHED_ENTRIES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", LORA_FILE,
+                    "sdlite.json")  # fmt: skip
 
 
 def check_out(config: TrainConfig) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlite import checkpoints
-from sdlite.config import TrainConfig
+from sdlite.config import MODEL_DEFAULTS_FILE, TrainConfig, model_settings_record
 from sdlite.errors import Interrupted, UsageError, sigint_to, writing
 from sdlite.models import (
     SINGLE_FILE_INDEX,
@@ -592,6 +592,9 @@ def _assemble(parts: _Parts, unet: Any, text_encoder: Any, config: TrainConfig, 
     scheduler_config = model.configs()["scheduler"]
     scheduler_config["prediction_type"] = parts.noise_scheduler.config.prediction_type
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2))
+    settings, _ = model_settings_record(str(model.path))
+    if settings is not None:  # the base's recommended sampling settings (sdlite.json) stay with its fine-tune
+        (folder / MODEL_DEFAULTS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     _unwrapped(accelerator, unet).save_pretrained(folder / "unet", safe_serialization=True)
     if config.train_text_encoder:
         _unwrapped(accelerator, text_encoder).save_pretrained(folder / "text_encoder", safe_serialization=True)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from sdlite import checkpoints
-from sdlite.config import TrainConfig
+from sdlite.config import MODEL_DEFAULTS_FILE, TrainConfig
 from sdlite.errors import writing
 from sdlite.models import vae_factor
 from sdlite.runs import (
@@ -153,7 +153,7 @@ def _write_model(vae: Any, scale: float, base: Path, out: Path, config: TrainCon
                 continue
             if item.is_dir():
                 checkpoints.link_or_copy_tree(item, staging / item.name)
-            elif item.suffix == ".json" and item.name == "model_index.json":
+            elif item.name in ("model_index.json", MODEL_DEFAULTS_FILE):  # with its recommended sampling settings
                 shutil.copy2(item, staging / item.name)
         vae.register_to_config(scaling_factor=scale)
         vae.save_pretrained(staging / "vae", safe_serialization=True)

@@ -391,3 +391,17 @@ def test_fp16_on_a_cpu_is_refused_before_anything_loads(tiny_model: Path, shapes
     with pytest.raises(UsageError, match=r"fp16 needs a GPU.*bf16"):
         run(tiny_model, shapes, tmp_path / "o", mixed_precision="fp16")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_fine_tune_keeps_its_base_models_recommended_settings(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    """The base's sdlite.json (e.g. the built-in model's guidance 5) goes with the trained model and its
+    checkpoints; without it a fine-tune sampled with other defaults than its base."""
+    from sdlite.config import model_defaults
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model, base)
+    (base / "sdlite.json").write_text(json.dumps({"defaults": {"guidance": 5.0, "steps": 12}}))
+    result, _ = run(base, shapes, tmp_path / "o", max_steps=2, checkpoint_every=1)
+    assert model_defaults(str(result.out)) == model_defaults(str(base)) == {"guidance": 5.0, "steps": 12}
+    assert model_defaults(str(result.out / "checkpoints" / "step-000001")) == {"guidance": 5.0, "steps": 12}
+    checkpoints.verify(result.out / "checkpoints" / "step-000001", {})  # written before its manifest
