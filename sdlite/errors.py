@@ -21,6 +21,7 @@ EXIT_CODES: dict[int, str] = {
     6: "numerical failure (NaN or inf)",
     7: "images differ beyond tolerance (sdlite check)",
     130: "interrupted",
+    141: "standard output closed by its reader (e.g. `| head`): the run stops there, quietly",
 }
 
 

@@ -22,7 +22,8 @@ from typing import IO
 
 LAUNCHED = "SDLITE_LAUNCHED"  # set in every process sdlite starts, so each ties its life to its parent's
 POLL = 0.05  # seconds between looks at the workers
-GRACE = 5.0  # seconds the first process gets to finish failing once another has failed
+GRACE = 30.0  # seconds the workers get to finish the images in hand after Ctrl-C
+ALIKE = 2.0  # seconds the first process gets to fail like another that failed first
 
 
 def spawn(num_processes: int, argv: list[str] | None = None, same_threads: bool = True) -> int:
@@ -54,7 +55,7 @@ def spawn(num_processes: int, argv: list[str] | None = None, same_threads: bool 
             return _outcome(workers, logs)
         except KeyboardInterrupt:
             for worker in workers:  # they got the same SIGINT: let them write what they finished
-                _stop(worker, GRACE * 6)
+                _stop(worker, GRACE)
             return 130
         finally:
             for worker in workers:
@@ -62,7 +63,10 @@ def spawn(num_processes: int, argv: list[str] | None = None, same_threads: bool 
 
 
 def _outcome(workers: list[subprocess.Popen[bytes]], logs: list[IO[bytes] | None]) -> int:
-    """Wait for every worker; on the first failure stop the rest and return the status that explains it."""
+    """Wait for every worker; on the first failure stop the rest and return the status of the one that failed
+    first (the others often fail only because it left: gloo's "connection closed by peer"). A user's mistake
+    makes every worker fail alike, with the same status: the first process's words are then already on the
+    terminal, and stand alone."""
     while True:
         codes = [w.poll() for w in workers]
         if all(code == 0 for code in codes):
@@ -71,18 +75,16 @@ def _outcome(workers: list[subprocess.Popen[bytes]], logs: list[IO[bytes] | None
         if failed:
             break
         time.sleep(POLL)
-    first = workers[0]
-    if 0 not in failed:  # the first process usually fails the same way a moment later, in its own words
+    rank = failed[0]  # the first process when several failed at once
+    if rank != 0:  # a mistake every worker makes: the first process fails alike a moment later, in its words
         with contextlib.suppress(subprocess.TimeoutExpired):
-            first.wait(timeout=GRACE)
-    if first.returncode not in (None, 0):
-        for worker in workers[1:]:
-            _stop(worker, 0)
-        return _status(first.returncode)
-    _stop(first, 0)
-    rank = failed[0]
+            workers[0].wait(timeout=ALIKE)
+        if workers[0].returncode == workers[rank].returncode:
+            rank = 0
+    for worker in workers:
+        _stop(worker, 0)
     log = logs[rank]
-    if log is not None:  # the failing worker's last words: its one-line error
+    if log is not None:  # another worker's last words: its one-line error
         log.seek(0)
         lines = [line for line in log.read().decode(errors="replace").splitlines() if line.strip()]
         if lines:

@@ -167,14 +167,14 @@ def _layout(dataset: Any, resolution: int, effective: int, config: TrainConfig, 
                        config.bucket_min_side, config.bucket_max_side, config.max_aspect)  # fmt: skip
 
 
-def dry_run(config: TrainConfig) -> TrainPlan:
-    """Validate data and settings and return the plan, as the run itself reports it; nothing is trained or
-    written."""
+def dry_run(config: TrainConfig, num_processes: int | None = None) -> TrainPlan:
+    """Validate data and settings and return the plan, as the run itself reports it (with `num_processes`, or
+    the processes of this run); nothing is trained or written."""
     import os
 
     import torch
 
-    plan, _, model, _ = make_plan(config, int(os.environ.get("WORLD_SIZE", "1")))
+    plan, _, model, _ = make_plan(config, num_processes or int(os.environ.get("WORLD_SIZE", "1")))
     if config.component != "unet":
         return plan
     return with_flops(plan, model, config, torch.device(resources.train_device()))

@@ -388,6 +388,8 @@ def _plan_indices(batches: list[_Batch], existing: dict[int, SampleResult], numb
         first = existing[number].index - number
     kept = {result.index for result in existing.values()}
     taken = {int(m.group(1)) for name in numbering.names if (m := NAME.match(name))} - kept
+    if batches:  # a moved image goes past the indices the run's other images are planned at, too
+        numbering.after(first + batches[-1].first_number + len(batches[-1].seeds) - 1)
     indices = {}
     for batch in batches:
         for number in range(batch.first_number, batch.first_number + len(batch.seeds)):

@@ -164,3 +164,17 @@ def test_a_read_only_folder_is_a_disk_error_not_an_internal_one(
     monkeypatch.setattr(Path, "unlink", read_only)
     with pytest.raises(ResourceError, match="Read-only file system"):
         write_png(tmp_path, Numbering(tmp_path), 1, Image.new("RGB", (8, 8)), None)
+
+
+def test_a_reader_that_leaves_early_stops_the_run_quietly(tiny_model: Path, tmp_path: Path) -> None:
+    """`sample --json | head -1`: exit 141 like any pipe writer, not an internal error (exit 1)."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "sdlite", "sample", "a red circle", "--model", str(tiny_model),
+                                "--num-images", "6", "--batch-size", "1", "--steps", "2", "--json", "-q", "--out",
+                                str(tmp_path / "o")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    assert b'"path"' in process.stdout.readline()
+    process.stdout.close()  # the reader leaves
+    assert process.wait(timeout=120) == 141 and process.stderr.read() == b""

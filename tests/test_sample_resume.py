@@ -165,3 +165,18 @@ def test_two_processes_name_around_foreign_files_draw_one_seed_and_fail_in_one_l
     assert missing.returncode == 3 and missing.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'nope.png'} does not exist"
     ]
+
+
+def test_an_image_moved_by_a_foreign_file_goes_past_every_planned_index(tiny_model: Path, tmp_path: Path) -> None:
+    """It once took the next index past the folder, which a later image of the run was planned at: two
+    images shared an index (and two processes then wrote and reported different files)."""
+    import dataclasses
+
+    base = SampleConfig(model=str(tiny_model), generations=(Generation(PROMPT, seed=1, steps=2, num_images=6),),
+                        out=tmp_path / "o", batch_size=1)  # fmt: skip
+    sample(base)
+    for path in sorted(base.out.glob("0000[2-5]-*.png")):  # interrupted after two images
+        path.unlink()
+    Image.new("RGB", (8, 8)).save(base.out / "00002-100.png")  # meanwhile another run took index 2
+    again = sample(dataclasses.replace(base, resume=True)).images
+    assert [r.index for r in again] == [0, 1, 6, 3, 4, 5]

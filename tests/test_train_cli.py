@@ -43,6 +43,12 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tiny_model: Path, shapes: Pa
     off = runner.invoke(app, ["train", "--model", str(tiny_model), "--data", str(shapes), "--out", str(out),
                               "--max-steps", "1", "--no-cache", "--dry-run"])  # fmt: skip
     assert off.exit_code == 0 and json.loads(off.stdout)["cache_note"] == "off: --no-cache"
+    # The plan of two processes, printed once, with nothing launched (each process printed its own once).
+    two = runner.invoke(app, ["train", "--model", str(tiny_model), "--data", str(shapes), "--out", str(out),
+                              "--epochs", "3", "--batch-size", "2", "--dry-run", "--num-processes", "2"])  # fmt: skip
+    assert two.exit_code == 0, two.stderr
+    plan = json.loads(two.stdout)
+    assert (plan["num_processes"], plan["effective_batch"], plan["steps"]) == (2, 4, 6) and not out.exists()
 
 
 def test_toml_config_with_command_line_override(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:

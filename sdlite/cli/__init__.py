@@ -143,6 +143,8 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(130) from None
     except (typer.Exit, typer.Abort):
         raise
+    except BrokenPipeError:  # the reader left (`--json | head -1`): stop as a pipe's writer does, quietly
+        raise typer.Exit(141) from None
     except Exception as exc:
         if os.environ.get(DEBUG_ENV) == "1":
             raise

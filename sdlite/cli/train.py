@@ -282,16 +282,19 @@ def train(
             "channels_last": channels_last,
         }  # fmt: skip
         config = build_train_config(cli_values, config_file)
-        if num_processes and num_processes > 1 and "WORLD_SIZE" not in os.environ:  # options checked once, here
-            from sdlite.launch import spawn
-
-            raise typer.Exit(spawn(num_processes, same_threads=False))
+        launch = bool(num_processes and num_processes > 1 and "WORLD_SIZE" not in os.environ)
         _quiet_libraries(offline)
         from sdlite import training
 
-        if dry_run:
-            typer.echo(json.dumps(training.dry_run(config).to_dict(), indent=2))
+        if dry_run:  # the plan of N processes, printed once: nothing is launched
+            plan = training.dry_run(config, num_processes if launch else None)
+            if _is_main_process():
+                typer.echo(json.dumps(plan.to_dict(), indent=2))
             return
+        if launch:  # options checked once, here
+            from sdlite.launch import spawn
+
+            raise typer.Exit(spawn(num_processes or 1, same_threads=False))
         with _train_reporter(json_events, quiet) as report:
             result = training.train(config, on_event=report)
         if not json_events and _is_main_process():
