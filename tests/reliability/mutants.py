@@ -146,6 +146,13 @@ MUTANTS = [
            "recon, kl = accelerator.unwrap_model(model_step)(pixels,", "train_the_vae"),
     Mutant("gpu-tensors-pinned", "sdlite/training.py", 'if tensor.device.type == "cpu" and torch.device(device).type == "cuda":',
            'if torch.device(device).type == "cuda":', "pinned", "tests/test_train_levers.py"),
+    Mutant("first-process-always-blamed", "sdlite/launch.py", "    rank = failed[0]  # the first process", "    rank = 0  # the first process",
+           "first_failure", "tests/test_launch.py"),
+    Mutant("moved-image-reuses-a-planned-index", "sdlite/sampling.py",
+           "        numbering.after(first + batches[-1].first_number + len(batches[-1].seeds) - 1)", "        pass",
+           "moved_by", "tests/test_sample_resume.py"),
+    Mutant("resume-ignores-precision", "sdlite/sampling.py", "and run.get(\"dtype\") == facts.dtype", "",
+           "made_alike", "tests/test_sample_resume.py"),
     Mutant("help-table-dropped", "sdlite/cli/__init__.py", "for code, text in EXIT_CODES.items())", "for code, text in [])", "table"),
 ]  # fmt: skip
 
