@@ -136,13 +136,20 @@ def test_two_processes_name_around_foreign_files_draw_one_seed_and_fail_in_one_l
     second.write_text('{"prompt": "red", "num_images": 3}\n{"prompt": "blue", "num_images": 2, "guidance": 5}\n')
     args = [sys.executable, "-m", "sdlite", "sample", "--model", str(tiny_model), "--seed", "1", "--steps", "2",
             "--batch-size", "2", "-q", "--json"]  # fmt: skip
-    assert subprocess.run([*args, "--prompts-file", str(first), "--out", str(tmp_path / "one")]).returncode == 0
+    from typer.testing import CliRunner
+
+    from sdlite.cli import app
+
+    in_process = CliRunner()  # one process: no interpreter to start
+    assert (
+        in_process.invoke(app, [*args[3:], "--prompts-file", str(first), "--out", str(tmp_path / "one")]).exit_code == 0
+    )
     shutil.copytree(tmp_path / "one", tmp_path / "two")
     resume = [*args, "--prompts-file", str(second), "--resume", "--grid"]
-    one = subprocess.run([*resume, "--out", str(tmp_path / "one")], capture_output=True, text=True)
+    one = in_process.invoke(app, [*resume[3:], "--out", str(tmp_path / "one")])
     two = subprocess.run([*resume, "--out", str(tmp_path / "two"), "--num-processes", "2"], capture_output=True,
                          text=True)  # fmt: skip
-    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert one.exit_code == 0 and two.returncode == 0, two.stderr[-2000:]
     reported = lambda out: [Path(r.get("path") or r["grid"]).name for r in map(json.loads, out.splitlines())]  # noqa: E731
     assert reported(two.stdout) == reported(one.stdout)
     assert reported(one.stdout) == [
