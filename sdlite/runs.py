@@ -27,7 +27,7 @@ from typing import Any
 
 from sdlite import checkpoints, resources
 from sdlite.buckets import Layout, make_layout
-from sdlite.config import TrainConfig, validate_size
+from sdlite.config import MODEL_DEFAULTS_FILE, TrainConfig, validate_size
 from sdlite.errors import NumericalError, UsageError, writing
 from sdlite.formats.lora import LORA_FILE
 from sdlite.models import ResolvedModel, resolve_model, vae_factor
@@ -202,14 +202,11 @@ def make_optimizer(params: list[Any], lr: float, torch: Any) -> tuple[Any, str]:
         return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, foreach=True), "foreach AdamW"
 
 
-# What a training run writes in OUT: `--overwrite` removes these (and nothing else) before it starts.
-OUT_ENTRIES = ("checkpoints", "validation", "logs", "loss.csv", "loss.png", "sdlite-train.json", "model_index.json",
-               "unet", "vae", "text_encoder", "tokenizer", "scheduler", LORA_FILE, "sdlite.json")  # fmt: skip
-
-
-# What only a finished run leaves (its model); the rest of OUT_ENTRIES a run writes as it goes.
+# What only a finished run leaves in OUT (its model), and with what a run writes as it goes, everything it
+# writes there: `--overwrite` removes these (and nothing else) before it starts.
 FINISHED_ENTRIES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", LORA_FILE,
-                    "sdlite.json")  # fmt: skip
+                    MODEL_DEFAULTS_FILE)  # fmt: skip
+OUT_ENTRIES = ("checkpoints", "validation", "logs", "loss.csv", "loss.png", "sdlite-train.json", *FINISHED_ENTRIES)
 
 
 def check_out(config: TrainConfig) -> None:
@@ -223,18 +220,17 @@ def check_out(config: TrainConfig) -> None:
         return
     out = Path(config.out)
     held = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+    shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
     if config.resume == "auto" and not checkpoints.list_checkpoints(out):
         if any(name in FINISHED_ENTRIES or name not in OUT_ENTRIES for name in held):
             raise UsageError(
-                f"--out {out} holds a finished run or other files ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''})"
-                " and no checkpoint: --resume auto would start fresh over them; pass --overwrite to replace that "
-                "run, or another --out"
+                f"--out {out} holds a finished run or other files ({shown}) and no checkpoint: --resume auto would "
+                "start fresh over them; pass --overwrite to replace that run, or another --out"
             )
         return
     if config.resume:
         return
     if held:
-        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
         raise UsageError(
             f"--out {out} is not empty ({shown}): pass --resume latest (or auto) to continue that run, "
             "--overwrite to replace it, or another --out"

@@ -166,9 +166,13 @@ def sample(
     out = _prepare_out(config.out)
     numbering = _Numbering(out)
     batches = _batches(config, sizes)
-    existing = _resume(config, out, numbering, batches, facts, user_images) if config.resume else {}
-    indices = _plan_indices(batches, existing, numbering)
-    existing, indices = world.share((existing, indices))  # every process names images as the first one sees them
+    existing: dict[int, SampleResult] = {}
+    indices: dict[int, int] = {}
+    if world.rank == 0:  # the first process finds the kept images and plans the names; the others take its plan
+        existing = _resume(config, out, numbering, batches, facts, user_images) if config.resume else {}
+        indices = _plan_indices(batches, existing, numbering)
+    existing, indices = world.share((existing, indices))
+    numbering.after(max(indices.values(), default=-1))  # a name taken meanwhile moves past the plan, everywhere
     stop = _StopRequest(interrupt_grace)
     total = sum(denoising_steps(g) * g.num_images for g in config.generations)
     counter = _StepCounter(progress, total, stop)
