@@ -76,8 +76,8 @@ def worker(kind: str, args: list[str]) -> None:
         return
     if kind == "sample":
         model, out, n, steps, guidance, scheduler, mode = args
-        from sdlite.config import Generation, SampleConfig
-        from sdlite.sampling import sample
+        from sdlite.sampling.config import Generation, SampleConfig
+        from sdlite.sampling.run import sample
 
         gen = Generation(PROMPT, seed=1000, num_images=int(n), steps=int(steps), guidance=float(guidance),
                          scheduler=scheduler)  # fmt: skip
@@ -99,8 +99,8 @@ def worker(kind: str, args: list[str]) -> None:
         return
     elif kind == "train":
         model, data, out, steps, batch, cache = args
-        from sdlite.config import TrainConfig
-        from sdlite.training import train
+        from sdlite.training.config import TrainConfig
+        from sdlite.training.unet import train
 
         marks: list[float] = []
         config = TrainConfig(model=model, data=data, out=out, max_steps=int(steps), batch_size=int(batch), lr=1e-4,
@@ -131,7 +131,7 @@ def main() -> None:
         return
 
     # This process stays small (no torch): Linux starts a child's max-RSS count at its parent's size.
-    from sdlite.config import DEFAULT_MODEL
+    from sdlite.models.source import DEFAULT_MODEL
 
     work = Path(tempfile.mkdtemp(prefix="sdlite-bench-"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SDLITE_CACHE_DIR": str(work / "cache")}

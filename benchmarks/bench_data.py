@@ -19,7 +19,8 @@ from pathlib import Path
 
 def startup(folder: Path) -> float:
     """Seconds for what `train` does per image before its first step (without the VAE encodes)."""
-    from sdlite.data import check_images, discover, example_sha256
+    from sdlite.data.examples import discover
+    from sdlite.data.images import check_images, example_sha256
 
     start = time.perf_counter()
     dataset = check_images(discover(folder, "text", False), False)

@@ -44,8 +44,8 @@ def sample_worker(model: str, dtype: str, batch: int, mode: str, steps: int, bat
     """Load once, make `batches + 1` batches (the first warms up and compiles), time the rest per step."""
     import torch
 
-    from sdlite.config import Generation, SampleConfig
-    from sdlite.sampling import sample
+    from sdlite.sampling.config import Generation, SampleConfig
+    from sdlite.sampling.run import sample
 
     marks: list[float] = []
     gen = Generation(PROMPT, seed=0, steps=steps, scheduler="ddim", guidance=7.5, num_images=batch * (batches + 1),
@@ -79,7 +79,7 @@ def plain_worker(model: str, dtype: str, batch: int, steps: int, batches: int, s
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from sdlite.modes import apply_mode
+    from sdlite.sampling.modes import apply_mode
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype, torch.float32)
@@ -108,8 +108,8 @@ def train_worker(model: str, data: str, cache: bool, steps: int, batch: int, pre
                  channels_last: bool) -> dict:  # fmt: skip
     import torch
 
-    from sdlite.config import TrainConfig
-    from sdlite.training import train
+    from sdlite.training.config import TrainConfig
+    from sdlite.training.unet import train
 
     marks: list[float] = []
     plan: dict = {}
@@ -203,8 +203,8 @@ def main() -> None:
 
     import torch
 
-    from sdlite.config import InitConfig
-    from sdlite.presets import init_model
+    from sdlite.models.config import InitConfig
+    from sdlite.models.presets import init_model
     from sdlite.testing import make_shapes_dataset
 
     budget = Budget(args.budget if args.budget is not None else None if args.smoke else 480.0)

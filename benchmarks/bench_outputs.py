@@ -16,13 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from sdlite.formats import png_record
+
 
 def main() -> None:
     import numpy as np
     from PIL import Image
 
-    from sdlite import metadata
-    from sdlite.outputs import Numbering, write_png
+    from sdlite.sampling.outputs import Numbering, write_png
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=20000)
@@ -31,7 +32,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8))
     record = {"settings": {"prompt": "a red circle on a blue background", "seed": 0}, "model": {"hash": "0" * 64}}
-    info = metadata.png_info("a red circle on a blue background\nSteps: 50, Seed: 0", record)
+    info = png_record.png_info("a red circle on a blue background\nSteps: 50, Seed: 0", record)
     with tempfile.TemporaryDirectory() as root:
         empty, full = Path(root, "empty"), Path(root, "full")
         empty.mkdir()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sdlite.shapes import COLORS, Scene, render
+from sdlite.data.shapes import COLORS, Scene, render
 
 
 def main(out: Path) -> None:

@@ -11,42 +11,54 @@ Names are imported lazily so that `import sdlite` (and `sdlite --help`) stays in
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 __version__ = "0.1.0"
 
+
+def lazy_exports(package: str, exports: dict[str, str], namespace: dict[str, Any]) -> Callable[[str], Any]:
+    """A module `__getattr__` that imports each exported name from its module on first use.
+
+    Importing a submodule sets it as an attribute of its package (`sdlite.export` would become the module on
+    the next access), so the exported object is pinned in the package's namespace once found.
+    """
+
+    def get(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(exports[name]), name)
+        namespace[name] = value
+        return value
+
+    return get
+
+
 _EXPORTS = {
-    "Generation": "sdlite.config",
-    "SampleConfig": "sdlite.config",
-    "InitConfig": "sdlite.config",
-    "InfoConfig": "sdlite.config",
-    "ExportConfig": "sdlite.config",
-    "LoraChoice": "sdlite.config",
-    "NoiseConfig": "sdlite.config",
-    "noise_strip": "sdlite.noising",
-    "NoiseStrip": "sdlite.noising",
-    "CheckConfig": "sdlite.config",
-    "CheckReport": "sdlite.check",
-    "CheckResult": "sdlite.check",
+    "Generation": "sdlite.sampling.config",
+    "SampleConfig": "sdlite.sampling.config",
+    "LoraChoice": "sdlite.sampling.config",
+    "NoiseConfig": "sdlite.sampling.config",
+    "InitConfig": "sdlite.models.config",
+    "InfoConfig": "sdlite.models.config",
+    "ExportConfig": "sdlite.models.config",
+    "TrainConfig": "sdlite.training.config",
+    "noise_strip": "sdlite.sampling.noising",
+    "NoiseStrip": "sdlite.sampling.noising",
+    "CheckConfig": "sdlite.quality.config",
+    "CheckReport": "sdlite.quality.golden",
+    "CheckResult": "sdlite.quality.golden",
     "ImagesDiffer": "sdlite.errors",
-    "export": "sdlite.export",
-    "sample": "sdlite.sampling",
-    "SampleResult": "sdlite.sampling",
-    "SampleRun": "sdlite.sampling",
-    "init_model": "sdlite.presets",
-    "describe": "sdlite.info",
+    "export": "sdlite.models.export",
+    "sample": "sdlite.sampling.run",
+    "SampleResult": "sdlite.sampling.results",
+    "SampleRun": "sdlite.sampling.results",
+    "train": "sdlite.training.unet",
+    "dry_run": "sdlite.training.plan",
+    "init_model": "sdlite.models.presets",
+    "describe": "sdlite.models.info",
     "SdliteError": "sdlite.errors",
 }
 __all__ = ["__version__", *_EXPORTS]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        # Importing a submodule sets it as an attribute of this package: `sdlite.export` would then be the
-        # module on the next access. Pin the exported object instead.
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'sdlite' has no attribute {name!r}")
+__getattr__ = lazy_exports("sdlite", _EXPORTS, globals())

@@ -1,5 +1,5 @@
 """`python -m sdlite` runs the command line."""
 
-from sdlite.cli import main
+from sdlite.cli.app import main
 
 main()

@@ -16,8 +16,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sdlite.metadata import cache_dir
-
 
 def file_key(path: Path) -> str:
     """What identifies a file's content without reading it: resolved path, size, modification time."""
@@ -52,3 +50,54 @@ def remember(kind: str, key: str, value: Any) -> None:
 def _entry(kind: str, key: str) -> Path:
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
     return cache_dir() / kind / digest[:2] / f"{digest}.json"
+
+
+def file_sha256(path: Path, data: bytes | None = None) -> str:
+    """sha256 of a file, remembered while the file is unchanged (sdlite/filecache.py): model files are
+    large, datasets are many files, and both rarely change.
+
+    `data`, when the caller already holds the file's bytes, is hashed instead of reading the file again.
+    """
+    from sdlite import filecache
+
+    key = filecache.file_key(path)
+    known = filecache.recall("sha256", key)
+    if isinstance(known, str):
+        return known
+    digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_uncached(path)
+    filecache.remember("sha256", key, digest)
+    return digest
+
+
+def cached_sha256(path: Path) -> str | None:
+    """The remembered sha256 of a file when it has not changed since it was hashed, else None."""
+    from sdlite import filecache
+
+    known = filecache.recall("sha256", filecache.file_key(path))
+    return known if isinstance(known, str) else None
+
+
+def sha256_uncached(path: Path) -> str:
+    """sha256 of a file's bytes, read now (for checks that must see the file as it is)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_hashes(root: Path, files: tuple[Path, ...]) -> tuple[str, dict[str, str]]:
+    """(model hash, per-file sha256). A single file's hash is its own sha256, as in A1111; a folder's
+    is the sha256 of its sorted `relative/path sha256` lines, so any changed weight changes it."""
+    per_file = {str(Path(f).relative_to(root)) if root.is_dir() else Path(f).name: file_sha256(f) for f in files}
+    if len(per_file) == 1:
+        return next(iter(per_file.values())), per_file
+    lines = "".join(f"{name} {digest}\n" for name, digest in sorted(per_file.items()))
+    return hashlib.sha256(lines.encode()).hexdigest(), per_file
+
+
+def cache_dir() -> Path:
+    """Where sdlite keeps small caches: SDLITE_CACHE_DIR, else $XDG_CACHE_HOME/sdlite, else ~/.cache/sdlite."""
+    if os.environ.get("SDLITE_CACHE_DIR"):
+        return Path(os.environ["SDLITE_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sdlite"

@@ -278,3 +278,60 @@ def show(value: Any) -> str:
         text = text[:57] + "..."
     # Line breaks JSON leaves alone (U+0085, U+2028), direction overrides, lone surrogates: escaped.
     return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+
+
+# Stable Diffusion v1 VAEs downsample by 8; the loaded model's own factor is checked again later.
+DEFAULT_VAE_FACTOR = 8
+
+
+MAX_SEED = 2**32 - 1
+
+
+# Field types shared by several configs.
+DType = Literal["auto", "fp32", "fp16", "bf16"]
+
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+
+
+WeightsDType = Literal["fp32", "fp16", "bf16"]
+
+
+Seed = Annotated[int, Strict(), Ge(0), Le(MAX_SEED)]
+
+
+def _on_vae_grid(value: int) -> int:
+    reason = size_problem(value, DEFAULT_VAE_FACTOR)
+    if reason:
+        raise PydanticCustomError("reason", "{reason}", {"reason": reason})
+    return value
+
+
+# An image side: a multiple of the VAE factor (8 for SD v1; the loaded model's own is checked again).
+ImageSize = Annotated[int, Strict(), Ge(DEFAULT_VAE_FACTOR), AfterValidator(_on_vae_grid)]
+
+
+DTYPES: tuple[str, ...] = get_args(DType)
+
+
+DEVICES: tuple[str, ...] = get_args(Device)
+
+
+def size_problem(value: int, factor: int) -> str | None:
+    """Why an image side cannot be used with a VAE of `factor`, or None."""
+    if value < factor:
+        return f"must be at least {factor}, got {value}"
+    if value % factor:
+        low = value - value % factor
+        return f"{value} is not a multiple of the VAE factor {factor}; nearest valid: {low} or {low + factor}"
+    return None
+
+
+def validate_size(
+    height: int | None, width: int | None, factor: int, names: tuple[str, ...] = ("--height", "--width")
+) -> None:
+    """Height and width must be positive multiples of the VAE's downsampling factor."""
+    for option, value in zip(names, (height, width), strict=False):
+        reason = None if value is None else size_problem(value, factor)
+        if reason:
+            raise UsageError(f"{option} {reason}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from sdlite.config import InitConfig
-from sdlite.presets import init_model
+from sdlite.models.config import InitConfig
+from sdlite.models.presets import init_model
 
 
 def make_tiny_model(out: Path, seed: int = 0) -> Path:

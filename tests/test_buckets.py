@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from sdlite.buckets import BatchOrder, bucket_sizes, make_layout, nearest
+from sdlite.data.buckets import BatchOrder, bucket_sizes, make_layout, nearest
 
 
 def test_sd_buckets_at_512_are_kohyas_within_aspect_two() -> None:

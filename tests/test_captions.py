@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from sdlite.captions import shuffle_tags
+from sdlite.data.captions import shuffle_tags
 
 TAGS = [f"tag{i}" for i in range(20)]
 LONG = ", ".join(TAGS)

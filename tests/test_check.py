@@ -15,8 +15,10 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from sdlite import sampling
-from sdlite.check import (
+from sdlite.cli.app import app
+from sdlite.errors import DataError, ModelError, UsageError
+from sdlite.models.source import DEFAULT_MODEL
+from sdlite.quality.golden import (
     DEFAULT_MAX_CHANGED,
     DEFAULT_TOLERANCE,
     CheckConfig,
@@ -26,8 +28,8 @@ from sdlite.check import (
     compare,
     passes,
 )
-from sdlite.config import DEFAULT_MODEL, Generation, SampleConfig
-from sdlite.errors import DataError, ModelError, UsageError
+from sdlite.sampling import run
+from sdlite.sampling.config import Generation, SampleConfig
 
 STEPS = 4
 
@@ -40,9 +42,9 @@ def goldens(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         Generation("a red circle", seed=1, steps=STEPS, num_images=3),
         Generation("a blue square", seed=9, steps=STEPS),
     )
-    sampling.sample(SampleConfig(model=str(tiny_model), generations=gens, out=root / "default", batch_size=2))
+    run.sample(SampleConfig(model=str(tiny_model), generations=gens, out=root / "default", batch_size=2))
     fast = (Generation("a green triangle", seed=20, steps=STEPS, num_images=2),)
-    sampling.sample(SampleConfig(model=str(tiny_model), generations=fast, out=root / "fast", mode="fast"))
+    run.sample(SampleConfig(model=str(tiny_model), generations=fast, out=root / "fast", mode="fast"))
     return root
 
 
@@ -50,13 +52,13 @@ def goldens(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every pipeline load sampling makes, by model path."""
     calls: list[str] = []
-    real = sampling.load_pipeline
+    real = run.load_pipeline
 
     def counting(model: Any, *args: Any, **kwargs: Any) -> Any:
         calls.append(str(model.path))
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(sampling, "load_pipeline", counting)
+    monkeypatch.setattr(run, "load_pipeline", counting)
     return calls
 
 
@@ -214,7 +216,7 @@ def test_a_missing_model_fails_before_anything_is_made(goldens: Path, tmp_path: 
 def test_builtin_model_goldens_pass_on_another_installation(tmp_path: Path) -> None:
     """The built-in model's absolute path differs between a checkout and a CI runner's site-packages."""
     gens = (Generation("a red circle on a blue background", seed=3, steps=3),)
-    [made] = sampling.sample(SampleConfig(model=str(DEFAULT_MODEL), generations=gens, out=tmp_path / "g")).images
+    [made] = run.sample(SampleConfig(model=str(DEFAULT_MODEL), generations=gens, out=tmp_path / "g")).images
     with Image.open(made.path) as image:
         text, pixels = dict(image.text), image.copy()
     record = json.loads(text["sdlite"])
@@ -258,12 +260,11 @@ def test_config_is_checked(fields: dict[str, Any], message: str) -> None:
 
 def _cli() -> Any:
     """The `check` command's app, once sdlite/cli/quality.py declares it."""
-    from sdlite import cli
 
-    names = {c.name or (c.callback.__name__ if c.callback else None) for c in cli.app.registered_commands}
+    names = {c.name or (c.callback.__name__ if c.callback else None) for c in app.registered_commands}
     if "check" not in names:
         pytest.skip("`sdlite check` is not declared in sdlite/cli/ yet")
-    return cli.app
+    return app
 
 
 def test_cli_exit_codes_lines_and_json(goldens: Path, tmp_path: Path) -> None:
@@ -297,14 +298,14 @@ def test_single_file_goldens_check_with_the_recorded_or_given_tokenizer(tiny_mod
     from safetensors.torch import load_file, save_file
     from typer.testing import CliRunner
 
-    from sdlite.config import ExportConfig
-    from sdlite.export import export
     from sdlite.formats.single_file import UNET, ema_key
+    from sdlite.models.config import ExportConfig
+    from sdlite.models.export import export
 
     file = export(ExportConfig(source=str(tiny_model), out=tmp_path / "m.safetensors"))
     tokenizer = str(tiny_model / "tokenizer")
     gens = (Generation("a red circle", seed=3, steps=STEPS),)
-    sampling.sample(SampleConfig(model=str(file), generations=gens, out=tmp_path / "g", tokenizer=tokenizer))
+    run.sample(SampleConfig(model=str(file), generations=gens, out=tmp_path / "g", tokenizer=tokenizer))
     state = load_file(file)  # a copy whose EMA UNet differs: only --no-ema-weights makes the goldens' pixels
     generator = torch.Generator().manual_seed(0)
     for key in [k for k in state if k.startswith(UNET)]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sdlite.cli import app
+from sdlite.cli.app import app
 from sdlite.schedulers import SCHEDULERS
 
 runner = CliRunner()
@@ -208,9 +208,9 @@ def test_init_and_info(tmp_path: Path) -> None:
 
 
 def test_info_without_any_model_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import sdlite.config
+    import sdlite.models.source
 
-    monkeypatch.setattr(sdlite.config, "DEFAULT_MODEL", tmp_path / "missing")
+    monkeypatch.setattr(sdlite.models.source, "DEFAULT_MODEL", tmp_path / "missing")
     result = invoke("info")
     assert result.exit_code == 2 and "no model given" in result.stderr
 
@@ -223,7 +223,7 @@ def test_help_and_usage_errors_do_not_import_torch() -> None:
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from sdlite.cli import app\n"
+        "from sdlite.cli.app import app\n"
         "r = CliRunner()\n"
         "assert r.invoke(app, ['--help']).exit_code == 0\n"
         "assert r.invoke(app, ['sample', '--help']).exit_code == 0\n"
@@ -335,7 +335,7 @@ def test_prompts_file_through_cli(tiny_model: Path, tmp_path: Path) -> None:
 def test_progress_bar_only_on_a_terminal_and_not_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
-    from sdlite.cli.progress import _progress_bar
+    from sdlite.cli.progress import progress_bar
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -343,14 +343,14 @@ def test_progress_bar_only_on_a_terminal_and_not_quiet(monkeypatch: pytest.Monke
 
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    with _progress_bar(enabled=True) as update:
+    with progress_bar(enabled=True) as update:
         update(3, 6)
     assert "3/6" in terminal.getvalue()
-    with _progress_bar(enabled=False) as update:
+    with progress_bar(enabled=False) as update:
         assert update is None
     log = io.StringIO()  # not a terminal (CI, Slurm, nohup): plain lines instead of a bar (tests/test_logs.py)
     monkeypatch.setattr(sys, "stderr", log)
-    with _progress_bar(enabled=True, images=1) as update:
+    with progress_bar(enabled=True, images=1) as update:
         update(0, 6)
         update(6, 6)
         update.image_done()

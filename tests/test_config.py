@@ -7,15 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from sdlite.config import (
-    Generation,
-    SampleConfig,
-    SampleOverrides,
-    build_sample_config,
-    read_prompts_file,
-    validate_size,
-)
 from sdlite.errors import DataError, ModelError, UsageError
+from sdlite.sampling.config import Generation, SampleConfig
+from sdlite.sampling.prompts_file import read_prompts_file
+from sdlite.sampling.sources import SampleOverrides, build_sample_config
+from sdlite.schema import validate_size
 
 
 def build(**kwargs: object) -> SampleConfig:
@@ -105,7 +101,7 @@ def test_bad_values_are_usage_errors(settings: dict[str, object], fragment: str)
 
 
 def test_model_precedence_env_then_built_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import sdlite.config
+    import sdlite.models.source
 
     config = build_sample_config(SampleOverrides(prompts=("a",)), env={"SDLITE_MODEL": "org/model"})
     assert config.model == "org/model"
@@ -113,8 +109,8 @@ def test_model_precedence_env_then_built_in(monkeypatch: pytest.MonkeyPatch, tmp
         build_sample_config(SampleOverrides(prompts=("a",), model="x/y"), env={"SDLITE_MODEL": "org/model"}).model
         == "x/y"
     )
-    assert build_sample_config(SampleOverrides(prompts=("a",)), env={}).model == str(sdlite.config.DEFAULT_MODEL)
-    monkeypatch.setattr(sdlite.config, "DEFAULT_MODEL", tmp_path / "missing")
+    assert build_sample_config(SampleOverrides(prompts=("a",)), env={}).model == str(sdlite.models.source.DEFAULT_MODEL)
+    monkeypatch.setattr(sdlite.models.source, "DEFAULT_MODEL", tmp_path / "missing")
     with pytest.raises(UsageError, match="no model given and the built-in model is missing"):
         build_sample_config(SampleOverrides(prompts=("a",)), env={})
 

@@ -12,16 +12,8 @@ import torch
 from imaging import noise, save
 from PIL import Image
 
-from sdlite.data import (
-    IMAGE_SUFFIXES,
-    Dataset,
-    Example,
-    augmentation_is_fixed,
-    check_images,
-    discover,
-    load_image,
-    preprocess,
-)
+from sdlite.data.examples import IMAGE_SUFFIXES, Dataset, Example, discover
+from sdlite.data.images import augmentation_is_fixed, check_images, load_image, preprocess
 from sdlite.errors import DataError, UsageError
 
 

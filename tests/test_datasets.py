@@ -20,10 +20,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sdlite import data, tables
-from sdlite.data import Example, check_images, discover, example_sha256, load_example, load_image
+from sdlite.data import images, tables
+from sdlite.data.examples import Example, discover
+from sdlite.data.images import check_images, example_sha256, load_example, load_image
+from sdlite.data.shapes import Scene, render
 from sdlite.errors import DataError
-from sdlite.shapes import Scene, render
 
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # what `datasets.Image()` stores
 
@@ -356,7 +357,7 @@ def test_discovery_reads_captions_only(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
     monkeypatch.setattr(pq.ParquetFile, "read", no_decoding)
-    monkeypatch.setattr(data, "decode_image", no_decoding)
+    monkeypatch.setattr(images, "decode_image", no_decoding)
     monkeypatch.setattr(Image, "open", no_decoding)
 
     dataset = discover(target)

@@ -8,9 +8,10 @@ from pathlib import Path
 from PIL import Image
 from typer.testing import CliRunner
 
-from sdlite.cli import app
-from sdlite.config import DEFAULT_MODEL, EvalConfig
-from sdlite.shapes import classify, evaluate
+from sdlite.cli.app import app
+from sdlite.models.source import DEFAULT_MODEL
+from sdlite.quality.config import EvalConfig
+from sdlite.quality.evaluation import classify, evaluate
 
 runner = CliRunner()
 

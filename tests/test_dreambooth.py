@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from sdlite import metadata
-from sdlite.config import TrainConfig
-from sdlite.dreambooth import class_images
+from sdlite import filecache
 from sdlite.errors import UsageError
+from sdlite.formats import png_record
+from sdlite.training.config import TrainConfig
+from sdlite.training.dreambooth import class_images
 
 CLASS_PROMPT = "a photo of a thing"
 STEPS = 2
@@ -51,7 +52,7 @@ def test_generates_once_then_reuses_then_tops_up(model: Path, tmp_path: Path) ->
     assert all(e.path.is_absolute() and e.path.parent == (tmp_path / "class").resolve() for e in first)
     assert events[0] == ("class_images", {"have": 0, "generating": 3, "needed": 3, "folder": str(tmp_path / "class")})
     assert [data["done"] for kind, data in events if kind == "class_image"] == [1, 2, 3]
-    records = [metadata.read_record(e.path) for e in first]
+    records = [png_record.read_record(e.path) for e in first]
     assert {r["settings"]["prompt"] for r in records} == {CLASS_PROMPT}
     assert {(r["settings"]["height"], r["settings"]["width"], r["settings"]["steps"]) for r in records} == {
         (64, 64, STEPS)
@@ -67,7 +68,7 @@ def test_generates_once_then_reuses_then_tops_up(model: Path, tmp_path: Path) ->
 
     more = class_images(make_config(model, tmp_path, num_class_images=5))
     assert more[:3] == first and len(more) == 5
-    new_seeds = [metadata.read_record(e.path)["settings"]["seed"] for e in more[3:]]
+    new_seeds = [png_record.read_record(e.path)["settings"]["seed"] for e in more[3:]]
     assert not set(new_seeds) & set(seeds) and new_seeds == [seeds[-1] + 1, seeds[-1] + 2]
 
     fewer = class_images(make_config(model, tmp_path, num_class_images=2))
@@ -87,7 +88,7 @@ def test_the_users_own_images_count(model: Path, tmp_path: Path) -> None:
     examples = class_images(make_config(model, tmp_path), events)
     assert events.generating() == 1
     assert [e.path.name for e in examples][1:] == ["mine.jpg", "other.webp"]
-    assert metadata.read_record(examples[0].path)["settings"]["prompt"] == CLASS_PROMPT
+    assert png_record.read_record(examples[0].path)["settings"]["prompt"] == CLASS_PROMPT
 
 
 def test_default_folder_is_in_the_cache_per_prompt(model: Path, tmp_path: Path) -> None:
@@ -96,7 +97,7 @@ def test_default_folder_is_in_the_cache_per_prompt(model: Path, tmp_path: Path) 
     events = Events()
     examples = class_images(config, events)
     folder = Path(events[0][1]["folder"])
-    assert folder.parent == metadata.cache_dir() / "class-images"
+    assert folder.parent == filecache.cache_dir() / "class-images"
     assert [e.path.parent for e in examples] == [folder.resolve()]
     assert events.generating() == 1
     again = Events()

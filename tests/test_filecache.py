@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from imaging import noise, save
 
-from sdlite import data, filecache, metadata
-from sdlite.data import check_images, discover
+from sdlite import filecache
+from sdlite.data import examples, images
+from sdlite.data.examples import discover
+from sdlite.data.images import check_images
 from sdlite.errors import DataError
 
 
@@ -36,14 +38,14 @@ def test_hashes_are_one_small_entry_each_and_follow_content(tmp_path: Path) -> N
     files = [tmp_path / f"{i}.bin" for i in range(300)]
     for i, file in enumerate(files):
         file.write_bytes(str(i).encode())
-    digests = [metadata.file_sha256(f) for f in files]
-    entries = list((metadata.cache_dir() / "sha256").rglob("*.json"))
+    digests = [filecache.file_sha256(f) for f in files]
+    entries = list((filecache.cache_dir() / "sha256").rglob("*.json"))
     assert len(entries) >= 300 and max(p.stat().st_size for p in entries) < 1024  # nothing grows with the count
-    assert [metadata.cached_sha256(f) for f in files] == digests
+    assert [filecache.cached_sha256(f) for f in files] == digests
     files[0].write_bytes(b"changed content")
     os.utime(files[0], ns=(1, 1))
-    assert metadata.cached_sha256(files[0]) is None
-    assert metadata.file_sha256(files[0]) == metadata.sha256_uncached(files[0]) != digests[0]
+    assert filecache.cached_sha256(files[0]) is None
+    assert filecache.file_sha256(files[0]) == filecache.sha256_uncached(files[0]) != digests[0]
 
 
 def test_a_second_check_decodes_nothing_unless_a_file_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,13 +53,13 @@ def test_a_second_check_decodes_nothing_unless_a_file_changed(tmp_path: Path, mo
     first = check_images(discover(folder, "text", False), False)
     assert [e.size for e in first.examples] == [(16 + i % 3, 12) for i in range(12)]  # in dataset order
     decoded: list[str] = []
-    load = data.load_example
+    load = images.load_example
 
-    def counting(example: data.Example) -> object:
+    def counting(example: examples.Example) -> object:
         decoded.append(example.path.name)
         return load(example)
 
-    monkeypatch.setattr(data, "load_example", counting)
+    monkeypatch.setattr(images, "load_example", counting)
     again = check_images(discover(folder, "text", False), False)
     assert decoded == [] and [e.size for e in again.examples] == [e.size for e in first.examples]
     save(folder / "005.png", noise(40, 30, seed=99))  # replaced: decoded again, its new size seen
@@ -81,15 +83,15 @@ def test_ctrl_c_during_the_check_stops_it_without_checking_the_rest(
     folder = folder_of(tmp_path, 200)
     dataset = discover(folder, "text", False)
     checked: list[str] = []
-    real = data._checked_size
+    real = images._checked_size
 
-    def interrupted_at_the_third(example: data.Example) -> object:
+    def interrupted_at_the_third(example: examples.Example) -> object:
         checked.append(example.path.name)
         if example.path.name == "002.png":
             raise KeyboardInterrupt
         return real(example)
 
-    monkeypatch.setattr(data, "_checked_size", interrupted_at_the_third)
+    monkeypatch.setattr(images, "_checked_size", interrupted_at_the_third)
     with pytest.raises(KeyboardInterrupt):
         check_images(dataset, False)
     assert len(checked) < 50  # not all 200 before the interrupt surfaces

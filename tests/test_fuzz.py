@@ -27,9 +27,10 @@ import typer.testing
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from sdlite.cli import app
-from sdlite.config import GENERATION_KEYS, TRAIN_KEYS
+from sdlite.cli.app import app
+from sdlite.sampling.config import GENERATION_KEYS
 from sdlite.schedulers import SCHEDULERS
+from sdlite.training.config import TRAIN_KEYS
 
 # Default cases per test; SDLITE_FUZZ_EXAMPLES rescales the total (and makes the run random).
 BUDGETS = {"sample": 3000, "train": 2400, "info": 600, "export": 600, "toml": 1800, "prompts": 2400, "png": 600}

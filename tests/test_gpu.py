@@ -72,7 +72,7 @@ def test_training_draws_inputs_from_the_cache_and_from_the_vae(tiny_model: Path,
 
 def test_plan_names_the_gpu_memory_and_reports_mfu_on_known_devices(tiny_model: Path, shapes: Path,
                                                                      tmp_path: Path) -> None:  # fmt: skip
-    from sdlite.flops import peak_flops
+    from sdlite.training.flops import peak_flops
 
     result, events = run(tiny_model, shapes, tmp_path / "o", mixed_precision="bf16", max_steps=3)
     plan = events[0]
@@ -89,8 +89,8 @@ def test_sampling_on_cuda_matches_plain_diffusers(tiny_model: Path, tmp_path: Pa
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from PIL import Image
 
-    from sdlite.config import Generation, SampleConfig
-    from sdlite.sampling import sample
+    from sdlite.sampling.config import Generation, SampleConfig
+    from sdlite.sampling.run import sample
 
     gen = Generation("a red circle on a blue background", seed=3, steps=10, guidance=5.0, num_images=2)
     run_ = sample(SampleConfig(model=str(tiny_model), generations=(gen,), out=tmp_path / "s", device="cuda",

@@ -12,12 +12,14 @@ import pytest
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
-from sdlite.cli import app
-from sdlite.config import Generation, SampleConfig, SampleOverrides, build_sample_config
+from sdlite.cli.app import app
 from sdlite.errors import DataError, UsageError
-from sdlite.init_images import default_size, fit_to
-from sdlite.metadata import read_record
-from sdlite.sampling import denoising_steps, sample
+from sdlite.formats.png_record import read_record
+from sdlite.sampling.config import Generation, SampleConfig
+from sdlite.sampling.init_images import default_size, fit_to
+from sdlite.sampling.plan import denoising_steps
+from sdlite.sampling.run import sample
+from sdlite.sampling.sources import SampleOverrides, build_sample_config
 from sdlite.schedulers import SCHEDULERS
 
 STEPS = 8
@@ -236,11 +238,11 @@ def test_clean_estimate_matches_the_schedulers_own(scheduler: str) -> None:
     import diffusers
     import torch
 
-    from sdlite.presets import SCHEDULE
-    from sdlite.previews import X0Recorder
+    from sdlite.families.sd1 import SD1
+    from sdlite.sampling.previews import X0Recorder
 
     spec = SCHEDULERS[scheduler]
-    sched = getattr(diffusers, spec.class_name).from_config(SCHEDULE, **spec.overrides)
+    sched = getattr(diffusers, spec.class_name).from_config(SD1.schedule, **spec.overrides)
     sched.set_timesteps(10)
     x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     eps = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -269,8 +271,8 @@ def test_inpainting_model_is_used_as_designed(tiny_model: Path, scene: tuple[Pat
     config["in_channels"] = 9
     unet = diffusers.UNet2DConditionModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
     unet.save_pretrained(model / "unet")
-    from sdlite.config import InfoConfig
-    from sdlite.info import describe, format_info
+    from sdlite.models.config import InfoConfig
+    from sdlite.models.info import describe, format_info
 
     info = describe(InfoConfig(model=str(model)))  # an inpainting model, not a broken one
     assert info["inpainting"] and info["problems"] == [] and "inpainting: 9 input channels" in format_info(info)
@@ -390,8 +392,9 @@ def test_img2img_with_a_lora_equals_diffusers_with_the_same_lora(
 def test_built_in_model_recolours_and_inpaints(tmp_path: Path) -> None:
     """The issue's judge, smaller: a rendered red circle on blue, recoloured at strength 0.6 and its background
     repainted, on the built-in model over 10 seeds each."""
-    from sdlite.config import DEFAULT_MODEL
-    from sdlite.shapes import COLORS, Scene, classify, render
+    from sdlite.data.shapes import COLORS, Scene, render
+    from sdlite.models.source import DEFAULT_MODEL
+    from sdlite.quality.evaluation import classify
 
     image = render(Scene("red", "circle", "blue", 0.5, 0.3, 0.6), 64)
     shape = np.linalg.norm(np.asarray(image, dtype=np.float32) - np.asarray(COLORS["blue"]), axis=2) > 100
@@ -458,14 +461,13 @@ def test_mask_blur_softens_the_seam_between_kept_and_repainted(tiny_model: Path,
 def test_a_mask_is_the_image_scaled_within_a_pixel(mask: tuple[int, int], image: tuple[int, int], fits: bool) -> None:
     """Scaled and rounded, each side lands within a pixel (the first rule's slack grew with the larger of
     the two, so a large mask could be 10 pixels off)."""
-    from sdlite.init_images import UserImage
-    from sdlite.sampling import _check_mask_shape
+    from sdlite.sampling.init_images import UserImage, check_mask_shape
 
     def user_image(size: tuple[int, int]) -> UserImage:
         return UserImage(Path(f"{size[0]}x{size[1]}.png"), Image.new("RGB", size), "0" * 64)
 
     if fits:
-        _check_mask_shape(user_image(mask), user_image(image))
+        check_mask_shape(user_image(mask), user_image(image))
     else:
         with pytest.raises(DataError, match="the mask must have the image's shape"):
-            _check_mask_shape(user_image(mask), user_image(image))
+            check_mask_shape(user_image(mask), user_image(image))

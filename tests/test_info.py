@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sdlite.config import InfoConfig, InitConfig
 from sdlite.errors import UsageError
-from sdlite.info import describe, format_info
+from sdlite.models.config import InfoConfig, InitConfig
+from sdlite.models.info import describe, format_info
 
 
 def test_tiny_flow_matches_real_tensors(tiny_model: Path) -> None:
@@ -46,7 +46,7 @@ def test_info_rejects_sizes_off_the_vae_grid(tiny_model: Path) -> None:
 @pytest.mark.slow
 def test_sd15_preset_has_the_published_architecture(tmp_path: Path) -> None:
     """Random-weight SD v1.5 (fp16 to halve the 4 GB write): counts and the 512x512 flow of the classic design."""
-    from sdlite.presets import init_model
+    from sdlite.models.presets import init_model
 
     model = init_model(InitConfig(out=tmp_path / "sd15", preset="sd15", dtype="fp16"))
     info = describe(InfoConfig(model=str(model)))

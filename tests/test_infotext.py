@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from sdlite.cli import app
-from sdlite.metadata import a1111_parameters, library_versions
+from sdlite.cli.app import app
+from sdlite.formats.png_record import a1111_parameters, library_versions
 from sdlite.schedulers import SCHEDULERS
 
 # --- A test-side re-implementation of A1111's infotext parser --------------------------------------

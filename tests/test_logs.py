@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from sdlite.cli import app, progress
+from sdlite.cli import progress
+from sdlite.cli.app import app
 from sdlite.testing import make_shapes_dataset
+from sdlite.training import reporting
 
 runner = CliRunner()
 SDLITE = [sys.executable, "-m", "sdlite"]
@@ -137,11 +139,10 @@ def test_quiet_silences_progress(tiny_model: Path, tmp_path: Path) -> None:
 def test_images_per_s_of_step_events_is_recent_so_a_slow_first_step_fades_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """A compile (or any warm-up) in the first step must not drag the step events' images/s (and their MFU and
     ETA) down for the rest of the run; the final line keeps the whole run's average."""
-    from sdlite import runs
 
     now = [0.0]
-    monkeypatch.setattr(runs.time, "perf_counter", lambda: now[0])
-    pace = runs.Pace()
+    monkeypatch.setattr(reporting.time, "perf_counter", lambda: now[0])
+    pace = reporting.Pace()
     now[0] = 100.0  # step 1 compiles for 100 s
     pace.add(8)
     assert pace.timing(29) == {"images_per_s": pytest.approx(0.08), "elapsed": 100.0, "eta": pytest.approx(2900.0)}

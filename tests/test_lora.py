@@ -20,13 +20,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from sdlite.cli import app
-from sdlite.config import Generation, LoraChoice, SampleConfig, SampleOverrides, build_sample_config
+from sdlite.cli.app import app
 from sdlite.errors import ModelError, UsageError
 from sdlite.formats import lora
-from sdlite.sampling import sample
+from sdlite.sampling.config import Generation, LoraChoice, SampleConfig
+from sdlite.sampling.run import sample
+from sdlite.sampling.sources import SampleOverrides, build_sample_config
 from sdlite.testing import make_shapes_dataset
-from sdlite.training import VALIDATION_STEPS, train
+from sdlite.training.unet import VALIDATION_STEPS, train
 
 runner = CliRunner()
 PROMPT = "a red circle"
@@ -40,7 +41,7 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train(model: Path, data: Path, out: Path, **settings: Any) -> Path:
-    from sdlite.config import TrainConfig
+    from sdlite.training.config import TrainConfig
 
     return train(TrainConfig(model=str(model), data=data, out=out, **{**LORA_SETTINGS, **settings})).out
 
@@ -141,8 +142,8 @@ def test_resume_restores_both_adapters_exactly(tiny_model: Path, shapes: Path, b
 
 
 def test_plan_and_settings(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
-    from sdlite.config import TrainConfig
-    from sdlite.training import dry_run
+    from sdlite.training.config import TrainConfig
+    from sdlite.training.unet import dry_run
 
     plan = dry_run(TrainConfig(model=str(tiny_model), data=shapes, out=tmp_path, max_steps=1, lora=True,
                                train_text_encoder=True))  # fmt: skip
@@ -354,7 +355,7 @@ def _random_lora_of_every_target(pipe: Any, alpha: float) -> dict[str, Any]:
     from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
 
-    from sdlite.training import LORA_TARGETS, TEXT_LORA_TARGETS
+    from sdlite.training.unet import LORA_TARGETS, TEXT_LORA_TARGETS
 
     state: dict[str, Any] = {}
     for name, module, targets in (

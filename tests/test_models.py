@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sdlite.errors import ModelError
-from sdlite.models import file_format, resolve_model
+from sdlite.models.loading import file_format, resolve_model
 
 
 @pytest.fixture

@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from sdlite.cli import app
-from sdlite.config import Generation, SampleConfig
-from sdlite.metadata import read_record
-from sdlite.models import load_pipeline, resolve_model
-from sdlite.modes import apply_mode
-from sdlite.sampling import sample
+from sdlite.cli.app import app
+from sdlite.formats.png_record import read_record
+from sdlite.models.loading import load_pipeline, resolve_model
+from sdlite.sampling.config import Generation, SampleConfig
+from sdlite.sampling.modes import apply_mode
+from sdlite.sampling.run import sample
 
 runner = CliRunner()
 
@@ -94,7 +94,7 @@ def test_what_each_mode_switches_on(tiny_model: Path) -> None:
 
 
 def test_fast_keeps_torch_compile_caches_in_sdlites_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from sdlite.modes import compile_cache
+    from sdlite.sampling.modes import compile_cache
 
     monkeypatch.setenv("SDLITE_CACHE_DIR", str(tmp_path / "cache"))
     for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdlite.config import DEFAULT_MODEL, NoiseConfig
+from sdlite.data.shapes import Scene, render
 from sdlite.errors import DataError, UsageError
-from sdlite.grid import PAD
-from sdlite.models import resolve_model
-from sdlite.noising import CHUNK, frame_steps, noise_strip, timestep
-from sdlite.shapes import Scene, render
+from sdlite.models.loading import resolve_model
+from sdlite.models.source import DEFAULT_MODEL
+from sdlite.sampling.config import NoiseConfig
+from sdlite.sampling.grid import PAD
+from sdlite.sampling.noising import CHUNK, frame_steps, noise_strip, timestep
 
 
 def scene(folder: Path, size: int = 32) -> Path:
@@ -116,8 +117,8 @@ def test_writes_into_a_new_folder_and_replaces_with_force(tiny_model: Path, tmp_
 
 
 def test_single_file_gives_the_folders_pixels(sd1_tiny_model: Path, tmp_path: Path) -> None:
-    from sdlite.config import ExportConfig
-    from sdlite.export import export
+    from sdlite.models.config import ExportConfig
+    from sdlite.models.export import export
 
     single = export(ExportConfig(source=str(sd1_tiny_model), out=tmp_path / "model.safetensors"))
     folder_run, _ = strip(sd1_tiny_model, tmp_path, out=tmp_path / "folder.png")

@@ -12,13 +12,15 @@ from typing import Any
 
 import pytest
 
-from sdlite.config import ExportConfig, Generation, InitConfig, SampleConfig, TrainConfig
-from sdlite.export import export
-from sdlite.presets import init_model
-from sdlite.sampling import sample
+from sdlite.models.config import ExportConfig, InitConfig
+from sdlite.models.export import export
+from sdlite.models.presets import init_model
+from sdlite.sampling.config import Generation, SampleConfig
+from sdlite.sampling.run import sample
 from sdlite.staging import staged_file, staged_folder
 from sdlite.testing import make_shapes_dataset
-from sdlite.training import train
+from sdlite.training.config import TrainConfig
+from sdlite.training.unet import train
 
 
 def run(model: Path, out: Path, num_images: int = 2, **kwargs: object) -> list[Path]:
@@ -65,18 +67,18 @@ def test_next_index_comes_from_one_scan_per_run(tiny_model: Path, tmp_path: Path
 
 def test_a_name_taken_meanwhile_is_skipped_not_overwritten(tiny_model: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    import sdlite.sampling
+    import sdlite.sampling.run
 
     out = tmp_path / "out"
     out.mkdir()
-    numbering = sdlite.sampling._Numbering
+    numbering = sdlite.sampling.run.Numbering
 
     class Racing(numbering):  # type: ignore[misc, valid-type]
         def __init__(self, folder: Path) -> None:
             super().__init__(folder)
             (folder / "00000-7.png").write_bytes(b"another run's image")  # written after the scan
 
-    monkeypatch.setattr(sdlite.sampling, "_Numbering", Racing)
+    monkeypatch.setattr(sdlite.sampling.run, "Numbering", Racing)
     paths = run(tiny_model, out, num_images=1)
     assert [p.name for p in paths] == ["00001-7.png"]
     assert (out / "00000-7.png").read_bytes() == b"another run's image"
@@ -155,7 +157,7 @@ def test_a_read_only_folder_is_a_disk_error_not_an_internal_one(
     from PIL import Image
 
     from sdlite.errors import ResourceError
-    from sdlite.outputs import Numbering, write_png
+    from sdlite.sampling.outputs import Numbering, write_png
 
     def read_only(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.EROFS, "Read-only file system")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sdlite.config import InitConfig
 from sdlite.errors import UsageError
-from sdlite.presets import init_model
-from sdlite.tokenizer import BOS, EOS, build_tokenizer
+from sdlite.models.config import InitConfig
+from sdlite.models.presets import init_model
+from sdlite.models.tokenizer import BOS, EOS, build_tokenizer
 
 
 def weights(model: Path) -> dict[str, bytes]:
@@ -66,7 +66,7 @@ def test_sd1_tiny_has_exactly_the_sd15_key_layout() -> None:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from sdlite.presets import PRESETS
+    from sdlite.models.presets import PRESETS
 
     def names(preset: str) -> dict[str, set[str]]:
         spec = PRESETS[preset]

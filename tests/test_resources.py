@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sdlite import resources
-from sdlite.cli import app
-from sdlite.config import Generation, SampleConfig, TrainConfig
+from sdlite.cli.app import app
 from sdlite.errors import ResourceError
-from sdlite.models import resolve_model
-from sdlite.presets import PRESETS
+from sdlite.models import memory
+from sdlite.models.loading import resolve_model
+from sdlite.models.presets import PRESETS
+from sdlite.sampling.config import Generation, SampleConfig
 from sdlite.testing import make_shapes_dataset
+from sdlite.training.config import TrainConfig
 
 SDLITE = [sys.executable, "-m", "sdlite"]
 BUILT_IN = Path(__file__).parents[1] / "sdlite" / "default_model"
@@ -76,14 +77,14 @@ def config(model: Path, size: int, batch: int = 1, guidance: float = 5.0, mode: 
 
 def test_reasonable_sizes_are_not_refused(tiny_model: Path) -> None:
     for model, size, batch in [(tiny_model, 64, 1), (tiny_model, 512, 4), (BUILT_IN, 64, 16), (BUILT_IN, 512, 1)]:
-        estimate = resources.check_sample(resolve_model(str(model), True, False, None, True), config(model, size, batch),
+        estimate = memory.check_sample(resolve_model(str(model), True, False, None, True), config(model, size, batch),
                                           "cpu", "float32")  # fmt: skip
         assert estimate.total < 2 * GIB
     # SD v1.5 at 512x512, fp32 on a CPU: weights 4.3 GB and a few GiB of activations at most.
     sd15 = PRESETS["sd15"]
-    cpu = resources.sample_estimate(sd15, SD15_PARAMS, 512, 512, 1, True, "float32", "cpu", "default")
+    cpu = memory.sample_estimate(sd15, SD15_PARAMS, 512, 512, 1, True, "float32", "cpu", "default")
     assert 4.5 * GIB < cpu.total < 8 * GIB
-    gpu = resources.sample_estimate(sd15, SD15_PARAMS, 512, 512, 1, True, "float16", "cuda", "default")
+    gpu = memory.sample_estimate(sd15, SD15_PARAMS, 512, 512, 1, True, "float16", "cuda", "default")
     assert 2 * GIB < gpu.total < 4 * GIB
 
 
@@ -91,8 +92,8 @@ def test_estimate_follows_size_batch_guidance_and_low_memory() -> None:
     shapes = {**PRESETS["shapes"], "vae": {**PRESETS["shapes"]["vae"]}}
     params = {"unet": 4_190_000, "vae": 950_000, "text_encoder": 160_000}
 
-    def estimate(size: int, batch: int = 1, guidance: bool = True, mode: str = "default") -> resources.Estimate:
-        return resources.sample_estimate(shapes, params, size, size, batch, guidance, "float32", "cpu", mode)
+    def estimate(size: int, batch: int = 1, guidance: bool = True, mode: str = "default") -> memory.Estimate:
+        return memory.sample_estimate(shapes, params, size, size, batch, guidance, "float32", "cpu", mode)
 
     assert estimate(64).total < estimate(512).total < estimate(1024).total
     assert estimate(512, batch=4).phases["denoising"] > 3.5 * estimate(512).phases["denoising"]
@@ -107,57 +108,57 @@ def test_estimate_follows_size_batch_guidance_and_low_memory() -> None:
 
 def test_refusal_names_estimate_limit_and_what_helps(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = resolve_model(str(tiny_model), True, False, None, True)
-    normal = resources.check_sample(model, config(tiny_model, 256, batch=16), "cpu", "float32")
-    low = resources.check_sample(model, config(tiny_model, 256, batch=16, mode="low-memory"), "cpu", "float32")
+    normal = memory.check_sample(model, config(tiny_model, 256, batch=16), "cpu", "float32")
+    low = memory.check_sample(model, config(tiny_model, 256, batch=16, mode="low-memory"), "cpu", "float32")
     assert low.total < normal.total
     limit = (low.total + normal.total) // 2
-    monkeypatch.setattr(resources, "device_limit", lambda device: resources.Limit(limit, "available RAM"))
+    monkeypatch.setattr(memory, "device_limit", lambda device: memory.Limit(limit, "available RAM"))
     with pytest.raises(ResourceError) as refused:
-        resources.check_sample(model, config(tiny_model, 256, batch=16), "cpu", "float32")
+        memory.check_sample(model, config(tiny_model, 256, batch=16), "cpu", "float32")
     message = str(refused.value)
     assert message.startswith("sampling 16 images at 256x256 needs about ") and "\n" not in message
-    assert f"{resources.size_text(limit)} this process can use (available RAM)" in message
+    assert f"{memory.size_text(limit)} this process can use (available RAM)" in message
     assert "--low-memory (about" in message and "a smaller --batch-size" in message
-    assert resources.check_sample(model, config(tiny_model, 256, batch=16, mode="low-memory"), "cpu", "float32")
+    assert memory.check_sample(model, config(tiny_model, 256, batch=16, mode="low-memory"), "cpu", "float32")
 
 
 def test_training_estimate_and_refusal(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = resolve_model(str(tiny_model), True, False, None, True)
-    configs, params = model.configs(), resources.parameter_counts(model)
+    configs, params = model.configs(), memory.parameter_counts(model)
     assert params["unet"] > 500_000
 
     def estimate(**options: object) -> int:
         settings = {"batch_size": 8, **options}
         train = TrainConfig(model=str(tiny_model), data=tmp_path, out=tmp_path / "out", max_steps=1, **settings)  # type: ignore[arg-type]
-        return resources.train_estimate(configs, params, train, 256, "cpu").total
+        return memory.train_estimate(configs, params, train, 256, "cpu").total
 
     assert estimate(gradient_checkpointing=True) < estimate() < estimate(batch_size=16)
     assert estimate(ema=True) > estimate()
-    monkeypatch.setattr(resources, "device_limit", lambda device: resources.Limit(estimate() - 1, "available RAM"))
+    monkeypatch.setattr(memory, "device_limit", lambda device: memory.Limit(estimate() - 1, "available RAM"))
     train = TrainConfig(model=str(tiny_model), data=tmp_path, out=tmp_path / "out", max_steps=1, batch_size=8)
     with pytest.raises(
         ResourceError,
         match=r"^training at 256x256 with batch 8 needs about .*--batch-size 7 or less .*--gradient-checkpointing",
     ):
-        resources.check_train(model, train, 256, 1)
+        memory.check_train(model, train, 256, 1)
 
 
 def test_plan_reports_memory_and_the_largest_batch_that_fits(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sdlite.training import dry_run
+    from sdlite.training.unet import dry_run
 
     data = make_shapes_dataset(tmp_path / "data", n=8)
     model = resolve_model(str(tiny_model), True, False, None, True)
-    configs, params = model.configs(), resources.parameter_counts(model)
+    configs, params = model.configs(), memory.parameter_counts(model)
     train = TrainConfig(model=str(tiny_model), data=data, out=tmp_path / "out", max_steps=1, batch_size=2)
-    at_batch = [resources.train_estimate(configs, params, train, 64, "cpu", batch_size=b).total for b in (2, 5, 6)]
+    at_batch = [memory.train_estimate(configs, params, train, 64, "cpu", batch_size=b).total for b in (2, 5, 6)]
     limit = (at_batch[1] + at_batch[2]) // 2  # batch 5 fits, batch 6 does not
-    monkeypatch.setattr(resources, "device_limit", lambda device: resources.Limit(limit, "available RAM"))
+    monkeypatch.setattr(memory, "device_limit", lambda device: memory.Limit(limit, "available RAM"))
     plan = dry_run(train)
     assert plan.largest_batch == 5
     assert plan.memory_gib == pytest.approx(at_batch[0] / GIB)
-    assert plan.memory_limit == f"{resources.size_text(limit)} (available RAM)"
+    assert plan.memory_limit == f"{memory.size_text(limit)} (available RAM)"
     result = CliRunner().invoke(app, ["train", "--model", str(tiny_model), "--data", str(data), "--out",
                                       str(tmp_path / "o2"), "--max-steps", "1", "--batch-size", "2", "--dry-run"])  # fmt: skip
     assert result.exit_code == 0 and '"largest_batch": 5' in result.stdout
@@ -168,7 +169,7 @@ def test_cuda_half_precision_estimate_matches_the_h200_measurement(tmp_path: Pat
     configs = {k: dict(v) for k, v in PRESETS["sd15"].items()}
     train = TrainConfig(model="x", data=tmp_path, out=tmp_path / "o", max_steps=1, batch_size=8,
                         mixed_precision="fp16", cache=True)  # fmt: skip
-    estimate = resources.train_estimate(configs, SD15_PARAMS, train, 512, "cuda:0")
+    estimate = memory.train_estimate(configs, SD15_PARAMS, train, 512, "cuda:0")
     assert 21 * GIB < estimate.total < 1.15 * 21 * GIB  # above the measurement, by a margin, not by 60% as before
 
 
@@ -181,15 +182,15 @@ def test_limit_is_the_tightest_of_ram_cgroup_and_address_space(tmp_path: Path, m
     (root / "job" / "step" / "memory.current").write_text(f"{GIB}\n")
     membership = tmp_path / "self-cgroup"
     membership.write_text("0::/job/step\n")
-    assert resources._cgroup_headroom(root, membership) == 2 * GIB
+    assert memory._cgroup_headroom(root, membership) == 2 * GIB
     membership.write_text("0::/\n")
-    assert resources._cgroup_headroom(root, membership) is None
+    assert memory._cgroup_headroom(root, membership) is None
 
-    monkeypatch.setattr(resources, "_cgroup_headroom", lambda: 2 * GIB)
-    limit = resources.host_limit()
+    monkeypatch.setattr(memory, "_cgroup_headroom", lambda: 2 * GIB)
+    limit = memory.host_limit()
     assert limit is not None and limit.source == "the cgroup memory limit"
-    monkeypatch.setattr(resources.resource, "getrlimit", lambda kind: (GIB + resources._own_memory()[1], -1))
-    limit = resources.host_limit()
+    monkeypatch.setattr(memory.resource, "getrlimit", lambda kind: (GIB + memory._own_memory()[1], -1))
+    limit = memory.host_limit()
     assert limit is not None and limit.source == "the address-space limit (ulimit -v)"
 
 

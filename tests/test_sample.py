@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdlite.config import Generation, SampleConfig, SampleOverrides, build_sample_config
 from sdlite.errors import UsageError
-from sdlite.sampling import sample
+from sdlite.sampling.config import Generation, SampleConfig
+from sdlite.sampling.run import sample
+from sdlite.sampling.sources import SampleOverrides, build_sample_config
 from sdlite.schedulers import SCHEDULERS
 
 STEPS = 4

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdlite.config import Generation, SampleConfig
-from sdlite.metadata import read_record
-from sdlite.sampling import sample
+from sdlite.formats.png_record import read_record
+from sdlite.sampling.config import Generation, SampleConfig
+from sdlite.sampling.run import sample
 
 PROMPT = "a red circle on a blue background"
 
@@ -138,7 +138,7 @@ def test_two_processes_name_around_foreign_files_draw_one_seed_and_fail_in_one_l
             "--batch-size", "2", "-q", "--json"]  # fmt: skip
     from typer.testing import CliRunner
 
-    from sdlite.cli import app
+    from sdlite.cli.app import app
 
     in_process = CliRunner()  # one process: no interpreter to start
     assert (

@@ -12,22 +12,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sdlite.cli import app
-from sdlite.config import (
-    EvalConfig,
-    ExportConfig,
-    Generation,
-    InfoConfig,
-    InitConfig,
-    LoraChoice,
-    SampleConfig,
-    SampleOverrides,
-    TrainConfig,
-    build_sample_config,
-    build_train_config,
-    read_prompts_file,
-)
+from sdlite.cli.app import app
 from sdlite.errors import DataError, UsageError
+from sdlite.models.config import ExportConfig, InfoConfig, InitConfig
+from sdlite.quality.config import EvalConfig
+from sdlite.sampling.config import Generation, LoraChoice, SampleConfig
+from sdlite.sampling.prompts_file import read_prompts_file
+from sdlite.sampling.sources import SampleOverrides, build_sample_config
+from sdlite.training.config import TrainConfig, build_train_config
 
 runner = CliRunner()
 NO_MODEL = "never-loaded-model"  # not a path and not a hub id: loading it would fail with exit 4
@@ -409,7 +401,7 @@ def test_schema_errors_do_not_import_torch(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from sdlite.cli import app\n"
+        "from sdlite.cli.app import app\n"
         "r = CliRunner()\n"
         f"assert r.invoke(app, ['sample', '--prompts-file', {str(bad)!r}, '--model', 'm']).exit_code == 3\n"
         "assert r.invoke(app, ['train', '--model', 'm', '--data', 'd', '--out', 'o', '--max-steps', 'x']).exit_code == 2\n"

@@ -10,21 +10,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sdlite.cli import app
-from sdlite.config import EvalConfig
+from sdlite.cli.app import app
+from sdlite.data.shapes import COLORS, SHAPES, Scene, all_triples, caption, held_out, random_scene, render
 from sdlite.errors import UsageError
-from sdlite.shapes import (
-    COLORS,
-    SHAPES,
-    Scene,
-    all_triples,
-    caption,
-    classify,
-    evaluate,
-    held_out,
-    random_scene,
-    render,
-)
+from sdlite.quality.config import EvalConfig
+from sdlite.quality.evaluation import classify, evaluate
 
 runner = CliRunner()
 
@@ -113,9 +103,9 @@ def test_eval_runs_and_reports_each_split(tiny_model: Path, tmp_path: Path) -> N
 def test_vae_component_trains_and_sets_the_scaling_factor(tiny_model: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from sdlite.config import TrainConfig
-    from sdlite.shapes import write_dataset
-    from sdlite.training import train
+    from sdlite.data.shapes import write_dataset
+    from sdlite.training.config import TrainConfig
+    from sdlite.training.unet import train
 
     data = write_dataset(tmp_path / "data", 16, 64, 0)
     events: list[dict] = []
@@ -155,9 +145,9 @@ def test_vae_training_skips_a_step_whose_first_micro_batch_is_nan(tiny_model: Pa
     import torch
     from safetensors.torch import load_file
 
-    from sdlite.config import TrainConfig
-    from sdlite.shapes import write_dataset
-    from sdlite.training import train
+    from sdlite.data.shapes import write_dataset
+    from sdlite.training.config import TrainConfig
+    from sdlite.training.unet import train
 
     data = write_dataset(tmp_path / "data", 8, 64, 0)
     calls: list[int] = []

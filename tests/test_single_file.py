@@ -16,7 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from sdlite.cli import app
+from sdlite import filecache
+from sdlite.cli.app import app
 from sdlite.errors import ModelError
 from sdlite.formats import single_file
 
@@ -52,7 +53,7 @@ def independent_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from sdlite.tokenizer import build_tokenizer
+    from sdlite.models.tokenizer import build_tokenizer
 
     torch.manual_seed(11)
     tokenizer = build_tokenizer()
@@ -238,7 +239,6 @@ def test_tokenizer_comes_from_the_hub_cache_or_a_one_line_error(
 def test_a_file_is_read_once_and_its_hash_cached(
     sd1_tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sdlite import metadata
 
     file = export(sd1_tiny_model, tmp_path / "m.safetensors")
     reads: list[Path] = []
@@ -249,10 +249,10 @@ def test_a_file_is_read_once_and_its_hash_cached(
         return real_read_bytes(self)
 
     monkeypatch.setattr(Path, "read_bytes", counting)
-    monkeypatch.setattr(metadata, "sha256_uncached", lambda path: pytest.fail(f"{path} hashed by a second read"))
+    monkeypatch.setattr(filecache, "sha256_uncached", lambda path: pytest.fail(f"{path} hashed by a second read"))
     state = single_file.read_state(file, pickled=False)
     assert reads == [file] and len(state) == len(load_file(file))
-    assert metadata.cached_sha256(file) == hashlib.sha256(real_read_bytes(file)).hexdigest()
+    assert filecache.cached_sha256(file) == hashlib.sha256(real_read_bytes(file)).hexdigest()
     single_file.read_state(file, pickled=False)  # hash cached: memory-mapped, no whole-file read
     assert reads == [file]
 
@@ -309,7 +309,7 @@ def test_train_from_a_single_file_writes_a_complete_folder(sd1_tiny_model: Path,
 def test_the_built_in_model_round_trips_through_a_single_file(tmp_path: Path) -> None:
     """It breaks SD v1's conventions (4 text heads of 16, its own VAE scaling factor, 64 px): the settings
     shapes cannot tell travel in the file's `sdlite.configs` metadata, so the pixels come back exactly."""
-    from sdlite.config import DEFAULT_MODEL
+    from sdlite.models.source import DEFAULT_MODEL
 
     file = export(DEFAULT_MODEL, tmp_path / "shapes.safetensors")
     settings = ["--steps", "8", "--guidance", "5"]
@@ -322,8 +322,8 @@ def test_recommended_settings_travel_in_the_single_file(tmp_path: Path) -> None:
     """The built-in model recommends guidance 5 (its `sdlite.json`): the exported file keeps the record in its
     metadata, so the same command samples the same pixels from folder and file, and a diffusers export of the
     file writes `sdlite.json` again. A file without the record (other tools') keeps the built-in defaults."""
-    from sdlite.config import DEFAULT_MODEL
-    from sdlite.metadata import read_settings
+    from sdlite.formats.png_record import read_settings
+    from sdlite.models.source import DEFAULT_MODEL
 
     file = export(DEFAULT_MODEL, tmp_path / "shapes.safetensors")
     tokenizer = ["--tokenizer", str(DEFAULT_MODEL / "tokenizer")]

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from sdlite import trackers
-from sdlite.config import TRACKERS, TrainConfig
 from sdlite.errors import UsageError
-from sdlite.trackers import Trackers, accelerator_kwargs, check_trackers, hyperparameters
+from sdlite.training import trackers
+from sdlite.training.config import TRACKERS, TrainConfig
+from sdlite.training.trackers import Trackers, accelerator_kwargs, check_trackers, hyperparameters
 
 PLAN = {"images": 8, "resolution": 64, "num_processes": 1, "effective_batch": 2, "steps": 3, "epochs": 0.75,
         "cache": True, "skipped": ["a.png"], "trains": ["unet"]}  # fmt: skip

@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sdlite import checkpoints
-from sdlite.config import TrainConfig
 from sdlite.errors import DataError, Interrupted, ModelError, UsageError
 from sdlite.testing import make_shapes_dataset
-from sdlite.training import resume_settings, train
+from sdlite.training import checkpoints
+from sdlite.training.config import TrainConfig
+from sdlite.training.unet import resume_settings, train
 
 
 @pytest.fixture(scope="session")
@@ -66,8 +66,8 @@ def test_loss_falls_and_output_is_a_usable_model(tiny_model: Path, shapes: Path,
     pipe = StableDiffusionPipeline.from_pretrained(out)
     assert max_diff(unet_weights(out), unet_weights(tiny_model)) > 0
     assert pipe.unet.config.sample_size == 8
-    from sdlite.config import Generation, SampleConfig
-    from sdlite.sampling import sample
+    from sdlite.sampling.config import Generation, SampleConfig
+    from sdlite.sampling.run import sample
 
     images = sample(
         SampleConfig(model=str(out), generations=(Generation("a red circle", seed=0, steps=2),), out=tmp_path / "s")
@@ -116,7 +116,7 @@ def test_checkpoints_are_usable_kept_and_verified(tiny_model: Path, shapes: Path
     run(tiny_model, shapes, out, max_steps=7, checkpoint_every=2, keep_checkpoints=2)
     kept = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert kept == ["step-000004", "step-000006"]
-    from sdlite.models import resolve_model
+    from sdlite.models.loading import resolve_model
 
     assert resolve_model(str(out / "checkpoints" / "step-000006")).weight_files  # a complete model folder
     # Settings that change the weights must match; a tampered or foreign folder is refused.
@@ -171,8 +171,8 @@ def test_lora_trains_only_the_adapter(tiny_model: Path, shapes: Path, tmp_path: 
     assert not np.allclose(plain, with_lora)
     from PIL import Image
 
-    from sdlite.config import Generation, LoraChoice, SampleConfig
-    from sdlite.sampling import sample
+    from sdlite.sampling.config import Generation, LoraChoice, SampleConfig
+    from sdlite.sampling.run import sample
 
     config = SampleConfig(model=str(tiny_model), generations=(Generation("a red circle", seed=0, steps=2),), out=tmp_path / "s",
                           loras=(LoraChoice(str(out), 0.7),))  # fmt: skip
@@ -184,14 +184,12 @@ def test_lora_trains_only_the_adapter(tiny_model: Path, shapes: Path, tmp_path: 
 def test_lora_model_has_only_adapter_parameters_trainable(tiny_model: Path, shapes: Path, text_encoder: bool) -> None:
     from accelerate import Accelerator
 
-    import sdlite.training as training
-    from sdlite.models import resolve_model
+    from sdlite.models.loading import resolve_model
+    from sdlite.training import unet
 
     config = TrainConfig(model=str(tiny_model), data=shapes, out=Path("unused"), max_steps=1, lora=True,
                          train_text_encoder=text_encoder)  # fmt: skip
-    parts = training._load_components(
-        resolve_model(str(tiny_model)), config, Accelerator(cpu=True), __import__("torch")
-    )
+    parts = unet._load_components(resolve_model(str(tiny_model)), config, Accelerator(cpu=True), __import__("torch"))
     trainable = [n for n, p in parts.unet.named_parameters() if p.requires_grad]
     assert trainable and all("lora" in n for n in trainable)
     trainable_text = [n for n, p in parts.text_encoder.named_parameters() if p.requires_grad]
@@ -206,13 +204,13 @@ def test_lora_initial_weights_come_from_the_seed(tiny_model: Path) -> None:
     import torch
     from accelerate import Accelerator
 
-    import sdlite.training as training
-    from sdlite.models import resolve_model
+    from sdlite.models.loading import resolve_model
+    from sdlite.training import unet
 
     def adapters(seed: int) -> dict[str, Any]:
         config = TrainConfig(model=str(tiny_model), data=Path("unused"), out=Path("unused"), max_steps=1, lora=True,
                              train_text_encoder=True, seed=seed)  # fmt: skip
-        parts = training._load_components(resolve_model(str(tiny_model)), config, Accelerator(cpu=True), torch)
+        parts = unet._load_components(resolve_model(str(tiny_model)), config, Accelerator(cpu=True), torch)
         return {n: p.detach().clone() for m in (parts.unet, parts.text_encoder)
                 for n, p in m.named_parameters() if "lora_A" in n}  # fmt: skip
 
@@ -239,7 +237,7 @@ def test_snr_gamma_changes_the_weighting(tiny_model: Path, shapes: Path, tmp_pat
     import torch
     from diffusers import DDPMScheduler
 
-    from sdlite.training import loss_weights
+    from sdlite.training.unet import loss_weights
 
     scheduler = DDPMScheduler.from_pretrained(tiny_model / "scheduler")
     t = torch.tensor([1, 500, 999])
@@ -396,7 +394,7 @@ def test_fp16_on_a_cpu_is_refused_before_anything_loads(tiny_model: Path, shapes
 def test_a_fine_tune_keeps_its_base_models_recommended_settings(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
     """The base's sdlite.json (e.g. the built-in model's guidance 5) goes with the trained model and its
     checkpoints; without it a fine-tune sampled with other defaults than its base."""
-    from sdlite.config import model_defaults
+    from sdlite.sampling.sources import model_defaults
 
     base = tmp_path / "base"
     shutil.copytree(tiny_model, base)

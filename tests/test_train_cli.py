@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sdlite.cli import app
+from sdlite.cli.app import app
 from sdlite.testing import make_shapes_dataset
 
 runner = CliRunner()

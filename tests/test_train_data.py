@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from sdlite.config import TrainConfig
-from sdlite.metadata import read_record
+from sdlite.formats.png_record import read_record
 from sdlite.testing import make_shapes_dataset
-from sdlite.training import train
+from sdlite.training.config import TrainConfig
+from sdlite.training.unet import train
 
 UNET = Path("unet") / "diffusion_pytorch_model.safetensors"
 
@@ -132,8 +132,8 @@ def test_tensorboard_events_hold_the_loss_and_the_validation_grids(tiny_model: P
 
 
 def test_plan_reports_model_flops_and_mfu_needs_a_known_peak(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
-    from sdlite.flops import peak_flops, train_flops_per_image
-    from sdlite.presets import PRESETS
+    from sdlite.models.presets import PRESETS
+    from sdlite.training.flops import peak_flops, train_flops_per_image
 
     assert train_flops_per_image(PRESETS["sd15"], 512, 512, False) == pytest.approx(2.42e12, rel=0.01)
     assert peak_flops("NVIDIA H200", "bf16") == 989e12 and peak_flops("NVIDIA H100 80GB HBM3", "no") == 494e12
@@ -141,8 +141,8 @@ def test_plan_reports_model_flops_and_mfu_needs_a_known_peak(tiny_model: Path, s
     result, events = run(tiny_model, shapes, tmp_path / "o", max_steps=1)
     plan = events[0]
     assert plan["tflops_per_image"] > 0 and plan["peak_tflops"] is None
-    from sdlite.config import TrainConfig
-    from sdlite.training import dry_run
+    from sdlite.training.config import TrainConfig
+    from sdlite.training.unet import dry_run
 
     dry = dry_run(TrainConfig(model=str(tiny_model), data=shapes, out=tmp_path / "o", max_steps=1, batch_size=2))
     assert dry.tflops_per_image == plan["tflops_per_image"]  # --dry-run reports the plan the run does
@@ -155,15 +155,15 @@ def test_mfu_in_step_events_and_result_when_the_peak_is_known(
 ) -> None:
     import dataclasses
 
-    from sdlite import training
+    from sdlite.training import unet
 
-    with_flops = training.with_flops
+    with_flops = unet.with_flops
 
     def known_peak(plan: Any, *args: Any) -> Any:  # a device whose peak is twice one image's step
         plan = with_flops(plan, *args)
         return dataclasses.replace(plan, peak_tflops=2 * plan.tflops_per_image)
 
-    monkeypatch.setattr(training, "with_flops", known_peak)
+    monkeypatch.setattr(unet, "with_flops", known_peak)
     result, events = run(tiny_model, shapes, tmp_path / "o", max_steps=2)
     steps = [e for e in events if e["event"] == "step"]
     assert all(e["mfu"] == pytest.approx(e["images_per_s"] / 2) for e in steps)

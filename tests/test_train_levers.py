@@ -69,7 +69,7 @@ def test_cache_entries_are_read_when_needed_and_damaged_ones_are_recomputed(
     runs are computed again at the start; one damaged during a run is named when a batch needs it (exit 3)
     and removed, so the next run computes it."""
     from sdlite.errors import DataError
-    from sdlite.metadata import cache_dir
+    from sdlite.filecache import cache_dir
 
     run(tiny_model, shapes, tmp_path / "a", max_steps=2)
     entries = sorted((cache_dir() / "train-cache").rglob("*.safetensors"))
@@ -103,7 +103,7 @@ def test_only_cpu_tensors_are_pinned_on_the_way_to_a_gpu() -> None:
 
     import torch
 
-    from sdlite.training import to_device
+    from sdlite.training.unet import to_device
 
     on_gpu = mock.MagicMock(device=torch.device("cuda", 0))
     to_device(on_gpu, "cuda", torch.float16)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from sdlite.cli import app
+from sdlite.cli.app import app
 from sdlite.testing import make_shapes_dataset
 
 runner = CliRunner()
@@ -62,8 +62,8 @@ def test_resume_auto_starts_fresh_then_continues(tiny_model: Path, shapes: Path,
 
     # No checkpoint: auto starts fresh over what an unfinished run leaves (its loss log), never over a finished
     # run's model (it once silently replaced a finished run's LoRA and mixed one into a full model).
-    from sdlite.config import TrainConfig
-    from sdlite.runs import check_out
+    from sdlite.training.config import TrainConfig
+    from sdlite.training.out_folder import check_out
 
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()

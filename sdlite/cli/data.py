@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from sdlite.cli import _errors
+from sdlite.cli.failures import one_line_errors
 
 data_app = typer.Typer(help="Make training datasets.", no_args_is_help=True)
 
@@ -20,7 +20,7 @@ def data_shapes(
     seed: Annotated[int, typer.Option(help="Same seed, same dataset.")] = 0,
 ) -> None:
     """Synthetic scenes captioned `a {color} {shape} on a {color} background` (held-out triples excluded)."""
-    with _errors():
-        from sdlite.shapes import write_dataset
+    with one_line_errors():
+        from sdlite.data.shapes import write_dataset
 
         typer.echo(str(write_dataset(out, n, size, seed)))

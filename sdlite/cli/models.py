@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from sdlite.cli import _errors
+from sdlite.cli.failures import one_line_errors
 from sdlite.cli.options import MODEL_HELP, AllowPickle, EmaWeights, JsonOut, Offline, Tokenizer
-from sdlite.cli.output import _quiet_libraries
-from sdlite.config import PRESETS, ExportConfig, InfoConfig, InitConfig
+from sdlite.cli.output import quiet_libraries
+from sdlite.models.config import PRESETS, ExportConfig, InfoConfig, InitConfig
 
 
 def init(
@@ -22,10 +22,10 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists and is not empty.")] = False,
 ) -> None:
     """Write a model with random weights, offline: `tiny` for tests and CI, `sd15` for the real SD v1.5 shapes."""
-    with _errors():
+    with one_line_errors():
         config = InitConfig(out=out, preset=preset, seed=seed, dtype=dtype, overwrite=force)
-        _quiet_libraries()
-        from sdlite.presets import init_model
+        quiet_libraries()
+        from sdlite.models.presets import init_model
 
         typer.echo(str(init_model(config)))
 
@@ -47,8 +47,8 @@ def info(
     ema_weights: EmaWeights = True,
 ) -> None:
     """Show a model's components, parameter counts, dtypes, scheduler and the tensor shapes of its flow."""
-    with _errors():
-        from sdlite.config import resolve_model_source
+    with one_line_errors():
+        from sdlite.models.source import resolve_model_source
 
         config = InfoConfig(
             model=resolve_model_source(model),
@@ -59,8 +59,8 @@ def info(
             tokenizer=tokenizer,
             ema_weights=ema_weights,
         )
-        _quiet_libraries(offline)
-        from sdlite.info import describe, format_info
+        quiet_libraries(offline)
+        from sdlite.models.info import describe, format_info
 
         details = describe(config)
         typer.echo(json.dumps(details, indent=2) if json_out else format_info(details))
@@ -95,10 +95,10 @@ def export(
     ema_weights: EmaWeights = True,
 ) -> None:
     """Write a model or LoRA in the layout other tools load: A1111, ComfyUI, Forge, diffusers."""
-    with _errors():
+    with one_line_errors():
         config = ExportConfig(source=source, out=out, format=format, dtype=dtype, tokenizer=tokenizer,
                               ema_weights=ema_weights, offline=offline, allow_pickle=allow_pickle, force=force)  # fmt: skip
-        _quiet_libraries(offline)
-        from sdlite.export import export as run_export
+        quiet_libraries(offline)
+        from sdlite.models.export import export as run_export
 
         typer.echo(str(run_export(config)))

@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from sdlite.cli import _errors
+from sdlite.cli.failures import one_line_errors
 from sdlite.cli.options import MODEL_HELP, AllowPickle, Device, Dtype, EmaWeights, JsonOut, Offline, Tokenizer
-from sdlite.cli.output import _quiet_libraries
-from sdlite.config import NoiseConfig
+from sdlite.cli.output import quiet_libraries
+from sdlite.sampling.config import NoiseConfig
 
 
 def noise(
@@ -75,8 +75,8 @@ def noise(
     at Stable Diffusion's last timestep, so even "pure noise" keeps a trace); `noise` is sqrt(1 - abar_t)
     (signal^2 + noise^2 = 1). Only the VAE is loaded. Prints one line per frame, then the strip's path.
     """
-    with _errors():
-        from sdlite.config import resolve_model_source
+    with one_line_errors():
+        from sdlite.models.source import resolve_model_source
 
         config = NoiseConfig(
             image=str(image),
@@ -96,8 +96,8 @@ def noise(
             ema_weights=ema_weights,
             overwrite=force,
         )
-        _quiet_libraries(offline)
-        from sdlite.noising import noise_strip
+        quiet_libraries(offline)
+        from sdlite.sampling.noising import noise_strip
 
         strip = noise_strip(config)
         if json_out:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from sdlite.config import DEVICES, DTYPES
+from sdlite.schema import DEVICES, DTYPES
 
 # The commands that load a model.
 MODEL_HELP = (

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 
-def _print_result(result: Any, json_out: bool, progress: Any = None) -> None:
+def print_result(result: Any, json_out: bool, progress: Any = None) -> None:
     """One line per written image on stdout: JSON, or the path and the seed that remakes it."""
     from tqdm import tqdm
 
@@ -28,7 +28,7 @@ class _StderrHandler(logging.Handler):
         sys.stderr.write(self.format(record) + "\n")
 
 
-def _show_warnings() -> None:
+def show_warnings() -> None:
     """sdlite's own warnings (e.g. a truncated prompt) go to stderr as `warning: ...` lines."""
     logger = logging.getLogger("sdlite")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
@@ -39,11 +39,11 @@ def _show_warnings() -> None:
         logger.propagate = False
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _quiet_libraries(offline: bool = False) -> None:
+def quiet_libraries(offline: bool = False) -> None:
     """Keep library chatter (deprecation notes, download bars) off stderr; our own warnings still show."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")

@@ -16,7 +16,7 @@ LOG_EVERY_FRACTION = 0.1  # and at each further tenth of the run (but not more t
 
 
 @contextmanager
-def _progress_bar(enabled: bool, images: int | None = None) -> Iterator[Any]:
+def progress_bar(enabled: bool, images: int | None = None) -> Iterator[Any]:
     """Progress on stderr unless --quiet: a tqdm bar on a terminal; plain lines for logs (CI, Slurm,
     nohup) when stderr is not one. Yields a callable `(done, total)` (denoising steps), or None."""
     if not enabled:
@@ -121,7 +121,7 @@ def _progress_line(text: str) -> None:
 
 
 @contextmanager
-def _train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
+def train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
     """Training events as JSON lines on stdout, or progress and warnings on stderr: a bar (loss, images/s)
     on a terminal, else plain lines (`step N/M, loss, lr, images/s, ETA`) at the pace of _Pacer."""
     bar = _StepBar() if not json_events and not quiet and sys.stderr.isatty() else None

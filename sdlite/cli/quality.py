@@ -9,11 +9,11 @@ from typing import Annotated, Any
 
 import typer
 
-from sdlite.cli import _errors
+from sdlite.cli.failures import one_line_errors
 from sdlite.cli.options import MODEL_HELP, AllowPickle, Device, Dtype, EmaWeights, JsonOut, Offline, Quiet, Tokenizer
-from sdlite.cli.output import _quiet_libraries
-from sdlite.cli.progress import _progress_bar
-from sdlite.config import DEFAULT_MAX_CHANGED, DEFAULT_TOLERANCE, CheckConfig, EvalConfig
+from sdlite.cli.output import quiet_libraries
+from sdlite.cli.progress import progress_bar
+from sdlite.quality.config import DEFAULT_MAX_CHANGED, DEFAULT_TOLERANCE, CheckConfig, EvalConfig
 from sdlite.schedulers import scheduler_names
 
 eval_app = typer.Typer(help="Measure a model's quality.", no_args_is_help=True)
@@ -44,16 +44,16 @@ def eval_shapes(
     ema_weights: EmaWeights = True,
 ) -> None:
     """Sample shapes scenes, judge shape, shape color and background with a fixed classifier, print accuracies."""
-    with _errors():
-        from sdlite.config import resolve_model_source
+    with one_line_errors():
+        from sdlite.models.source import resolve_model_source
 
         config = EvalConfig(model=resolve_model_source(model), n=n, seed=seed, steps=steps, guidance=guidance,
                             scheduler=scheduler, batch_size=batch_size, out=out, offline=offline, fast=fast,
                             tokenizer=tokenizer, ema_weights=ema_weights)  # fmt: skip
-        _quiet_libraries(offline)
-        from sdlite.shapes import evaluate, format_report
+        quiet_libraries(offline)
+        from sdlite.quality.evaluation import evaluate, format_report
 
-        with _progress_bar(enabled=not quiet) as progress:
+        with progress_bar(enabled=not quiet) as progress:
             report = evaluate(config, progress)
         typer.echo(json.dumps(report, indent=2) if json_out else format_report(report))
 
@@ -139,8 +139,8 @@ def check(
 ) -> None:
     """Golden-image regression check for CI: regenerate every sdlite PNG under DIR from its own metadata and
     compare it with the stored pixels. Exit 0: all within tolerance; 7: some differ; 3: a golden unreadable."""
-    with _errors():
-        from sdlite.config import lora_choices
+    with one_line_errors():
+        from sdlite.sampling.config import lora_choices
 
         config = CheckConfig(
             paths=tuple(str(p) for p in [*(goldens or ()), *(goldens_option or ())]),
@@ -157,10 +157,10 @@ def check(
             tokenizer=tokenizer,
             ema_weights=None if ema_weights else False,  # default: what each golden records
         )
-        _quiet_libraries(offline)
-        from sdlite.check import check as run_check
+        quiet_libraries(offline)
+        from sdlite.quality.golden import check as run_check
 
-        with _progress_bar(enabled=not quiet) as progress:
+        with progress_bar(enabled=not quiet) as progress:
             report = run_check(config, progress=progress, on_result=partial(_print_check_result, json_out=json_out))
         summary = report.summary()
         if json_out:

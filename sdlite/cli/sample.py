@@ -10,13 +10,13 @@ from typing import Annotated
 
 import typer
 
-from sdlite.cli import _errors
+from sdlite.cli.failures import one_line_errors
 from sdlite.cli.options import DTYPE_HELP, MODEL_HELP, AllowPickle, EmaWeights, JsonOut, Offline, Quiet, Tokenizer
-from sdlite.cli.output import _is_main_process, _print_result, _quiet_libraries
-from sdlite.cli.progress import _progress_bar
-from sdlite.config import DEVICES, SampleOverrides, build_sample_config
+from sdlite.cli.output import is_main_process, print_result, quiet_libraries
+from sdlite.cli.progress import progress_bar
+from sdlite.sampling.sources import SampleOverrides, build_sample_config
 from sdlite.schedulers import scheduler_names
-from sdlite.schema import PositiveInt, check_value
+from sdlite.schema import DEVICES, PositiveInt, check_value
 
 # Ctrl-C while sampling stops at the next denoising step; a single operation still running this many
 # seconds later (one step of a huge image) is abandoned and the process exits 130 anyway.
@@ -177,7 +177,7 @@ def sample(
 ) -> None:
     """Generate images from text, or from a picture (--init-image) and a mask (--mask). Each PNG records how
     to make it again (A1111 `parameters` + full JSON, with the sha256 of the files it started from)."""
-    with _errors():
+    with one_line_errors():
         check_value(PositiveInt | None, num_processes, "--num-processes")
         if num_processes and num_processes > 1 and "WORLD_SIZE" not in os.environ:
             from sdlite.launch import spawn
@@ -222,18 +222,18 @@ def sample(
                 resume=resume,
             )
         )
-        _quiet_libraries(offline)
-        from sdlite.sampling import sample as run_sample
+        quiet_libraries(offline)
+        from sdlite.sampling.run import sample as run_sample
 
         images = len(config.keep_seeds) or sum(g.num_images for g in config.generations)
-        with _progress_bar(enabled=not quiet and _is_main_process(), images=images) as progress:
+        with progress_bar(enabled=not quiet and is_main_process(), images=images) as progress:
             run = run_sample(
                 config,
                 progress=progress,
-                on_image=partial(_print_result, json_out=json_out, progress=progress),
+                on_image=partial(print_result, json_out=json_out, progress=progress),
                 interrupt_grace=INTERRUPT_GRACE,
             )
         if run.grid:
             typer.echo(json.dumps({"grid": str(run.grid)}) if json_out else f"{run.grid}  grid")
-        if run.speedups and not quiet and _is_main_process():
+        if run.speedups and not quiet and is_main_process():
             typer.echo(f"{config.mode}: {', '.join(run.speedups)}", err=True)

@@ -9,12 +9,12 @@ from typing import Annotated
 
 import typer
 
-from sdlite.cli import _errors
+from sdlite.cli.failures import one_line_errors
 from sdlite.cli.options import MODEL_HELP, AllowPickle, EmaWeights, Offline, Quiet, Tokenizer
-from sdlite.cli.output import _is_main_process, _quiet_libraries
-from sdlite.cli.progress import _train_reporter
-from sdlite.config import LR_SCHEDULERS, RESUME_HELP, build_train_config
+from sdlite.cli.output import is_main_process, quiet_libraries
+from sdlite.cli.progress import train_reporter
 from sdlite.schema import PositiveInt, check_value
+from sdlite.training.config import LR_SCHEDULERS, RESUME_HELP, build_train_config
 
 
 def train(
@@ -256,7 +256,7 @@ def train(
 ) -> None:
     """Fine-tune a model (full, or LoRA) on a captioned image folder, a Parquet/Arrow dataset or a hub dataset, or
     DreamBooth-style on a subject's photos; resumable, aspect-ratio bucketed, on one or many processes."""
-    with _errors():
+    with one_line_errors():
         check_value(PositiveInt | None, num_processes, "--num-processes")
         cli_values = {
             "model": model, "data": data, "out": out, "component": component, "kl_weight": kl_weight,
@@ -283,21 +283,21 @@ def train(
         }  # fmt: skip
         config = build_train_config(cli_values, config_file)
         launch = bool(num_processes and num_processes > 1 and "WORLD_SIZE" not in os.environ)
-        _quiet_libraries(offline)
-        from sdlite import training
+        quiet_libraries(offline)
+        from sdlite.training import unet
 
         if dry_run:  # the plan of N processes, printed once: nothing is launched
-            plan = training.dry_run(config, num_processes if launch else None)
-            if _is_main_process():
+            plan = unet.dry_run(config, num_processes if launch else None)
+            if is_main_process():
                 typer.echo(json.dumps(plan.to_dict(), indent=2))
             return
         if launch:  # options checked once, here
             from sdlite.launch import spawn
 
             raise typer.Exit(spawn(num_processes or 1, same_threads=False))
-        with _train_reporter(json_events, quiet) as report:
-            result = training.train(config, on_event=report)
-        if not json_events and _is_main_process():
+        with train_reporter(json_events, quiet) as report:
+            result = unet.train(config, on_event=report)
+        if not json_events and is_main_process():
             speed = f", {result.images_per_s:.3g} images/s" if result.images_per_s else ""
             speed += f", MFU {result.mfu:.1%}" if result.mfu is not None else ""
             loss = "n/a (no step was finite)" if result.final_loss is None else result.final_loss

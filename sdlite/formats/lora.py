@@ -158,7 +158,7 @@ def find_lora_file(source: Path | str) -> Path:
 
 def read_header(file: Path) -> tuple[list[str], dict[str, str]]:
     """(tensor names, safetensors metadata) from the file's header alone; ModelError for pickles and damage."""
-    from sdlite.models import file_format
+    from sdlite.models.loading import file_format
 
     if file_format(file) != "safetensors":
         raise ModelError(f"LoRA {file} is a pickle; sdlite reads LoRA adapters only as safetensors")

@@ -18,21 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdlite import filecache
 from sdlite.errors import ModelError
-from sdlite.presets import SCHEDULE
+from sdlite.families.sd1 import SD1
 
-UNET = "model.diffusion_model."
-VAE = "first_stage_model."
-CLIP = "cond_stage_model.transformer."
+UNET = SD1.original_prefixes["unet"]
+VAE = SD1.original_prefixes["vae"]
+CLIP = SD1.original_prefixes["text_encoder"]
 CLIP_TEXT = CLIP + "text_model."
-EMA = "model_ema."
-# SD v1 conventions for what tensor shapes cannot tell.
-UNET_HEADS = 8
-TEXT_HEAD_WIDTH = 64
-NORM_GROUPS = 32
-LATENT_SIZE = 64  # SD v1's UNet sample_size: 512 px through its 8x VAE
-VAE_SCALING_FACTOR = 0.18215
-SCHEDULER: dict[str, Any] = {"_class_name": "DDIMScheduler", **SCHEDULE}  # SD v1's noise schedule
+EMA = SD1.original_prefixes["ema"]
+# SD v1 conventions for what tensor shapes cannot tell (sdlite/families/sd1.py).
+UNET_HEADS = SD1.conventions["unet_heads"]
+TEXT_HEAD_WIDTH = SD1.conventions["text_head_width"]
+NORM_GROUPS = SD1.conventions["norm_groups"]
+LATENT_SIZE = SD1.conventions["latent_size"]  # SD v1's UNet sample_size: 512 px through its 8x VAE
+VAE_SCALING_FACTOR = SD1.vae_scaling_factor
+SCHEDULER: dict[str, Any] = {"_class_name": "DDIMScheduler", **SD1.schedule}  # SD v1's noise schedule
 
 Shapes = dict[str, tuple[int, ...]]
 # The safetensors metadata key where `sdlite export` stores what shapes cannot tell (heads, norm groups,
@@ -277,7 +278,7 @@ def vae_config(shapes: Shapes) -> dict[str, Any]:
         "layers_per_block": layers,
         "latent_channels": shapes[VAE + "encoder.conv_out.weight"][0] // 2,
         "norm_num_groups": NORM_GROUPS,
-        "sample_size": LATENT_SIZE * 8,
+        "sample_size": LATENT_SIZE * SD1.vae_factor,
         "scaling_factor": VAE_SCALING_FACTOR,
         "use_quant_conv": VAE + "quant_conv.weight" in shapes,
         "use_post_quant_conv": VAE + "post_quant_conv.weight" in shapes,
@@ -335,16 +336,15 @@ def load_pickle(path: Path, data: bytes | None = None) -> dict[str, Any]:
 def read_state(path: Path, pickled: bool) -> dict[str, Any]:
     """Every tensor of the file, reading it once: when its sha256 is not cached yet, the same bytes
     are hashed (and the hash cached) and parsed, so a 2 GB file is never read twice."""
-    from sdlite import metadata
 
-    if metadata.cached_sha256(path) is not None:
+    if filecache.cached_sha256(path) is not None:
         if pickled:
             return load_pickle(path)
         from safetensors.torch import load_file
 
         return load_file(path)
     data = Path(path).read_bytes()
-    metadata.file_sha256(path, data=data)
+    filecache.file_sha256(path, data=data)
     if pickled:
         return load_pickle(path, data)
     from safetensors.torch import load

@@ -18,22 +18,24 @@ import signal
 import sys
 from typing import Any
 
+from sdlite.training import reporting
+
 
 def main() -> None:
-    from sdlite import checkpoints, runs
-    from sdlite.cli import app
+    from sdlite.cli.app import app
+    from sdlite.training import checkpoints
 
     fault, at, *args = sys.argv[1:]
     step_at = int(at)
     if fault == "kill-after-step":
-        add = runs.LossLog.add
+        add = reporting.LossLog.add
 
         def add_then_kill(self: Any, step: int, loss: float, lr: float) -> None:
             add(self, step, loss, lr)
             if step == step_at:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        runs.LossLog.add = add_then_kill  # type: ignore[method-assign]
+        reporting.LossLog.add = add_then_kill  # type: ignore[method-assign]
     elif fault == "kill-in-checkpoint":
         write_manifest = checkpoints.write_manifest
 

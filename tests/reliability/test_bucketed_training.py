@@ -21,7 +21,7 @@ UNET = Path("unet") / "diffusion_pytorch_model.safetensors"
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sdlite.shapes import Scene, caption, render
+    from sdlite.data.shapes import Scene, caption, render
 
     folder = tmp_path_factory.mktemp("mixed")
     rows = []

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from sdlite.cli import app
-from sdlite.data import load_image
+from sdlite.cli.app import app
+from sdlite.data.images import load_image
 from sdlite.errors import DataError
 from sdlite.testing import make_shapes_dataset
 

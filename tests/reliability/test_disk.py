@@ -18,8 +18,9 @@ from faults import SDLITE, events, run
 from PIL import Image
 from typer.testing import CliRunner
 
-from sdlite import checkpoints, metadata
-from sdlite.cli import app
+from sdlite.cli.app import app
+from sdlite.formats import png_record
+from sdlite.training import checkpoints
 
 runner = CliRunner()
 
@@ -50,7 +51,7 @@ def assert_whole_images(out: Path, expected: int) -> None:
     for path in pngs:
         with Image.open(path) as image:
             image.load()
-        assert metadata.read_record(path)["settings"]["prompt"] == "a red circle"
+        assert png_record.read_record(path)["settings"]["prompt"] == "a red circle"
 
 
 @pytest.mark.parametrize("blocker", ["file", "read-only"])
@@ -85,7 +86,7 @@ def test_enospc_while_sampling_exits_5_keeping_earlier_images(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same without root: the fourth image write fails as a full disk would, halfway through."""
-    from sdlite import outputs
+    from sdlite.sampling import outputs
 
     real_write = Path.write_bytes
     opened = []

@@ -20,7 +20,7 @@ from PIL.PngImagePlugin import PngInfo
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from sdlite.cli import app
+from sdlite.cli.app import app
 from sdlite.errors import EXIT_CODES
 
 runner = CliRunner()
@@ -97,12 +97,12 @@ def test_each_kind_of_failure_has_its_code(code: int, tiny_model: Path, tmp_path
 def test_unexpected_exceptions_map_to_their_code(
     monkeypatch: pytest.MonkeyPatch, raised: BaseException, code: int, message: str
 ) -> None:
-    import sdlite.info
+    import sdlite.models.info
 
     def fail(config: object) -> None:
         raise raised
 
-    monkeypatch.setattr(sdlite.info, "describe", fail)
+    monkeypatch.setattr(sdlite.models.info, "describe", fail)
     result = invoke("info", "m")
     assert result.exit_code == code
     assert result.stderr.startswith(message) and len(result.stderr.strip().splitlines()) == 1

@@ -11,7 +11,7 @@ import pytest
 from imaging import noise, rgb, save
 from PIL import Image
 
-from sdlite.data import load_image
+from sdlite.data.images import load_image
 from sdlite.errors import DataError
 
 # --- load_image: modes ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from faults import SDLITE, events, run
 from safetensors.torch import load_file
 
-from sdlite import checkpoints
+from sdlite.training import checkpoints
 
 STEPS = 10
 UNET = Path("unet") / "diffusion_pytorch_model.safetensors"

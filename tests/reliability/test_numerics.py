@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from sdlite import checkpoints, training
-from sdlite.cli import app
+from sdlite.cli.app import app
+from sdlite.training import checkpoints, unet
 
 runner = CliRunner()
 UNET = Path("unet") / "diffusion_pytorch_model.safetensors"
@@ -23,14 +23,14 @@ UNET = Path("unet") / "diffusion_pytorch_model.safetensors"
 def poison_losses(monkeypatch: pytest.MonkeyPatch, bad: Any, grad_accum: int = 2) -> None:
     """Make the loss of optimizer steps for which bad(step) holds non-finite (test-only fault); the runs here
     start at step 1 and compute `grad_accum` micro-batch losses per step."""
-    micro_loss, calls = training._micro_loss, []
+    micro_loss, calls = unet._micro_loss, []
 
     def faulty(*args: Any) -> Any:
         loss = micro_loss(*args)
         calls.append(None)
         return loss * float("nan") if bad((len(calls) - 1) // grad_accum + 1) else loss
 
-    monkeypatch.setattr(training, "_micro_loss", faulty)
+    monkeypatch.setattr(unet, "_micro_loss", faulty)
 
 
 def train(model: Path, data: Path, out: Path, steps: int) -> Any:

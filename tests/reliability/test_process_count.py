@@ -10,7 +10,7 @@ import pytest
 from faults import events, run
 from safetensors.torch import load_file
 
-from sdlite import checkpoints
+from sdlite.training import checkpoints
 
 UNET = Path("unet") / "diffusion_pytorch_model.safetensors"
 STEPS = 6  # 8 images at a global batch of 4: two epochs, so the epoch permutation is covered too
@@ -55,8 +55,8 @@ def test_two_processes_train_the_vae_like_one(tiny_model: Path, shapes: Path, tm
               "--resolution", "32", "--lr", "1e-4", "--json-events"]  # fmt: skip
     two = run(*common, "--out", str(tmp_path / "two"), "--batch-size", "2", "--num-processes", "2")
     assert two.returncode == 0, two.stderr[-2000:]
-    from sdlite.config import TrainConfig
-    from sdlite.training import train
+    from sdlite.training.config import TrainConfig
+    from sdlite.training.unet import train
 
     one: list[dict[str, Any]] = []  # one process: in this one (no interpreter to start)
     train(TrainConfig(model=str(tiny_model), data=shapes, out=tmp_path / "one", component="vae", max_steps=3,

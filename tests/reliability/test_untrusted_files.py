@@ -14,10 +14,10 @@ import pytest
 from faults import write_malicious_pickle
 from typer.testing import CliRunner
 
-from sdlite import checkpoints
-from sdlite.cli import app
+from sdlite.cli.app import app
 from sdlite.errors import ModelError
-from sdlite.models import file_format, resolve_model
+from sdlite.models.loading import file_format, resolve_model
+from sdlite.training import checkpoints
 
 runner = CliRunner()
 

@@ -1,0 +1,237 @@
+"""What a training set is (examples: an image and its caption) and where it is found: a folder with
+metadata.jsonl, metadata.csv or .txt sidecars, or a table (sdlite/data/tables.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdlite.errors import DataError
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+_JSONL = "metadata.jsonl"
+
+
+_CSV = "metadata.csv"
+
+
+_FILE_COLUMN = "file_name"  # the Hugging Face imagefolder convention
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training pair: an image (a file, or row `row` of a Parquet/Arrow file) and its caption."""
+
+    path: Path  # absolute
+    caption: str
+    row: int | None = None  # the image is in row `row` of the table file `path`
+    # (width, height) upright, once check_images has read it; derived, so not part of equality
+    size: tuple[int, int] | None = field(default=None, compare=False)
+    image_column: str = "image"  # the table column that holds the image (rows only)
+
+    def __str__(self) -> str:
+        return str(self.path) if self.row is None else f"{self.path} row {self.row}"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The examples of a data folder, how they were found, and what was left out or patched (to report)."""
+
+    examples: tuple[Example, ...]  # sorted by path, so runs and resumes see the same order
+    source: str  # "metadata.jsonl", "metadata.csv", "sidecar", "parquet", "arrow" or "hub:ORG/NAME"
+    skipped: tuple[str, ...] = ()  # "PATH: reason" lines for the end-of-run summary
+
+
+def discover(
+    data_dir: Path | str,
+    caption_column: str = "text",
+    allow_missing_captions: bool = False,
+    image_column: str = "image",
+    offline: bool = False,
+) -> Dataset:
+    """Find the examples of `data_dir`: a folder of images, or a table dataset (see below).
+
+    In a folder: `metadata.jsonl`, else `metadata.csv`, else `.txt` sidecars. Metadata follows the
+    Hugging Face imagefolder layout (`file_name` relative to the folder plus a caption column); images
+    it does not list are ignored. Without metadata every image below the folder (hidden files and
+    folders excluded) needs a same-stem `.txt` next to it.
+
+    Tables (sdlite/tables.py): a `.parquet` file, a folder of Parquet shards (and no images), a
+    `datasets` save_to_disk folder or `.arrow` file, or, when online, a hub dataset id. Each row is an
+    example: `image_column` holds the image, `caption_column` the caption. Only captions are read here.
+
+    A missing caption is an error unless `allow_missing_captions`, which trains the image with "" and
+    notes it in `skipped`. Captions are stripped of surrounding whitespace.
+    """
+    from sdlite.data import tables
+
+    source = tables.locate(data_dir, offline, IMAGE_SUFFIXES)
+    if source is not None:
+        return _discover_table(source, caption_column, image_column, allow_missing_captions)
+    folder = Path(data_dir).expanduser().resolve()
+
+    if (folder / _JSONL).is_file():
+        kind, rows = _JSONL, _read_jsonl(folder / _JSONL, folder, caption_column)
+    elif (folder / _CSV).is_file():
+        kind, rows = _CSV, _read_csv(folder / _CSV, folder, caption_column)
+    else:
+        kind, rows = "sidecar", _read_sidecars(folder)
+    if not rows:
+        where = f"{folder / kind} lists no images" if kind != "sidecar" else f"no images in {folder}"
+        raise DataError(
+            f"{where} (expected {_JSONL} or {_CSV} with {_FILE_COLUMN!r} and {caption_column!r} columns, "
+            f"or image files ({', '.join(IMAGE_SUFFIXES)}) with same-name .txt captions, "
+            "or Parquet shards, or a `datasets` save_to_disk folder)"
+        )
+
+    missing = [(path, where) for path, caption, where in rows if caption is None]
+    _refuse_missing(missing, allow_missing_captions)
+    examples = sorted(
+        (Example(path, "" if caption is None else caption) for path, caption, _ in rows),
+        key=lambda example: example.path.parts,
+    )
+    notes = tuple(f"{path}: missing caption (empty caption used)" for path, _ in sorted(missing, key=_path_parts))
+    return Dataset(examples=tuple(examples), source=kind, skipped=notes)
+
+
+def _discover_table(source: Any, caption_column: str, image_column: str, allow_missing_captions: bool) -> Dataset:
+    """One example per row, in file order then row order."""
+    from sdlite.data import tables
+
+    rows = tables.caption_rows(source, caption_column, image_column)
+    if not rows:
+        files = ", ".join(str(path) for path in source.files)
+        raise DataError(f"no rows in {files}")
+    examples = tuple(
+        Example(row.path, "" if row.caption is None else row.caption, row=row.row, image_column=image_column)
+        for row in rows
+    )
+    missing = [(f"{row.path} row {row.row}", f"{caption_column!r} is null") for row in rows if row.caption is None]
+    _refuse_missing(missing, allow_missing_captions)
+    notes = tuple(f"{name}: missing caption (empty caption used)" for name, _ in missing)
+    return Dataset(examples=examples, source=source.label, skipped=notes)
+
+
+def _refuse_missing(missing: list[Any], allow_missing_captions: bool) -> None:
+    """DataError on the first (image, why) pair without a caption, unless they are allowed."""
+    if missing and not allow_missing_captions:
+        path, where = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(
+            f"{path}: no caption ({where}){more}; add the caption, or pass --allow-missing-captions "
+            "to train such images with an empty caption"
+        )
+
+
+# Rows are (absolute image path, caption or None when missing, where it came from for messages).
+_Row = tuple[Path, str | None, str]
+
+
+def _read_jsonl(meta: Path, folder: Path, caption_column: str) -> list[_Row]:
+    rows: list[_Row] = []
+    with _open_text(meta) as lines:
+        for number, line in _numbered(meta, lines):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{meta}:{number}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict):
+                raise DataError(f"{meta}:{number}: expected a JSON object, got {type(record).__name__}")
+            rows.append(_metadata_row(meta, number, folder, record, caption_column))
+    return rows
+
+
+def _read_csv(meta: Path, folder: Path, caption_column: str) -> list[_Row]:
+    rows: list[_Row] = []
+    with _open_text(meta) as lines:
+        reader = csv.DictReader(lines)
+        try:
+            columns = reader.fieldnames
+            if columns is None:
+                return rows
+            if _FILE_COLUMN not in columns:
+                raise DataError(f"{meta}: no {_FILE_COLUMN!r} column (columns: {', '.join(columns)})")
+            for record in reader:
+                record.pop(None, None)  # cells beyond the header
+                present = {key: value for key, value in record.items() if value is not None}
+                rows.append(_metadata_row(meta, reader.line_num, folder, present, caption_column))
+        except csv.Error as exc:
+            raise DataError(f"{meta}:{reader.line_num}: malformed CSV ({exc})") from exc
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{meta}: not UTF-8 text ({exc.reason})") from exc
+    return rows
+
+
+def _metadata_row(meta: Path, number: int, folder: Path, record: dict[str, Any], caption_column: str) -> _Row:
+    """Check one metadata row: its file must exist inside the folder; a null or absent caption is missing."""
+    name = record.get(_FILE_COLUMN)
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"{meta}:{number}: no {_FILE_COLUMN!r} (the image path relative to {folder})")
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise DataError(f"{meta}:{number}: {_FILE_COLUMN} {name!r} must be a path inside {folder}")
+    path = folder / relative
+    if not path.is_file():
+        raise DataError(f"{meta}:{number}: {name} does not exist (looked for {path})")
+    value = record.get(caption_column)
+    if value is None:
+        columns = ", ".join(str(key) for key in record)
+        return path, None, f"{meta.name}:{number} has no {caption_column!r} column; it has: {columns}"
+    return path, (value if isinstance(value, str) else str(value)).strip(), f"{meta.name}:{number}"
+
+
+def _read_sidecars(folder: Path) -> list[_Row]:
+    rows: list[_Row] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # .git, .ipynb_checkpoints, ...
+        for name in sorted(files):
+            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue  # dot-files include macOS "._x.png" resource forks, which are not images
+            path = Path(root) / name
+            sidecar = path.with_suffix(".txt")
+            if not sidecar.is_file():
+                rows.append((path, None, f"no {sidecar.name} next to it"))
+                continue
+            try:
+                caption = sidecar.read_text(encoding="utf-8-sig")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise DataError(f"{sidecar}: cannot read caption ({read_error(exc)})") from exc
+            rows.append((path, caption.strip(), sidecar.name))
+    return rows
+
+
+def _open_text(path: Path) -> Any:
+    """Open a metadata file as text; utf-8-sig because spreadsheet exports often start with a BOM."""
+    try:
+        return path.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {read_error(exc)}") from exc
+
+
+def _numbered(meta: Path, lines: Any) -> Any:
+    """(line number, line) pairs, turning a decoding failure into a DataError naming the file."""
+    try:
+        yield from enumerate(lines, start=1)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{meta}: not UTF-8 text ({exc.reason})") from exc
+
+
+def _path_parts(item: tuple[Path, str]) -> tuple[str, ...]:
+    return item[0].parts
+
+
+def read_error(exc: BaseException) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):  # Pillow's text names its file object (`<_io.BytesIO at 0x..>`)
+        return "not an image format Pillow can read"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,133 @@
+"""The record every sampled PNG carries: the A1111 `parameters` text and sdlite's JSON chunk with the full
+resolved settings that `sample --from-image` and `sdlite check` read back, plus the library versions.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import platform
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from sdlite.errors import DataError
+from sdlite.formats.infotext import a1111_parameters, quote_value  # noqa: F401 - written with every PNG
+
+CHUNK = "sdlite"
+
+
+A1111_CHUNK = "parameters"
+
+
+FORMAT_VERSION = 1
+
+
+_LIBRARIES = ("sdlite", "torch", "diffusers", "transformers", "safetensors")
+
+
+def png_info(parameters: str, record: dict[str, Any]) -> Any:
+    """PIL PngInfo with both chunks (iTXt is used automatically for non-Latin-1 prompts)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(A1111_CHUNK, parameters)
+    info.add_text(CHUNK, json.dumps(record, sort_keys=True))
+    return info
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """The `sdlite` JSON chunk of a PNG sdlite wrote; DataError when absent or unreadable."""
+    return _record(path, png_text(path))
+
+
+def png_text(path: Path) -> dict[str, str]:
+    """The text chunks of an image; DataError when it is missing or not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return dict(getattr(image, "text", {}) or {})
+    except FileNotFoundError as exc:
+        raise DataError(f"{path} does not exist") from exc
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"{path} is not a readable image: {exc}") from exc
+
+
+def _record(path: Path, text: dict[str, str]) -> dict[str, Any]:
+    if CHUNK not in text:
+        raise DataError(f"{path} has no sdlite metadata (was it written by `sdlite sample`?)")
+    try:
+        record = json.loads(text[CHUNK])
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: its sdlite metadata is not valid JSON") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        raise DataError(f"{path}: its sdlite metadata has no settings")
+    return record
+
+
+def read_settings(path: Path) -> dict[str, Any]:
+    """The generation settings and model recorded in a PNG, for regenerating exactly that image.
+
+    A PNG from AUTOMATIC1111 (only a `parameters` chunk) gives its settings, with a warning on what
+    cannot be reproduced exactly.
+    """
+    text = png_text(path)
+    if CHUNK not in text and A1111_CHUNK in text:
+        return _a1111_settings(path, text[A1111_CHUNK])
+    record = _record(path, text)
+    settings = dict(record["settings"])
+    settings["num_images"] = 1
+    model = record.get("model") if isinstance(record.get("model"), dict) else {}
+    run = record.get("run") if isinstance(record.get("run"), dict) else {}
+    settings["model"] = model.get("source")
+    settings["model_hash"] = model.get("hash")
+    settings["tokenizer"] = model.get("tokenizer")
+    settings["ema_weights"] = model.get("ema_weights")
+    settings["batch_seeds"] = run.get("batch_seeds")
+    settings["lora"] = record.get("lora")
+    settings["mode"] = run.get("mode", "default")
+    settings["inputs"] = record.get("inputs")
+    return settings
+
+
+def _a1111_settings(path: Path, parameters: str) -> dict[str, Any]:
+    """Settings from another tool's infotext, in the shape `read_settings` gives for sdlite's own PNGs."""
+    import logging
+
+    from sdlite.formats.infotext import generation_settings
+
+    settings, model, notes = generation_settings(parameters)
+    if not settings["prompt"]:
+        raise DataError(f"{path}: its `parameters` text holds no prompt")
+    named = (
+        f" (it names model {model['name']!r}, hash {model['hash']}: pass that model with --model)"
+        if model["name"] or model["hash"]
+        else ""
+    )
+    logging.getLogger("sdlite").warning(
+        f"{path} was not written by sdlite: its A1111 settings are replayed, but the pixels will differ "
+        f"(other samplers' code, noise drawn differently, prompt emphasis syntax){named}"
+        + "".join(f"; {note}" for note in notes)
+    )
+    return {**settings, "num_images": 1, "model": None, "model_hash": model["hash"] or None, "tokenizer": None,
+            "ema_weights": None, "batch_seeds": None, "lora": None, "mode": "default", "inputs": None}  # fmt: skip
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide the pixels, plus Python and the platform."""
+    return dict(_library_versions())
+
+
+@functools.cache
+def _library_versions() -> dict[str, str]:
+    # Looked up once per process: reading package metadata scans site-packages (milliseconds a call).
+    versions = {}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    versions["python"] = platform.python_version()
+    versions["platform"] = platform.platform()
+    return versions

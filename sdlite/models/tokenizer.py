@@ -1,0 +1,170 @@
+"""A CLIP-compatible BPE tokenizer built offline, for models sdlite creates itself.
+
+The real CLIP vocabulary cannot be downloaded here, so we learn byte-pair merges on a built-in word
+list and hand them to transformers' CLIPTokenizer, which applies CLIP's own normalisation, splitting
+and `</w>` word ends. Every byte (and byte + `</w>`) is in the vocabulary, so no text is ever unknown;
+listed words become one token each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from pathlib import Path
+from typing import Any
+
+from sdlite.families.sd1 import SD1
+
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"
+MAX_LENGTH = 77
+
+# Words that become single tokens: the vocabulary of the synthetic scenes sdlite trains on, plus
+# common English so ordinary prompts tokenize compactly.
+_WORD_LIST = """
+    a an the of on in at to and or with without by for from over
+    under above below near behind beside is are this that it its very small large big
+    tiny huge little medium left right top bottom center middle corner upper lower red green blue
+    yellow white black orange purple pink brown gray grey cyan magenta violet gold silver dark light
+    bright pale circle square triangle rectangle star hexagon diamond oval ellipse cross heart shape shapes background
+    foreground scene image picture photo painting drawing sketch render portrait landscape cat dog bird horse car
+    house tree flower mountain river sea ocean sky sun moon cloud city street forest beach snow
+    water fire man woman person child face eyes hair hat one two three four five many
+    some high quality detailed simple plain solid filled outline colorful style art digital oil watercolor pencil
+"""
+WORDS: tuple[str, ...] = tuple(_WORD_LIST.split())
+
+
+def learn_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Byte-pair merges that turn each word into one `word</w>` symbol, most frequent pair first.
+
+    Ties break alphabetically, so the result (and every token id) is the same on every run; the
+    `tokenizers` trainer breaks ties by hash order and is not.
+    """
+    pieces = {word: [*word[:-1], word[-1] + "</w>"] for word in sorted(set(words))}
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for symbols in pieces.values():
+            for pair in itertools.pairwise(symbols):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        for word, symbols in pieces.items():
+            pieces[word] = _merge(symbols, best)
+
+
+def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    merged: list[str] = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            merged.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return merged
+
+
+def build_vocab_and_merges(words: tuple[str, ...] = WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A CLIP-ordered vocabulary and its merges: the 256 byte symbols, the same with `</w>`, one entry
+    per merge, then BOS/EOS. Words must be lowercase ASCII (their byte symbols are the letters)."""
+    from tokenizers import pre_tokenizers
+
+    if not all(word.isascii() and word.isalpha() and word.islower() for word in words):
+        raise ValueError("tokenizer words must be lowercase ASCII letters")
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=ord)
+    merges = learn_merges(words)
+    symbols = alphabet + [s + "</w>" for s in alphabet] + [a + b for a, b in merges] + [BOS, EOS]
+    vocab: dict[str, int] = {}
+    for symbol in symbols:
+        vocab.setdefault(symbol, len(vocab))
+    return vocab, merges
+
+
+def build_tokenizer(words: tuple[str, ...] = WORDS, max_length: int = MAX_LENGTH) -> Any:
+    """A transformers CLIPTokenizer over the locally trained vocabulary (pads with EOS, like SD v1)."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = build_vocab_and_merges(words)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+# Where Stable Diffusion v1's tokenizer lives on the hub (sdlite/families/sd1.py).
+CLIP_TOKENIZER_SOURCES = SD1.tokenizer_sources
+_REQUIRED = (("vocab.json", "merges.txt"), ("tokenizer.json",))  # either form loads
+_OPTIONAL = ("tokenizer_config.json", "special_tokens_map.json")
+
+
+def find_tokenizer(source: str | None, offline: bool) -> Path:
+    """The folder of the CLIP tokenizer a single-file model needs (a single file holds none).
+
+    `source` (a folder or hub id) when given; else the local Hugging Face cache (CLIP ViT-L/14, then
+    the SD v1.5 repo's tokenizer); else, when online, just those tokenizer files. Never whole models.
+    """
+    from sdlite.errors import ModelError
+
+    if source:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            if not any(all((path / f).is_file() for f in files) for files in _REQUIRED):
+                raise ModelError(f"--tokenizer {path} holds no tokenizer (vocab.json + merges.txt, or tokenizer.json)")
+            return path
+        if path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
+            raise ModelError(f"--tokenizer {source}: no such folder, and not a hub id (ORG/NAME)")
+        return _hub_tokenizer(source, "", offline)
+    for repo, subfolder in CLIP_TOKENIZER_SOURCES:
+        try:
+            return _hub_tokenizer(repo, subfolder, offline=True)
+        except ModelError:
+            continue
+    if not offline:
+        repo, subfolder = CLIP_TOKENIZER_SOURCES[0]
+        return _hub_tokenizer(repo, subfolder, offline=False)
+    repo = CLIP_TOKENIZER_SOURCES[0][0]
+    raise ModelError(
+        "a single-file model holds no tokenizer, and SD v1's is not in the local Hugging Face cache (offline): pass "
+        f"--tokenizer DIR, or fetch it once online: hf download {repo} vocab.json merges.txt tokenizer_config.json "
+        "special_tokens_map.json"
+    )
+
+
+def _hub_tokenizer(repo_id: str, subfolder: str, offline: bool) -> Path:
+    """The cached (or, online, downloaded) tokenizer files of a hub repo; ModelError when absent."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    from sdlite.errors import ModelError
+
+    def fetch(name: str) -> Path:
+        return Path(hf_hub_download(repo_id, name, subfolder=subfolder or None, local_files_only=offline))
+
+    where = f"{repo_id}{'/' + subfolder if subfolder else ''}"
+    for files in _REQUIRED:
+        try:
+            fetched = [fetch(name) for name in files]
+        except (LocalEntryNotFoundError, EntryNotFoundError):
+            continue
+        except (HfHubHTTPError, OSError) as exc:
+            raise ModelError(f"could not fetch the tokenizer {where}: {str(exc).splitlines()[0]}") from exc
+        for name in _OPTIONAL:
+            with contextlib.suppress(LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError, OSError):
+                fetch(name)
+        return fetched[0].parent
+    state = "not in the local cache (offline)" if offline else "not found on the hub"
+    raise ModelError(f"tokenizer {where} is {state}")
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """A CLIPTokenizer from a tokenizer folder, with a one-line ModelError when it does not load."""
+    from transformers import CLIPTokenizer
+
+    from sdlite.errors import ModelError
+
+    try:
+        return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(f"cannot load the tokenizer in {folder}: {str(exc).splitlines()[0]}") from exc

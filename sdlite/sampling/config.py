@@ -1,0 +1,229 @@
+"""Frozen settings of `sdlite sample` and `sdlite noise`: a generation, a LoRA choice, a run, a noise strip."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal, get_args
+
+from annotated_types import Ge, Gt, Le
+from pydantic import AllowInfNan, InstanceOf, Strict
+
+from sdlite.errors import UsageError
+from sdlite.sampling.modes import MODES
+from sdlite.schedulers import SCHEDULERS
+from sdlite.schema import (
+    MAX_SEED,
+    Device,
+    DType,
+    FilePath,
+    Flag,
+    ImageSize,
+    NonNegativeInt,
+    NonNegativeNumber,
+    Number,
+    PathText,
+    PositiveInt,
+    Prompt,
+    Seed,
+    Text,
+    fail,
+    name,
+    one_of,
+    validate_fields,
+)
+
+SchedulerName = one_of(tuple(SCHEDULERS))
+
+
+Mode = one_of(MODES)
+
+
+# Image-to-image: the share of the schedule re-run from the user's image (1 = from (almost) pure noise).
+Strength = Annotated[float, Strict(), AllowInfNan(False), Gt(0), Le(1)]
+
+
+ResizeRule = Literal["crop", "fit", "stretch"]
+
+
+RESIZE_RULES: tuple[str, ...] = get_args(ResizeRule)
+
+
+DEFAULT_STRENGTH = 0.75
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Everything besides the model that decides the pixels of one prompt's images.
+
+    Image j of this prompt uses seed `seed + j`; height/width None mean the model's native size, or with an
+    init image that image's own size rounded down to the VAE factor. With `init_image` the run is
+    image-to-image (`strength` of the schedule re-run, 0.75 by default), with `mask` too it is inpainting
+    (white = repaint, the edge softened by `mask_blur` pixels); `resize` says how the inputs meet the output
+    size. Those four are None for text-to-image, and filled in with their defaults when an init image is given.
+    """
+
+    prompt: Prompt
+    negative_prompt: Prompt = ""
+    steps: PositiveInt = 50
+    guidance: NonNegativeNumber = 7.5
+    scheduler: SchedulerName = "ddim"
+    eta: NonNegativeNumber = 0.0
+    seed: Seed = 0
+    num_images: PositiveInt = 1
+    height: ImageSize | None = None
+    width: ImageSize | None = None
+    init_image: PathText | None = None
+    strength: Strength | None = None
+    mask: PathText | None = None
+    mask_blur: NonNegativeInt | None = None
+    resize: ResizeRule | None = None
+
+    _option_names: ClassVar[dict[str, str]] = {"prompt": "PROMPT"}
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        validate_generation(self)
+        if self.init_image is not None:  # image-to-image: the defaults of its own settings
+            defaults = {"strength": DEFAULT_STRENGTH, "resize": "crop", "mask_blur": 0 if self.mask else None}
+            for key, value in defaults.items():
+                if getattr(self, key) is None:
+                    object.__setattr__(self, key, value)
+
+    @property
+    def task(self) -> str:
+        """text-to-image, image-to-image or inpainting."""
+        return "inpainting" if self.mask else "image-to-image" if self.init_image else "text-to-image"
+
+
+# Per-prompt settings a prompts-file line or `--from-image` may carry.
+GENERATION_KEYS = tuple(f.name for f in dataclasses.fields(Generation))
+
+
+# The files an image is made from besides the model: recorded with their sha256, found again to replay.
+INPUT_KEYS = {"init_image": "--init-image", "mask": "--mask"}
+
+
+@dataclass(frozen=True)
+class LoraChoice:
+    """One LoRA of a sample run: the adapter (a folder holding pytorch_lora_weights.safetensors, or a
+    diffusers- or kohya-layout .safetensors file) and the strength it is applied at."""
+
+    source: PathText
+    scale: Number = 1.0
+
+    _option_names: ClassVar[dict[str, str]] = {"source": "--lora", "scale": "--lora-scale"}
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+def lora_choices(sources: tuple[str, ...], scales: tuple[float, ...]) -> tuple[LoraChoice, ...]:
+    """Pair `--lora` and `--lora-scale` by position: either no scale (each LoRA at 1.0) or one per LoRA."""
+    if scales and not sources:
+        raise UsageError("--lora-scale needs a --lora to apply to")
+    if scales and len(scales) != len(sources):
+        raise UsageError(
+            f"{len(scales)} --lora-scale for {len(sources)} LoRAs: give one --lora-scale per --lora, "
+            "in the same order, or none (each LoRA at 1.0)"
+        )
+    return tuple(
+        LoraChoice(source, scale) for source, scale in zip(sources, scales or (1.0,) * len(sources), strict=True)
+    )
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """A whole `sdlite sample` run: which model, which images, where they go."""
+
+    model: PathText
+    generations: tuple[InstanceOf[Generation], ...]
+    out: FilePath = Path("outputs")  # Python callers may pass a str
+    batch_size: PositiveInt = 1
+    dtype: DType = "auto"
+    device: Device = "auto"
+    grid: Flag = False
+    offline: Flag = False
+    allow_pickle: Flag = False
+    # When set, only images with these seeds are written. `--from-image` uses it to recompute the
+    # whole batch an image was made in: batched matmuls round differently from single ones.
+    keep_seeds: tuple[Seed, ...] = ()
+    # The model hash recorded in a `--from-image` source: a different model gets a warning.
+    expected_model_hash: Text | None = None
+    loras: tuple[InstanceOf[LoraChoice], ...] = ()  # LoRA adapters applied together, each at its own scale
+    mode: Mode = "default"  # "fast" or "low-memory": see sdlite/modes.py
+    tokenizer: PathText | None = None  # a single-file model's tokenizer (folder or hub id); default: found
+    ema_weights: Flag = True  # a single file's EMA weights when it has them
+    # Also write, per image, a strip of the model's clean-image estimate at this many denoising steps.
+    save_progress: PositiveInt | None = None
+    # Keep the images an interrupted run of the same command wrote into `out`; make only the missing ones.
+    resume: Flag = False
+
+    _option_names: ClassVar[dict[str, str]] = {
+        "generations": "PROMPT", "loras": "--lora", "mode": "--fast/--low-memory",
+        "ema_weights": "--ema-weights/--no-ema-weights",
+    }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if isinstance(self.loras, tuple | list):  # LoRA paths for LoraChoice(path) at scale 1
+            loras = tuple(c if isinstance(c, LoraChoice) else LoraChoice(c) for c in self.loras)
+            object.__setattr__(self, "loras", loras)
+        validate_fields(self)
+        if not self.generations:
+            raise UsageError("no prompt given: pass PROMPT arguments, --prompts-file or --from-image")
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """A whole `sdlite noise` run: which picture, which model's schedule, how many frames, where."""
+
+    image: PathText
+    out: FilePath
+    model: PathText
+    frames: Annotated[int, Strict(), Ge(2)] = 11  # at least the clean image and the last step
+    steps: PositiveInt = 50
+    seed: Seed = 0
+    height: ImageSize | None = None
+    width: ImageSize | None = None
+    resize: ResizeRule = "crop"
+    dtype: DType = "auto"
+    device: Device = "auto"
+    offline: Flag = False
+    allow_pickle: Flag = False
+    tokenizer: PathText | None = None
+    ema_weights: Flag = True
+    overwrite: Flag = False
+
+    _option_names: ClassVar[dict[str, str]] = {
+        "image": "IMAGE", "overwrite": "--force", "ema_weights": "--ema-weights/--no-ema-weights"
+    }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        if self.frames > self.steps + 1:
+            fail("frames", f"{name(NoiseConfig, 'frames')} {self.frames} is more than the {self.steps + 1} steps "
+                           f"0..{self.steps} of {name(NoiseConfig, 'steps')} {self.steps}")  # fmt: skip
+
+
+def validate_generation(gen: Generation) -> None:
+    """The rules that join fields of one Generation (each field's own type is checked already)."""
+    if gen.init_image is None:
+        for key in ("strength", "mask", "resize"):
+            if getattr(gen, key) is not None:
+                fail(key, f"{name(Generation, key)} needs {name(Generation, 'init_image')} (an image to start from)")
+    if gen.mask is None and gen.mask_blur is not None:
+        fail("mask_blur", f"{name(Generation, 'mask_blur')} needs {name(Generation, 'mask')} (what to repaint)")
+    if gen.eta > 0 and not SCHEDULERS[gen.scheduler].accepts_eta:
+        names = [n for n, s in SCHEDULERS.items() if s.accepts_eta]
+        fail(
+            "eta",
+            f"{name(Generation, 'eta')} has no effect with {name(Generation, 'scheduler')} {gen.scheduler}; "
+            f"it applies to: {', '.join(names)}",
+        )
+    if gen.seed + gen.num_images - 1 > MAX_SEED:
+        fail(
+            "num_images",
+            f"{name(Generation, 'num_images')} {gen.num_images} from {name(Generation, 'seed')} {gen.seed} runs past "
+            f"the largest seed {MAX_SEED}",
+        )

@@ -1,0 +1,128 @@
+"""LoRA adapters applied to a loaded pipeline: several at once, each at its own scale, never silently.
+
+diffusers' own loader does the work (diffusers and kohya layouts); around it, sdlite checks by name
+that an adapter fits the model before any weight loads, keeps the libraries' per-weight log lines off
+stderr, and checks afterwards that at least one layer was adapted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import warnings as warnings_module
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sdlite import filecache
+from sdlite.sampling.config import LoraChoice
+
+log = logging.getLogger("sdlite")
+
+
+def load_loras(pipe: Any, loras: tuple[LoraChoice, ...], warnings: list[str]) -> list[dict[str, Any]]:
+    """Load each LoRA as its own adapter (diffusers' loader: diffusers and kohya layouts) and activate them
+    together at their scales; returns their records (source, sha256, scale) for the PNG metadata.
+
+    A LoRA that adapts no layer of this model is a ModelError, never a silent no-op. Library log lines
+    are caught during the load: the checks here say what matters in one line instead.
+    """
+    records, names = [], []
+    for i, choice in enumerate(loras):
+        name = f"lora{i}"
+        file = _load_one_lora(pipe, choice.source, name, warnings)
+        records.append({"source": str(file.resolve()), "hash": filecache.file_sha256(file), "scale": choice.scale})
+        names.append(name)
+    if names:
+        pipe.set_adapters(names, adapter_weights=[choice.scale for choice in loras])
+    return records
+
+
+def _load_one_lora(pipe: Any, source: str, name: str, warnings: list[str]) -> Path:
+    from sdlite.errors import ModelError
+    from sdlite.formats import lora as lora_format
+
+    file = lora_format.find_lora_file(source)
+    keys, _ = lora_format.read_header(file)  # refuses pickles and damaged files before diffusers reads it
+    if not any("lora" in key for key in keys):
+        raise ModelError(f"{file} is not a LoRA adapter (none of its weights is a LoRA weight; a model's file?)")
+    layers, ignored = lora_format.layer_names(keys), ""
+    if layers is not None:  # a layout sdlite knows: check the layers by name before any weight loads
+        present = lora_format.model_layer_names(
+            (n for n, _ in pipe.unet.named_modules()), (n for n, _ in pipe.text_encoder.named_modules())
+        )
+        found = layers & present
+        if not found:
+            raise ModelError(
+                f"LoRA {file} matches no layer of this model (none of its {len(layers)} layers, e.g. "
+                f"{min(layers)}, exists here): it was made for another model architecture"
+            )
+        if len(found) < len(layers):
+            missing = len(layers) - len(found)
+            ignored = f"LoRA {file}: {missing} of its {len(layers)} layers match no layer of this model and are ignored"
+    with _library_logs():
+        try:
+            pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name)
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+            raise ModelError(_lora_load_error(file, exc)) from exc
+    if not _adapted_modules(pipe, name):
+        raise ModelError(f"LoRA {file} matches no layer of this model: it was made for another model architecture")
+    if ignored:
+        _warn(warnings, ignored)
+    return file
+
+
+def _adapted_modules(pipe: Any, name: str) -> int:
+    """How many layers of the UNet and text encoder adapter `name` now changes."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return sum(
+        1
+        for component in (pipe.unet, pipe.text_encoder)
+        for module in component.modules()
+        if isinstance(module, BaseTunerLayer)
+        and any(name in getattr(module, attr, {}) for attr in module.adapter_layer_names)
+    )
+
+
+def _lora_load_error(file: Path, exc: Exception) -> str:
+    """One line for a LoRA diffusers could not load: shape mismatches (another architecture) summarised."""
+    text = str(exc)
+    sizes = re.findall(r"size mismatch for (\S+?): copying a param with shape torch\.Size\((\[.*?\])\) from "
+                       r"checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)", text)  # fmt: skip
+    if sizes:
+        module, theirs, ours = sizes[0]
+        module = re.sub(r"\.lora_[AB]\.[^.]+\.weight$", "", module)
+        return (f"LoRA {file} does not fit this model: {len(sizes)} of its weights have other shapes than the "
+                f"layers they name (e.g. {module}: {theirs} in the LoRA, {ours} here); it was made for another "
+                "model architecture")  # fmt: skip
+    if "not found in the base model" in text:
+        return f"LoRA {file} matches no layer of this model: it was made for another model architecture"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"cannot load LoRA {file}: {first}"
+
+
+@contextlib.contextmanager
+def _library_logs() -> Iterator[None]:
+    """Keep diffusers', peft's and transformers' log lines and Python warnings off stderr while a LoRA
+    loads: a mismatched LoRA otherwise prints a line per weight, and the checks around the load say
+    what matters in one line."""
+    quiet = logging.NullHandler()
+    saved = []
+    for library in ("diffusers", "peft", "transformers"):
+        logger = logging.getLogger(library)
+        saved.append((logger, logger.handlers[:], logger.propagate))
+        logger.handlers, logger.propagate = [quiet], False
+    try:
+        with warnings_module.catch_warnings():
+            warnings_module.simplefilter("ignore")
+            yield
+    finally:
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+
+
+def _warn(warnings: list[str], message: str) -> None:
+    log.warning(message)
+    warnings.append(message)

@@ -1,0 +1,99 @@
+"""What a sample run returns and what each image records about the model that made it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdlite import filecache
+from sdlite.formats import png_record
+from sdlite.models.loading import (
+    ResolvedModel,
+)
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """One written image and the settings that reproduce it."""
+
+    path: Path
+    index: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    scheduler: str
+    eta: float
+    height: int
+    width: int
+    model: str
+    model_hash: str
+    init_image: str | None = None  # image-to-image and inpainting: the absolute path of the image started from
+    strength: float | None = None
+    mask: str | None = None
+    mask_blur: int | None = None
+    resize: str | None = None
+    progress: Path | None = None  # --save-progress: the strip of the model's clean-image estimates
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what `--json` prints)."""
+        return {**dataclasses.asdict(self), "path": str(self.path),
+                "progress": str(self.progress) if self.progress else None}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SampleRun:
+    """Everything a run produced: the images in order, the optional grid, and any warnings."""
+
+    images: tuple[SampleResult, ...]
+    grid: Path | None
+    warnings: tuple[str, ...]
+    speedups: tuple[str, ...] = ()  # what --fast / --low-memory switched on
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What each image records about the model and the run that made it."""
+
+    ref: str
+    name: str
+    model_hash: str
+    file_hashes: dict[str, str]
+    device: str
+    dtype: str
+    versions: dict[str, str]
+    lora: list[dict[str, Any]] | None  # each LoRA's source, sha256 and scale, in --lora order
+    mode: str
+    single_file: dict[str, Any]  # a single file's tokenizer and EMA choice, for --from-image
+
+
+def model_facts(source: str, model: ResolvedModel, device: str, dtype: str, lora: list[dict[str, Any]] | None,
+           mode: str) -> ModelFacts:  # fmt: skip
+    model_hash, file_hashes = filecache.model_hashes(model.path, model.weight_files)
+    local = Path(source).expanduser().exists()
+    return ModelFacts(
+        # How to find the model again: an absolute path for local folders, the id for hub models.
+        ref=str(Path(source).expanduser().resolve()) if local else source,
+        name=model.path.resolve().name if local else source,
+        model_hash=model_hash,
+        file_hashes=file_hashes,
+        device=device,
+        dtype=dtype,
+        versions=png_record.library_versions(),
+        lora=lora,
+        mode=mode,
+        single_file=_single_file_record(model),
+    )
+
+
+def _single_file_record(model: ResolvedModel) -> dict[str, Any]:
+    """What a single-file model needs besides its path to load the same way again."""
+    if model.single_file is None:
+        return {}
+    return {
+        "tokenizer": str(model.tokenizer.resolve()) if model.tokenizer else None,
+        "ema_weights": model.use_ema and model.single_file.has_ema,
+    }

@@ -1,0 +1,385 @@
+"""Text-to-image, image-to-image and inpainting: `sample(config)` runs diffusers' own pipelines and writes
+PNGs with their metadata.
+
+The pipelines are diffusers' StableDiffusionPipeline, StableDiffusionImg2ImgPipeline and
+StableDiffusionInpaintPipeline, the latter two made from the components already loaded (one load per
+run). sdlite only chooses the scheduler, seeds one CPU generator per image (image i of a run uses
+seed + i, so any image can be regenerated alone, on any device), sizes the user's images, and records
+what made each image, including the sha256 of the files it started from.
+
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sdlite.errors import ModelError, NumericalError, ResourceError, UsageError, writing
+from sdlite.families.sd1 import SD1
+from sdlite.formats import png_record
+from sdlite.models import memory
+from sdlite.models.loading import (
+    is_inpainting,
+    load_pipeline,
+    pick_device,
+    pick_dtype,
+    resolve_model,
+    vae_factor,
+)
+from sdlite.sampling.config import Generation, SampleConfig
+from sdlite.sampling.init_images import (
+    Given,
+    UserImages,
+    check_mask_shape,
+    default_size,
+)
+from sdlite.sampling.interrupt import NonFiniteLatents, ProgressFn, StepCounter, StopRequest
+from sdlite.sampling.loras import load_loras
+from sdlite.sampling.modes import apply_mode, load_device
+from sdlite.sampling.outputs import BackgroundWriter, Numbering, write_grid_png, write_png
+from sdlite.sampling.plan import Batch, Job, denoising_steps, image_settings, plan_batches, task_record
+from sdlite.sampling.previews import X0Recorder
+from sdlite.sampling.results import ModelFacts, SampleResult, SampleRun, model_facts
+from sdlite.sampling.resume import await_remote, is_whole, kept_images, plan_indices
+from sdlite.sampling.world import World
+from sdlite.schedulers import SCHEDULERS, make_scheduler
+from sdlite.schema import validate_size
+
+log = logging.getLogger("sdlite")
+
+
+FAR_ABOVE_NATIVE = 2  # warn when a side is more than this many times the model's native size
+
+
+def sample(
+    config: SampleConfig,
+    progress: ProgressFn | None = None,
+    on_image: Callable[[SampleResult], None] | None = None,
+    interrupt_grace: float | None = None,
+) -> SampleRun:
+    """Generate every image `config` asks for and write them under `config.out`.
+
+    `progress(done, total)` is called after each denoising step, `on_image` after each file is
+    written, so callers can stream results; nothing here prints.
+
+    Ctrl-C (SIGINT, when called from the main thread) stops the run at the next denoising step or
+    batch with KeyboardInterrupt; every image finished before it is written. With `interrupt_grace`
+    (the CLI's choice), a single operation still running that many seconds after Ctrl-C (a huge image)
+    ends the process with exit status 130 instead, once any image being written is complete.
+    """
+    # 1. Locate and check the model; size every image against its own VAE before loading any weights.
+    world = World.current()
+    config = world.share(config)  # one run: the first process's seeds, also the random ones it drew
+    model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights)
+    factor = vae_factor(model.configs()["vae"])
+    native = model.native_size()
+    timesteps = model.configs()["scheduler"].get("num_train_timesteps", 1000)
+    user_images = UserImages()  # each init image and mask is read and hashed once per run
+    sizes = []
+    for gen in config.generations:
+        validate_size(gen.height, gen.width, factor)
+        if gen.steps >= timesteps:  # the schedulers index past their last timestep
+            raise UsageError(
+                f"steps {gen.steps} is more than this model's noise schedule has ({timesteps} training timesteps): "
+                f"use at most {timesteps - 1}"
+            )
+        if gen.init_image is None:
+            sizes.append((gen.height or native, gen.width or native))
+        else:
+            sizes.append(default_size(user_images.read(gen.init_image).image.size, factor, gen.height, gen.width))
+            if gen.mask is not None:
+                check_mask_shape(user_images.read(gen.mask), user_images.read(gen.init_image))
+    inpainting_model = is_inpainting(model)
+    if inpainting_model and any(gen.init_image is None for gen in config.generations):
+        raise ModelError(
+            f"{model.path} is an inpainting model (9 input channels): it does not make images from text alone; "
+            "give it an image with --init-image (and what to repaint with --mask)"
+        )
+
+    # 2. Check the memory the requested sizes and batches need against the device's, before spending any.
+    device = pick_device(config.device)
+    dtype = pick_dtype(config.dtype, device)
+    memory.check_sample(model, config, device, str(dtype).removeprefix("torch."), sizes)
+    warnings: list[str] = []
+    for height, width in dict.fromkeys(sizes):
+        if max(height, width) > FAR_ABOVE_NATIVE * native:
+            _warn(warnings, _far_above_native(height, width, native))
+
+    # 3. Load the pipeline on the chosen device and precision; note what identifies the model.
+    if world.size > 1 and world.rank != 0:  # the first process reports every image, in order
+        progress, on_image = None, None
+    pipe = load_pipeline(model, load_device(config.mode, world.device(device)), dtype, inpainting_ok=inpainting_model)
+    base_scheduler_config = pipe.scheduler.config  # every sampler is built from the model's own schedule
+    loras = load_loras(pipe, config.loras, warnings)
+    applied = apply_mode(pipe, config.mode, device, bool(loras))
+    pipelines = _Pipelines(pipe, inpainting_model)
+    facts = model_facts(config.model, model, device, str(pipe.unet.dtype), loras or None, config.mode)
+    expected = (config.expected_model_hash or "").lower()
+    if expected and not facts.model_hash.startswith(expected):  # A1111 records only the first 10 hex digits
+        _warn(
+            warnings,
+            f"model {facts.ref} (hash {facts.model_hash[:10]}) is not the one the source image was made with "
+            f"(hash {config.expected_model_hash[:10]}); the pixels will differ",
+        )
+
+    # 4. Denoise in batches; a background writer saves each image while the next batch denoises.
+    out = _prepare_out(config.out)
+    numbering = Numbering(out)
+    batches = plan_batches(config, sizes)
+    existing: dict[int, SampleResult] = {}
+    indices: dict[int, int] = {}
+    if world.rank == 0:  # the first process finds the kept images and plans the names; the others take its plan
+        existing = kept_images(config, out, numbering, batches, facts, user_images) if config.resume else {}
+        indices = plan_indices(batches, existing, numbering)
+    existing, indices = world.share((existing, indices))
+    numbering.after(max(indices.values(), default=-1))  # a name taken meanwhile moves past the plan, everywhere
+    stop = StopRequest(interrupt_grace)
+    total = sum(denoising_steps(g) * g.num_images for g in config.generations)
+    counter = StepCounter(progress, total, stop)
+    results: list[SampleResult] = []
+
+    def write(job: Job) -> None:
+        if job.remote is not None and job.remote_gen is not None:  # another process writes it: report it once whole
+            kept = await_remote(out, indices[job.number], job, facts, bool(config.save_progress))
+            counter.skip(denoising_steps(job.remote_gen))
+            job = Job(job.number, kept=kept)
+        with stop.writing():  # a hard stop after Ctrl-C waits for this image and its report
+            if job.kept is not None and job.strip is not None:  # a kept image whose progress strip was lost
+                result = _save_strip(out, numbering, job.kept, job.strip)
+            else:
+                result = job.kept or _save(out, numbering, job, facts, indices[job.number])
+            results.append(result)
+            if on_image:
+                on_image(result)
+
+    writer = BackgroundWriter(write, limit=2 * config.batch_size)
+    try:
+        with stop.armed():
+            _denoise(config, batches, existing, pipelines, base_scheduler_config, user_images, inpainting_model,
+                     counter, stop, writer, warnings, facts, world)  # fmt: skip
+            writer.close()
+            world.barrier()
+            stop.check()  # interrupted during the last batch: no grid, exit 130 like any other interruption
+            with stop.writing():
+                grid = _write_grid(out, results, numbering) if config.grid and world.rank == 0 else None
+    finally:
+        writer.close(raise_error=False)  # what finished before a failure or Ctrl-C is still written
+        world.close()
+    return SampleRun(tuple(results), grid, tuple(warnings), tuple(applied))
+
+
+def _denoise(config: SampleConfig, batches: list[Batch], existing: dict[int, SampleResult], pipelines: _Pipelines,
+             base_scheduler_config: Any, user_images: UserImages, inpainting_model: bool, counter: StepCounter,
+             stop: StopRequest, writer: BackgroundWriter, warnings: list[str], facts: ModelFacts,
+             world: World) -> None:  # fmt: skip
+    """Run this process's batches in order and hand each finished image to the writer (images already there
+    are kept; the first process also queues, in order, reports of the images the others make)."""
+    prepared: tuple[Generation, Any, dict[str, Any]] | None = None
+    for number_of_batch, batch in enumerate(batches):
+        stop.check()
+        gen, numbers = batch.gen, range(batch.first_number, batch.first_number + len(batch.seeds))
+        wanted = [n for n, seed in zip(numbers, batch.seeds, strict=True)
+                  if not config.keep_seeds or seed in config.keep_seeds]  # fmt: skip
+        if not world.mine(number_of_batch):
+            if world.rank == 0:
+                for n in wanted:
+                    seed = batch.seeds[n - batch.first_number]
+                    settings = image_settings(gen, seed, batch.height, batch.width)
+                    job = existing.get(n)
+                    if job is not None and is_whole(job, config):
+                        writer.put(Job(n, kept=job), heavy=False)
+                    else:
+                        writer.put(Job(n, remote=settings, remote_gen=gen), heavy=False)
+            continue
+        if all(n in existing and is_whole(existing[n], config) for n in wanted):  # --resume: the batch is there
+            counter.skip(denoising_steps(gen) * len(batch.seeds))
+            for n in wanted:
+                writer.put(Job(n, kept=existing[n]))
+            continue
+        if prepared is None or prepared[0] is not gen:
+            warning = _truncation_warning(pipelines.text_to_image.tokenizer, gen.prompt)
+            if warning:
+                _warn(warnings, warning)
+            given = user_images.prepare(gen, batch.height, batch.width)
+            prepared = (gen, given, task_record(gen, given, inpainting_model))
+        _, given, task = prepared
+        runner = pipelines.for_task(gen.task)
+        runner.scheduler = make_scheduler(gen.scheduler, base_scheduler_config)
+        recorder = X0Recorder() if config.save_progress else None
+        pixels = _generate(runner, gen, list(batch.seeds), batch.height, batch.width, counter, given, recorder)
+        strips = recorder.strips(runner.vae, runner.image_processor, config.save_progress) if recorder else []
+        for i, (seed, image) in enumerate(zip(batch.seeds, runner.numpy_to_pil(pixels), strict=True)):
+            number = batch.first_number + i
+            if number not in wanted:
+                continue
+            if number in existing:  # recomputed with its batch (same rounding), but already written
+                kept = existing[number]
+                writer.put(Job(number, kept=kept, strip=None if is_whole(kept, config) else strips[i]))
+                continue
+            if given is not None and given.mask is not None:  # the known region: the original's own pixels
+                image = runner.image_processor.apply_overlay(given.mask, given.image, image)
+            settings = image_settings(gen, seed, batch.height, batch.width)
+            writer.put(Job(number, image, settings, batch.seeds, task, given.record() if given else None,
+                            strips[i] if strips else None))  # fmt: skip
+
+
+class _Pipelines:
+    """diffusers' text-to-image, image-to-image and inpainting pipelines over the same loaded components."""
+
+    def __init__(self, pipe: Any, inpainting_model: bool) -> None:
+        self.text_to_image, self.inpainting_model = pipe, inpainting_model
+        self.made: dict[str, Any] = {}
+
+    def for_task(self, task: str) -> Any:
+        if task == "text-to-image":
+            return self.text_to_image
+        # An inpainting model does image-to-image through its own pipeline, with everything to repaint.
+        kind = "inpainting" if task == "inpainting" or self.inpainting_model else "image-to-image"
+        if kind not in self.made:
+            cls = SD1.pipeline_class(kind)
+            made = cls(**self.text_to_image.components, requires_safety_checker=False)  # the same modules, shared
+            made.set_progress_bar_config(disable=True)
+            self.made[kind] = made
+        return self.made[kind]
+
+
+def _far_above_native(height: int, width: int, native: int) -> str:
+    return (
+        f"{width}x{height} is far above the model's native {native}x{native} ({max(height, width) / native:.3g}x "
+        f"per side): expect repeated or broken composition, and a run at least {height * width / native**2:,.0f} "
+        "times as long as one at the native size"
+    )
+
+
+def _save_strip(out: Path, numbering: Numbering, kept: SampleResult, strip: Any) -> SampleResult:
+    """A kept image's progress strip, made again with its batch (lost to a kill between image and strip, or
+    asked for only now)."""
+    progress, _ = write_png(out, numbering, kept.seed, strip, None, kept.index, suffix="-progress")
+    return dataclasses.replace(kept, progress=progress)
+
+
+def _save(out: Path, numbering: Numbering, job: Job, facts: ModelFacts, index: int) -> SampleResult:
+    """Write one PNG with both metadata chunks (and its progress strip, if any) and describe it."""
+    assert job.settings is not None
+    record = {
+        "format": png_record.FORMAT_VERSION,
+        "settings": job.settings,
+        "model": {"source": facts.ref, "hash": facts.model_hash, "files": facts.file_hashes, **facts.single_file},
+        "run": {
+            "batch_seeds": list(job.batch),
+            "number": job.number,
+            "device": facts.device,
+            "dtype": facts.dtype,
+            "mode": facts.mode,
+            **(job.task or {}),
+        },
+        "versions": facts.versions,
+        "lora": facts.lora,
+    }
+    if job.inputs:
+        record["inputs"] = job.inputs  # each file the image was made from: path and sha256
+    spec = SCHEDULERS[job.settings["scheduler"]]
+    info = png_record.png_info(png_record.a1111_parameters(job.settings, spec, facts.model_hash, facts.name), record)
+    path, index = write_png(out, numbering, job.settings["seed"], job.image, info, index)
+    progress = None
+    if job.strip is not None:
+        progress, _ = write_png(out, numbering, job.settings["seed"], job.strip, None, index, suffix="-progress")
+    return SampleResult(path=path, index=index, model=facts.ref, model_hash=facts.model_hash, progress=progress,
+                        **job.settings)  # fmt: skip
+
+
+def _generate(pipe: Any, gen: Generation, seeds: list[int], height: int, width: int, counter: StepCounter,
+              given: Given | None = None, recorder: X0Recorder | None = None) -> Any:  # fmt: skip
+    """One pipeline call for one batch; returns float pixels in [0, 1], refusing NaN/inf results."""
+    import numpy as np
+    import torch
+
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    extra: dict[str, Any] = {"eta": gen.eta} if SCHEDULERS[gen.scheduler].accepts_eta else {}
+    if given is not None:
+        extra.update(image=[given.image] * len(seeds), strength=gen.strength)
+        if "mask_image" in inspect.signature(pipe.__call__).parameters:  # inpainting (an inpainting model's too)
+            from PIL import Image
+
+            mask = given.mask if given.mask is not None else Image.new("L", given.image.size, 255)
+            extra.update(mask_image=[mask] * len(seeds), height=height, width=width)
+    else:
+        extra.update(height=height, width=width)
+    try:
+        if given is not None and denoising_steps(gen) == 0:
+            return _round_trip(pipe, given.image, generators)
+        with recorder.watching(pipe.scheduler) if recorder else contextlib.nullcontext():
+            output = pipe(
+                prompt=[gen.prompt] * len(seeds),
+                negative_prompt=[gen.negative_prompt] * len(seeds) if gen.negative_prompt else None,
+                num_inference_steps=gen.steps,
+                guidance_scale=gen.guidance,
+                generator=generators,
+                output_type="np",
+                callback_on_step_end=counter,
+                **extra,
+            )
+    except torch.OutOfMemoryError as exc:
+        raise ResourceError(
+            f"out of memory generating {len(seeds)} image(s) at {width}x{height}: lower --batch-size"
+        ) from exc
+    except NonFiniteLatents as exc:
+        raise NumericalError(
+            f"the latents became NaN/inf at denoising step {exc.step} for seeds {seeds[0]}..{seeds[-1]} "
+            "(fp16 overflow? try --dtype fp32 or bf16); nothing was saved for them"
+        ) from None
+    pixels = output.images
+    if not np.isfinite(pixels).all():
+        raise NumericalError(
+            f"the model produced NaN/inf pixels for seeds {seeds[0]}..{seeds[-1]} "
+            "(fp16 overflow? try --dtype fp32 or bf16); nothing was saved for them"
+        )
+    return pixels
+
+
+def _round_trip(pipe: Any, image: Any, generators: list[Any]) -> Any:
+    """A strength too small for one step: the image through the VAE and back, its latents drawn with each
+    image's generator as diffusers' image-to-image draws them."""
+    import torch
+
+    device = pipe._execution_device
+    with torch.inference_mode():
+        pixels = pipe.image_processor.preprocess(image).to(device, pipe.vae.dtype)
+        latents = torch.cat([pipe.vae.encode(pixels).latent_dist.sample(g) for g in generators])
+        decoded = pipe.vae.decode(latents, return_dict=False)[0]
+    return pipe.image_processor.postprocess(decoded.float(), output_type="np")
+
+
+def _warn(warnings: list[str], message: str) -> None:
+    """Log a warning now (the CLI shows it on stderr) and keep it for the run's result."""
+    log.warning(message)
+    warnings.append(message)
+
+
+def _truncation_warning(tokenizer: Any, prompt: str) -> str | None:
+    """Name the words the text encoder will never see (CLIP keeps only its first 77 tokens)."""
+    limit = tokenizer.model_max_length
+    ids = tokenizer(prompt, truncation=False, add_special_tokens=True).input_ids
+    if len(ids) <= limit:
+        return None
+    dropped = tokenizer.decode(ids[limit - 1 : -1], skip_special_tokens=True).strip()
+    return f"prompt is longer than {limit} tokens; these words are ignored: {dropped!r}"
+
+
+def _prepare_out(out: Path) -> Path:
+    with writing(f"to output folder {out}"):
+        out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _write_grid(out: Path, results: list[SampleResult], numbering: Numbering) -> Path:
+    """A contact sheet of every image with its prompt and seed underneath, saved as grid-INDEX.png."""
+    from sdlite.sampling.grid import contact_sheet
+
+    sheet = contact_sheet([(r.path, f"{r.prompt} | seed {r.seed}") for r in results])
+    return write_grid_png(out, results[0].index if results else numbering.take(), sheet)

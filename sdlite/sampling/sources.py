@@ -1,0 +1,277 @@
+"""Merging the sources of a sample run's settings: command line, prompts file, a PNG's record (`--from-image`),
+`--fast`, the model's recommended settings and the built-in defaults, into one SampleConfig.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdlite.errors import DataError, UsageError
+from sdlite.models.source import model_settings_record, resolve_model_source
+from sdlite.sampling.config import GENERATION_KEYS, INPUT_KEYS, Generation, LoraChoice, Mode, SampleConfig, lora_choices
+from sdlite.sampling.modes import FAST_SETTINGS
+from sdlite.sampling.prompts_file import prompt_rows
+from sdlite.schema import (
+    COMMAND_LINE,
+    MAX_SEED,
+    Flag,
+    PathText,
+    Seed,
+    Source,
+    Text,
+    check,
+    check_value,
+    origin,
+    show,
+)
+
+
+@dataclass(frozen=True)
+class SampleOverrides:
+    """What the user typed for `sdlite sample`, None where an option was not given.
+
+    Kept apart from SampleConfig so that prompts files and `--from-image` can supply values the
+    command line did not, while an explicit option always wins.
+    """
+
+    prompts: tuple[str, ...] = ()
+    model: str | None = None
+    prompts_file: Path | None = None
+    from_image: Path | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # Generation fields given on the command line
+    out: Path | None = None
+    batch_size: int | None = None
+    dtype: str | None = None
+    device: str | None = None
+    grid: bool = False
+    offline: bool = False
+    allow_pickle: bool = False
+    lora: tuple[str, ...] = ()  # every --lora, in order
+    lora_scale: tuple[float, ...] = ()  # every --lora-scale, in order (paired with --lora by position)
+    fast: bool = False
+    low_memory: bool = False
+    tokenizer: str | None = None
+    ema_weights: bool | None = None
+    save_progress: int | None = None
+    resume: bool = False
+
+
+def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None) -> SampleConfig:
+    """Merge command line, prompts file, source-image metadata and defaults into one SampleConfig.
+
+    Precedence: command line > prompts-file line > `--from-image` metadata > `--fast`'s sampler
+    and steps > the model's own recommended settings (`sdlite.json` in its folder, or in the metadata of a
+    file `sdlite export` wrote) > built-in defaults, except that a
+    prompts-file line's own seed beats `--seed`, which only starts the run's counter. Seeds are
+    resolved here (random when not given) so the config says exactly which images will be made.
+    Every source is checked on its own first, so an error names the option, or the file and line.
+    """
+    env = dict(os.environ) if env is None else env
+    cli = {k: v for k, v in opts.settings.items() if v is not None}
+    unknown = set(cli) - set(GENERATION_KEYS)
+    if unknown:
+        raise UsageError(f"unknown sample settings: {', '.join(sorted(unknown))}")
+    check(Generation, cli, COMMAND_LINE)
+    given = {"batch_size": opts.batch_size, "dtype": opts.dtype, "device": opts.device,
+             "save_progress": opts.save_progress}  # fmt: skip
+    check(SampleConfig, {k: v for k, v in given.items() if v is not None}, COMMAND_LINE)
+
+    if opts.fast and opts.low_memory:
+        raise UsageError("--fast and --low-memory cannot be combined: choose speed or memory")
+    mode = "fast" if opts.fast else "low-memory" if opts.low_memory else None
+    recorded_base: dict[str, Any] = {}
+    image = None
+    model = opts.model
+    batch_size, keep_seeds, expected_hash = opts.batch_size, (), None
+    lora, lora_scale = _as_tuple(opts.lora), _as_tuple(opts.lora_scale)
+    tokenizer, ema_weights = opts.tokenizer, opts.ema_weights
+    if opts.from_image is not None:
+        recorded, image = _read_image_settings(opts.from_image)
+        recorded_base = {k: recorded[k] for k in GENERATION_KEYS if k in recorded}
+        _find_inputs(recorded_base, recorded.get("inputs"), cli, image)
+        if not model or _same_file(model, recorded.get("model")):
+            # a single file's tokenizer and weights choice belong to the recorded model (also when named again)
+            model = model or recorded.get("model")
+            tokenizer = tokenizer or recorded.get("tokenizer")
+            ema_weights = recorded.get("ema_weights") if ema_weights is None else ema_weights
+        expected_hash = recorded.get("model_hash")
+        mode = mode or recorded.get("mode")
+        if recorded.get("lora") and not lora:  # the recorded LoRAs; --lora-scale may still change their scales
+            used = _recorded_loras(recorded["lora"], image)
+            lora, lora_scale = tuple(r["source"] for r in used), lora_scale or tuple(r["scale"] for r in used)
+        own_seed = recorded_base.get("seed")
+        batch = recorded.get("batch_seeds") or [own_seed]
+        remake_batch = not (
+            {"seed", "num_images"} & set(cli) or opts.prompts or opts.prompts_file or batch_size is not None
+        )
+        if remake_batch and len(batch) > 1 and own_seed is not None:
+            if own_seed not in range(batch[0], batch[0] + len(batch)):
+                raise image.fail(f"its sdlite metadata records seed {own_seed} outside its batch {show(batch)}")
+            recorded_base.update(seed=batch[0], num_images=len(batch))
+            batch_size, keep_seeds = len(batch), (own_seed,)
+    model = resolve_model_source(model, env)
+    defaults, defaults_source = model_defaults_and_source(model)
+    fast = FAST_SETTINGS if mode == "fast" else {}
+    base = {**defaults, **fast, **recorded_base}
+    base_origin = {
+        **{k: defaults_source for k in defaults}, **{k: COMMAND_LINE for k in fast}, **{k: image for k in recorded_base}
+    }  # fmt: skip
+
+    rows: list[tuple[dict[str, Any], Source]] = [({"prompt": p}, COMMAND_LINE) for p in opts.prompts]
+    if opts.prompts_file is not None:
+        rows += prompt_rows(Path(opts.prompts_file))
+    if not rows and image is not None:
+        rows = [({}, image)]
+
+    first_seed = cli.get("seed", base.get("seed"))
+    if first_seed is None:
+        first_seed = secrets.randbelow(MAX_SEED + 1)
+    generations = []
+    next_seed = first_seed
+    for number, (row, row_source) in enumerate(rows, start=1):
+        merged = {**base, **row, **{k: v for k, v in cli.items() if k != "seed"}}
+        sources = {**base_origin, **{k: row_source for k in row}, **{k: COMMAND_LINE for k in cli}}
+        if "seed" not in row:  # a line's own seed wins; --seed only starts the run's counter
+            if next_seed > MAX_SEED:
+                where = row_source.where or f"prompt {number}"
+                raise UsageError(
+                    f"the run's seeds pass {MAX_SEED} at {where} (--seed {first_seed} + 1 per image): "
+                    "give a smaller --seed, or that prompt its own seed"
+                )
+            merged["seed"] = next_seed
+        if "prompt" not in merged:
+            if row_source is image:
+                raise image.fail('its sdlite metadata records no "prompt"')
+            raise UsageError("no prompt given: pass PROMPT arguments, --prompts-file or --from-image")
+        with origin({k: v for k, v in sources.items() if v is not None}):
+            gen = Generation(**merged)
+        generations.append(gen)
+        next_seed = gen.seed + gen.num_images
+
+    return SampleConfig(
+        model=model,
+        generations=tuple(generations),
+        out=opts.out or Path("outputs"),
+        batch_size=1 if batch_size is None else batch_size,
+        dtype=opts.dtype or "auto",
+        device=opts.device or "auto",
+        grid=opts.grid,
+        offline=opts.offline,
+        allow_pickle=opts.allow_pickle,
+        keep_seeds=keep_seeds,
+        expected_model_hash=expected_hash,
+        loras=lora_choices(lora, lora_scale),
+        mode=mode or "default",
+        tokenizer=tokenizer,
+        ema_weights=True if ema_weights is None else ema_weights,
+        save_progress=opts.save_progress,
+        resume=opts.resume,
+    )
+
+
+def _same_file(model: str, recorded: str | None) -> bool:
+    """Whether `model` is the very file a PNG records (`--model` naming the golden's own single file)."""
+    path = Path(model).expanduser()
+    return recorded is not None and path.is_file() and path.resolve() == Path(recorded).expanduser().resolve()
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str | int | float) else tuple(value)
+
+
+def _read_image_settings(path: Path) -> tuple[dict[str, Any], Source]:
+    """The settings a PNG records for `--from-image`, each checked like a prompts-file line's."""
+    from sdlite.formats.png_record import read_settings
+
+    try:
+        recorded = read_settings(path)
+    except (AttributeError, TypeError, KeyError) as exc:  # a record whose parts have the wrong JSON types
+        raise DataError(f"{path}: its sdlite metadata is malformed ({type(exc).__name__}: {exc})") from exc
+    image = Source(where=str(path), style="json", error=DataError)
+    check(Generation, {k: recorded[k] for k in GENERATION_KEYS if k in recorded}, image)
+    for key, hint in (
+        ("model", PathText | None), ("tokenizer", PathText | None), ("ema_weights", Flag | None),
+        ("model_hash", Text | None), ("batch_seeds", list[Seed] | None), ("mode", Mode | None),
+    ):  # fmt: skip
+        check_value(hint, recorded.get(key), f'its sdlite metadata field "{key}"', image)
+    return recorded, image
+
+
+def _find_inputs(recorded: dict[str, Any], inputs: Any, cli: dict[str, Any], image: Source) -> None:
+    """Check that the init image and mask a PNG was made from are still there, unchanged, for `--from-image`.
+
+    A file given again on the command line wins (with a warning when it is not the recorded one); a recorded
+    file that is missing or changed is a data error naming it. Image-to-image settings recorded without an
+    init image (an A1111 img2img PNG, which does not record it) are dropped unless one is given.
+    """
+    import logging
+
+    from sdlite.filecache import sha256_uncached
+
+    inputs = inputs if isinstance(inputs, dict) else {}
+    for key, option in INPUT_KEYS.items():
+        expected = inputs.get(key, {}).get("sha256") if isinstance(inputs.get(key), dict) else None
+        path = cli.get(key) or recorded.get(key)
+        if path is None or expected is None:
+            continue
+        try:
+            digest = sha256_uncached(Path(path).expanduser())
+        except OSError as exc:
+            if key in cli:
+                raise DataError(f"cannot read {option} {path}: {exc.strerror or exc}") from exc
+            raise image.fail(
+                f"it was made from {option.removeprefix('--').replace('-', ' ')} {path}, which is missing: "
+                f"pass that file with {option}"
+            ) from exc
+        if digest == expected:
+            continue
+        if key in cli:
+            logging.getLogger("sdlite").warning(
+                f"{option} {path} is not the file {image.where} was made from (sha256 {expected[:12]}...): "
+                "the pixels will differ"
+            )
+        else:
+            raise image.fail(
+                f"its {option.removeprefix('--').replace('-', ' ')} {path} has changed since (sha256 {digest[:12]}... "
+                f"instead of {expected[:12]}...): pass the original with {option}"
+            )
+    if recorded.get("init_image") is None and "init_image" not in cli:
+        for key in ("strength", "mask", "mask_blur", "resize"):
+            recorded.pop(key, None)
+    if recorded.get("mask") is None and "mask" not in cli:
+        recorded.pop("mask_blur", None)
+
+
+def _recorded_loras(value: Any, image: Source) -> list[dict[str, Any]]:
+    """The LoRAs a PNG records: a list of {source, hash, scale}, or one such dict (earlier sdlite versions)."""
+    rows = [value] if isinstance(value, dict) else value
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and {"source", "scale"} <= set(r) for r in rows):
+        raise image.fail("its sdlite metadata has a malformed lora record")
+    for row in rows:
+        check(LoraChoice, {"source": row["source"], "scale": row["scale"]}, image)
+    return rows
+
+
+def model_defaults(model: str) -> dict[str, Any]:
+    """Settings a model recommends for itself (`sdlite.json`: {"defaults": {"steps": 30, ...}}, in its folder or,
+    for a file `sdlite export` wrote, in the file's metadata)."""
+    return model_defaults_and_source(model)[0]
+
+
+def model_defaults_and_source(model: str) -> tuple[dict[str, Any], Source]:
+    record, where = model_settings_record(model)
+    source = Source(where=where, style="json", error=UsageError)
+    if record is None:
+        return {}, source
+    defaults = record.get("defaults", {}) if isinstance(record, dict) else None
+    if not isinstance(defaults, dict):
+        raise UsageError(f'{where}: "defaults" must be a JSON object of sample settings')
+    defaults = {k: v for k, v in defaults.items() if k in GENERATION_KEYS and k not in ("prompt", "seed", "num_images")}
+    check(Generation, defaults, source)
+    return defaults, source

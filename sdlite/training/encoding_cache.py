@@ -1,0 +1,135 @@
+"""Precomputed VAE latent statistics and text embeddings for `train --cache`, kept on disk.
+
+Entries are keyed by content and settings (image bytes, VAE weights, resolution, precision; caption,
+text-encoder weights), so a second run reuses them and any change makes new ones. The latent
+*distribution* (mean, std) is cached, not a sample, so training still draws fresh latents from
+exactly the generator the uncached path uses: same first-step loss with or without the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from sdlite.errors import DataError
+from sdlite.filecache import cache_dir, file_sha256
+from sdlite.models.loading import ResolvedModel
+from sdlite.staging import staged_file
+
+
+class EncodingCache:
+    """Latent stats per image and embeddings per caption, filled once by the main process.
+
+    Entries stay on disk and are read when a batch needs them (the next batch's are read while the device
+    runs the current one): memory does not grow with the dataset (100,000 captions of 77 x 768 floats
+    would be 23 GB), and a run starts without loading every entry first.
+    """
+
+    def __init__(self, parts: Any, model: ResolvedModel, with_text: bool) -> None:
+        self.parts, self.has_text = parts, with_text
+        self.root = cache_dir() / "train-cache"
+        dtype = str(parts.weight_dtype)
+        self.vae_key = _digest([_component_hash(model, "vae"), dtype, "center-crop"])
+        self.text_key = _digest([_component_hash(model, "text_encoder"), _component_hash(model, "tokenizer"), dtype])
+        self.latents: dict[tuple[str, tuple[int, int]], Path] = {}
+        self.texts: dict[str, Path] = {}
+
+    def fill(self, examples: tuple[Any, ...], sizes: tuple[tuple[int, int], ...], compute: bool) -> dict[str, int]:
+        """Find every entry (each example at its (width, height) bucket), computing and storing the missing ones
+        when `compute`; returns counts."""
+        import torch
+
+        from sdlite.data.images import load_example, preprocess
+
+        counts = {"latents_reused": 0, "latents_computed": 0, "texts_reused": 0, "texts_computed": 0}
+        for example, size in zip(examples, sizes, strict=True):
+            path = self._latent_path(example, size)
+            if compute and not _intact(path, ("mean", "std")):
+                pixels = preprocess(load_example(example), size, "center", False, 0)[None]
+                with torch.no_grad():
+                    dist = self.parts.vae.encode(pixels.to(self.parts.vae.device, self.parts.weight_dtype)).latent_dist
+                _save(path, {"mean": dist.mean[0].float(), "std": dist.std[0].float()})
+                counts["latents_computed"] += 1
+            else:
+                counts["latents_reused"] += 1
+            self.latents[(str(example), tuple(size))] = path
+        if self.has_text:
+            for caption in sorted({e.caption for e in examples} | {""}):  # "" serves caption dropout
+                path = self._text_path(caption)
+                if compute and not _intact(path, ("embedding",)):
+                    ids = self.parts.tokenizer(
+                        caption, padding="max_length", truncation=True, return_tensors="pt"
+                    ).input_ids
+                    with torch.no_grad():
+                        embedding = self.parts.text_encoder(ids.to(self.parts.text_encoder.device))[0][0]
+                    _save(path, {"embedding": embedding.float()})
+                    counts["texts_computed"] += 1
+                else:
+                    counts["texts_reused"] += 1
+                self.texts[caption] = path
+        return counts
+
+    def latent_stats(self, examples: list[Any], sizes: list[tuple[int, int]]) -> tuple[Any, Any]:
+        import torch
+
+        entries = [_load(self.latents[(str(e), tuple(size))]) for e, size in zip(examples, sizes, strict=True)]
+        return torch.stack([e["mean"] for e in entries]), torch.stack([e["std"] for e in entries])
+
+    def text_embeddings(self, captions: list[str]) -> Any:
+        import torch
+
+        return torch.stack([_load(self.texts[c])["embedding"] for c in captions]).to(self.parts.weight_dtype)
+
+    def _latent_path(self, example: Any, size: tuple[int, int]) -> Path:
+        from sdlite.data.images import example_sha256
+
+        return self.root / "latents" / f"{_digest([example_sha256(example), self.vae_key, list(size)])}.safetensors"
+
+    def _text_path(self, caption: str) -> Path:
+        return self.root / "text" / f"{_digest([caption, self.text_key])}.safetensors"
+
+
+def _component_hash(model: ResolvedModel, component: str) -> str:
+    if model.single_file is not None:  # the file's hash stands for each of its parts
+        return _digest([component, file_sha256(model.path), model.use_ema, str(model.tokenizer)])
+    files = sorted(p for p in (model.path / component).iterdir() if p.is_file())
+    return _digest([[p.name, file_sha256(p)] for p in files])
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()
+
+
+def _intact(path: Path, names: tuple[str, ...]) -> bool:
+    """Whether the entry exists with these tensors and its data is all there (the header is read, not the data)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, "pt") as entry:
+            return set(names) <= set(entry.keys())
+    except (OSError, SafetensorError):  # missing, truncated, not safetensors at all: compute it again
+        return False
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """An entry's tensors; one deleted or damaged since the run began is a DataError naming it (and removed)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (OSError, SafetensorError) as exc:
+        path.unlink(missing_ok=True)  # the next run computes it afresh
+        raise DataError(
+            f"cache entry {path} cannot be read ({exc}); removed: run again (--resume latest continues) to recompute it"
+        ) from exc
+
+
+def _save(path: Path, tensors: dict[str, Any]) -> None:
+    """Write atomically, so an interrupted fill never leaves a half entry that later runs trust."""
+    from safetensors.torch import save_file
+
+    with staged_file(path, "cache entry") as temp:  # given the umask's mode: safetensors writes its files 0600
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, temp)

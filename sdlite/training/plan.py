@@ -1,0 +1,162 @@
+"""The plan of a training run, worked out before any weights load: model and data checked, buckets, steps,
+batch sizes, memory and FLOPs; `dry_run` returns it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sdlite.data.buckets import Layout, make_layout
+from sdlite.errors import UsageError
+from sdlite.models import memory
+from sdlite.models.loading import ResolvedModel, resolve_model, vae_factor
+from sdlite.schema import validate_size
+from sdlite.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What a run will do, computed before any weights load (`--dry-run` prints it)."""
+
+    images: int
+    captioned: int
+    skipped: tuple[str, ...]
+    resolution: int
+    num_processes: int
+    batch_size: int
+    grad_accum: int
+    effective_batch: int
+    micro_batches_per_epoch: int
+    steps_per_epoch: float
+    steps: int
+    epochs: float
+    cache: bool
+    cache_note: str
+    trains: tuple[str, ...]
+    buckets: dict[str, int] = dataclasses.field(default_factory=dict)  # images per bucket ("WxH")
+    bucket_note: str = ""
+    class_images: int = 0  # prior preservation: class images trained beside the instance images
+    tflops_per_image: float | None = None  # model FLOPs of one image's step (see sdlite/flops.py)
+    peak_tflops: float | None = None  # the device's dense peak at this precision, when known: MFU = achieved / peak
+    memory_gib: float | None = None  # estimated peak memory of one process (sdlite/memory.py)
+    largest_batch: int | None = None  # the largest --batch-size whose estimate fits `memory_limit` now
+    memory_limit: str = ""  # what bounds this process's memory ("139 GiB (free memory on NVIDIA H200)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, Any, ResolvedModel, Layout]:
+    """Check the model and every image; work out buckets, steps, epochs and batch sizes."""
+    from sdlite.data.examples import discover
+    from sdlite.data.images import check_images
+
+    model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights)
+    if config.component == "vae" and model.single_file is not None:
+        raise UsageError(
+            "--component vae trains from a diffusers folder: convert the single file first "
+            f"(sdlite export {model.path} DIR --format diffusers)"
+        )
+    configs = model.configs()
+    factor = vae_factor(configs["vae"])
+    resolution = config.resolution or model.native_size()
+    validate_size(resolution, None, factor, names=("--resolution",))
+    fit = memory.check_train(model, config, resolution, num_processes)  # before any image is read or weight loaded
+    dataset = check_images(
+        discover(
+            config.data,
+            config.caption_column,
+            config.allow_missing_captions or bool(config.instance_prompt),
+            image_column=config.image_column,
+            offline=config.offline,
+        ),
+        config.skip_bad_images,
+    )
+    if config.instance_prompt is not None:  # DreamBooth: one prompt for every image, captions or not
+        examples = tuple(dataclasses.replace(e, caption=config.instance_prompt) for e in dataset.examples)
+        dataset = dataclasses.replace(dataset, examples=examples, skipped=tuple(
+            n for n in dataset.skipped if not n.endswith("missing caption (empty caption used)")))  # fmt: skip
+    per_micro = config.batch_size * num_processes
+    effective = per_micro * config.grad_accum
+    layout = _layout(dataset, resolution, effective, config, configs)
+    per_epoch = layout.order.batches_per_epoch
+    if per_epoch == 0:
+        raise UsageError(
+            f"{len(dataset.examples)} images cannot fill one global batch of {effective} "
+            f"({config.batch_size} per process x {num_processes} processes x {config.grad_accum} accumulation); "
+            "lower --batch-size or --grad-accum"
+        )
+    steps = config.max_steps or max(1, math.ceil(config.epochs * per_epoch))  # type: ignore[operator]
+    trains = ("unet", "text_encoder") if config.train_text_encoder else ("unet",)
+    if config.lora:
+        trains = tuple(f"{name} lora" for name in trains)
+    if config.component == "vae":
+        trains = ("vae",)
+    cache, cache_note = config.cache_choice()
+    plan = TrainPlan(
+        images=len(dataset.examples),
+        captioned=sum(1 for e in dataset.examples if e.caption),
+        skipped=dataset.skipped,
+        resolution=resolution,
+        num_processes=num_processes,
+        batch_size=config.batch_size,
+        grad_accum=config.grad_accum,
+        effective_batch=effective,
+        micro_batches_per_epoch=per_epoch * config.grad_accum,
+        steps_per_epoch=float(per_epoch),
+        steps=steps,
+        epochs=steps / per_epoch,
+        cache=cache,
+        cache_note=cache_note,
+        trains=trains,
+        buckets=layout.histogram(),
+        bucket_note=layout.note,
+        class_images=config.num_class_images if config.class_prompt else 0,
+        memory_gib=fit.estimate.total / memory.GIB,
+        largest_batch=fit.largest_batch,
+        memory_limit=f"{memory.size_text(fit.limit.bytes)} ({fit.limit.source})" if fit.limit else "",
+    )
+    return plan, dataset, model, layout
+
+
+def _layout(dataset: Any, resolution: int, effective: int, config: TrainConfig, configs: dict[str, Any]) -> Layout:
+    """Buckets for the UNet (sides on the UNet's latent grid), a plain square for VAE training."""
+    if config.component == "vae":
+        return make_layout([e.size for e in dataset.examples], resolution, effective, False, 1, None, None, 1.0)
+    grid = vae_factor(configs["vae"]) * 2 ** (len(configs["unet"]["block_out_channels"]) - 1)
+    if config.buckets is not False and config.bucket_step % grid:
+        raise UsageError(
+            f"--bucket-step {config.bucket_step} must be a multiple of {grid} for this model (VAE factor x UNet "
+            "downsampling), or pass --no-buckets"
+        )
+    return make_layout([e.size for e in dataset.examples], resolution, effective, config.buckets, config.bucket_step,
+                       config.bucket_min_side, config.bucket_max_side, config.max_aspect)  # fmt: skip
+
+
+def dry_run(config: TrainConfig, num_processes: int | None = None) -> TrainPlan:
+    """Validate data and settings and return the plan, as the run itself reports it (with `num_processes`, or
+    the processes of this run); nothing is trained or written."""
+    import os
+
+    import torch
+
+    plan, _, model, _ = make_plan(config, num_processes or int(os.environ.get("WORLD_SIZE", "1")))
+    if config.component != "unet":
+        return plan
+    return with_flops(plan, model, config, torch.device(memory.train_device()))
+
+
+def with_flops(plan: TrainPlan, model: ResolvedModel, config: TrainConfig, device: Any) -> TrainPlan:
+    """The plan with the model FLOPs of one image's UNet step and, on a GPU in the table, the device's peak."""
+    from sdlite.training.flops import peak_flops, train_flops_per_image
+
+    flops = train_flops_per_image(model.configs(), plan.resolution, plan.resolution, config.train_text_encoder)
+    peak = None
+    if device.type == "cuda":
+        import torch
+
+        peak = peak_flops(torch.cuda.get_device_name(device), config.mixed_precision)
+    return dataclasses.replace(plan, tflops_per_image=flops / 1e12, peak_tflops=peak / 1e12 if peak else None)
