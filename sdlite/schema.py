@@ -95,9 +95,58 @@ COMMAND_LINE = Source()
 
 
 def option_name(owner: type | None, field: str) -> str:
-    """The command-line spelling of a field: `--max-steps`, unless the class names it otherwise."""
+    """The command-line spelling of a field: `--max-steps`, unless its option() or the class names it otherwise."""
     names: Mapping[str, str] = getattr(owner, "_option_names", {})
-    return names.get(field) or "--" + field.replace("_", "-")
+    declared = next((f.metadata.get("flag") for f in _fields(owner) if f.name == field), None)
+    return names.get(field) or declared or "--" + field.replace("_", "-")
+
+
+def _fields(owner: type | None) -> tuple[dataclasses.Field[Any], ...]:
+    return dataclasses.fields(owner) if owner is not None and dataclasses.is_dataclass(owner) else ()
+
+
+def option(
+    default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, shown: str | None = None
+) -> Any:
+    """A config field that a command-line option sets, declared once: its default, its `--help` text, its flag
+    when the field's name does not give it (`--center-crop/--random-crop`), and `shown`, the default in words
+    when it is not a value ("the model's native size"). The CLI builds the option from this (cli/options.py)."""
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "shown": shown})
+
+
+def default_text(field: dataclasses.Field[Any]) -> str | None:
+    """What `--help` shows as a field's default: its `shown` words, else its value; None where nothing is worth
+    showing (an off flag, an empty list, a required field)."""
+    value = field.default
+    if field.metadata.get("shown"):
+        return field.metadata["shown"]
+    if value is None or value is False or value == () or value is dataclasses.MISSING:
+        return None
+    if value is True:  # an on/off pair: the flag that is on
+        return (field.metadata.get("flag") or "--" + field.name.replace("_", "-")).split("/")[0]
+    return show_number(value) if isinstance(value, float) else str(value)
+
+
+def show_number(value: float) -> str:
+    """A float as people write it: 1e-5, 0.9999, 2."""
+    text = repr(value).replace("e-0", "e-").replace("e+0", "e+")
+    return text[:-2] if text.endswith(".0") else text
+
+
+# Help shared by every command that loads a model (declared once, here).
+MODEL_HELP = (
+    "Diffusers folder, hub id (ORG/NAME) or original-layout single file (.safetensors; .ckpt with --allow-pickle)."
+)
+OFFLINE_HELP = "Use only the local Hugging Face cache for hub ids (also HF_HUB_OFFLINE=1)."
+ALLOW_PICKLE_HELP = "Allow loading pickle weights (.ckpt/.bin/.pt). Pickles can run code: trust the source."
+TOKENIZER_HELP = "Single-file models: the CLIP tokenizer (folder or hub id)."
+TOKENIZER_DEFAULT = (
+    "the local Hugging Face cache's openai/clip-vit-large-patch14, then stable-diffusion-v1-5's; online, just those "
+    "files"
+)
+EMA_WEIGHTS_HELP = (
+    "Single-file models holding an EMA copy of the UNet: use it (the usual for sampling) or the raw weights."
+)
 
 
 # Where each field of the config being built came from (field -> Source); unset: the command line.

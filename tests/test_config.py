@@ -9,7 +9,7 @@ import pytest
 
 from sdlite.errors import DataError, ModelError, UsageError
 from sdlite.sampling.config import Generation, SampleConfig
-from sdlite.sampling.prompts_file import read_prompts_file
+from sdlite.sampling.prompts_file import prompt_rows
 from sdlite.sampling.sources import SampleOverrides, build_sample_config
 from sdlite.schema import validate_size
 
@@ -74,12 +74,12 @@ def test_bad_prompts_file_is_a_data_error(tmp_path: Path, content: str, fragment
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
     with pytest.raises(DataError, match=fragment):
-        read_prompts_file(path)
+        prompt_rows(path)
 
 
 def test_missing_prompts_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cannot read prompts file"):
-        read_prompts_file(tmp_path / "nope.txt")
+        prompt_rows(tmp_path / "nope.txt")
 
 
 @pytest.mark.parametrize(

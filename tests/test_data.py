@@ -13,8 +13,9 @@ from imaging import noise, save
 from PIL import Image
 
 from sdlite.data.examples import IMAGE_SUFFIXES, Dataset, Example, discover
-from sdlite.data.images import augmentation_is_fixed, check_images, load_image, preprocess
+from sdlite.data.images import check_images, load_image, preprocess
 from sdlite.errors import DataError, UsageError
+from sdlite.training.config import TrainConfig
 
 
 def write_jsonl(folder: Path, rows: list[object]) -> Path:
@@ -376,10 +377,13 @@ def test_preprocess_converts_other_modes_and_rejects_bad_options() -> None:
 
 
 def test_augmentation_is_fixed() -> None:
-    assert augmentation_is_fixed("center", False) is True
-    assert augmentation_is_fixed("center", True) is False
-    assert augmentation_is_fixed("random", False) is False
-    assert augmentation_is_fixed("random", True) is False
+    def fixed(crop: str, flip: bool) -> bool:
+        return TrainConfig(model="m", data="d", out="o", max_steps=1, crop=crop, random_flip=flip).fixed_augmentation
+
+    assert fixed("center", False) is True
+    assert fixed("center", True) is False
+    assert fixed("random", False) is False
+    assert fixed("random", True) is False
 
 
 def test_end_to_end(tmp_path: Path) -> None:

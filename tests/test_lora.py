@@ -143,7 +143,7 @@ def test_resume_restores_both_adapters_exactly(tiny_model: Path, shapes: Path, b
 
 def test_plan_and_settings(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
     from sdlite.training.config import TrainConfig
-    from sdlite.training.unet import dry_run
+    from sdlite.training.plan import dry_run
 
     plan = dry_run(TrainConfig(model=str(tiny_model), data=shapes, out=tmp_path, max_steps=1, lora=True,
                                train_text_encoder=True))  # fmt: skip

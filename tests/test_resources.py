@@ -146,7 +146,7 @@ def test_training_estimate_and_refusal(tiny_model: Path, tmp_path: Path, monkeyp
 def test_plan_reports_memory_and_the_largest_batch_that_fits(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sdlite.training.unet import dry_run
+    from sdlite.training.plan import dry_run
 
     data = make_shapes_dataset(tmp_path / "data", n=8)
     model = resolve_model(str(tiny_model), True, False, None, True)

@@ -142,7 +142,7 @@ def test_plan_reports_model_flops_and_mfu_needs_a_known_peak(tiny_model: Path, s
     plan = events[0]
     assert plan["tflops_per_image"] > 0 and plan["peak_tflops"] is None
     from sdlite.training.config import TrainConfig
-    from sdlite.training.unet import dry_run
+    from sdlite.training.plan import dry_run
 
     dry = dry_run(TrainConfig(model=str(tiny_model), data=shapes, out=tmp_path / "o", max_steps=1, batch_size=2))
     assert dry.tflops_per_image == plan["tflops_per_image"]  # --dry-run reports the plan the run does

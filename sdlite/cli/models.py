@@ -9,9 +9,10 @@ from typing import Annotated
 import typer
 
 from sdlite.cli.failures import one_line_errors
-from sdlite.cli.options import MODEL_HELP, AllowPickle, EmaWeights, JsonOut, Offline, Tokenizer
+from sdlite.cli.options import AllowPickle, EmaWeights, JsonOut, Offline, Tokenizer
 from sdlite.cli.output import quiet_libraries
 from sdlite.models.config import PRESETS, ExportConfig, InfoConfig, InitConfig
+from sdlite.schema import MODEL_HELP
 
 
 def init(

@@ -9,9 +9,10 @@ from typing import Annotated
 import typer
 
 from sdlite.cli.failures import one_line_errors
-from sdlite.cli.options import MODEL_HELP, AllowPickle, Device, Dtype, EmaWeights, JsonOut, Offline, Tokenizer
+from sdlite.cli.options import AllowPickle, Device, Dtype, EmaWeights, JsonOut, Offline, Tokenizer
 from sdlite.cli.output import quiet_libraries
 from sdlite.sampling.config import NoiseConfig
+from sdlite.schema import MODEL_HELP
 
 
 def noise(

@@ -2,30 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import dataclasses
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-from sdlite.schema import DEVICES, DTYPES
-
-# The commands that load a model.
-MODEL_HELP = (
-    "Diffusers folder, hub id (ORG/NAME) or original-layout single file (.safetensors; .ckpt with --allow-pickle)."
+from sdlite.schema import (
+    ALLOW_PICKLE_HELP,
+    DEVICES,
+    DTYPES,
+    EMA_WEIGHTS_HELP,
+    OFFLINE_HELP,
+    TOKENIZER_DEFAULT,
+    TOKENIZER_HELP,
+    default_text,
 )
-Offline = Annotated[
-    bool, typer.Option("--offline", help="Use only the local Hugging Face cache for hub ids (also HF_HUB_OFFLINE=1).")
-]
+
+# The commands that load a model (help declared once, in sdlite/schema.py).
+Offline = Annotated[bool, typer.Option("--offline", help=OFFLINE_HELP)]
 AllowPickle = Annotated[
     bool,
-    typer.Option(
-        "--allow-pickle", help="Allow loading pickle weights (.ckpt/.bin/.pt). Pickles can run code: trust the source."
-    ),
+    typer.Option("--allow-pickle", help=ALLOW_PICKLE_HELP),
 ]
 Tokenizer = Annotated[
     str | None,
     typer.Option(
-        help="Single-file models: the CLIP tokenizer (folder or hub id). [default: the local Hugging Face cache's "
-        "openai/clip-vit-large-patch14, then stable-diffusion-v1-5's; online, just those files]",
+        help=f"{TOKENIZER_HELP} [default: {TOKENIZER_DEFAULT}]",
         show_default=False,
     ),
 ]
@@ -33,7 +40,7 @@ EmaWeights = Annotated[
     bool,
     typer.Option(
         "--ema-weights/--no-ema-weights",
-        help="Single-file models holding an EMA copy of the UNet: use it (the usual for sampling) or the raw weights.",
+        help=EMA_WEIGHTS_HELP,
     ),
 ]
 
@@ -45,3 +52,75 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 DTYPE_HELP = f"{', '.join(DTYPES)}; auto = fp16 on CUDA, else fp32."
 Dtype = Annotated[str, typer.Option(help=DTYPE_HELP)]
 Device = Annotated[str, typer.Option(help=f"{', '.join(DEVICES)}.")]
+
+
+def config_options(config: type) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command one option per field of `config` declared with schema.option(): the field's name, type,
+    flag, help and default come from there alone. The command takes them as `**options` (None where an option
+    was not given; read them with `config_values`), after its own parameters."""
+
+    def declare(command: Callable[..., None]) -> Callable[..., None]:
+        own = [
+            p.replace(kind=p.KEYWORD_ONLY)
+            for p in inspect.signature(command, eval_str=True).parameters.values()
+            if p.kind != p.VAR_KEYWORD
+        ]
+        generated = [
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_option_of(f, hint))
+            for f, hint in _declared(config)
+        ]
+        command.__signature__ = inspect.Signature([*generated, *own])  # type: ignore[attr-defined]
+        return command
+
+    return declare
+
+
+def config_values(config: type, options: dict[str, Any]) -> dict[str, Any]:
+    """The fields the user gave on the command line, as the config takes them (None: not given)."""
+    values = {}
+    for f, _ in _declared(config):
+        value = options.get(f.name)
+        choices = _pair_choices(f)
+        if value is not None and choices:  # --center-crop/--random-crop -> "center" / "random"
+            value = choices[0] if value else choices[1]
+        values[f.name] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+def _declared(config: type) -> list[tuple[dataclasses.Field[Any], Any]]:
+    hints = typing.get_type_hints(config, include_extras=True)
+    return [(f, hints[f.name]) for f in dataclasses.fields(config) if "help" in f.metadata]
+
+
+def _pair_choices(field: dataclasses.Field[Any]) -> tuple[str, ...] | None:
+    """A text field set by an on/off pair of flags (`--center-crop/--random-crop`): its two values."""
+    flag = field.metadata.get("flag") or ""
+    if "/" not in flag or isinstance(field.default, bool) or field.default is None:
+        return None
+    return tuple(part.removeprefix("--").split("-")[0] for part in flag.split("/"))
+
+
+def _option_of(field: dataclasses.Field[Any], hint: Any) -> Any:
+    """`Annotated[type | None, typer.Option(...)]` for one declared field."""
+    base = _click_type(hint)
+    flag = field.metadata.get("flag")
+    if _pair_choices(field):
+        base = bool
+    flags = [flag] if flag else ["--" + field.name.replace("_", "-")] if base is bool else []
+    shown = default_text(field)
+    text = field.metadata["help"] + (f" [default: {shown}]" if shown else "")
+    return Annotated[base | None, typer.Option(*flags, help=text, show_default=False)]
+
+
+def _click_type(hint: Any) -> Any:
+    """What click parses a field's value as: bool, int, float, Path or str; a list of str for a tuple field."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        return _click_type(args[0])
+    if origin in (types.UnionType, typing.Union):
+        return _click_type(next(a for a in args if a is not type(None)))
+    if origin is tuple:
+        return list[str]
+    if origin is typing.Literal:
+        return str
+    return hint if hint in (bool, int, float, Path) else str

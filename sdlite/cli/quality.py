@@ -10,11 +10,12 @@ from typing import Annotated, Any
 import typer
 
 from sdlite.cli.failures import one_line_errors
-from sdlite.cli.options import MODEL_HELP, AllowPickle, Device, Dtype, EmaWeights, JsonOut, Offline, Quiet, Tokenizer
+from sdlite.cli.options import AllowPickle, Device, Dtype, EmaWeights, JsonOut, Offline, Quiet, Tokenizer
 from sdlite.cli.output import quiet_libraries
 from sdlite.cli.progress import progress_bar
 from sdlite.quality.config import DEFAULT_MAX_CHANGED, DEFAULT_TOLERANCE, CheckConfig, EvalConfig
 from sdlite.schedulers import scheduler_names
+from sdlite.schema import MODEL_HELP
 
 eval_app = typer.Typer(help="Measure a model's quality.", no_args_is_help=True)
 

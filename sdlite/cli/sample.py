@@ -11,12 +11,12 @@ from typing import Annotated
 import typer
 
 from sdlite.cli.failures import one_line_errors
-from sdlite.cli.options import DTYPE_HELP, MODEL_HELP, AllowPickle, EmaWeights, JsonOut, Offline, Quiet, Tokenizer
+from sdlite.cli.options import DTYPE_HELP, AllowPickle, EmaWeights, JsonOut, Offline, Quiet, Tokenizer
 from sdlite.cli.output import is_main_process, print_result, quiet_libraries
 from sdlite.cli.progress import progress_bar
 from sdlite.sampling.sources import SampleOverrides, build_sample_config
 from sdlite.schedulers import scheduler_names
-from sdlite.schema import DEVICES, PositiveInt, check_value
+from sdlite.schema import DEVICES, MODEL_HELP, PositiveInt, check_value
 
 # Ctrl-C while sampling stops at the next denoising step; a single operation still running this many
 # seconds later (one step of a huge image) is abandoned and the process exits 130 anyway.

@@ -160,11 +160,6 @@ def _content_key(example: Example) -> str | None:
         return None  # load_example will say what is wrong
 
 
-def augmentation_is_fixed(crop: str, flip: bool) -> bool:
-    """Whether every epoch sees the same pixels, so VAE latents can be computed once and cached."""
-    return crop == "center" and not flip
-
-
 def preprocess(image: Image.Image, resolution: int | tuple[int, int], crop: str, flip: bool, seed: int) -> torch.Tensor:
     """Resize to cover `resolution` (a side, or a (width, height) bucket) keeping the aspect ratio (bicubic),
     crop the remainder, maybe flip; float32 (3, H, W) in [-1, 1].

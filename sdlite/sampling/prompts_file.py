@@ -25,18 +25,13 @@ _JSON_ARRAY_START = re.compile(r"\[\s*[\[{\"\]]")
 _JSON_SPACE = re.compile(r"[ \t\r\n]*")
 
 
-def read_prompts_file(path: Path) -> list[dict[str, Any]]:
-    """Read prompts: one per line, JSON lines with `prompt` plus per-line setting overrides, or one
-    JSON array of such objects (or strings).
-
-    Blank lines and lines starting with `#` are skipped. Every value is checked like the option it
-    overrides; a bad one is a data error naming the file and line.
-    """
-    return [row for row, _ in prompt_rows(Path(path))]
-
-
 def prompt_rows(path: Path) -> list[tuple[dict[str, Any], Source]]:
-    """The rows of a prompts file, each with the source (`file:line`) its errors name."""
+    """The rows of a prompts file, each with the source (`file:line`) its errors name.
+
+    Prompts are one per line, JSON lines with `prompt` plus per-line setting overrides, or one JSON array of such
+    objects (or strings). Blank lines and lines starting with `#` are skipped. Every value is checked like the
+    option it overrides; a bad one is a data error naming the file and line.
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from annotated_types import Ge, Gt, Lt
 from pydantic import AllowInfNan, Strict
@@ -13,7 +13,13 @@ from pydantic import AllowInfNan, Strict
 from sdlite.errors import UsageError
 from sdlite.models.source import resolve_model_source
 from sdlite.schema import (
+    ALLOW_PICKLE_HELP,
     COMMAND_LINE,
+    EMA_WEIGHTS_HELP,
+    MODEL_HELP,
+    OFFLINE_HELP,
+    TOKENIZER_DEFAULT,
+    TOKENIZER_HELP,
     FilePath,
     Flag,
     ImageSize,
@@ -30,6 +36,7 @@ from sdlite.schema import (
     fail,
     name,
     one_of,
+    option,
     origin,
     validate_fields,
 )
@@ -68,77 +75,130 @@ class TrainConfig:
     """A whole `sdlite train` run. Fields that change the trained weights are part of the
     checkpoint fingerprint (see `fingerprint`): resuming with different ones is refused."""
 
-    model: PathText
-    data: FilePath
-    out: FilePath
-    component: Literal["unet", "vae"] = "unet"  # unet: the denoiser (the usual fine-tune); vae: the autoencoder
-    kl_weight: NonNegativeNumber = 1e-6  # --component vae: weight of the KL term against reconstruction MSE
-    resolution: ImageSize | None = None  # None: the model's native size
-    crop: Literal["center", "random"] = "center"
-    random_flip: Flag = False
-    batch_size: PositiveInt = 1  # per process
-    grad_accum: PositiveInt = 1
-    lr: PositiveNumber = 1e-5
-    lr_scheduler: LrScheduler = "constant"
-    warmup_steps: NonNegativeInt = 0
-    max_steps: PositiveInt | None = None
-    epochs: Annotated[float, Strict(), AllowInfNan(False), Ge(1)] | None = None  # fractions allowed: 1.5
-    mixed_precision: Precision = "no"
-    seed: Seed = 0
-    gradient_checkpointing: Flag = False
-    ema: Flag = False
-    ema_decay: Annotated[float, Strict(), AllowInfNan(False), Gt(0), Lt(1)] = 0.9999
-    snr_gamma: PositiveNumber | None = None
-    noise_offset: NonNegativeNumber = 0.0
-    prediction_type: PredictionType | None = None  # None: the model's own
-    caption_dropout: Annotated[float, Strict(), AllowInfNan(False), Ge(0), Lt(1)] = 0.0
-    train_text_encoder: Flag = False
-    lora: Flag = False  # a LoRA on the UNet (and, with train_text_encoder, on the text encoder) instead of full weights
-    lora_rank: PositiveInt = 4
-    lora_alpha: PositiveNumber | None = None  # None: equal to the rank (scale 1); saved with the adapter
-    cache: Flag | None = None  # None: on whenever the augmentation is fixed (see cache_choice)
-    checkpoint_every: PositiveInt | None = None
-    keep_checkpoints: PositiveInt | None = None  # None: keep all
-    resume: NonEmptyText | None = None  # "latest", "auto" (resume if a checkpoint exists) or a checkpoint folder
-    overwrite: Flag = False  # a fresh run into a non-empty OUT replaces what an earlier run wrote there
-    validation_prompts: tuple[Prompt, ...] = ()
-    validate_every: PositiveInt | None = None
-    caption_column: NonEmptyText = "text"
-    skip_bad_images: Flag = False
-    allow_missing_captions: Flag = False
-    max_grad_norm: PositiveNumber = 1.0
-    offline: Flag = False
-    allow_pickle: Flag = False
-    tokenizer: PathText | None = None  # a single-file base model's tokenizer (folder or hub id)
-    ema_weights: Flag = True  # a single-file base model's EMA weights when it has them
-    # Aspect-ratio buckets: None = on when the images' aspect ratios differ (see sdlite/buckets.py).
-    buckets: Flag | None = None
-    bucket_step: PositiveInt = 64  # bucket sides are multiples of this
-    bucket_min_side: PositiveInt | None = None  # None: half the resolution
-    bucket_max_side: PositiveInt | None = None  # None: twice the resolution
-    max_aspect: Annotated[float, Strict(), AllowInfNan(False), Ge(1)] = 2.0
-    # DreamBooth: one prompt for every image, and prior preservation with images of the class.
-    instance_prompt: Prompt | None = None
-    class_prompt: Prompt | None = None
-    class_data: FilePath | None = None  # None: a folder in sdlite's cache, per model and class prompt
-    num_class_images: PositiveInt = 100
-    prior_loss_weight: NonNegativeNumber = 1.0
-    # Datasets in files: the columns of a Parquet / Arrow dataset (image: bytes, {bytes, path} or a path).
-    image_column: NonEmptyText = "image"
-    # Captions as comma-separated tags: shuffled per example and epoch, the first keep_tokens kept in place.
-    shuffle_captions: Flag = False
-    keep_tokens: NonNegativeInt = 0
-    # Experiment trackers (Accelerate's): loss, learning rate, images/s and validation grids.
-    report_to: tuple[Tracker, ...] = ()
-    tracker_project: NonEmptyText = "sdlite"
-    compile: Flag = False  # torch.compile the UNet for training (pays off on GPUs, after a compile of minutes)
-    channels_last: Flag = False  # the UNet's weights and inputs in NHWC order (tensor-core convolutions on GPUs)
-
-    _option_names: ClassVar[dict[str, str]] = {
-        "validation_prompts": "--validation-prompt", "crop": "--center-crop/--random-crop",
-        "cache": "--cache/--no-cache", "ema_weights": "--ema-weights/--no-ema-weights",
-        "buckets": "--buckets/--no-buckets",
-    }  # fmt: skip
+    model: PathText = option(help=f"Base model. {MODEL_HELP}", shown="$SDLITE_MODEL, else the built-in shapes model")
+    data: FilePath = option(
+        help="Captioned images: a folder (metadata.jsonl, metadata.csv or .txt sidecars), a Parquet file or folder of "
+        "shards, a `datasets` save_to_disk folder, or a hub dataset id (needs the `datasets` extra)."
+    )
+    out: FilePath = option(help="Output folder: the trained model, checkpoints/, validation/, loss.csv, loss.png.")
+    component: Literal["unet", "vae"] = option(
+        "unet",
+        "What to train: unet (the denoiser, the usual) or vae (the autoencoder, starting from the model's VAE; "
+        "`sdlite init` makes a model with random weights).",
+    )
+    kl_weight: NonNegativeNumber = option(1e-6, "--component vae: weight of the KL term against reconstruction MSE.")
+    resolution: ImageSize | None = option(None, "Training size (square).", shown="the model's native size")
+    crop: Literal["center", "random"] = option(
+        "center", "Crop to a square at the center or at random.", flag="--center-crop/--random-crop"
+    )
+    random_flip: Flag = option(False, "Flip images horizontally at random.")
+    batch_size: PositiveInt = option(1, "Images per process per micro-batch.")
+    grad_accum: PositiveInt = option(1, "Micro-batches per optimizer step.")
+    lr: PositiveNumber = option(1e-5, "Learning rate (AdamW).")
+    lr_scheduler: LrScheduler = option("constant", f"{', '.join(LR_SCHEDULERS)}.")
+    warmup_steps: NonNegativeInt = option(0, "LR warm-up steps.")
+    max_steps: PositiveInt | None = option(None, "Optimizer steps to train (or --epochs).")
+    epochs: Annotated[float, Strict(), AllowInfNan(False), Ge(1)] | None = option(
+        None, "Passes over the data, fractions allowed: 1.5 (or --max-steps)."
+    )
+    mixed_precision: Precision = option("no", "no, fp16 or bf16 (trainable weights stay fp32).")
+    seed: Seed = option(0, "Seeds data order, augmentation, noise and LoRA initialisation.")
+    gradient_checkpointing: Flag = option(False, "Trade compute for memory.")
+    ema: Flag = option(False, "Keep an EMA of the UNet; OUT gets the EMA weights.")
+    ema_decay: Annotated[float, Strict(), AllowInfNan(False), Gt(0), Lt(1)] = option(0.9999, "EMA decay.")
+    snr_gamma: PositiveNumber | None = option(None, "Min-SNR-gamma loss weighting (5 is typical).", shown="off")
+    noise_offset: NonNegativeNumber = option(0.0, "Noise offset (0.05-0.1 typical).")
+    prediction_type: PredictionType | None = option(None, "epsilon or v_prediction.", shown="the model's")
+    caption_dropout: Annotated[float, Strict(), AllowInfNan(False), Ge(0), Lt(1)] = option(
+        0.0, "Probability of training on an empty caption (for guidance)."
+    )
+    train_text_encoder: Flag = option(
+        False, "Train the text encoder too (with --lora: a LoRA on its attention projections)."
+    )
+    lora: Flag = option(
+        False,
+        "Train a LoRA adapter on the UNet (and the text encoder with --train-text-encoder) instead of full weights; "
+        "OUT holds only the adapter, alpha included.",
+    )
+    lora_rank: PositiveInt = option(4, "LoRA rank.")
+    lora_alpha: PositiveNumber | None = option(
+        None, "LoRA alpha; strength = alpha / rank, saved with the adapter.", shown="the rank"
+    )
+    cache: Flag | None = option(
+        None,
+        "Precompute VAE latents and text embeddings once, on disk.",
+        flag="--cache/--no-cache",
+        shown="on when the augmentation is fixed (no --random-crop/--random-flip)",
+    )
+    checkpoint_every: PositiveInt | None = option(None, "Save a resumable, usable checkpoint every N steps.")
+    keep_checkpoints: PositiveInt | None = option(None, "Keep only the newest K checkpoints.", shown="all")
+    resume: NonEmptyText | None = option(None, f"{RESUME_HELP} sdlite wrote.")
+    overwrite: Flag = option(False, "Train into a non-empty OUT without --resume: replace what is there.")
+    validation_prompts: tuple[Prompt, ...] = option(
+        (), "Prompt sampled for validation grids (repeatable).", flag="--validation-prompt"
+    )
+    validate_every: PositiveInt | None = option(None, "Save a validation grid every N steps (and at the end).")
+    caption_column: NonEmptyText = option("text", "Caption column in metadata.jsonl/csv.")
+    skip_bad_images: Flag = option(False, "Skip unreadable images (listed at the end) instead of stopping.")
+    allow_missing_captions: Flag = option(False, "Train images without a caption on an empty one.")
+    max_grad_norm: PositiveNumber = option(1.0, "Clip the gradients' global norm to this before each step.")
+    offline: Flag = option(False, OFFLINE_HELP)
+    allow_pickle: Flag = option(False, ALLOW_PICKLE_HELP)
+    tokenizer: PathText | None = option(None, TOKENIZER_HELP, shown=TOKENIZER_DEFAULT)
+    ema_weights: Flag = option(True, EMA_WEIGHTS_HELP, flag="--ema-weights/--no-ema-weights")
+    buckets: Flag | None = option(
+        None,
+        "Aspect-ratio buckets: each image is resized to the bucket nearest its aspect ratio (about RESOLUTION^2 "
+        "pixels, sides multiples of --bucket-step) and cropped only by the remainder; every batch comes from one "
+        "bucket. --no-buckets squares every image.",
+        flag="--buckets/--no-buckets",
+        shown="on when the aspect ratios differ",
+    )
+    bucket_step: PositiveInt = option(64, "Bucket sides are multiples of this.")
+    bucket_min_side: PositiveInt | None = option(None, "Smallest bucket side.", shown="half the resolution")
+    bucket_max_side: PositiveInt | None = option(None, "Largest bucket side.", shown="twice the resolution")
+    max_aspect: Annotated[float, Strict(), AllowInfNan(False), Ge(1)] = option(2.0, "Largest bucket aspect ratio.")
+    instance_prompt: Prompt | None = option(
+        None,
+        'DreamBooth: train every image with this prompt ("a photo of sks dog"); no captions needed, existing ones '
+        "are overridden.",
+    )
+    class_prompt: Prompt | None = option(
+        None,
+        'Prior preservation: the class the subject belongs to ("a photo of a dog"). Its images are trained beside '
+        "the subject's so the model keeps what the class looks like.",
+    )
+    class_data: FilePath | None = option(
+        None,
+        "Folder of class images; missing ones (up to --num-class-images) are generated first with the base model "
+        "and kept for the next run.",
+        shown="a folder in sdlite's cache per model and class prompt",
+    )
+    num_class_images: PositiveInt = option(100, "Class images to train with.")
+    prior_loss_weight: NonNegativeNumber = option(1.0, "Weight of the class images' loss.")
+    image_column: NonEmptyText = option(
+        "image", "Image column of a Parquet/Arrow dataset (bytes, {bytes, path} or a path)."
+    )
+    shuffle_captions: Flag = option(
+        False, "Captions are comma-separated tags: shuffle them per example and epoch (deterministic from --seed)."
+    )
+    keep_tokens: NonNegativeInt = option(0, "With --shuffle-captions: keep the first N tags in place.")
+    report_to: tuple[Tracker, ...] = option(
+        (),
+        "Experiment tracker: tensorboard (under OUT/logs), wandb, mlflow or trackio (repeatable; each needs its "
+        "package). Logs loss, learning rate, images/s and validation grids.",
+    )
+    tracker_project: NonEmptyText = option("sdlite", "Project / experiment name for the trackers.")
+    compile: Flag = option(
+        False,
+        "torch.compile the UNet for training (Inductor; caches in sdlite's cache folder). Pays off on GPUs over long "
+        "runs; the first steps wait for the compile.",
+    )
+    channels_last: Flag = option(
+        False,
+        "Keep the UNet's weights and inputs in NHWC memory order (tensor-core convolutions on GPUs). Same results up "
+        "to float rounding; saved files stay in the usual layout.",
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -166,7 +226,7 @@ class TrainConfig:
                  f"give exactly one of {n('max_steps')} or {n('epochs')}")  # fmt: skip
         if self.lora and self.ema:
             fail("ema", f"{n('ema')} applies to full fine-tuning; drop it with {n('lora')}")
-        if self.cache and (self.crop == "random" or self.random_flip):
+        if self.cache and not self.fixed_augmentation:
             fail(
                 "cache",
                 "--cache needs a fixed augmentation: drop --random-crop / --random-flip, or pass --no-cache",
@@ -189,13 +249,18 @@ class TrainConfig:
                 f"{n('overwrite')} replaces it; give one",
             )
 
+    @property
+    def fixed_augmentation(self) -> bool:
+        """Whether every epoch sees the same pixels, so VAE latents can be computed once and cached."""
+        return self.crop == "center" and not self.random_flip
+
     def cache_choice(self) -> tuple[bool, str]:
         """Whether to cache latents and text embeddings, and why: on by default when it is valid."""
         if self.component == "vae":
             return False, "off: VAE training encodes every step"
         if self.cache is False:
             return False, "off: --no-cache"
-        if self.crop == "random" or self.random_flip:
+        if not self.fixed_augmentation:
             return False, "off: random crop/flip change the pixels every epoch"
         return True, "on: " + ("--cache" if self.cache else "the augmentation is fixed (--no-cache turns it off)")
 
