@@ -12,7 +12,7 @@ import contextlib
 import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,172 +79,67 @@ def train(config: TrainConfig, on_event: EventFn | None = None, loss_hook: LossH
         AcceleratorState._reset_state()  # let a later train() in this process choose its own precision
 
 
+@dataclass
+class _Run:
+    """One UNet training run's live state, built once and handed whole to each part of the loop: the model and
+    its loaded components, the data, the accelerator, the optimizer, its schedule and the EMA."""
+
+    config: TrainConfig
+    plan: TrainPlan
+    model: ResolvedModel
+    dataset: Any
+    layout: Any
+    accelerator: Any
+    emit: Emitter
+    torch: Any
+    class_set: ClassSet | None = None
+    parts: _Parts | None = None  # type: ignore[assignment]
+    optimizer: Any = None
+    lr_schedule: Any = None
+    ema: Any = None
+    wrapped: list[Any] = field(default_factory=list)  # the trained modules as prepared (DDP, compile), UNet first
+    cache: Any = None
+
+    @property
+    def unet(self) -> Any:
+        return self.wrapped[0] if self.wrapped else self.parts.unet
+
+    @property
+    def text_encoder(self) -> Any:
+        return self.wrapped[1] if self.config.train_text_encoder and self.wrapped else self.parts.text_encoder
+
+    @property
+    def params(self) -> list[Any]:
+        return [p for m in self.parts.trained for p in m.parameters() if p.requires_grad]
+
+
 def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: LossHook | None, torch: Any) -> TrainResult:
-    # 1. Plan: model and data checked before any weights load.
-    check_out(config)
-    plan, dataset, model, layout = make_plan(config, accelerator.num_processes)
-    plan = with_flops(plan, model, config, accelerator.device)
-    emit("plan", **plan.to_dict())
-    resume_from = resume_folder(config)
-    manifest = None
-    if resume_from is not None:  # checked before OUT is touched or any weights load
-        manifest = checkpoints.verify(resume_from, resume_settings(config, plan.num_processes))
-        if manifest["step"] >= plan.steps:
-            raise UsageError(
-                f"{resume_from} is at step {manifest['step']} and this run ends at step {plan.steps}: nothing is "
-                f"left to train, and resuming would replace the model in {config.out} with the checkpoint's; "
-                f"give --max-steps (or --epochs) past step {manifest['step']}"
-            )
-    prepare_out(config, accelerator, fresh=resume_from is None)
-    for note in plan.skipped:
+    # 1. Plan: model and data checked, and the checkpoint to resume verified, before OUT is touched or weights load.
+    run, resume = _plan(config, accelerator, emit, torch)
+    prepare_out(config, accelerator, fresh=resume is None)
+    for note in run.plan.skipped:
         emit("warning", message=note)
-    class_set = None
-    if config.class_prompt is not None:  # prior preservation: missing class images are generated first, once
-        from sdlite.training.dreambooth import class_images
-
-        with accelerator.main_process_first():
-            class_set = ClassSet(tuple(class_images(config, emit if accelerator.is_main_process else None)))
-
-    # 2. Components: frozen ones in the compute precision, trained ones in fp32.
-    parts = _load_components(model, config, accelerator, torch)
-    too_long = long_captions(parts.tokenizer, [e.caption for e in dataset.examples])
-    if too_long:
-        emit("warning", message=too_long)
-    params = [p for m in parts.trained for p in m.parameters() if p.requires_grad]
-    optimizer, kind = make_optimizer(params, config.lr, torch)
-    emit("speedups", applied=[kind, "SDPA attention", *_tf32(accelerator, torch),
-                              *(["channels_last"] if config.channels_last else []),
-                              *(["torch.compile (Inductor)"] if config.compile else [])])  # fmt: skip
-    from diffusers.optimization import get_scheduler
-
-    lr_schedule = get_scheduler(
-        config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=plan.steps
-    )
-    ema = None
-    if config.ema:
-        from diffusers.training_utils import EMAModel
-
-        ema = EMAModel(parts.unet.parameters(), decay=config.ema_decay)
-
-    # 3. Resume: weights, optimizer, schedule and EMA from a verified checkpoint; the step says the rest.
-    start_step = 0
-    if resume_from is not None and manifest is not None:
-        folder = resume_from
-        _load_trained_weights(parts, folder, config, torch)
-        checkpoints.load_optimizer(optimizer, folder / "training")
-        lr_schedule.load_state_dict(json.loads((folder / "training" / "lr_schedule.json").read_text()))
-        if ema is not None:
-            checkpoints.load_ema(ema, folder / "training")
-        start_step = manifest["step"]
-        emit("resume", checkpoint=str(folder), step=start_step)
-
-    prepared = accelerator.prepare(*parts.trained, optimizer)
-    wrapped, optimizer = list(prepared[:-1]), prepared[-1]
-    unet = wrapped[0]
-    text_encoder = wrapped[1] if config.train_text_encoder else parts.text_encoder
-
-    cache = None
-    if plan.cache:
-        from sdlite.training.encoding_cache import EncodingCache
-
-        cache = EncodingCache(parts, model, not config.train_text_encoder and not config.shuffle_captions)
-        with accelerator.main_process_first():
-            counts = cache.fill(dataset.examples, layout.sizes, accelerator.is_main_process)
-            if class_set is not None:
-                square = (plan.resolution, plan.resolution)
-                more = cache.fill(class_set.examples, (square,) * len(class_set.examples), accelerator.is_main_process)
-                counts = {k: counts[k] + more[k] for k in counts}
-        emit("cache", **counts)
-
+    run.class_set = _class_set(run)
+    # 2. Components (frozen ones in the compute precision, trained ones in fp32), optimizer, schedule, EMA.
+    _build(run)
+    # 3. Resume: weights, optimizer, schedule and EMA from the verified checkpoint; the step says the rest.
+    start_step = _resume(run, resume)
+    prepared = accelerator.prepare(*run.parts.trained, run.optimizer)
+    run.wrapped, run.optimizer = list(prepared[:-1]), prepared[-1]
+    run.cache = _fill_cache(run)
     from sdlite.training.trackers import Trackers
 
     trackers = Trackers()
-    trackers.start(accelerator, config, plan.to_dict(), start_step)
-
-    # 4. The loop: one optimizer step per `grad_accum` micro-batches on every process. Each micro-batch's
-    # inputs are drawn while the device runs the previous backward; the host waits on the device once per
-    # step, for the loss and the stop flag (one all-reduce), then queues the optimizer step.
+    trackers.start(accelerator, config, run.plan.to_dict(), start_step)
+    # 4. The loop: one optimizer step per `grad_accum` micro-batches on every process.
     log = LossLog(config.out, start_step, accelerator.is_main_process)
-    stop = _StopFlag()
-    guard, last_loss, saved = FiniteGuard(emit), None, []
-    pace = Pace()
-    device, micro_batches = accelerator.device, plan.steps * config.grad_accum
-
-    def draw(m: int) -> tuple[_Inputs, _Inputs | None]:
-        batch = MicroBatch.of(m, plan, layout, config, accelerator.process_index)
-        with accelerator.autocast():
-            return _draw_micro(batch, dataset, class_set, parts, text_encoder, cache, config, device, torch)
-
-    upcoming = draw(start_step * config.grad_accum) if start_step < plan.steps else None
-    with stop.armed():
-        for step in range(start_step, plan.steps):
-            losses = []
-            for micro in range(config.grad_accum):
-                m = step * config.grad_accum + micro
-                syncing = micro == config.grad_accum - 1
-                with _no_sync(accelerator, wrapped, not syncing), accelerator.autocast():
-                    loss = _micro_loss(upcoming, parts, unet, text_encoder, config)
-                    if loss_hook is not None:
-                        loss = loss_hook(step, loss)
-                    accelerator.backward(loss / config.grad_accum)
-                losses.append(loss.detach().float())
-                if m + 1 < micro_batches:
-                    upcoming = draw(m + 1)
-            flags = torch.stack([torch.stack(losses).mean(), torch.tensor(float(stop.requested), device=device)])
-            totals = accelerator.reduce(flags, "sum")
-            totals[0] /= accelerator.num_processes  # the mean loss over processes
-            step_loss, stops = totals.tolist()  # the step's one wait on the device
-            pace.add(plan.effective_batch)
-            if guard.finite(step_loss, step + 1):
-                if config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                if ema is not None:
-                    ema.step(parts.unet.parameters())
-                last_loss = step_loss
-            optimizer.zero_grad(set_to_none=True)
-            lr = lr_schedule.get_last_lr()[0]  # the rate this step used
-            lr_schedule.step()
-            done = step + 1
-            timing = pace.timing(plan.steps - done)
-            log.add(done, step_loss, lr)
-            emit(
-                "step",
-                step=done,
-                steps=plan.steps,
-                loss=step_loss,
-                lr=lr,
-                **timing,
-                **_mfu(plan, timing["images_per_s"]),
-            )
-            trackers.log_step(done, step_loss, lr, timing["images_per_s"])
-            if stops > 0 and done < plan.steps:  # Ctrl-C (on any process): this step is kept, then a checkpoint
-                path = _save_checkpoint(
-                    parts, unet, text_encoder, optimizer, lr_schedule, ema, config, model, done, accelerator
-                )
-                emit("checkpoint", step=done, path=str(path), reason="interrupted")
-                raise Interrupted(f"interrupted at step {done}; resume with --resume latest (checkpoint {path})")
-            # A checkpoint right after a non-finite loss could hold damaged state: keep the last good one.
-            due = config.checkpoint_every and done % config.checkpoint_every == 0 and done < plan.steps
-            if due and guard.in_row == 0:
-                path = _save_checkpoint(
-                    parts, unet, text_encoder, optimizer, lr_schedule, ema, config, model, done, accelerator
-                )
-                saved.append(path)
-                emit("checkpoint", step=done, path=str(path))
-            if config.validate_every and done % config.validate_every == 0:
-                grid = _validate(parts, unet, text_encoder, ema, config, model, done, accelerator, torch)
-                if grid:
-                    emit("validation", step=done, path=str(grid))
-                    trackers.log_grid(done, grid)
-
-    # 5. Output: the trained model (EMA weights with --ema), the loss log and its curve.
-    _save_output(parts, unet, text_encoder, ema, config, model, plan, accelerator)
+    guard, pace, saved = FiniteGuard(emit), Pace(), []
+    last_loss = _loop(run, start_step, log, guard, pace, saved, trackers, loss_hook)
+    # 5. Output: the trained model (EMA weights with --ema), the last validation grid, the loss log and its curve.
+    _save_output(run)
+    plan = run.plan
     if config.validation_prompts and not (config.validate_every and plan.steps % config.validate_every == 0):
-        grid = _validate(parts, unet, text_encoder, ema, config, model, plan.steps, accelerator, torch)
-        if grid:
-            emit("validation", step=plan.steps, path=str(grid))
-            trackers.log_grid(plan.steps, grid)
+        _validate_and_report(run, plan.steps, trackers)
     log.close(plot=True)
     trackers.finish()
     rate = pace.overall()
@@ -252,6 +147,172 @@ def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Loss
     emit("done", out=str(config.out), steps=plan.steps, loss=last_loss, skipped=list(plan.skipped),
          bad_steps=guard.total, images_per_s=rate, **mfu)  # fmt: skip
     return TrainResult(config.out, plan.steps, last_loss, tuple(saved), plan.skipped, guard.total, rate, mfu.get("mfu"))
+
+
+def _plan(config: TrainConfig, accelerator: Any, emit: Emitter, torch: Any) -> tuple[_Run, tuple[Path, int] | None]:
+    """The run's plan (emitted), and the checkpoint it resumes from and its step, verified against this run's
+    settings."""
+    check_out(config)
+    plan, dataset, model, layout = make_plan(config, accelerator.num_processes)
+    plan = with_flops(plan, model, config, accelerator.device)
+    emit("plan", **plan.to_dict())
+    resume_from, resume = resume_folder(config), None
+    if resume_from is not None:
+        manifest = checkpoints.verify(resume_from, resume_settings(config, plan.num_processes))
+        if manifest["step"] >= plan.steps:
+            raise UsageError(
+                f"{resume_from} is at step {manifest['step']} and this run ends at step {plan.steps}: nothing is "
+                f"left to train, and resuming would replace the model in {config.out} with the checkpoint's; "
+                f"give --max-steps (or --epochs) past step {manifest['step']}"
+            )
+        resume = (resume_from, manifest["step"])
+    return _Run(config, plan, model, dataset, layout, accelerator, emit, torch), resume
+
+
+def _class_set(run: _Run) -> ClassSet | None:
+    """Prior preservation's class images; missing ones are generated first, once, by the main process."""
+    if run.config.class_prompt is None:
+        return None
+    from sdlite.training.dreambooth import class_images
+
+    with run.accelerator.main_process_first():
+        main = run.accelerator.is_main_process
+        return ClassSet(tuple(class_images(run.config, run.emit if main else None)))
+
+
+def _build(run: _Run) -> None:
+    """Load the components and make the optimizer, its learning-rate schedule and the EMA."""
+    config, torch = run.config, run.torch
+    run.parts = _load_components(run.model, config, run.accelerator, torch)
+    too_long = long_captions(run.parts.tokenizer, [e.caption for e in run.dataset.examples])
+    if too_long:
+        run.emit("warning", message=too_long)
+    run.optimizer, kind = make_optimizer(run.params, config.lr, torch)
+    run.emit("speedups", applied=[kind, "SDPA attention", *_tf32(run.accelerator, torch),
+                                  *(["channels_last"] if config.channels_last else []),
+                                  *(["torch.compile (Inductor)"] if config.compile else [])])  # fmt: skip
+    from diffusers.optimization import get_scheduler
+
+    run.lr_schedule = get_scheduler(
+        config.lr_scheduler, run.optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=run.plan.steps
+    )
+    if config.ema:
+        from diffusers.training_utils import EMAModel
+
+        run.ema = EMAModel(run.parts.unet.parameters(), decay=config.ema_decay)
+
+
+def _resume(run: _Run, resume: tuple[Path, int] | None) -> int:
+    """Restore a verified checkpoint into the run; the step to start from (0 for a fresh run)."""
+    if resume is None:
+        return 0
+    (folder, step), optimizer, ema = resume, run.optimizer, run.ema
+    _load_trained_weights(run.parts, folder, run.config, run.torch)
+    checkpoints.load_optimizer(optimizer, folder / "training")
+    run.lr_schedule.load_state_dict(json.loads((folder / "training" / "lr_schedule.json").read_text()))
+    if ema is not None:
+        checkpoints.load_ema(ema, folder / "training")
+    run.emit("resume", checkpoint=str(folder), step=step)
+    return step
+
+
+def _fill_cache(run: _Run) -> Any:
+    """The latent and text-embedding cache, filled once (by the main process first), or None without one."""
+    if not run.plan.cache:
+        return None
+    from sdlite.training.encoding_cache import EncodingCache
+
+    config, accelerator = run.config, run.accelerator
+    cache = EncodingCache(run.parts, run.model, not config.train_text_encoder and not config.shuffle_captions)
+    with accelerator.main_process_first():
+        counts = cache.fill(run.dataset.examples, run.layout.sizes, accelerator.is_main_process)
+        if run.class_set is not None:
+            square = (run.plan.resolution, run.plan.resolution)
+            examples = run.class_set.examples
+            more = cache.fill(examples, (square,) * len(examples), accelerator.is_main_process)
+            counts = {k: counts[k] + more[k] for k in counts}
+    run.emit("cache", **counts)
+    return cache
+
+
+def _loop(run: _Run, start_step: int, log: LossLog, guard: FiniteGuard, pace: Pace, saved: list[Path],
+          trackers: Any, loss_hook: LossHook | None) -> float | None:  # fmt: skip
+    """Every optimizer step from `start_step`; the last finite loss. Each micro-batch's inputs are drawn while
+    the device runs the previous backward; the host waits on the device once per step, for the loss and the stop
+    flag (one all-reduce), then queues the optimizer step. Ctrl-C keeps the step, checkpoints and stops."""
+    config, plan, accelerator = run.config, run.plan, run.accelerator
+    stop, last_loss = _StopFlag(), None
+    upcoming = _draw_micro(run, start_step * config.grad_accum) if start_step < plan.steps else None
+    with stop.armed():
+        for step in range(start_step, plan.steps):
+            step_loss, stops, upcoming = _accumulate(run, step, upcoming, stop, loss_hook)
+            pace.add(plan.effective_batch)
+            if guard.finite(step_loss, step + 1):
+                if config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(run.params, config.max_grad_norm)
+                run.optimizer.step()
+                if run.ema is not None:
+                    run.ema.step(run.parts.unet.parameters())
+                last_loss = step_loss
+            run.optimizer.zero_grad(set_to_none=True)
+            lr = run.lr_schedule.get_last_lr()[0]  # the rate this step used
+            run.lr_schedule.step()
+            done = step + 1
+            timing = pace.timing(plan.steps - done)
+            log.add(done, step_loss, lr)
+            run.emit("step", step=done, steps=plan.steps, loss=step_loss, lr=lr, **timing,
+                     **_mfu(plan, timing["images_per_s"]))  # fmt: skip
+            trackers.log_step(done, step_loss, lr, timing["images_per_s"])
+            _after_step(run, done, stops > 0, guard, saved, trackers)
+    return last_loss
+
+
+def _accumulate(run: _Run, step: int, upcoming: Any, stop: _StopFlag,
+                loss_hook: LossHook | None) -> tuple[float, float, Any]:  # fmt: skip
+    """Forward and backward over the step's micro-batches (the gradient all-reduced on the last one only);
+    the step's mean loss over processes, the processes' stop requests, and the next step's first inputs."""
+    config, accelerator, torch = run.config, run.accelerator, run.torch
+    losses = []
+    for micro in range(config.grad_accum):
+        m = step * config.grad_accum + micro
+        syncing = micro == config.grad_accum - 1
+        with _no_sync(accelerator, run.wrapped, not syncing), accelerator.autocast():
+            loss = _micro_loss(run, upcoming)
+            if loss_hook is not None:
+                loss = loss_hook(step, loss)
+            accelerator.backward(loss / config.grad_accum)
+        losses.append(loss.detach().float())
+        if m + 1 < run.plan.steps * config.grad_accum:
+            upcoming = _draw_micro(run, m + 1)
+    requested = torch.tensor(float(stop.requested), device=accelerator.device)
+    totals = accelerator.reduce(torch.stack([torch.stack(losses).mean(), requested]), "sum")
+    totals[0] /= accelerator.num_processes  # the mean loss over processes
+    step_loss, stops = totals.tolist()  # the step's one wait on the device
+    return step_loss, stops, upcoming
+
+
+def _after_step(run: _Run, done: int, stop: bool, guard: FiniteGuard, saved: list[Path], trackers: Any) -> None:
+    """Checkpoints (on Ctrl-C, then stop; and every --checkpoint-every) and validation grids after step `done`."""
+    config, steps = run.config, run.plan.steps
+    if stop and done < steps:  # Ctrl-C (on any process): this step is kept, then a checkpoint
+        path = _save_checkpoint(run, done)
+        run.emit("checkpoint", step=done, path=str(path), reason="interrupted")
+        raise Interrupted(f"interrupted at step {done}; resume with --resume latest (checkpoint {path})")
+    # A checkpoint right after a non-finite loss could hold damaged state: keep the last good one.
+    due = config.checkpoint_every and done % config.checkpoint_every == 0 and done < steps
+    if due and guard.in_row == 0:
+        path = _save_checkpoint(run, done)
+        saved.append(path)
+        run.emit("checkpoint", step=done, path=str(path))
+    if config.validate_every and done % config.validate_every == 0:
+        _validate_and_report(run, done, trackers)
+
+
+def _validate_and_report(run: _Run, step: int, trackers: Any) -> None:
+    grid = _validate(run, step)
+    if grid:
+        run.emit("validation", step=step, path=str(grid))
+        trackers.log_grid(step, grid)
 
 
 def _mfu(plan: TrainPlan, images_per_s: float) -> dict[str, float]:
@@ -416,57 +477,37 @@ class _Inputs:
     ids: Any  # token ids for the trained text encoder, else None
 
 
-def _draw_micro(batch: MicroBatch, dataset: Any, class_set: ClassSet | None, parts: _Parts, text_encoder: Any,
-                cache: Any, config: TrainConfig, device: Any, torch: Any) -> tuple[_Inputs, _Inputs | None]:  # fmt: skip
-    """This process's inputs for micro-batch `batch`: its examples and, with prior preservation, their class images."""
-    examples = [dataset.examples[i] for i in batch.indices]
-    inputs = _draw(examples, batch.indices, batch.size, batch.generators(config.seed), batch, parts, text_encoder,
-                   cache, config, device, torch, augment=True)  # fmt: skip
-    if class_set is None:
-        return inputs, None
-    chosen = class_set.pick(batch, config.seed)
-    class_examples = [class_set.examples[i] for i in chosen]
-    square = (batch.resolution, batch.resolution)
-    class_inputs = _draw(class_examples, chosen, square, batch.generators(config.seed, 1), batch, parts, text_encoder,
-                         cache, config, device, torch, augment=False)  # fmt: skip
-    return inputs, class_inputs
+def _draw_micro(run: _Run, m: int) -> tuple[_Inputs, _Inputs | None]:
+    """This process's inputs for micro-batch `m`: its examples and, with prior preservation, their class images."""
+    config, class_set = run.config, run.class_set
+    batch = MicroBatch.of(m, run.plan, run.layout, config, run.accelerator.process_index)
+    examples = [run.dataset.examples[i] for i in batch.indices]
+    with run.accelerator.autocast():
+        inputs = _draw(run, examples, batch.indices, batch.size, batch.generators(config.seed), batch, augment=True)
+        if class_set is None:
+            return inputs, None
+        chosen = class_set.pick(batch, config.seed)
+        class_examples = [class_set.examples[i] for i in chosen]
+        square = (batch.resolution, batch.resolution)
+        gens = batch.generators(config.seed, 1)
+        return inputs, _draw(run, class_examples, chosen, square, gens, batch, augment=False)
 
 
-def _micro_loss(drawn: tuple[_Inputs, _Inputs | None], parts: _Parts, unet: Any, text_encoder: Any,
-                config: TrainConfig) -> Any:  # fmt: skip
+def _micro_loss(run: _Run, drawn: tuple[_Inputs, _Inputs | None]) -> Any:
     """The noise-prediction loss of one micro-batch on this process (plus the weighted class loss)."""
     inputs, class_inputs = drawn
-    loss = _denoising_loss(inputs, parts, unet, text_encoder, config).mean()
+    loss = _denoising_loss(run, inputs).mean()
     if class_inputs is not None:
-        loss = loss + config.prior_loss_weight * _denoising_loss(class_inputs, parts, unet, text_encoder, config).mean()
+        loss = loss + run.config.prior_loss_weight * _denoising_loss(run, class_inputs).mean()
     return loss
 
 
-def _draw(examples: list[Any], indices: Any, size: tuple[int, int], gens: list[Any], batch: MicroBatch,
-          parts: _Parts, text_encoder: Any, cache: Any, config: TrainConfig, device: Any, torch: Any,
+def _draw(run: _Run, examples: list[Any], indices: Any, size: tuple[int, int], gens: list[Any], batch: MicroBatch,
           augment: bool) -> _Inputs:  # fmt: skip
     """The noised latents, timesteps, targets and text of `examples` at `size`, every draw from `gens`."""
-    from sdlite.data.images import load_example, preprocess
-
-    drop = [config.caption_dropout > 0 and torch.rand((), generator=g).item() < config.caption_dropout for g in gens]
-    captions = ["" if d else e.caption for d, e in zip(drop, examples, strict=True)]
-    if config.shuffle_captions:
-        from sdlite.data.captions import shuffle_tags
-
-        captions = [shuffle_tags(c, config.keep_tokens, mix(config.seed, batch.step, p, 2)) if c else c
-                    for c, p in zip(captions, batch.positions, strict=True)]  # fmt: skip
-
-    if cache is not None:
-        mean, std = cache.latent_stats(examples, [size] * len(examples))
-    else:
-        crop, flip = (config.crop, config.random_flip) if augment else ("center", False)
-        pixels = torch.stack(
-            [preprocess(load_example(e), size, crop, flip, mix(config.seed, batch.epoch, i, *(() if augment else (1,))))
-             for e, i in zip(examples, indices, strict=True)]
-        )  # fmt: skip
-        with torch.no_grad():
-            dist = parts.vae.encode(to_device(pixels, parts.vae.device, parts.weight_dtype)).latent_dist
-        mean, std = dist.mean.float(), dist.std.float()
+    config, torch, parts, device = run.config, run.torch, run.parts, run.accelerator.device
+    captions = _captions(run, examples, gens, batch)
+    mean, std = _latent_distribution(run, examples, indices, size, batch, augment)
     sample_noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens])
     noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens])
     if config.noise_offset:
@@ -478,17 +519,7 @@ def _draw(examples: list[Any], indices: Any, size: tuple[int, int], gens: list[A
         to_device(t, device) for t in (mean, std, sample_noise, noise, timesteps)
     )
     latents = (mean + std * sample_noise) * parts.vae.config.scaling_factor
-
-    text = ids = None
-    if cache is not None and cache.has_text:
-        text = to_device(cache.text_embeddings(captions), device)
-    else:
-        ids = to_device(parts.tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids,
-                        device)  # fmt: skip
-        if not config.train_text_encoder:  # frozen: encoded now, ahead of the step
-            with torch.no_grad():
-                text, ids = text_encoder(ids)[0], None
-
+    text, ids = _text(run, captions)
     noisy = parts.noise_scheduler.add_noise(latents, noise, timesteps)
     if parts.noise_scheduler.config.prediction_type == "v_prediction":
         target = parts.noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -497,17 +528,60 @@ def _draw(examples: list[Any], indices: Any, size: tuple[int, int], gens: list[A
     return _Inputs(noisy, timesteps, target, text, ids)
 
 
-def _denoising_loss(inputs: _Inputs, parts: _Parts, unet: Any, text_encoder: Any, config: TrainConfig) -> Any:
-    """Per-example (min-SNR weighted) noise-prediction losses."""
-    import torch
+def _captions(run: _Run, examples: list[Any], gens: list[Any], batch: MicroBatch) -> list[str]:
+    """The examples' captions as this step trains them: dropped (for guidance) and tag-shuffled as configured."""
+    config, torch = run.config, run.torch
+    drop = [config.caption_dropout > 0 and torch.rand((), generator=g).item() < config.caption_dropout for g in gens]
+    captions = ["" if d else e.caption for d, e in zip(drop, examples, strict=True)]
+    if not config.shuffle_captions:
+        return captions
+    from sdlite.data.captions import shuffle_tags
 
-    text = inputs.text if inputs.ids is None else text_encoder(inputs.ids)[0]
+    return [shuffle_tags(c, config.keep_tokens, mix(config.seed, batch.step, p, 2)) if c else c
+            for c, p in zip(captions, batch.positions, strict=True)]  # fmt: skip
+
+
+def _latent_distribution(run: _Run, examples: list[Any], indices: Any, size: tuple[int, int], batch: MicroBatch,
+                         augment: bool) -> tuple[Any, Any]:  # fmt: skip
+    """The VAE's latent mean and std of each example at `size`: from the cache, or encoded now."""
+    config, torch, parts = run.config, run.torch, run.parts
+    if run.cache is not None:
+        return run.cache.latent_stats(examples, [size] * len(examples))
+    from sdlite.data.images import load_example, preprocess
+
+    crop, flip = (config.crop, config.random_flip) if augment else ("center", False)
+    pixels = torch.stack(
+        [preprocess(load_example(e), size, crop, flip, mix(config.seed, batch.epoch, i, *(() if augment else (1,))))
+         for e, i in zip(examples, indices, strict=True)]
+    )  # fmt: skip
+    with torch.no_grad():
+        dist = parts.vae.encode(to_device(pixels, parts.vae.device, parts.weight_dtype)).latent_dist
+    return dist.mean.float(), dist.std.float()
+
+
+def _text(run: _Run, captions: list[str]) -> tuple[Any, Any]:
+    """(embeddings, None) when no gradient flows through the text encoder, else (None, token ids)."""
+    device = run.accelerator.device
+    if run.cache is not None and run.cache.has_text:
+        return to_device(run.cache.text_embeddings(captions), device), None
+    tokens = run.parts.tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    ids = to_device(tokens, device)
+    if run.config.train_text_encoder:
+        return None, ids
+    with run.torch.no_grad():  # frozen: encoded now, ahead of the step
+        return run.text_encoder(ids)[0], None
+
+
+def _denoising_loss(run: _Run, inputs: _Inputs) -> Any:
+    """Per-example (min-SNR weighted) noise-prediction losses."""
+    torch, scheduler = run.torch, run.parts.noise_scheduler
+    text = inputs.text if inputs.ids is None else run.text_encoder(inputs.ids)[0]
     noisy = inputs.noisy
-    if config.channels_last:
+    if run.config.channels_last:
         noisy = noisy.contiguous(memory_format=torch.channels_last)
-    prediction = unet(noisy, inputs.timesteps, encoder_hidden_states=text.to(dtype=noisy.dtype)).sample
+    prediction = run.unet(noisy, inputs.timesteps, encoder_hidden_states=text.to(dtype=noisy.dtype)).sample
     per_example = torch.nn.functional.mse_loss(prediction.float(), inputs.target.float(), reduction="none")
-    return per_example.mean(dim=(1, 2, 3)) * loss_weights(parts.noise_scheduler, inputs.timesteps, config.snr_gamma)
+    return per_example.mean(dim=(1, 2, 3)) * loss_weights(scheduler, inputs.timesteps, run.config.snr_gamma)
 
 
 def to_device(tensor: Any, device: Any, dtype: Any = None) -> Any:
@@ -553,11 +627,12 @@ def _unwrapped(accelerator: Any, module: Any) -> Any:
     return accelerator.unwrap_model(module, keep_torch_compile=False)
 
 
-def _assemble(parts: _Parts, unet: Any, text_encoder: Any, config: TrainConfig, model: ResolvedModel,
-              folder: Path, accelerator: Any) -> None:  # fmt: skip
+def _assemble(run: _Run, folder: Path) -> None:
     """Write a usable model into `folder`: frozen components linked from the base, trained ones saved."""
+    config, model, parts = run.config, run.model, run.parts
+    unet, text_encoder = _unwrapped(run.accelerator, run.unet), _unwrapped(run.accelerator, run.text_encoder)
     if config.lora:
-        _save_lora(folder, _unwrapped(accelerator, unet), _unwrapped(accelerator, text_encoder), config)
+        _save_lora(folder, unet, text_encoder, config)
         return
     frozen = ("tokenizer", "vae", *(() if config.train_text_encoder else ("text_encoder",)))
     if model.single_file is not None:  # no base folder to link from: save the frozen parts themselves
@@ -578,9 +653,9 @@ def _assemble(parts: _Parts, unet: Any, text_encoder: Any, config: TrainConfig, 
     settings, _ = model_settings_record(str(model.path))
     if settings is not None:  # the base's recommended sampling settings (sdlite.json) stay with its fine-tune
         (folder / MODEL_DEFAULTS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-    _unwrapped(accelerator, unet).save_pretrained(folder / "unet", safe_serialization=True)
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
     if config.train_text_encoder:
-        _unwrapped(accelerator, text_encoder).save_pretrained(folder / "text_encoder", safe_serialization=True)
+        text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
 
 
 def _save_lora(folder: Path, unet: Any, text_encoder: Any, config: TrainConfig) -> None:
@@ -599,9 +674,9 @@ def _save_lora(folder: Path, unet: Any, text_encoder: Any, config: TrainConfig) 
     StableDiffusionPipeline.save_lora_weights(folder, safe_serialization=True, **kwargs)
 
 
-def _save_checkpoint(parts: _Parts, unet: Any, text_encoder: Any, optimizer: Any, lr_schedule: Any, ema: Any,
-                     config: TrainConfig, model: ResolvedModel, step: int, accelerator: Any) -> Path:  # fmt: skip
+def _save_checkpoint(run: _Run, step: int) -> Path:
     """Write checkpoint `step` atomically (main process only), then drop the oldest beyond --keep-checkpoints."""
+    config, accelerator = run.config, run.accelerator
     final = checkpoints.checkpoint_dir(config.out, step)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -609,8 +684,7 @@ def _save_checkpoint(parts: _Parts, unet: Any, text_encoder: Any, optimizer: Any
             final.parent.mkdir(parents=True, exist_ok=True)
             staging = new_folder(final.parent, f".{final.name}.")  # the umask's mode, unlike mkdtemp's 0700
             try:
-                _write_checkpoint(parts, unet, text_encoder, optimizer, lr_schedule, ema, config, model, staging,
-                                  accelerator)  # fmt: skip
+                _write_checkpoint(run, staging)
                 checkpoints.write_manifest(staging, step, resume_settings(config, accelerator.num_processes))
                 checkpoints.commit(staging, final)
             finally:
@@ -620,24 +694,24 @@ def _save_checkpoint(parts: _Parts, unet: Any, text_encoder: Any, optimizer: Any
     return final
 
 
-def _write_checkpoint(parts: _Parts, unet: Any, text_encoder: Any, optimizer: Any, lr_schedule: Any, ema: Any,
-                      config: TrainConfig, model: ResolvedModel, staging: Path, accelerator: Any) -> None:  # fmt: skip
+def _write_checkpoint(run: _Run, staging: Path) -> None:
     """Everything a checkpoint holds except its manifest: the usable model and the training state."""
-    _assemble(parts, unet, text_encoder, config, model, staging, accelerator)
+    config, accelerator, optimizer = run.config, run.accelerator, run.optimizer
+    _assemble(run, staging)
     state = staging / "training"
     state.mkdir()
     if config.lora:
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        raw = _unwrapped(accelerator, unet), _unwrapped(accelerator, text_encoder)
+        raw = _unwrapped(accelerator, run.unet), _unwrapped(accelerator, run.text_encoder)
         for file, module in _adapter_files(config, *raw):
             adapter = get_peft_model_state_dict(module, adapter_name=LORA_ADAPTER)
             save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, state / file)
     checkpoints.save_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, state)
-    (state / "lr_schedule.json").write_text(json.dumps(lr_schedule.state_dict()))
-    if ema is not None:
-        checkpoints.save_ema(ema, state)
+    (state / "lr_schedule.json").write_text(json.dumps(run.lr_schedule.state_dict()))
+    if run.ema is not None:
+        checkpoints.save_ema(run.ema, state)
 
 
 def _load_trained_weights(parts: _Parts, folder: Path, config: TrainConfig, torch: Any) -> None:
@@ -667,22 +741,22 @@ def _load_folder_weights(folder: Path, load_file: Any) -> dict[str, Any]:
     return state
 
 
-def _save_output(parts: _Parts, unet: Any, text_encoder: Any, ema: Any, config: TrainConfig, model: ResolvedModel,
-                 plan: TrainPlan, accelerator: Any) -> None:  # fmt: skip
+def _save_output(run: _Run) -> None:
     """OUT becomes the trained model (EMA weights with --ema) plus the resolved config and plan."""
+    accelerator = run.accelerator
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        out = Path(config.out)
+        out = Path(run.config.out)
         with writing(f"the trained model in {out}"):
             out.mkdir(parents=True, exist_ok=True)
             staging = new_folder(out, ".final.")
             try:
-                with _ema_weights(ema, _unwrapped(accelerator, unet)):
-                    _assemble(parts, unet, text_encoder, config, model, staging, accelerator)
+                with _ema_weights(run.ema, _unwrapped(accelerator, run.unet)):
+                    _assemble(run, staging)
                 checkpoints.replace_into(staging, out)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-            write_run_record(out, config, plan)
+            write_run_record(out, run.config, run.plan)
     accelerator.wait_for_everyone()
 
 
@@ -700,26 +774,26 @@ def _ema_weights(ema: Any, unet: Any) -> Iterator[None]:
         ema.restore(unet.parameters())
 
 
-def _validate(parts: _Parts, unet: Any, text_encoder: Any, ema: Any, config: TrainConfig, model: ResolvedModel,
-              step: int, accelerator: Any, torch: Any) -> Path | None:  # fmt: skip
+def _validate(run: _Run, step: int) -> Path | None:
     """Sample the validation prompts with fixed seeds and save a labelled grid under OUT/validation."""
+    config, accelerator, parts, torch = run.config, run.accelerator, run.parts, run.torch
     if not accelerator.is_main_process:
         return None
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler
 
     from sdlite.sampling.grid import contact_sheet
 
-    raw_unet = _unwrapped(accelerator, unet)
-    scheduler = DDIMScheduler.from_config(model.configs()["scheduler"],
+    raw_unet = _unwrapped(accelerator, run.unet)
+    scheduler = DDIMScheduler.from_config(run.model.configs()["scheduler"],
                                           prediction_type=parts.noise_scheduler.config.prediction_type)  # fmt: skip
-    pipe = StableDiffusionPipeline(
-        vae=parts.vae, text_encoder=_unwrapped(accelerator, text_encoder), tokenizer=parts.tokenizer, unet=raw_unet,
-        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    pipe = SD1.pipeline_class("text-to-image")(
+        vae=parts.vae, text_encoder=_unwrapped(accelerator, run.text_encoder), tokenizer=parts.tokenizer,
+        unet=raw_unet, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     images = []
     raw_unet.eval()
-    with _ema_weights(ema, raw_unet), torch.no_grad(), accelerator.autocast():
+    with _ema_weights(run.ema, raw_unet), torch.no_grad(), accelerator.autocast():
         for i, prompt in enumerate(config.validation_prompts):
             generator = torch.Generator("cpu").manual_seed(config.seed + i)
             image = pipe(prompt, num_inference_steps=VALIDATION_STEPS, generator=generator).images[0]
