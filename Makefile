@@ -7,6 +7,8 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 # Tests and the demo never touch the network for weights.
 OFFLINE := HF_HUB_OFFLINE=1
+# Test workers (pytest-xdist): one per core of the 2-core machines CI and development run on.
+WORKERS ?= 2
 
 .PHONY: install test lint demo bench bench-gpu gpu-wheels default-model mutants clean
 
@@ -21,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(OFFLINE) $(PY) -m pytest -q
+	$(OFFLINE) $(PY) -m pytest -q -n $(WORKERS)
 
 # Break sdlite on purpose, one way at a time, and check the reliability suite notices each break.
 mutants: install

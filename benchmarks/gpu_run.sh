@@ -15,7 +15,7 @@ LOGS="${OUT:-/tmp}"
 status=0
 if [ "${1:-}" = "--tests" ]; then
   shift
-  python -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_train_levers.py 2>&1 | tee "$LOGS/test_gpu.txt" \
+  python -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/training/test_levers.py 2>&1 | tee "$LOGS/test_gpu.txt" \
     || status=$?
   [ $# -eq 0 ] && exit "$status"
 fi

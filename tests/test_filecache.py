@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from imaging import noise, save
+from helpers.imaging import noise, save
 
 from sdlite import filecache
 from sdlite.data import examples, images

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_train import losses, run, unet_weights
+from helpers.training import losses, run, unet_weights
 
 from sdlite.errors import Interrupted
 from sdlite.testing import make_shapes_dataset

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -17,12 +18,17 @@ from sdlite.errors import DataError, UsageError
 from sdlite.models.config import ExportConfig, InfoConfig, InitConfig
 from sdlite.quality.config import EvalConfig
 from sdlite.sampling.config import Generation, LoraChoice, SampleConfig
-from sdlite.sampling.prompts_file import read_prompts_file
+from sdlite.sampling.prompts_file import prompt_rows
 from sdlite.sampling.sources import SampleOverrides, build_sample_config
 from sdlite.training.config import TrainConfig, build_train_config
 
 runner = CliRunner()
 NO_MODEL = "never-loaded-model"  # not a path and not a hub id: loading it would fail with exit 4
+
+
+def prompt_file_rows(path: Path) -> list[dict[str, Any]]:
+    """A prompts file's rows as the run takes them (without the `file:line` each error names)."""
+    return [row for row, _ in prompt_rows(path)]
 
 
 def invoke(*args: str) -> object:
@@ -110,7 +116,7 @@ def test_a_bad_line_is_reported_even_when_the_option_overrides_it(tmp_path: Path
 def test_json_array_file_is_read_as_prompts(tmp_path: Path) -> None:
     text = '[\n  {"prompt": "a red circle", "seed": 7, "steps": 3},\n  {"prompt": "a blue square"},\n  "a cat"\n]\n'
     path = prompts(tmp_path, text, "prompts.json")
-    assert read_prompts_file(path) == [
+    assert prompt_file_rows(path) == [
         {"prompt": "a red circle", "seed": 7, "steps": 3},
         {"prompt": "a blue square"},
         {"prompt": "a cat"},
@@ -138,26 +144,26 @@ def test_json_array_errors_name_the_item_line(tmp_path: Path) -> None:
 
 def test_one_json_object_over_several_lines(tmp_path: Path) -> None:
     path = prompts(tmp_path, '{\n  "prompt": "a red circle",\n  "steps": 4\n}\n', "one.json")
-    assert read_prompts_file(path) == [{"prompt": "a red circle", "steps": 4}]
+    assert prompt_file_rows(path) == [{"prompt": "a red circle", "steps": 4}]
 
 
 def test_bracketed_text_prompts_stay_plain_prompts(tmp_path: Path) -> None:
     path = prompts(tmp_path, "[cinematic] a cat\n[1, 2] a dog\n", "p.txt")
-    assert [r["prompt"] for r in read_prompts_file(path)] == ["[cinematic] a cat", "[1, 2] a dog"]
+    assert [r["prompt"] for r in prompt_file_rows(path)] == ["[cinematic] a cat", "[1, 2] a dog"]
 
 
 def test_encodings_bom_and_empty_files(tmp_path: Path) -> None:
     bom = tmp_path / "bom.txt"
     bom.write_bytes(b"\xef\xbb\xbfa cat\n")
-    assert read_prompts_file(bom) == [{"prompt": "a cat"}]
+    assert prompt_file_rows(bom) == [{"prompt": "a cat"}]
     latin = tmp_path / "latin.txt"
     latin.write_bytes(b"a cat\nun caf\xe9\n")
     with pytest.raises(DataError, match=r"latin\.txt:2: not UTF-8 text \(byte 0xe9\)"):
-        read_prompts_file(latin)
+        prompt_file_rows(latin)
     for content in (b"", b"\xef\xbb\xbf", b"\n\n# nothing\n"):
         (tmp_path / "empty.txt").write_bytes(content)
         with pytest.raises(DataError, match="holds no prompts"):
-            read_prompts_file(tmp_path / "empty.txt")
+            prompt_file_rows(tmp_path / "empty.txt")
     assert "cannot read prompts file" in one_error_line(sample_file(tmp_path), 3)  # a folder
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from sdlite.families.sd1 import SD1
 from sdlite.formats import png_record
 from sdlite.models import memory
 from sdlite.models.loading import (
+    ResolvedModel,
     is_inpainting,
     load_pipeline,
     pick_device,
@@ -76,10 +78,81 @@ def sample(
     world = World.current()
     config = world.share(config)  # one run: the first process's seeds, also the random ones it drew
     model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights)
+    user_images = UserImages()  # each init image and mask is read and hashed once per run
+    sizes = _sizes(config, model, user_images)
+    inpainting_model = is_inpainting(model)
+    if inpainting_model and any(gen.init_image is None for gen in config.generations):
+        raise ModelError(
+            f"{model.path} is an inpainting model (9 input channels): it does not make images from text alone; "
+            "give it an image with --init-image (and what to repaint with --mask)"
+        )
+
+    # 2. Check the memory the requested sizes and batches need against the device's, before spending any.
+    device = pick_device(config.device)
+    dtype = pick_dtype(config.dtype, device)
+    memory.check_sample(model, config, device, str(dtype).removeprefix("torch."), sizes)
+    warnings: list[str] = []
+    native = model.native_size()
+    for height, width in dict.fromkeys(sizes):
+        if max(height, width) > FAR_ABOVE_NATIVE * native:
+            _warn(warnings, _far_above_native(height, width, native))
+
+    # 3. Load the pipeline on the chosen device and precision; note what identifies the model.
+    pipe = load_pipeline(model, load_device(config.mode, world.device(device)), dtype, inpainting_ok=inpainting_model)
+    loras = load_loras(pipe, config.loras, warnings)
+    applied = apply_mode(pipe, config.mode, device, bool(loras))
+    facts = model_facts(config.model, model, device, str(pipe.unet.dtype), loras or None, config.mode)
+    expected = (config.expected_model_hash or "").lower()
+    if expected and not facts.model_hash.startswith(expected):  # A1111 records only the first 10 hex digits
+        _warn(
+            warnings,
+            f"model {facts.ref} (hash {facts.model_hash[:10]}) is not the one the source image was made with "
+            f"(hash {config.expected_model_hash[:10]}); the pixels will differ",
+        )
+
+    # 4. Plan: the pipeline calls, the images kept from an interrupted run (--resume), every image's name.
+    if world.size > 1 and world.rank != 0:  # the first process reports every image, in order
+        progress, on_image = None, None
+    out = _prepare_out(config.out)
+    stop = StopRequest(interrupt_grace)
+    total = sum(denoising_steps(g) * g.num_images for g in config.generations)
+    run = _Run(config, world, _Pipelines(pipe, inpainting_model), pipe.scheduler.config, user_images, facts, out,
+               Numbering(out), plan_batches(config, sizes), stop, StepCounter(progress, total, stop), warnings)  # fmt: skip
+    _plan_names(run)
+
+    # 5. Denoise in batches; a background writer saves each image while the next batch denoises.
+    results = _denoise_and_write(run, on_image)
+    return SampleRun(tuple(results), run.grid, tuple(warnings), tuple(applied))
+
+
+@dataclass
+class _Run:
+    """One sample run's state, handed whole to each step: the loaded pipelines and what identifies the model, the
+    output folder and its names, the planned batches, the images kept (--resume), Ctrl-C and progress."""
+
+    config: SampleConfig
+    world: World
+    pipelines: _Pipelines
+    base_scheduler_config: Any  # every sampler is built from the model's own schedule
+    user_images: UserImages
+    facts: ModelFacts
+    out: Path
+    numbering: Numbering
+    batches: list[Batch]
+    stop: StopRequest
+    counter: StepCounter
+    warnings: list[str]
+    existing: dict[int, SampleResult] = field(default_factory=dict)  # kept images, by number in the run
+    indices: dict[int, int] = field(default_factory=dict)  # every image's index in OUT, by number in the run
+    grid: Path | None = None
+
+
+def _sizes(config: SampleConfig, model: ResolvedModel, user_images: UserImages) -> list[tuple[int, int]]:
+    """Each generation's image size (checked against the model's VAE and schedule), from the options, the init
+    image or the model's native size."""
     factor = vae_factor(model.configs()["vae"])
     native = model.native_size()
     timesteps = model.configs()["scheduler"].get("num_train_timesteps", 1000)
-    user_images = UserImages()  # each init image and mask is read and hashed once per run
     sizes = []
     for gen in config.generations:
         validate_size(gen.height, gen.width, factor)
@@ -94,65 +167,36 @@ def sample(
             sizes.append(default_size(user_images.read(gen.init_image).image.size, factor, gen.height, gen.width))
             if gen.mask is not None:
                 check_mask_shape(user_images.read(gen.mask), user_images.read(gen.init_image))
-    inpainting_model = is_inpainting(model)
-    if inpainting_model and any(gen.init_image is None for gen in config.generations):
-        raise ModelError(
-            f"{model.path} is an inpainting model (9 input channels): it does not make images from text alone; "
-            "give it an image with --init-image (and what to repaint with --mask)"
-        )
+    return sizes
 
-    # 2. Check the memory the requested sizes and batches need against the device's, before spending any.
-    device = pick_device(config.device)
-    dtype = pick_dtype(config.dtype, device)
-    memory.check_sample(model, config, device, str(dtype).removeprefix("torch."), sizes)
-    warnings: list[str] = []
-    for height, width in dict.fromkeys(sizes):
-        if max(height, width) > FAR_ABOVE_NATIVE * native:
-            _warn(warnings, _far_above_native(height, width, native))
 
-    # 3. Load the pipeline on the chosen device and precision; note what identifies the model.
-    if world.size > 1 and world.rank != 0:  # the first process reports every image, in order
-        progress, on_image = None, None
-    pipe = load_pipeline(model, load_device(config.mode, world.device(device)), dtype, inpainting_ok=inpainting_model)
-    base_scheduler_config = pipe.scheduler.config  # every sampler is built from the model's own schedule
-    loras = load_loras(pipe, config.loras, warnings)
-    applied = apply_mode(pipe, config.mode, device, bool(loras))
-    pipelines = _Pipelines(pipe, inpainting_model)
-    facts = model_facts(config.model, model, device, str(pipe.unet.dtype), loras or None, config.mode)
-    expected = (config.expected_model_hash or "").lower()
-    if expected and not facts.model_hash.startswith(expected):  # A1111 records only the first 10 hex digits
-        _warn(
-            warnings,
-            f"model {facts.ref} (hash {facts.model_hash[:10]}) is not the one the source image was made with "
-            f"(hash {config.expected_model_hash[:10]}); the pixels will differ",
-        )
+def _plan_names(run: _Run) -> None:
+    """The first process finds the kept images and plans every image's name; the others take its plan."""
+    config, world = run.config, run.world
+    if world.rank == 0:
+        if config.resume:
+            run.existing = kept_images(config, run.out, run.numbering, run.batches, run.facts, run.user_images)
+        run.indices = plan_indices(run.batches, run.existing, run.numbering)
+    run.existing, run.indices = world.share((run.existing, run.indices))
+    run.numbering.after(max(run.indices.values(), default=-1))  # a name taken meanwhile moves past the plan
 
-    # 4. Denoise in batches; a background writer saves each image while the next batch denoises.
-    out = _prepare_out(config.out)
-    numbering = Numbering(out)
-    batches = plan_batches(config, sizes)
-    existing: dict[int, SampleResult] = {}
-    indices: dict[int, int] = {}
-    if world.rank == 0:  # the first process finds the kept images and plans the names; the others take its plan
-        existing = kept_images(config, out, numbering, batches, facts, user_images) if config.resume else {}
-        indices = plan_indices(batches, existing, numbering)
-    existing, indices = world.share((existing, indices))
-    numbering.after(max(indices.values(), default=-1))  # a name taken meanwhile moves past the plan, everywhere
-    stop = StopRequest(interrupt_grace)
-    total = sum(denoising_steps(g) * g.num_images for g in config.generations)
-    counter = StepCounter(progress, total, stop)
+
+def _denoise_and_write(run: _Run, on_image: Callable[[SampleResult], None] | None) -> list[SampleResult]:
+    """Every batch denoised in order while a background writer saves (or, for another process's images, waits for
+    and reports) each finished image; the grid last. Whatever finished before a failure or Ctrl-C is written."""
+    config, stop, out = run.config, run.stop, run.out
     results: list[SampleResult] = []
 
     def write(job: Job) -> None:
         if job.remote is not None and job.remote_gen is not None:  # another process writes it: report it once whole
-            kept = await_remote(out, indices[job.number], job, facts, bool(config.save_progress))
-            counter.skip(denoising_steps(job.remote_gen))
+            kept = await_remote(out, run.indices[job.number], job, run.facts, bool(config.save_progress))
+            run.counter.skip(denoising_steps(job.remote_gen))
             job = Job(job.number, kept=kept)
         with stop.writing():  # a hard stop after Ctrl-C waits for this image and its report
             if job.kept is not None and job.strip is not None:  # a kept image whose progress strip was lost
-                result = _save_strip(out, numbering, job.kept, job.strip)
+                result = _save_strip(out, run.numbering, job.kept, job.strip)
             else:
-                result = job.kept or _save(out, numbering, job, facts, indices[job.number])
+                result = job.kept or _save(out, run.numbering, job, run.facts, run.indices[job.number])
             results.append(result)
             if on_image:
                 on_image(result)
@@ -160,58 +204,49 @@ def sample(
     writer = BackgroundWriter(write, limit=2 * config.batch_size)
     try:
         with stop.armed():
-            _denoise(config, batches, existing, pipelines, base_scheduler_config, user_images, inpainting_model,
-                     counter, stop, writer, warnings, facts, world)  # fmt: skip
+            _denoise(run, writer)
             writer.close()
-            world.barrier()
+            run.world.barrier()
             stop.check()  # interrupted during the last batch: no grid, exit 130 like any other interruption
             with stop.writing():
-                grid = _write_grid(out, results, numbering) if config.grid and world.rank == 0 else None
+                if config.grid and run.world.rank == 0:
+                    run.grid = _write_grid(out, results, run.numbering)
     finally:
         writer.close(raise_error=False)  # what finished before a failure or Ctrl-C is still written
-        world.close()
-    return SampleRun(tuple(results), grid, tuple(warnings), tuple(applied))
+        run.world.close()
+    return results
 
 
-def _denoise(config: SampleConfig, batches: list[Batch], existing: dict[int, SampleResult], pipelines: _Pipelines,
-             base_scheduler_config: Any, user_images: UserImages, inpainting_model: bool, counter: StepCounter,
-             stop: StopRequest, writer: BackgroundWriter, warnings: list[str], facts: ModelFacts,
-             world: World) -> None:  # fmt: skip
+def _denoise(run: _Run, writer: BackgroundWriter) -> None:
     """Run this process's batches in order and hand each finished image to the writer (images already there
     are kept; the first process also queues, in order, reports of the images the others make)."""
+    config, existing, world = run.config, run.existing, run.world
     prepared: tuple[Generation, Any, dict[str, Any]] | None = None
-    for number_of_batch, batch in enumerate(batches):
-        stop.check()
+    for number_of_batch, batch in enumerate(run.batches):
+        run.stop.check()
         gen, numbers = batch.gen, range(batch.first_number, batch.first_number + len(batch.seeds))
         wanted = [n for n, seed in zip(numbers, batch.seeds, strict=True)
                   if not config.keep_seeds or seed in config.keep_seeds]  # fmt: skip
         if not world.mine(number_of_batch):
             if world.rank == 0:
-                for n in wanted:
-                    seed = batch.seeds[n - batch.first_number]
-                    settings = image_settings(gen, seed, batch.height, batch.width)
-                    job = existing.get(n)
-                    if job is not None and is_whole(job, config):
-                        writer.put(Job(n, kept=job), heavy=False)
-                    else:
-                        writer.put(Job(n, remote=settings, remote_gen=gen), heavy=False)
+                _report_others(run, batch, wanted, writer)
             continue
         if all(n in existing and is_whole(existing[n], config) for n in wanted):  # --resume: the batch is there
-            counter.skip(denoising_steps(gen) * len(batch.seeds))
+            run.counter.skip(denoising_steps(gen) * len(batch.seeds))
             for n in wanted:
                 writer.put(Job(n, kept=existing[n]))
             continue
         if prepared is None or prepared[0] is not gen:
-            warning = _truncation_warning(pipelines.text_to_image.tokenizer, gen.prompt)
+            warning = _truncation_warning(run.pipelines.text_to_image.tokenizer, gen.prompt)
             if warning:
-                _warn(warnings, warning)
-            given = user_images.prepare(gen, batch.height, batch.width)
-            prepared = (gen, given, task_record(gen, given, inpainting_model))
+                _warn(run.warnings, warning)
+            given = run.user_images.prepare(gen, batch.height, batch.width)
+            prepared = (gen, given, task_record(gen, given, run.pipelines.inpainting_model))
         _, given, task = prepared
-        runner = pipelines.for_task(gen.task)
-        runner.scheduler = make_scheduler(gen.scheduler, base_scheduler_config)
+        runner = run.pipelines.for_task(gen.task)
+        runner.scheduler = make_scheduler(gen.scheduler, run.base_scheduler_config)
         recorder = X0Recorder() if config.save_progress else None
-        pixels = _generate(runner, gen, list(batch.seeds), batch.height, batch.width, counter, given, recorder)
+        pixels = _generate(runner, gen, list(batch.seeds), batch.height, batch.width, run.counter, given, recorder)
         strips = recorder.strips(runner.vae, runner.image_processor, config.save_progress) if recorder else []
         for i, (seed, image) in enumerate(zip(batch.seeds, runner.numpy_to_pil(pixels), strict=True)):
             number = batch.first_number + i
@@ -226,6 +261,17 @@ def _denoise(config: SampleConfig, batches: list[Batch], existing: dict[int, Sam
             settings = image_settings(gen, seed, batch.height, batch.width)
             writer.put(Job(number, image, settings, batch.seeds, task, given.record() if given else None,
                             strips[i] if strips else None))  # fmt: skip
+
+
+def _report_others(run: _Run, batch: Batch, wanted: list[int], writer: BackgroundWriter) -> None:
+    """The first process queues, in order, the images another process makes (or an earlier run kept)."""
+    for n in wanted:
+        settings = image_settings(batch.gen, batch.seeds[n - batch.first_number], batch.height, batch.width)
+        kept = run.existing.get(n)
+        if kept is not None and is_whole(kept, run.config):
+            writer.put(Job(n, kept=kept), heavy=False)
+        else:
+            writer.put(Job(n, remote=settings, remote_gen=batch.gen), heavy=False)
 
 
 class _Pipelines:

@@ -79,54 +79,99 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
     given = {"batch_size": opts.batch_size, "dtype": opts.dtype, "device": opts.device,
              "save_progress": opts.save_progress}  # fmt: skip
     check(SampleConfig, {k: v for k, v in given.items() if v is not None}, COMMAND_LINE)
-
     if opts.fast and opts.low_memory:
         raise UsageError("--fast and --low-memory cannot be combined: choose speed or memory")
-    mode = "fast" if opts.fast else "low-memory" if opts.low_memory else None
-    recorded_base: dict[str, Any] = {}
-    image = None
-    model = opts.model
-    batch_size, keep_seeds, expected_hash = opts.batch_size, (), None
-    lora, lora_scale = _as_tuple(opts.lora), _as_tuple(opts.lora_scale)
-    tokenizer, ema_weights = opts.tokenizer, opts.ema_weights
+
+    replay = _Replay(
+        model=opts.model, mode="fast" if opts.fast else "low-memory" if opts.low_memory else None,
+        batch_size=opts.batch_size, lora=_as_tuple(opts.lora), lora_scale=_as_tuple(opts.lora_scale),
+        tokenizer=opts.tokenizer, ema_weights=opts.ema_weights,
+    )  # fmt: skip
     if opts.from_image is not None:
-        recorded, image = _read_image_settings(opts.from_image)
-        recorded_base = {k: recorded[k] for k in GENERATION_KEYS if k in recorded}
-        _find_inputs(recorded_base, recorded.get("inputs"), cli, image)
-        if not model or _same_file(model, recorded.get("model")):
-            # a single file's tokenizer and weights choice belong to the recorded model (also when named again)
-            model = model or recorded.get("model")
-            tokenizer = tokenizer or recorded.get("tokenizer")
-            ema_weights = recorded.get("ema_weights") if ema_weights is None else ema_weights
-        expected_hash = recorded.get("model_hash")
-        mode = mode or recorded.get("mode")
-        if recorded.get("lora") and not lora:  # the recorded LoRAs; --lora-scale may still change their scales
-            used = _recorded_loras(recorded["lora"], image)
-            lora, lora_scale = tuple(r["source"] for r in used), lora_scale or tuple(r["scale"] for r in used)
-        own_seed = recorded_base.get("seed")
-        batch = recorded.get("batch_seeds") or [own_seed]
-        remake_batch = not (
-            {"seed", "num_images"} & set(cli) or opts.prompts or opts.prompts_file or batch_size is not None
-        )
-        if remake_batch and len(batch) > 1 and own_seed is not None:
-            if own_seed not in range(batch[0], batch[0] + len(batch)):
-                raise image.fail(f"its sdlite metadata records seed {own_seed} outside its batch {show(batch)}")
-            recorded_base.update(seed=batch[0], num_images=len(batch))
-            batch_size, keep_seeds = len(batch), (own_seed,)
-    model = resolve_model_source(model, env)
+        _replay_image(replay, opts, cli)
+    model = resolve_model_source(replay.model, env)
     defaults, defaults_source = model_defaults_and_source(model)
-    fast = FAST_SETTINGS if mode == "fast" else {}
-    base = {**defaults, **fast, **recorded_base}
-    base_origin = {
-        **{k: defaults_source for k in defaults}, **{k: COMMAND_LINE for k in fast}, **{k: image for k in recorded_base}
-    }  # fmt: skip
+    fast = FAST_SETTINGS if replay.mode == "fast" else {}
+    base = {**defaults, **fast, **replay.recorded}
+    origins = {**{k: defaults_source for k in defaults}, **{k: COMMAND_LINE for k in fast}}
+    origins |= {k: replay.image for k in replay.recorded}
 
     rows: list[tuple[dict[str, Any], Source]] = [({"prompt": p}, COMMAND_LINE) for p in opts.prompts]
     if opts.prompts_file is not None:
         rows += prompt_rows(Path(opts.prompts_file))
-    if not rows and image is not None:
-        rows = [({}, image)]
+    if not rows and replay.image is not None:
+        rows = [({}, replay.image)]
+    return SampleConfig(
+        model=model,
+        generations=_generations(rows, base, origins, cli, replay.image),
+        out=opts.out or Path("outputs"),
+        batch_size=1 if replay.batch_size is None else replay.batch_size,
+        dtype=opts.dtype or "auto",
+        device=opts.device or "auto",
+        grid=opts.grid,
+        offline=opts.offline,
+        allow_pickle=opts.allow_pickle,
+        keep_seeds=replay.keep_seeds,
+        expected_model_hash=replay.expected_hash,
+        loras=lora_choices(replay.lora, replay.lora_scale),
+        mode=replay.mode or "default",
+        tokenizer=replay.tokenizer,
+        ema_weights=True if replay.ema_weights is None else replay.ema_weights,
+        save_progress=opts.save_progress,
+        resume=opts.resume,
+    )
 
+
+@dataclass
+class _Replay:
+    """The run-wide settings as the command line gives them, then filled in from a `--from-image` PNG's record."""
+
+    model: str | None
+    mode: str | None
+    batch_size: int | None
+    lora: tuple[str, ...]
+    lora_scale: tuple[float, ...]
+    tokenizer: str | None
+    ema_weights: bool | None
+    recorded: dict[str, Any] = field(default_factory=dict)  # the PNG's generation settings
+    image: Source | None = None
+    expected_hash: str | None = None
+    keep_seeds: tuple[int, ...] = ()
+
+
+def _replay_image(replay: _Replay, opts: SampleOverrides, cli: dict[str, Any]) -> None:
+    """What a `--from-image` PNG records, under the command line's own choices; to remake an image that was made
+    in a batch, its whole batch is recomputed (batched matmuls round differently) and only it is kept."""
+    recorded, image = _read_image_settings(Path(opts.from_image))  # type: ignore[arg-type]
+    replay.image, replay.recorded = image, {k: recorded[k] for k in GENERATION_KEYS if k in recorded}
+    _find_inputs(replay.recorded, recorded.get("inputs"), cli, image)
+    if not replay.model or _same_file(replay.model, recorded.get("model")):
+        # a single file's tokenizer and weights choice belong to the recorded model (also when named again)
+        replay.model = replay.model or recorded.get("model")
+        replay.tokenizer = replay.tokenizer or recorded.get("tokenizer")
+        replay.ema_weights = recorded.get("ema_weights") if replay.ema_weights is None else replay.ema_weights
+    replay.expected_hash = recorded.get("model_hash")
+    replay.mode = replay.mode or recorded.get("mode")
+    if recorded.get("lora") and not replay.lora:  # the recorded LoRAs; --lora-scale may still change their scales
+        used = _recorded_loras(recorded["lora"], image)
+        replay.lora = tuple(r["source"] for r in used)
+        replay.lora_scale = replay.lora_scale or tuple(r["scale"] for r in used)
+    own_seed = replay.recorded.get("seed")
+    batch = recorded.get("batch_seeds") or [own_seed]
+    remake_batch = not (
+        {"seed", "num_images"} & set(cli) or opts.prompts or opts.prompts_file or replay.batch_size is not None
+    )
+    if remake_batch and len(batch) > 1 and own_seed is not None:
+        if own_seed not in range(batch[0], batch[0] + len(batch)):
+            raise image.fail(f"its sdlite metadata records seed {own_seed} outside its batch {show(batch)}")
+        replay.recorded.update(seed=batch[0], num_images=len(batch))
+        replay.batch_size, replay.keep_seeds = len(batch), (own_seed,)
+
+
+def _generations(rows: list[tuple[dict[str, Any], Source]], base: dict[str, Any], origins: dict[str, Any],
+                 cli: dict[str, Any], image: Source | None) -> tuple[Generation, ...]:  # fmt: skip
+    """One Generation per row, each setting from the strongest source that has it; seeds counted from --seed (or
+    a random one) across the run, a row's own seed excepted."""
     first_seed = cli.get("seed", base.get("seed"))
     if first_seed is None:
         first_seed = secrets.randbelow(MAX_SEED + 1)
@@ -134,7 +179,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
     next_seed = first_seed
     for number, (row, row_source) in enumerate(rows, start=1):
         merged = {**base, **row, **{k: v for k, v in cli.items() if k != "seed"}}
-        sources = {**base_origin, **{k: row_source for k in row}, **{k: COMMAND_LINE for k in cli}}
+        sources = {**origins, **{k: row_source for k in row}, **{k: COMMAND_LINE for k in cli}}
         if "seed" not in row:  # a line's own seed wins; --seed only starts the run's counter
             if next_seed > MAX_SEED:
                 where = row_source.where or f"prompt {number}"
@@ -144,33 +189,14 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
                 )
             merged["seed"] = next_seed
         if "prompt" not in merged:
-            if row_source is image:
+            if image is not None and row_source is image:
                 raise image.fail('its sdlite metadata records no "prompt"')
             raise UsageError("no prompt given: pass PROMPT arguments, --prompts-file or --from-image")
         with origin({k: v for k, v in sources.items() if v is not None}):
             gen = Generation(**merged)
         generations.append(gen)
         next_seed = gen.seed + gen.num_images
-
-    return SampleConfig(
-        model=model,
-        generations=tuple(generations),
-        out=opts.out or Path("outputs"),
-        batch_size=1 if batch_size is None else batch_size,
-        dtype=opts.dtype or "auto",
-        device=opts.device or "auto",
-        grid=opts.grid,
-        offline=opts.offline,
-        allow_pickle=opts.allow_pickle,
-        keep_seeds=keep_seeds,
-        expected_model_hash=expected_hash,
-        loras=lora_choices(lora, lora_scale),
-        mode=mode or "default",
-        tokenizer=tokenizer,
-        ema_weights=True if ema_weights is None else ema_weights,
-        save_progress=opts.save_progress,
-        resume=opts.resume,
-    )
+    return tuple(generations)
 
 
 def _same_file(model: str, recorded: str | None) -> bool:

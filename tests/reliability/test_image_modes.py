@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from imaging import noise, rgb, save
+from helpers.imaging import noise, rgb, save
 from PIL import Image
 
 from sdlite.data.images import load_image

@@ -53,7 +53,7 @@ def reference(
     model: Path, kind: str, prompt: str, seeds: list[int], scheduler: str = "ddim", **call: object
 ) -> np.ndarray:
     """What plain diffusers' image-to-image or inpainting pipeline makes from the same folder."""
-    from test_sample import diffusers_reference
+    from helpers.references import diffusers_reference
 
     pipeline = "StableDiffusionImg2ImgPipeline" if kind == "img2img" else "StableDiffusionInpaintPipeline"
     return diffusers_reference(model, prompt, seeds, scheduler, pipeline, **call).astype(np.int16)
@@ -367,11 +367,11 @@ def test_img2img_with_a_lora_equals_diffusers_with_the_same_lora(
 ) -> None:
     import diffusers
     import torch
+    from helpers.references import random_lora_of_every_target
     from safetensors.torch import save_file
-    from test_lora import _random_lora_of_every_target
 
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None)
-    state = {k: v * 0.3 for k, v in _random_lora_of_every_target(pipe, alpha=2).items()}
+    state = {k: v * 0.3 for k, v in random_lora_of_every_target(pipe, alpha=2).items()}
     save_file(state, tmp_path / "lora.safetensors")
     gen = Generation(PROMPT, seed=7, steps=STEPS, init_image=str(scene[0]), strength=0.7)
     config = SampleConfig(model=str(tiny_model), generations=(gen,), out=tmp_path / "o",
@@ -423,7 +423,7 @@ def test_built_in_model_recolours_and_inpaints(tmp_path: Path) -> None:
 def test_demo_scene_script_writes_the_scene_and_its_background_mask(tmp_path: Path) -> None:
     import runpy
 
-    runpy.run_path(str(Path(__file__).parents[1] / "examples" / "make_scene.py"), run_name="not_main")["main"](tmp_path)
+    runpy.run_path(str(Path(__file__).parents[2] / "examples" / "make_scene.py"), run_name="not_main")["main"](tmp_path)
     image, mask = pixels(tmp_path / "red-circle.png"), np.asarray(Image.open(tmp_path / "background-mask.png"))
     assert set(np.unique(mask)) == {0, 255}
     assert (image[mask == 255] == (40, 70, 220)).all()  # repainted: exactly the blue background

@@ -8,7 +8,7 @@ for `sample --from-image`. Nearly all of them fail validation, or reach a model 
 (exit 4), so each case takes milliseconds; a few valid prompts files run the tiny model for real.
 
 The examples are fixed (derandomized) so `make test` is reproducible. For a longer, random run:
-`SDLITE_FUZZ_EXAMPLES=50000 HF_HUB_OFFLINE=1 pytest tests/test_fuzz.py` (the total number of cases,
+`SDLITE_FUZZ_EXAMPLES=50000 HF_HUB_OFFLINE=1 pytest tests/cli/test_fuzz.py` (the total number of cases,
 shared by the tests in proportion to their default budgets).
 """
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers.references import random_lora_of_every_target
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -261,7 +262,7 @@ def test_kohya_export_keeps_alpha_and_pixels(tiny_model: Path, both_lora: Path, 
 def test_kohya_names_follow_the_a1111_comfyui_rule(sd1_tiny_model: Path) -> None:
     """On SD v1's exact layout: every kohya name is a real module by the clients' rule, and diffusers maps each back."""
     pipe = pipeline(sd1_tiny_model)
-    state = _random_lora_of_every_target(pipe, alpha=6)
+    state = random_lora_of_every_target(pipe, alpha=6)
     kohya = lora.to_kohya(state, {"unet": {"lora_alpha": 6}, "text_encoder": {"lora_alpha": 6}})
     unet_names = {"lora_unet_" + n.replace(".", "_") for n, _ in pipeline(sd1_tiny_model).unet.named_modules()}
     # A1111 names text-encoder layers from `text_model.`-rooted paths (transformers 4 layout).
@@ -342,27 +343,7 @@ def test_every_kohya_layer_is_a_module_of_the_original_layout_model_a1111_loads(
         elif module.startswith("cond_stage_model."):
             compvis_modules.add(module.removeprefix("cond_stage_model.").replace(".", "_"))
     # A LoRA of every attention projection of this SD v1-layout model, exported to kohya by sdlite.
-    state = _random_lora_of_every_target(pipeline(sd1_tiny_model), alpha=2)
+    state = random_lora_of_every_target(pipeline(sd1_tiny_model), alpha=2)
     layers = {k.split(".")[0] for k in lora.to_kohya(state, {})}
     unmapped = sorted(n for n in layers if _a1111_compvis_name(n) not in compvis_modules)
     assert layers and not unmapped, unmapped[:5]
-
-
-def _random_lora_of_every_target(pipe: Any, alpha: float) -> dict[str, Any]:
-    """A diffusers-layout rank-2 LoRA (random weights) on every layer sdlite's training targets."""
-    import torch
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.utils import get_peft_model_state_dict
-
-    from sdlite.training.unet import LORA_TARGETS, TEXT_LORA_TARGETS
-
-    state: dict[str, Any] = {}
-    for name, module, targets in (
-        ("unet", pipe.unet, LORA_TARGETS),
-        ("text_encoder", pipe.text_encoder, TEXT_LORA_TARGETS),
-    ):
-        inject_adapter_in_model(LoraConfig(r=2, lora_alpha=alpha, target_modules=targets), module)
-        for key, value in convert_state_dict_to_diffusers(get_peft_model_state_dict(module)).items():
-            state[f"{name}.{key}"] = torch.randn_like(value)
-    return state

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_train import losses, max_diff, run, unet_weights
+from helpers.training import losses, max_diff, run, unet_weights
 
 from sdlite.errors import Interrupted
 from sdlite.testing import make_shapes_dataset

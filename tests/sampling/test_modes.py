@@ -114,7 +114,7 @@ def test_compile_caches_move_to_sdlites_cache_even_after_torch_set_its_default(t
         "from accelerate import Accelerator\n"
         "import torch._inductor.config\n"
         "from torch._inductor.runtime.cache_dir_utils import cache_dir\n"
-        "from sdlite.modes import compile_cache\n"
+        "from sdlite.sampling.modes import compile_cache\n"
         "before = os.environ.get('TORCHINDUCTOR_CACHE_DIR')\n"
         "print(before, compile_cache(), cache_dir(), sep='\\n')\n"
     )

@@ -335,7 +335,7 @@ def test_the_ci_example_makes_goldens_then_catches_an_edit(tmp_path: Path) -> No
     sdlite = Path(sys.executable).parent / "sdlite"
     if subprocess.run([str(sdlite), "check", "--help"], capture_output=True).returncode != 0:
         pytest.skip("the installed sdlite has no `check` command yet")
-    script = Path(__file__).resolve().parents[1] / "examples" / "ci" / "check_goldens.sh"
+    script = Path(__file__).resolve().parents[2] / "examples" / "ci" / "check_goldens.sh"
     env = {**os.environ, "SDLITE": str(sdlite), "SAMPLE_ARGS": "--num-images 1 --steps 3"}
 
     def run() -> subprocess.CompletedProcess[str]:

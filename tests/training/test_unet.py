@@ -12,39 +12,19 @@ from typing import Any
 
 import pytest
 import torch
+from helpers.training import losses, max_diff, run, unet_weights
 from safetensors.torch import load_file
 
 from sdlite.errors import DataError, Interrupted, ModelError, UsageError
 from sdlite.testing import make_shapes_dataset
 from sdlite.training import checkpoints
 from sdlite.training.config import TrainConfig
-from sdlite.training.unet import resume_settings, train
+from sdlite.training.unet import resume_settings
 
 
 @pytest.fixture(scope="session")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n=8)
-
-
-def run(tiny_model: Path, data: Path, out: Path, hook: Any = None, **settings: Any) -> tuple[Any, list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    options = {"max_steps": 4, "batch_size": 2, "lr": 1e-3, **settings}
-    result = train(
-        TrainConfig(model=str(tiny_model), data=data, out=out, **options), on_event=events.append, loss_hook=hook
-    )
-    return result, events
-
-
-def losses(events: list[dict[str, Any]]) -> list[float]:
-    return [e["loss"] for e in events if e["event"] == "step"]
-
-
-def unet_weights(folder: Path) -> dict[str, Any]:
-    return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
-
-
-def max_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
 def test_loss_falls_and_output_is_a_usable_model(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:

@@ -348,7 +348,7 @@ def test_progress_bar_only_on_a_terminal_and_not_quiet(monkeypatch: pytest.Monke
     assert "3/6" in terminal.getvalue()
     with progress_bar(enabled=False) as update:
         assert update is None
-    log = io.StringIO()  # not a terminal (CI, Slurm, nohup): plain lines instead of a bar (tests/test_logs.py)
+    log = io.StringIO()  # not a terminal (CI, Slurm, nohup): plain lines instead of a bar (tests/cli/test_progress.py)
     monkeypatch.setattr(sys, "stderr", log)
     with progress_bar(enabled=True, images=1) as update:
         update(0, 6)

@@ -22,7 +22,7 @@ from sdlite.testing import make_shapes_dataset
 from sdlite.training.config import TrainConfig
 
 SDLITE = [sys.executable, "-m", "sdlite"]
-BUILT_IN = Path(__file__).parents[1] / "sdlite" / "default_model"
+BUILT_IN = Path(__file__).parents[2] / "sdlite" / "default_model"
 # SD v1.5's parameter counts (README: sdlite info of the sd15 preset).
 SD15_PARAMS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
 GIB = 1024**3

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from imaging import noise, save
+from helpers.imaging import noise, save
 from PIL import Image
 
 from sdlite.data.examples import IMAGE_SUFFIXES, Dataset, Example, discover

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.references import diffusers_reference
 from PIL import Image
 
 from sdlite.errors import UsageError
@@ -27,31 +28,6 @@ def pixels(path: Path) -> np.ndarray:
 def run(model: Path, out: Path, *gens: Generation, **kwargs: object) -> list[Path]:
     config = SampleConfig(model=str(model), generations=gens, out=out, **kwargs)  # type: ignore[arg-type]
     return [r.path for r in sample(config).images]
-
-
-def diffusers_reference(
-    model: Path,
-    prompt: str,
-    seeds: list[int],
-    scheduler: str = "ddim",
-    pipeline: str = "StableDiffusionPipeline",
-    **call: object,
-) -> np.ndarray:
-    """What plain diffusers (`pipeline`, text-to-image by default) makes from the same folder: the parity baseline."""
-    import diffusers
-    import torch
-
-    pipe = getattr(diffusers, pipeline).from_pretrained(model, safety_checker=None, requires_safety_checker=False)
-    spec = SCHEDULERS[scheduler]
-    pipe.scheduler = getattr(diffusers, spec.class_name).from_config(pipe.scheduler.config, **spec.overrides)
-    pipe.set_progress_bar_config(disable=True)
-    images = pipe(
-        [prompt] * len(seeds),
-        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-        output_type="np",
-        **call,
-    ).images
-    return (images * 255).round().astype(np.uint8)
 
 
 @pytest.mark.parametrize(("batch_size", "scheduler"), [(1, "ddim"), (3, "ddim"), (2, "euler-a")])

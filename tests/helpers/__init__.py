@@ -1,0 +1,1 @@
+"""What several test files share (test files never import each other)."""

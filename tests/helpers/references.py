@@ -1,0 +1,55 @@
+"""References sdlite's results are compared against: plain diffusers' pixels, and LoRAs made with peft."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdlite.schedulers import SCHEDULERS
+
+
+def diffusers_reference(
+    model: Path,
+    prompt: str,
+    seeds: list[int],
+    scheduler: str = "ddim",
+    pipeline: str = "StableDiffusionPipeline",
+    **call: object,
+) -> np.ndarray:
+    """What plain diffusers (`pipeline`, text-to-image by default) makes from the same folder: the parity baseline."""
+    import diffusers
+    import torch
+
+    pipe = getattr(diffusers, pipeline).from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+    spec = SCHEDULERS[scheduler]
+    pipe.scheduler = getattr(diffusers, spec.class_name).from_config(pipe.scheduler.config, **spec.overrides)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        [prompt] * len(seeds),
+        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+        output_type="np",
+        **call,
+    ).images
+    return (images * 255).round().astype(np.uint8)
+
+
+def random_lora_of_every_target(pipe: Any, alpha: float) -> dict[str, Any]:
+    """A diffusers-layout rank-2 LoRA (random weights) on every layer sdlite's training targets."""
+    import torch
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    from sdlite.training.unet import LORA_TARGETS, TEXT_LORA_TARGETS
+
+    state: dict[str, Any] = {}
+    for name, module, targets in (
+        ("unet", pipe.unet, LORA_TARGETS),
+        ("text_encoder", pipe.text_encoder, TEXT_LORA_TARGETS),
+    ):
+        inject_adapter_in_model(LoraConfig(r=2, lora_alpha=alpha, target_modules=targets), module)
+        for key, value in convert_state_dict_to_diffusers(get_peft_model_state_dict(module)).items():
+            state[f"{name}.{key}"] = torch.randn_like(value)
+    return state
