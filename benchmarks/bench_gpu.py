@@ -23,6 +23,7 @@ usage: python benchmarks/bench_gpu.py [--smoke] [--only SECTIONS] [--budget S] [
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -148,7 +149,10 @@ def first_image_seconds(model: str, size: int, cache: str) -> float:
     return seconds
 
 
+@functools.cache
 def spawn(*args: str) -> dict:
+    """One measurement in a fresh process (its own peak memory, no warm caches); the same one is made once (the
+    memory section's default run is the sample section's fp16 batch 1 default run)."""
     done = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"worker {' '.join(args)} failed:\n{done.stderr[-3000:]}")

@@ -42,15 +42,23 @@ def spawn(num_processes: int, argv: list[str] | None = None, same_threads: bool 
     with socket.socket() as probe:  # a free port for the group's rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    common = {**_child_env(same_threads), "WORLD_SIZE": str(num_processes),
-              "LOCAL_WORLD_SIZE": str(num_processes), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+    common = {
+        **_child_env(same_threads),
+        "WORLD_SIZE": str(num_processes),
+        "LOCAL_WORLD_SIZE": str(num_processes),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
     with contextlib.ExitStack() as stack:
         logs = [None, *(stack.enter_context(tempfile.TemporaryFile()) for _ in range(1, num_processes))]
         workers: list[subprocess.Popen[bytes]] = []
         for rank in range(num_processes):
             env = {**common, "RANK": str(rank), "LOCAL_RANK": str(rank)}
-            workers.append(subprocess.Popen([sys.executable, "-m", "sdlite", *args], env=env, stderr=logs[rank],
-                                            preexec_fn=die_with_parent))  # fmt: skip
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "sdlite", *args], env=env, stderr=logs[rank], preexec_fn=die_with_parent
+                )
+            )
         try:
             return _outcome(workers, logs)
         except KeyboardInterrupt:

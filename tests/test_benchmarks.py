@@ -3,6 +3,7 @@ the tiny preset here, on CPU."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,11 @@ BENCH_GPU = Path(__file__).parents[1] / "benchmarks" / "bench_gpu.py"
 
 @pytest.mark.slow
 def test_gpu_benchmark_smoke_runs_every_section(tmp_path: Path) -> None:
+    env = {"SDLITE_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    if "OMP_NUM_THREADS" in os.environ:  # the test workers' thread count (see conftest.py)
+        env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
     done = subprocess.run([sys.executable, str(BENCH_GPU), "--smoke"], capture_output=True, text=True, timeout=600,
-                          env={"SDLITE_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"})  # fmt: skip
+                          env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     trained = [line for line in lines if line.startswith("no, batch 2")]

@@ -29,9 +29,15 @@ _CLICK_USAGE_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__
 
 # The schema field behind an option, per command, to say what a value that does not parse should be.
 _OPTION_SCHEMAS: dict[str, tuple[type, ...]] = {
-    "sample": (Generation, SampleConfig), "train": (TrainConfig,), "info": (InfoConfig,), "init": (InitConfig,),
-    "export": (ExportConfig,), "eval shapes": (EvalConfig,), "noise": (NoiseConfig,), "check": (CheckConfig,),
-}  # fmt: skip
+    "sample": (Generation, SampleConfig),
+    "train": (TrainConfig,),
+    "info": (InfoConfig,),
+    "init": (InitConfig,),
+    "export": (ExportConfig,),
+    "eval shapes": (EvalConfig,),
+    "noise": (NoiseConfig,),
+    "check": (CheckConfig,),
+}
 
 
 _OPTION_FIELDS = {"lora_scale": (LoraChoice, "scale"), "force": (InitConfig, "overwrite")}

@@ -97,8 +97,17 @@ def export(
 ) -> None:
     """Write a model or LoRA in the layout other tools load: A1111, ComfyUI, Forge, diffusers."""
     with one_line_errors():
-        config = ExportConfig(source=source, out=out, format=format, dtype=dtype, tokenizer=tokenizer,
-                              ema_weights=ema_weights, offline=offline, allow_pickle=allow_pickle, force=force)  # fmt: skip
+        config = ExportConfig(
+            source=source,
+            out=out,
+            format=format,
+            dtype=dtype,
+            tokenizer=tokenizer,
+            ema_weights=ema_weights,
+            offline=offline,
+            allow_pickle=allow_pickle,
+            force=force,
+        )
         quiet_libraries(offline)
         from sdlite.models.export import export as run_export
 

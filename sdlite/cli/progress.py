@@ -148,17 +148,21 @@ def train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
             if event.get("memory_gib"):
                 typer.echo(
                     f"memory: about {event['memory_gib']:.3g} GiB per process at batch {event['batch_size']}"
-                    + (f"; batch sizes up to {event['largest_batch']} fit in {event['memory_limit']}"
-                       if event.get("largest_batch") else ""),
+                    + (
+                        f"; batch sizes up to {event['largest_batch']} fit in {event['memory_limit']}"
+                        if event.get("largest_batch")
+                        else ""
+                    ),
                     err=True,
-                )  # fmt: skip
+                )
             buckets = ", ".join(f"{size} x{count}" for size, count in event.get("buckets", {}).items())
             typer.echo(f"buckets {event.get('bucket_note', '')}" + (f": {buckets}" if buckets else ""), err=True)
             if event.get("class_images"):
                 typer.echo(f"prior preservation: {event['class_images']} class images", err=True)
         elif event["event"] == "class_images" and not quiet:
-            typer.echo(f"class images in {event['folder']}: {event['have']} there, generating {event['generating']}",
-                       err=True)  # fmt: skip
+            typer.echo(
+                f"class images in {event['folder']}: {event['have']} there, generating {event['generating']}", err=True
+            )
         elif event["event"] == "speedups" and not quiet:
             typer.echo(f"speed-ups: {', '.join(event['applied'])}", err=True)
         elif event["event"] in ("checkpoint", "validation", "resume"):
@@ -175,8 +179,12 @@ def train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
 
 def _step_line(event: dict[str, Any]) -> str:
     """`step 120/1000, loss 0.1234, lr 1e-04, 12.3 images/s, ETA 0:01:12` (the end: `done in`)."""
-    parts = [f"step {event['step']}/{event['steps']}", f"loss {event['loss']:.4g}", f"lr {event['lr']:.3g}",
-             f"{event['images_per_s']:.3g} images/s"]  # fmt: skip
+    parts = [
+        f"step {event['step']}/{event['steps']}",
+        f"loss {event['loss']:.4g}",
+        f"lr {event['lr']:.3g}",
+        f"{event['images_per_s']:.3g} images/s",
+    ]
     if event.get("mfu") is not None:
         parts.append(f"MFU {event['mfu']:.1%}")
     if event["step"] < event["steps"] and event.get("eta") is not None:

@@ -48,9 +48,20 @@ def eval_shapes(
     with one_line_errors():
         from sdlite.models.source import resolve_model_source
 
-        config = EvalConfig(model=resolve_model_source(model), n=n, seed=seed, steps=steps, guidance=guidance,
-                            scheduler=scheduler, batch_size=batch_size, out=out, offline=offline, fast=fast,
-                            tokenizer=tokenizer, ema_weights=ema_weights)  # fmt: skip
+        config = EvalConfig(
+            model=resolve_model_source(model),
+            n=n,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            scheduler=scheduler,
+            batch_size=batch_size,
+            out=out,
+            offline=offline,
+            fast=fast,
+            tokenizer=tokenizer,
+            ema_weights=ema_weights,
+        )
         quiet_libraries(offline)
         from sdlite.quality.evaluation import evaluate, format_report
 

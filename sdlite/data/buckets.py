@@ -96,8 +96,16 @@ class Layout:
         return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
-def make_layout(image_sizes: Sequence[Size], resolution: int, effective_batch: int, choice: bool | None,
-                step: int, min_side: int | None, max_side: int | None, max_aspect: float) -> Layout:  # fmt: skip
+def make_layout(
+    image_sizes: Sequence[Size],
+    resolution: int,
+    effective_batch: int,
+    choice: bool | None,
+    step: int,
+    min_side: int | None,
+    max_side: int | None,
+    max_aspect: float,
+) -> Layout:
     """Assign every image to a bucket (or the square), merge buckets too small for one global batch into
     their nearest neighbours, and build the batch order.
 

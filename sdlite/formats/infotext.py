@@ -23,8 +23,18 @@ _LEGACY = {"DPM++ 2M Karras": ("DPM++ 2M", "Karras")}
 # What A1111's "Automatic" schedule (no `Schedule type`) means for the samplers sdlite has.
 _AUTOMATIC = {"DPM++ 2M": "Karras", "Euler": "Uniform", "Euler a": "Uniform", "LMS": "Uniform"}
 # Fields that change A1111's pixels and that sdlite does not replay.
-_NOT_REPLAYED = ("Clip skip", "Hires upscale", "Hires steps", "Lora hashes", "VAE",
-                 "Variation seed", "Face restoration", "Refiner", "ENSD", "Eta")  # fmt: skip
+_NOT_REPLAYED = (
+    "Clip skip",
+    "Hires upscale",
+    "Hires steps",
+    "Lora hashes",
+    "VAE",
+    "Variation seed",
+    "Face restoration",
+    "Refiner",
+    "ENSD",
+    "Eta",
+)
 
 
 def a1111_parameters(settings: dict[str, Any], spec: SchedulerSpec, model_hash: str, model_name: str) -> str:

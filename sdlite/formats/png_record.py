@@ -110,8 +110,18 @@ def _a1111_settings(path: Path, parameters: str) -> dict[str, Any]:
         f"(other samplers' code, noise drawn differently, prompt emphasis syntax){named}"
         + "".join(f"; {note}" for note in notes)
     )
-    return {**settings, "num_images": 1, "model": None, "model_hash": model["hash"] or None, "tokenizer": None,
-            "ema_weights": None, "batch_seeds": None, "lora": None, "mode": "default", "inputs": None}  # fmt: skip
+    return {
+        **settings,
+        "num_images": 1,
+        "model": None,
+        "model_hash": model["hash"] or None,
+        "tokenizer": None,
+        "ema_weights": None,
+        "batch_seeds": None,
+        "lora": None,
+        "mode": "default",
+        "inputs": None,
+    }
 
 
 def library_versions() -> dict[str, str]:

@@ -135,8 +135,10 @@ def describe(path: Path, shapes: Shapes, meta: dict[str, str], dtypes: list[str]
     """Infer the SD v1 architecture from the shapes; ModelError naming the family if it is not SD v1."""
     family = detect_family(shapes)
     if family != "SD v1":
-        raise ModelError(f"{path} is {family if family[0].islower() else 'a ' + family + ' checkpoint'}; "
-                         "sdlite loads Stable Diffusion v1 single files only")  # fmt: skip
+        raise ModelError(
+            f"{path} is {family if family[0].islower() else 'a ' + family + ' checkpoint'}; "
+            "sdlite loads Stable Diffusion v1 single files only"
+        )
     shapes, missing_prefix = normalize_text_keys(shapes)
     try:
         configs = {"unet": unet_config(shapes), "vae": vae_config(shapes), "text_encoder": text_config(shapes)}
@@ -375,8 +377,11 @@ def load_components(sf: SingleFile, state: dict[str, Any], use_ema: bool, tokeni
         state = use_ema_weights(state) if use_ema else {k: v for k, v in state.items() if not k.startswith(EMA)}
     text = dict(sf.configs["text_encoder"])
     if tokenizer is not None:  # the ids only decide the pooled output, which SD does not use
-        text.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        text.update(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     with tempfile.TemporaryDirectory(prefix="sdlite-single-file-") as tmp:
         for name, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
             (Path(tmp) / name).mkdir()

@@ -70,8 +70,10 @@ class ExportConfig:
     force: Flag = False
 
     _option_names: ClassVar[dict[str, str]] = {
-        "source": "SOURCE", "out": "OUT", "ema_weights": "--ema-weights/--no-ema-weights"
-    }  # fmt: skip
+        "source": "SOURCE",
+        "out": "OUT",
+        "ema_weights": "--ema-weights/--no-ema-weights",
+    }
 
     def __post_init__(self) -> None:
         validate_fields(self)

@@ -41,8 +41,14 @@ def export(config: ExportConfig) -> Path:
     if fmt not in MODEL_FORMATS:
         raise UsageError(f"{config.source} is a model: --format must be one of {', '.join(MODEL_FORMATS)}")
     _check_out(config, fmt)
-    model = resolve_model(config.source, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights,
-                          need_tokenizer=fmt == "diffusers")  # fmt: skip
+    model = resolve_model(
+        config.source,
+        config.offline,
+        config.allow_pickle,
+        config.tokenizer,
+        config.ema_weights,
+        need_tokenizer=fmt == "diffusers",
+    )
     silence_library_progress()
     if fmt == "single-file":
         return _write_single_file(model, config)
@@ -152,8 +158,9 @@ def _write_diffusers(model: ResolvedModel, config: ExportConfig) -> Path:
     settings = settings_record(model)  # first: a bad one fails before the weights load
     if model.single_file is not None:
         parts = load_single_file(model)
-        pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)  # fmt: skip
+        pipe = StableDiffusionPipeline(
+            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
     else:
         pipe = load_pipeline(model, "cpu", dtype)
     if dtype is not None:

@@ -205,8 +205,15 @@ def resolve_model(
     return ResolvedModel(source, folder, weights, pickled)
 
 
-def _resolve_single_file(source: str, path: Path, offline: bool, allow_pickle: bool, tokenizer: str | None,
-                         use_ema: bool, need_tokenizer: bool) -> ResolvedModel:  # fmt: skip
+def _resolve_single_file(
+    source: str,
+    path: Path,
+    offline: bool,
+    allow_pickle: bool,
+    tokenizer: str | None,
+    use_ema: bool,
+    need_tokenizer: bool,
+) -> ResolvedModel:
     from sdlite.formats import single_file
     from sdlite.models.tokenizer import find_tokenizer
 

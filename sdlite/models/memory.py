@@ -266,8 +266,7 @@ def _vae_levels(cfg: dict[str, Any], height: int, width: int) -> list[tuple[int,
     return [(c, math.ceil(height / 2**i) * math.ceil(width / 2**i)) for i, c in enumerate(channels)]
 
 
-def vae_decode_elements(cfg: dict[str, Any], height: int, width: int, images: int, attention: str,
-                        tiled: bool) -> int:  # fmt: skip
+def vae_decode_elements(cfg: dict[str, Any], height: int, width: int, images: int, attention: str, tiled: bool) -> int:
     """Elements at the VAE decoder's peak for `images` images of height x width (one at a time when tiled)."""
     factor = 2 ** (len(cfg["block_out_channels"]) - 1)
     tile = cfg.get("sample_size") or 512
@@ -303,9 +302,18 @@ def vae_encode_elements(cfg: dict[str, Any], size: int, images: int) -> int:
 # Sampling
 
 
-def sample_estimate(configs: dict[str, dict[str, Any]], params: dict[str, int], height: int, width: int,
-                    batch: int, guidance: bool, dtype: str, device: str, mode: str,
-                    single_file_bytes: int = 0) -> Estimate:  # fmt: skip
+def sample_estimate(
+    configs: dict[str, dict[str, Any]],
+    params: dict[str, int],
+    height: int,
+    width: int,
+    batch: int,
+    guidance: bool,
+    dtype: str,
+    device: str,
+    mode: str,
+    single_file_bytes: int = 0,
+) -> Estimate:
     """Peak memory of sampling `batch` images of height x width at once."""
     unet, vae = configs["unet"], configs["vae"]
     factor = 2 ** (len(vae["block_out_channels"]) - 1)
@@ -332,8 +340,9 @@ def sample_estimate(configs: dict[str, dict[str, Any]], params: dict[str, int], 
     return Estimate(fixed, phases)
 
 
-def check_sample(model: Any, config: Any, device: str, dtype: str,
-                 sizes: list[tuple[int, int]] | None = None) -> Estimate:  # fmt: skip
+def check_sample(
+    model: Any, config: Any, device: str, dtype: str, sizes: list[tuple[int, int]] | None = None
+) -> Estimate:
     """Refuse (ResourceError) a sampling run whose largest batch cannot fit in the device's memory.
 
     `sizes` are each generation's (height, width) when known (an init image decides them); else the
@@ -347,8 +356,9 @@ def check_sample(model: Any, config: Any, device: str, dtype: str,
     for n, gen in enumerate(config.generations):
         height, width = sizes[n] if sizes else (gen.height or native, gen.width or native)
         batch = min(config.batch_size, gen.num_images)
-        estimate = sample_estimate(configs, params, height, width, batch, gen.guidance > 1, dtype, device,
-                                   config.mode, single)  # fmt: skip
+        estimate = sample_estimate(
+            configs, params, height, width, batch, gen.guidance > 1, dtype, device, config.mode, single
+        )
         if worst is None or estimate.total > worst[0].total:
             worst = (estimate, gen, height, width, batch)
     if worst is None:
@@ -360,16 +370,25 @@ def check_sample(model: Any, config: Any, device: str, dtype: str,
     what = f"sampling {batch} image{'s' if batch > 1 else ''} at {width}x{height}"
     advice = []
     if config.mode != "low-memory":
-        low = sample_estimate(configs, params, height, width, batch, gen.guidance > 1, dtype, device, "low-memory",
-                              single)  # fmt: skip
+        low = sample_estimate(
+            configs, params, height, width, batch, gen.guidance > 1, dtype, device, "low-memory", single
+        )
         if low.total < estimate.total:
             advice.append(f"--low-memory (about {size_text(low.total)})")
     if batch > 1:
         advice.append("a smaller --batch-size")
-    fits = _largest_fitting(lambda s: sample_estimate(configs, params, s, s, batch, gen.guidance > 1, dtype, device,
-                                                      config.mode, single).total, limit.bytes, factor_of(configs))  # fmt: skip
-    advice.append(f"a smaller --height/--width (at most about {fits}x{fits} fits{' at this batch' if batch > 1 else ''})"
-                  if fits else "a smaller model")  # fmt: skip
+    fits = _largest_fitting(
+        lambda s: (
+            sample_estimate(configs, params, s, s, batch, gen.guidance > 1, dtype, device, config.mode, single).total
+        ),
+        limit.bytes,
+        factor_of(configs),
+    )
+    advice.append(
+        f"a smaller --height/--width (at most about {fits}x{fits} fits{' at this batch' if batch > 1 else ''})"
+        if fits
+        else "a smaller model"
+    )
     raise ResourceError(_refusal(what, estimate, limit, advice))
 
 
@@ -416,8 +435,15 @@ def size_text(value: int | None) -> str:
 # Training
 
 
-def train_estimate(configs: dict[str, dict[str, Any]], params: dict[str, int], config: Any, resolution: int,
-                   device: str, lora_params: int = 0, batch_size: int | None = None) -> Estimate:  # fmt: skip
+def train_estimate(
+    configs: dict[str, dict[str, Any]],
+    params: dict[str, int],
+    config: Any,
+    resolution: int,
+    device: str,
+    lora_params: int = 0,
+    batch_size: int | None = None,
+) -> Estimate:
     """Peak memory of one training process at `resolution` and `batch_size` (default: the config's)."""
     unet, vae = configs["unet"], configs["vae"]
     factor = 2 ** (len(vae["block_out_channels"]) - 1)

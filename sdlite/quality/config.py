@@ -87,9 +87,12 @@ class CheckConfig:
     ema_weights: Flag | None = None
 
     _option_names: ClassVar[dict[str, str]] = {
-        "paths": "DIR", "loras": "--lora", "diff_dir": "--diff", "max_changed": "--max-changed",
+        "paths": "DIR",
+        "loras": "--lora",
+        "diff_dir": "--diff",
+        "max_changed": "--max-changed",
         "ema_weights": "--ema-weights/--no-ema-weights",
-    }  # fmt: skip
+    }
 
     def __post_init__(self) -> None:
         if isinstance(self.paths, str | os.PathLike):  # one folder

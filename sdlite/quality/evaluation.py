@@ -95,8 +95,16 @@ def evaluate(config: Any, progress: Any = None) -> dict[str, Any]:
         for (split, (color, shape, background)), image in zip(jobs, run.images, strict=True):
             with Image.open(image.path) as picture:
                 judged = classify(picture)
-            verdicts.append((split, {"color": judged["color"] == color, "shape": judged["shape"] == shape,
-                                     "background": judged["background"] == background}))  # fmt: skip
+            verdicts.append(
+                (
+                    split,
+                    {
+                        "color": judged["color"] == color,
+                        "shape": judged["shape"] == shape,
+                        "background": judged["background"] == background,
+                    },
+                )
+            )
     report: dict[str, Any] = {
         "model": config.model,
         "settings": {**gens[0].__dict__, "prompt": None, "seed": config.seed, "mode": sample_config.mode},

@@ -73,8 +73,12 @@ class Metrics:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: PSNR of identical images (inf) is null."""
-        return {**dataclasses.asdict(self), "psnr": None if math.isinf(self.psnr) else round(self.psnr, 3),
-                "mean_diff": round(self.mean_diff, 5), "changed": round(self.changed, 6)}  # fmt: skip
+        return {
+            **dataclasses.asdict(self),
+            "psnr": None if math.isinf(self.psnr) else round(self.psnr, 3),
+            "mean_diff": round(self.mean_diff, 5),
+            "changed": round(self.changed, 6),
+        }
 
 
 @dataclass(frozen=True)
@@ -100,11 +104,17 @@ class CheckResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what `--json` prints per golden)."""
-        return {"name": self.name, "path": str(self.path), "status": self.status, "reason": self.reason,
-                **(self.metrics.to_dict() if self.metrics else dict.fromkeys(("max_diff", "mean_diff", "psnr",
-                                                                               "changed"))),
-                "seconds": round(self.seconds, 3), "model_hash": self.model_hash,
-                "golden_model_hash": self.golden_model_hash, "diff": str(self.diff) if self.diff else None}  # fmt: skip
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "status": self.status,
+            "reason": self.reason,
+            **(self.metrics.to_dict() if self.metrics else dict.fromkeys(("max_diff", "mean_diff", "psnr", "changed"))),
+            "seconds": round(self.seconds, 3),
+            "model_hash": self.model_hash,
+            "golden_model_hash": self.golden_model_hash,
+            "diff": str(self.diff) if self.diff else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -128,10 +138,18 @@ class CheckReport:
 
     def summary(self) -> dict[str, Any]:
         """Counts and settings, as the CLI prints them last."""
-        return {"checked": self.count("passed") + self.count("failed"), "passed": self.count("passed"),
-                "failed": self.count("failed"), "skipped": self.count("skipped"), "errors": self.count("error"),
-                "tolerance": self.tolerance, "max_changed": self.max_changed, "seconds": round(self.seconds, 3),
-                "model_loads": self.model_loads, "junit": str(self.junit) if self.junit else None}  # fmt: skip
+        return {
+            "checked": self.count("passed") + self.count("failed"),
+            "passed": self.count("passed"),
+            "failed": self.count("failed"),
+            "skipped": self.count("skipped"),
+            "errors": self.count("error"),
+            "tolerance": self.tolerance,
+            "max_changed": self.max_changed,
+            "seconds": round(self.seconds, 3),
+            "model_loads": self.model_loads,
+            "junit": str(self.junit) if self.junit else None,
+        }
 
     def raise_for_status(self) -> None:
         """DataError (exit 3) when a golden could not be read or replayed (the check is incomplete), else
@@ -285,12 +303,19 @@ def _replay_config(golden: _Golden, config: CheckConfig, tmp: Path) -> SampleCon
     try:
         replay = build_sample_config(
             SampleOverrides(
-                from_image=golden.path, model=config.model, out=tmp / "unused",
-                lora=tuple(c.source for c in config.loras), lora_scale=tuple(c.scale for c in config.loras),
-                dtype=config.dtype, device=config.device, offline=config.offline, allow_pickle=config.allow_pickle,
-                tokenizer=config.tokenizer, ema_weights=config.ema_weights,
+                from_image=golden.path,
+                model=config.model,
+                out=tmp / "unused",
+                lora=tuple(c.source for c in config.loras),
+                lora_scale=tuple(c.scale for c in config.loras),
+                dtype=config.dtype,
+                device=config.device,
+                offline=config.offline,
+                allow_pickle=config.allow_pickle,
+                tokenizer=config.tokenizer,
+                ema_weights=config.ema_weights,
             )
-        )  # fmt: skip
+        )
     except DataError as exc:
         golden.finish("error", str(exc).removeprefix(f"{golden.path}: "))
         return None
@@ -319,8 +344,17 @@ def _moved_builtin(model: str) -> bool:
 
 def _group_key(replay: SampleConfig) -> tuple[Any, ...]:
     """What decides the loaded pipeline: goldens that share it are made in one run."""
-    return (replay.model, replay.mode, replay.loras, replay.dtype, replay.device, replay.tokenizer,
-            replay.ema_weights, replay.offline, replay.allow_pickle)  # fmt: skip
+    return (
+        replay.model,
+        replay.mode,
+        replay.loras,
+        replay.dtype,
+        replay.device,
+        replay.tokenizer,
+        replay.ema_weights,
+        replay.offline,
+        replay.allow_pickle,
+    )
 
 
 class _Group:
@@ -351,9 +385,15 @@ class _Group:
         # One batch per generation: the largest recorded batch as the batch size makes every generation (its
         # recomputed batch, or a single image) exactly one pipeline call of its own seeds.
         replay = dataclasses.replace(
-            self.base, generations=gens, out=self.out, batch_size=max(g.num_images for g in gens), keep_seeds=(),
-            expected_model_hash=None, grid=False, save_progress=None,
-        )  # fmt: skip
+            self.base,
+            generations=gens,
+            out=self.out,
+            batch_size=max(g.num_images for g in gens),
+            keep_seeds=(),
+            expected_model_hash=None,
+            grid=False,
+            save_progress=None,
+        )
         clock = _Clock([denoising_steps(g) * g.num_images for g in gens])
         expected = [(i, g.seed + j) for i, g in enumerate(gens) for j in range(g.num_images)]
         matcher = _Matcher(expected, self.waiting, config, emit, clock)
@@ -389,8 +429,14 @@ class _Matcher:
     """The `on_image` of a group's run (called on sampling's writer thread): compares each written image with
     the goldens waiting for it, in the run's order of (generation, seed)."""
 
-    def __init__(self, expected: list[tuple[int, int]], waiting: dict[tuple[int, int], list[_Golden]],
-                 config: CheckConfig, emit: _Emitter, clock: _Clock) -> None:  # fmt: skip
+    def __init__(
+        self,
+        expected: list[tuple[int, int]],
+        waiting: dict[tuple[int, int], list[_Golden]],
+        config: CheckConfig,
+        emit: _Emitter,
+        clock: _Clock,
+    ) -> None:
         self.expected, self.waiting, self.config, self.emit, self.clock = expected, waiting, config, emit, clock
         self.per_generation = {i: sum(len(v) for k, v in waiting.items() if k[0] == i) for i, _ in expected}
         self.done = 0
@@ -418,8 +464,9 @@ class _Matcher:
             return golden.finish("error", str(exc), model_hash=model_hash)
         if stored.shape != regenerated.shape:
             (h, w), (rh, rw) = stored.shape[:2], regenerated.shape[:2]
-            return golden.finish("failed", f"the golden is {w}x{h}, the regenerated image {rw}x{rh}",
-                                 model_hash=model_hash)  # fmt: skip
+            return golden.finish(
+                "failed", f"the golden is {w}x{h}, the regenerated image {rw}x{rh}", model_hash=model_hash
+            )
         metrics = compare(stored, regenerated, config.tolerance)
         fields: dict[str, Any] = {"metrics": metrics, "model_hash": model_hash}
         if passes(metrics, config.max_changed):
@@ -501,8 +548,11 @@ def write_heatmap(golden: Any, regenerated: Any, path: Path, title: str, metrics
     scale = max(1, math.ceil(MIN_PANEL / max(height, width)))
     size = (width * scale, height * scale)
     labels = ["golden", "regenerated", f"|diff|: white = {metrics.max_diff} levels"]
-    footer = [title, f"max {metrics.max_diff}, mean {metrics.mean_diff:.3f}, PSNR {_psnr(metrics.psnr)}, "
-                     f"{metrics.changed:.2%} of pixels > {_levels(tolerance)} levels"]  # fmt: skip
+    footer = [
+        title,
+        f"max {metrics.max_diff}, mean {metrics.mean_diff:.3f}, PSNR {_psnr(metrics.psnr)}, "
+        f"{metrics.changed:.2%} of pixels > {_levels(tolerance)} levels",
+    ]
     sheet = Image.new("RGB", (3 * size[0] + 4 * _PAD, size[1] + 2 * _PAD + _LABEL * (1 + len(footer))), "white")
     draw, font = ImageDraw.Draw(sheet), ImageFont.load_default()
     for i, (panel, label) in enumerate(zip(panels, labels, strict=True)):
@@ -524,21 +574,38 @@ def write_junit(report: CheckReport, path: Path) -> Path:
     import socket
     import xml.etree.ElementTree as ET
 
-    counts = {"tests": len(report.results), "failures": report.count("failed"), "errors": report.count("error"),
-              "skipped": report.count("skipped"), "time": f"{report.seconds:.3f}"}  # fmt: skip
+    counts = {
+        "tests": len(report.results),
+        "failures": report.count("failed"),
+        "errors": report.count("error"),
+        "skipped": report.count("skipped"),
+        "time": f"{report.seconds:.3f}",
+    }
     root = ET.Element("testsuites", name="sdlite check", **{k: str(v) for k, v in counts.items()})
     suite = ET.SubElement(
-        root, "testsuite", name="sdlite check", **{k: str(v) for k, v in counts.items()},
+        root,
+        "testsuite",
+        name="sdlite check",
+        **{k: str(v) for k, v in counts.items()},
         timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         hostname=_xml_text(socket.gethostname()),
-    )  # fmt: skip
+    )
     properties = ET.SubElement(suite, "properties")
-    for key, value in (("tolerance", _levels(report.tolerance)), ("max_changed", f"{report.max_changed:g}"),
-                       ("model_loads", str(report.model_loads))):  # fmt: skip
+    for key, value in (
+        ("tolerance", _levels(report.tolerance)),
+        ("max_changed", f"{report.max_changed:g}"),
+        ("model_loads", str(report.model_loads)),
+    ):
         ET.SubElement(properties, "property", name=key, value=value)
     for result in report.results:
-        case = ET.SubElement(suite, "testcase", classname="sdlite.check", name=_xml_text(result.name),
-                             file=_xml_text(str(result.path)), time=f"{result.seconds:.3f}")  # fmt: skip
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname="sdlite.check",
+            name=_xml_text(result.name),
+            file=_xml_text(str(result.path)),
+            time=f"{result.seconds:.3f}",
+        )
         reason = _xml_text(result.reason)
         if result.status == "failed":
             failure = ET.SubElement(case, "failure", message=reason, type="ImagesDiffer")
@@ -550,9 +617,11 @@ def write_junit(report: CheckReport, path: Path) -> Path:
         if result.metrics is not None:
             m = result.metrics
             out = ET.SubElement(case, "system-out")
-            out.text = (f"max diff {m.max_diff}, mean diff {m.mean_diff:.4f}, PSNR {_psnr(m.psnr)}, "
-                        f"{m.changed:.4%} of pixels > {_levels(report.tolerance)} levels; "
-                        f"model hash {(result.model_hash or '?')[:10]} (golden: {(result.golden_model_hash or '?')[:10]})")  # fmt: skip
+            out.text = (
+                f"max diff {m.max_diff}, mean diff {m.mean_diff:.4f}, PSNR {_psnr(m.psnr)}, "
+                f"{m.changed:.4%} of pixels > {_levels(report.tolerance)} levels; "
+                f"model hash {(result.model_hash or '?')[:10]} (golden: {(result.golden_model_hash or '?')[:10]})"
+            )
     ET.indent(root)
     data = ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
     path = Path(path)

@@ -161,9 +161,11 @@ class SampleConfig:
     resume: Flag = False
 
     _option_names: ClassVar[dict[str, str]] = {
-        "generations": "PROMPT", "loras": "--lora", "mode": "--fast/--low-memory",
+        "generations": "PROMPT",
+        "loras": "--lora",
+        "mode": "--fast/--low-memory",
         "ema_weights": "--ema-weights/--no-ema-weights",
-    }  # fmt: skip
+    }
 
     def __post_init__(self) -> None:
         if isinstance(self.loras, tuple | list):  # LoRA paths for LoraChoice(path) at scale 1
@@ -196,14 +198,19 @@ class NoiseConfig:
     overwrite: Flag = False
 
     _option_names: ClassVar[dict[str, str]] = {
-        "image": "IMAGE", "overwrite": "--force", "ema_weights": "--ema-weights/--no-ema-weights"
-    }  # fmt: skip
+        "image": "IMAGE",
+        "overwrite": "--force",
+        "ema_weights": "--ema-weights/--no-ema-weights",
+    }
 
     def __post_init__(self) -> None:
         validate_fields(self)
         if self.frames > self.steps + 1:
-            fail("frames", f"{name(NoiseConfig, 'frames')} {self.frames} is more than the {self.steps + 1} steps "
-                           f"0..{self.steps} of {name(NoiseConfig, 'steps')} {self.steps}")  # fmt: skip
+            fail(
+                "frames",
+                f"{name(NoiseConfig, 'frames')} {self.frames} is more than the {self.steps + 1} steps "
+                f"0..{self.steps} of {name(NoiseConfig, 'steps')} {self.steps}",
+            )
 
 
 def validate_generation(gen: Generation) -> None:

@@ -52,12 +52,14 @@ def read_user_image(path: str | Path) -> UserImage:
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
     # Pixels and hash from the same bytes: the record names exactly the picture that was used.
-    return UserImage(path=resolved, image=decode_image(io.BytesIO(data), str(path)),
-                     sha256=hashlib.sha256(data).hexdigest())  # fmt: skip
+    return UserImage(
+        path=resolved, image=decode_image(io.BytesIO(data), str(path)), sha256=hashlib.sha256(data).hexdigest()
+    )
 
 
-def default_size(image_size: tuple[int, int], factor: int, height: int | None = None,
-                 width: int | None = None) -> tuple[int, int]:  # fmt: skip
+def default_size(
+    image_size: tuple[int, int], factor: int, height: int | None = None, width: int | None = None
+) -> tuple[int, int]:
     """(height, width) of an output made from an image of `image_size` (width, height).
 
     A side given is kept; a missing one follows the image's aspect ratio (its own size when neither is

@@ -89,14 +89,19 @@ def _adapted_modules(pipe: Any, name: str) -> int:
 def _lora_load_error(file: Path, exc: Exception) -> str:
     """One line for a LoRA diffusers could not load: shape mismatches (another architecture) summarised."""
     text = str(exc)
-    sizes = re.findall(r"size mismatch for (\S+?): copying a param with shape torch\.Size\((\[.*?\])\) from "
-                       r"checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)", text)  # fmt: skip
+    sizes = re.findall(
+        r"size mismatch for (\S+?): copying a param with shape torch\.Size\((\[.*?\])\) from "
+        r"checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)",
+        text,
+    )
     if sizes:
         module, theirs, ours = sizes[0]
         module = re.sub(r"\.lora_[AB]\.[^.]+\.weight$", "", module)
-        return (f"LoRA {file} does not fit this model: {len(sizes)} of its weights have other shapes than the "
-                f"layers they name (e.g. {module}: {theirs} in the LoRA, {ours} here); it was made for another "
-                "model architecture")  # fmt: skip
+        return (
+            f"LoRA {file} does not fit this model: {len(sizes)} of its weights have other shapes than the "
+            f"layers they name (e.g. {module}: {theirs} in the LoRA, {ours} here); it was made for another "
+            "model architecture"
+        )
     if "not found in the base model" in text:
         return f"LoRA {file} matches no layer of this model: it was made for another model architecture"
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__

@@ -75,8 +75,9 @@ def noise_strip(config: NoiseConfig) -> NoiseStrip:
         raise UsageError(f"--out {out} is a folder: give the PNG file to write")
     if out.exists() and not config.overwrite:
         raise UsageError(f"{out} already exists; pass --force to replace it")
-    model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights,
-                          need_tokenizer=False)  # fmt: skip
+    model = resolve_model(
+        config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights, need_tokenizer=False
+    )
     configs = model.configs()
     factor = vae_factor(configs["vae"])
     validate_size(config.height, config.width, factor)
@@ -112,8 +113,9 @@ def noise_strip(config: NoiseConfig) -> NoiseStrip:
                 raise NumericalError(f"the VAE decoded step {step} to NaN or inf in {str(dtype)[6:]}; try --dtype fp32")
             noised = frame.signal * pixels + frame.noise * eps_pixels
             where = "clean" if t is None else f"signal {frame.signal:.2f}"
-            latent_row.append((_to_image(decoded), f"step 0 {where}" if t is None else
-                               f"step {step}/{config.steps} t={t} {where}"))  # fmt: skip
+            latent_row.append(
+                (_to_image(decoded), f"step 0 {where}" if t is None else f"step {step}/{config.steps} t={t} {where}")
+            )
             pixel_row.append((_to_image(noised), f"pixels, step {step} {where}"))
             frames.append(frame)
 
@@ -132,8 +134,13 @@ def _load_vae(model: Any, dtype: Any) -> Any:
     if model.single_file is not None:
         return load_single_file(model)["vae"].to(dtype=dtype)
     try:
-        return AutoencoderKL.from_pretrained(model.path, subfolder="vae", local_files_only=True, dtype=dtype,
-                                             use_safetensors=None if model.uses_pickle else True)  # fmt: skip
+        return AutoencoderKL.from_pretrained(
+            model.path,
+            subfolder="vae",
+            local_files_only=True,
+            dtype=dtype,
+            use_safetensors=None if model.uses_pickle else True,
+        )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"cannot load the VAE of {model.source} ({model.path}): {str(exc).splitlines()[0]}") from exc
 

@@ -47,8 +47,9 @@ class Numbering:
         self.next = max(self.next, index + 1)
 
 
-def write_png(out: Path, numbering: Numbering, seed: int, image: Any, info: Any, index: int | None = None,
-              suffix: str = "") -> tuple[Path, int]:  # fmt: skip
+def write_png(
+    out: Path, numbering: Numbering, seed: int, image: Any, info: Any, index: int | None = None, suffix: str = ""
+) -> tuple[Path, int]:
     """Write `INDEX-SEED{suffix}.png` at `index` (or the next free one), whole or not at all; never overwrite."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
@@ -162,8 +163,12 @@ class BackgroundWriter:
                     self.slots.release()
 
 
-def find_existing(out: Path, numbering: Numbering, expected: list[tuple[int, int, dict[str, Any]]],
-                  same: Callable[[dict[str, Any], dict[str, Any]], bool]) -> dict[int, tuple[Path, int]]:  # fmt: skip
+def find_existing(
+    out: Path,
+    numbering: Numbering,
+    expected: list[tuple[int, int, dict[str, Any]]],
+    same: Callable[[dict[str, Any], dict[str, Any]], bool],
+) -> dict[int, tuple[Path, int]]:
     """Images of an earlier, interrupted run of the same command in `out`, for `sample --resume`.
 
     `expected` lists (number in the run, seed, what the image's record must say); `same(record, expected)`

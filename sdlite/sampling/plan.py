@@ -77,9 +77,10 @@ def task_record(gen: Generation, given: Given | None, inpainting_model: bool) ->
     record: dict[str, Any] = {"task": gen.task}
     if gen.mask is not None:
         record["inpainting"] = (
-            "inpainting model (mask and masked image as UNet input)" if inpainting_model
+            "inpainting model (mask and masked image as UNet input)"
+            if inpainting_model
             else "latent blend (the known region's noised latents put back at every step)"
-        )  # fmt: skip
+        )
         record["overlay"] = "original pixels outside the mask"
     elif inpainting_model:
         record["inpainting"] = "inpainting model with everything to repaint"

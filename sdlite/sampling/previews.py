@@ -24,8 +24,9 @@ class X0Recorder:
         original = scheduler.step
         self.frames = []
 
-        def step(model_output: Any, timestep: Any, sample: Any, *args: Any, return_dict: bool = True,
-                 **kwargs: Any) -> Any:  # fmt: skip
+        def step(
+            model_output: Any, timestep: Any, sample: Any, *args: Any, return_dict: bool = True, **kwargs: Any
+        ) -> Any:
             output = original(model_output, timestep, sample, *args, return_dict=True, **kwargs)
             x0 = getattr(output, "pred_original_sample", None)
             if x0 is None:  # DPM-Solver, UniPC, PNDM: derive it from the noise prediction

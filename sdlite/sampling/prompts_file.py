@@ -64,10 +64,11 @@ def prompt_rows(path: Path) -> list[tuple[dict[str, Any], Source]]:
 def _anchored(row: dict[str, Any], folder: Path) -> dict[str, Any]:
     """A prompts file's relative `init_image`/`mask` paths are relative to the file, so it can be moved with them."""
     return {
-        k: str(folder / v) if k in INPUT_KEYS and isinstance(v, str) and v and not Path(v).expanduser().is_absolute()
+        k: str(folder / v)
+        if k in INPUT_KEYS and isinstance(v, str) and v and not Path(v).expanduser().is_absolute()
         else v
         for k, v in row.items()
-    }  # fmt: skip
+    }
 
 
 def _prompt_row(line: str, source: Source) -> tuple[dict[str, Any], Source]:

@@ -40,8 +40,11 @@ class SampleResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what `--json` prints)."""
-        return {**dataclasses.asdict(self), "path": str(self.path),
-                "progress": str(self.progress) if self.progress else None}  # fmt: skip
+        return {
+            **dataclasses.asdict(self),
+            "path": str(self.path),
+            "progress": str(self.progress) if self.progress else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,9 @@ class ModelFacts:
     single_file: dict[str, Any]  # a single file's tokenizer and EMA choice, for --from-image
 
 
-def model_facts(source: str, model: ResolvedModel, device: str, dtype: str, lora: list[dict[str, Any]] | None,
-           mode: str) -> ModelFacts:  # fmt: skip
+def model_facts(
+    source: str, model: ResolvedModel, device: str, dtype: str, lora: list[dict[str, Any]] | None, mode: str
+) -> ModelFacts:
     model_hash, file_hashes = filecache.model_hashes(model.path, model.weight_files)
     local = Path(source).expanduser().exists()
     return ModelFacts(

@@ -15,8 +15,9 @@ from sdlite.sampling.plan import Batch, Job, image_settings
 from sdlite.sampling.results import ModelFacts, SampleResult
 
 
-def await_remote(out: Path, index: int, job: Job, facts: ModelFacts, with_strip: bool,
-                  poll: float = 0.05) -> SampleResult:  # fmt: skip
+def await_remote(
+    out: Path, index: int, job: Job, facts: ModelFacts, with_strip: bool, poll: float = 0.05
+) -> SampleResult:
     """Wait until another process has linked this image (and its strip) into place, whole, then describe it."""
     settings = job.remote or {}
     path = out / f"{index:05d}-{settings['seed']}.png"
@@ -62,34 +63,58 @@ def is_whole(kept: SampleResult, config: SampleConfig) -> bool:
 def on_disk(path: Path, index: int, settings: dict[str, Any], facts: ModelFacts) -> SampleResult:
     """An image already written (by an earlier run or another process), with its progress strip if there is one."""
     strip = path.with_name(f"{path.stem}-progress.png")
-    return SampleResult(path=path, index=index, model=facts.ref, model_hash=facts.model_hash,
-                        progress=strip if strip.is_file() else None, **settings)  # fmt: skip
+    return SampleResult(
+        path=path,
+        index=index,
+        model=facts.ref,
+        model_hash=facts.model_hash,
+        progress=strip if strip.is_file() else None,
+        **settings,
+    )
 
 
-def kept_images(config: SampleConfig, out: Path, numbering: Numbering, batches: list[Batch],
-            facts: ModelFacts, user_images: UserImages) -> dict[int, SampleResult]:  # fmt: skip
+def kept_images(
+    config: SampleConfig,
+    out: Path,
+    numbering: Numbering,
+    batches: list[Batch],
+    facts: ModelFacts,
+    user_images: UserImages,
+) -> dict[int, SampleResult]:
     """The images an interrupted run of this same command already wrote into `out`, by number in the run: made
     with the same settings, place in the run, model, LoRAs, mode, device, precision and input files' bytes."""
     expected = []
     for batch in batches:
         gen = batch.gen
-        inputs = {key: user_images.read(path).sha256 for key, path in (("init_image", gen.init_image),
-                                                                        ("mask", gen.mask)) if path}  # fmt: skip
+        inputs = {
+            key: user_images.read(path).sha256
+            for key, path in (("init_image", gen.init_image), ("mask", gen.mask))
+            if path
+        }
         for i, seed in enumerate(batch.seeds):
-            wanted = {"settings": image_settings(gen, seed, batch.height, batch.width), "batch": list(batch.seeds),
-                      "number": batch.first_number + i, "inputs": inputs}  # fmt: skip
+            wanted = {
+                "settings": image_settings(gen, seed, batch.height, batch.width),
+                "batch": list(batch.seeds),
+                "number": batch.first_number + i,
+                "inputs": inputs,
+            }
             expected.append((batch.first_number + i, seed, wanted))
 
     def same(record: dict[str, Any], wanted: dict[str, Any]) -> bool:
         run, made_by = record.get("run", {}), record.get("model", {})
         inputs = {key: item.get("sha256") for key, item in record.get("inputs", {}).items()}
         return (
-            record.get("settings") == wanted["settings"] and run.get("batch_seeds") == wanted["batch"]
-            and run.get("number") == wanted["number"] and run.get("mode") == facts.mode
-            and run.get("device") == facts.device and run.get("dtype") == facts.dtype
-            and made_by.get("hash") == facts.model_hash and record.get("lora") == facts.lora
-            and all(made_by.get(k) == v for k, v in facts.single_file.items()) and inputs == wanted["inputs"]
-        )  # fmt: skip
+            record.get("settings") == wanted["settings"]
+            and run.get("batch_seeds") == wanted["batch"]
+            and run.get("number") == wanted["number"]
+            and run.get("mode") == facts.mode
+            and run.get("device") == facts.device
+            and run.get("dtype") == facts.dtype
+            and made_by.get("hash") == facts.model_hash
+            and record.get("lora") == facts.lora
+            and all(made_by.get(k) == v for k, v in facts.single_file.items())
+            and inputs == wanted["inputs"]
+        )
 
     found = find_existing(out, numbering, expected, same)
     settings = {number: wanted["settings"] for number, _, wanted in expected}

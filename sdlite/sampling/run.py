@@ -116,8 +116,20 @@ def sample(
     out = _prepare_out(config.out)
     stop = StopRequest(interrupt_grace)
     total = sum(denoising_steps(g) * g.num_images for g in config.generations)
-    run = _Run(config, world, _Pipelines(pipe, inpainting_model), pipe.scheduler.config, user_images, facts, out,
-               Numbering(out), plan_batches(config, sizes), stop, StepCounter(progress, total, stop), warnings)  # fmt: skip
+    run = _Run(
+        config,
+        world,
+        _Pipelines(pipe, inpainting_model),
+        pipe.scheduler.config,
+        user_images,
+        facts,
+        out,
+        Numbering(out),
+        plan_batches(config, sizes),
+        stop,
+        StepCounter(progress, total, stop),
+        warnings,
+    )
     _plan_names(run)
 
     # 5. Denoise in batches; a background writer saves each image while the next batch denoises.
@@ -225,8 +237,11 @@ def _denoise(run: _Run, writer: BackgroundWriter) -> None:
     for number_of_batch, batch in enumerate(run.batches):
         run.stop.check()
         gen, numbers = batch.gen, range(batch.first_number, batch.first_number + len(batch.seeds))
-        wanted = [n for n, seed in zip(numbers, batch.seeds, strict=True)
-                  if not config.keep_seeds or seed in config.keep_seeds]  # fmt: skip
+        wanted = [
+            n
+            for n, seed in zip(numbers, batch.seeds, strict=True)
+            if not config.keep_seeds or seed in config.keep_seeds
+        ]
         if not world.mine(number_of_batch):
             if world.rank == 0:
                 _report_others(run, batch, wanted, writer)
@@ -259,8 +274,17 @@ def _denoise(run: _Run, writer: BackgroundWriter) -> None:
             if given is not None and given.mask is not None:  # the known region: the original's own pixels
                 image = runner.image_processor.apply_overlay(given.mask, given.image, image)
             settings = image_settings(gen, seed, batch.height, batch.width)
-            writer.put(Job(number, image, settings, batch.seeds, task, given.record() if given else None,
-                            strips[i] if strips else None))  # fmt: skip
+            writer.put(
+                Job(
+                    number,
+                    image,
+                    settings,
+                    batch.seeds,
+                    task,
+                    given.record() if given else None,
+                    strips[i] if strips else None,
+                )
+            )
 
 
 def _report_others(run: _Run, batch: Batch, wanted: list[int], writer: BackgroundWriter) -> None:
@@ -335,12 +359,21 @@ def _save(out: Path, numbering: Numbering, job: Job, facts: ModelFacts, index: i
     progress = None
     if job.strip is not None:
         progress, _ = write_png(out, numbering, job.settings["seed"], job.strip, None, index, suffix="-progress")
-    return SampleResult(path=path, index=index, model=facts.ref, model_hash=facts.model_hash, progress=progress,
-                        **job.settings)  # fmt: skip
+    return SampleResult(
+        path=path, index=index, model=facts.ref, model_hash=facts.model_hash, progress=progress, **job.settings
+    )
 
 
-def _generate(pipe: Any, gen: Generation, seeds: list[int], height: int, width: int, counter: StepCounter,
-              given: Given | None = None, recorder: X0Recorder | None = None) -> Any:  # fmt: skip
+def _generate(
+    pipe: Any,
+    gen: Generation,
+    seeds: list[int],
+    height: int,
+    width: int,
+    counter: StepCounter,
+    given: Given | None = None,
+    recorder: X0Recorder | None = None,
+) -> Any:
     """One pipeline call for one batch; returns float pixels in [0, 1], refusing NaN/inf results."""
     import numpy as np
     import torch

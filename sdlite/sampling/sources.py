@@ -76,17 +76,25 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
     if unknown:
         raise UsageError(f"unknown sample settings: {', '.join(sorted(unknown))}")
     check(Generation, cli, COMMAND_LINE)
-    given = {"batch_size": opts.batch_size, "dtype": opts.dtype, "device": opts.device,
-             "save_progress": opts.save_progress}  # fmt: skip
+    given = {
+        "batch_size": opts.batch_size,
+        "dtype": opts.dtype,
+        "device": opts.device,
+        "save_progress": opts.save_progress,
+    }
     check(SampleConfig, {k: v for k, v in given.items() if v is not None}, COMMAND_LINE)
     if opts.fast and opts.low_memory:
         raise UsageError("--fast and --low-memory cannot be combined: choose speed or memory")
 
     replay = _Replay(
-        model=opts.model, mode="fast" if opts.fast else "low-memory" if opts.low_memory else None,
-        batch_size=opts.batch_size, lora=_as_tuple(opts.lora), lora_scale=_as_tuple(opts.lora_scale),
-        tokenizer=opts.tokenizer, ema_weights=opts.ema_weights,
-    )  # fmt: skip
+        model=opts.model,
+        mode="fast" if opts.fast else "low-memory" if opts.low_memory else None,
+        batch_size=opts.batch_size,
+        lora=_as_tuple(opts.lora),
+        lora_scale=_as_tuple(opts.lora_scale),
+        tokenizer=opts.tokenizer,
+        ema_weights=opts.ema_weights,
+    )
     if opts.from_image is not None:
         _replay_image(replay, opts, cli)
     model = resolve_model_source(replay.model, env)
@@ -168,8 +176,13 @@ def _replay_image(replay: _Replay, opts: SampleOverrides, cli: dict[str, Any]) -
         replay.batch_size, replay.keep_seeds = len(batch), (own_seed,)
 
 
-def _generations(rows: list[tuple[dict[str, Any], Source]], base: dict[str, Any], origins: dict[str, Any],
-                 cli: dict[str, Any], image: Source | None) -> tuple[Generation, ...]:  # fmt: skip
+def _generations(
+    rows: list[tuple[dict[str, Any], Source]],
+    base: dict[str, Any],
+    origins: dict[str, Any],
+    cli: dict[str, Any],
+    image: Source | None,
+) -> tuple[Generation, ...]:
     """One Generation per row, each setting from the strongest source that has it; seeds counted from --seed (or
     a random one) across the run, a row's own seed excepted."""
     first_seed = cli.get("seed", base.get("seed"))
@@ -222,9 +235,13 @@ def _read_image_settings(path: Path) -> tuple[dict[str, Any], Source]:
     image = Source(where=str(path), style="json", error=DataError)
     check(Generation, {k: recorded[k] for k in GENERATION_KEYS if k in recorded}, image)
     for key, hint in (
-        ("model", PathText | None), ("tokenizer", PathText | None), ("ema_weights", Flag | None),
-        ("model_hash", Text | None), ("batch_seeds", list[Seed] | None), ("mode", Mode | None),
-    ):  # fmt: skip
+        ("model", PathText | None),
+        ("tokenizer", PathText | None),
+        ("ema_weights", Flag | None),
+        ("model_hash", Text | None),
+        ("batch_seeds", list[Seed] | None),
+        ("mode", Mode | None),
+    ):
         check_value(hint, recorded.get(key), f'its sdlite metadata field "{key}"', image)
     return recorded, image
 

@@ -208,22 +208,34 @@ class TrainConfig:
 
         if self.component == "vae":
             unet_only = {
-                "lora": self.lora, "train_text_encoder": self.train_text_encoder, "ema": self.ema,
-                "cache": self.cache, "snr_gamma": self.snr_gamma is not None, "noise_offset": self.noise_offset > 0,
-                "prediction_type": self.prediction_type is not None, "caption_dropout": self.caption_dropout > 0,
-                "checkpoint_every": self.checkpoint_every is not None, "resume": self.resume is not None,
-                "validation_prompts": bool(self.validation_prompts), "buckets": bool(self.buckets),
-                "instance_prompt": self.instance_prompt is not None, "class_prompt": self.class_prompt is not None,
-                "shuffle_captions": self.shuffle_captions, "report_to": bool(self.report_to),
-                "gradient_checkpointing": self.gradient_checkpointing, "channels_last": self.channels_last,
+                "lora": self.lora,
+                "train_text_encoder": self.train_text_encoder,
+                "ema": self.ema,
+                "cache": self.cache,
+                "snr_gamma": self.snr_gamma is not None,
+                "noise_offset": self.noise_offset > 0,
+                "prediction_type": self.prediction_type is not None,
+                "caption_dropout": self.caption_dropout > 0,
+                "checkpoint_every": self.checkpoint_every is not None,
+                "resume": self.resume is not None,
+                "validation_prompts": bool(self.validation_prompts),
+                "buckets": bool(self.buckets),
+                "instance_prompt": self.instance_prompt is not None,
+                "class_prompt": self.class_prompt is not None,
+                "shuffle_captions": self.shuffle_captions,
+                "report_to": bool(self.report_to),
+                "gradient_checkpointing": self.gradient_checkpointing,
+                "channels_last": self.channels_last,
                 "compile": self.compile,
-            }  # fmt: skip
+            }
             given = [key for key, used in unet_only.items() if used]
             if given:
                 fail(given[0], f"{n('component')} vae does not support {', '.join(map(n, given))}")
         if (self.max_steps is None) == (self.epochs is None):
-            fail("epochs" if self.epochs is not None else "max_steps",
-                 f"give exactly one of {n('max_steps')} or {n('epochs')}")  # fmt: skip
+            fail(
+                "epochs" if self.epochs is not None else "max_steps",
+                f"give exactly one of {n('max_steps')} or {n('epochs')}",
+            )
         if self.lora and self.ema:
             fail("ema", f"{n('ema')} applies to full fine-tuning; drop it with {n('lora')}")
         if self.cache and not self.fixed_augmentation:
@@ -267,11 +279,27 @@ class TrainConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The settings a checkpoint must share with the run that resumes it (not length, output or I/O)."""
         ignored = {
-            "max_steps", "epochs", "out", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "cache",
-            "gradient_checkpointing", "validation_prompts", "validate_every", "offline", "allow_pickle",
-            "skip_bad_images", "allow_missing_captions", "tokenizer", "report_to", "tracker_project", "compile",
+            "max_steps",
+            "epochs",
+            "out",
+            "resume",
+            "overwrite",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "cache",
+            "gradient_checkpointing",
+            "validation_prompts",
+            "validate_every",
+            "offline",
+            "allow_pickle",
+            "skip_bad_images",
+            "allow_missing_captions",
+            "tokenizer",
+            "report_to",
+            "tracker_project",
+            "compile",
             "channels_last",
-        }  # fmt: skip
+        }
         return {k: _jsonable(v) for k, v in dataclasses.asdict(self).items() if k not in ignored}
 
 

@@ -80,10 +80,13 @@ def _images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(
-        (p for p in folder.iterdir() if p.suffix.lower() in CLASS_IMAGE_SUFFIXES and not p.name.startswith(".")
-         and p.is_file()),
+        (
+            p
+            for p in folder.iterdir()
+            if p.suffix.lower() in CLASS_IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        ),
         key=lambda p: p.name,
-    )  # fmt: skip
+    )
 
 
 def _generate(
@@ -103,10 +106,15 @@ def _generate(
         config.class_prompt, **sampler, seed=start, num_images=missing, height=resolution, width=resolution
     )
     sample_config = SampleConfig(
-        model=config.model, generations=(generation,), out=folder, batch_size=min(GENERATION_BATCH, missing),
-        offline=config.offline, allow_pickle=config.allow_pickle, tokenizer=config.tokenizer,
+        model=config.model,
+        generations=(generation,),
+        out=folder,
+        batch_size=min(GENERATION_BATCH, missing),
+        offline=config.offline,
+        allow_pickle=config.allow_pickle,
+        tokenizer=config.tokenizer,
         ema_weights=config.ema_weights,
-    )  # fmt: skip
+    )
     done = 0
 
     def on_image(result: Any) -> None:

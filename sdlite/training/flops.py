@@ -28,8 +28,13 @@ def train_flops_per_image(configs: dict[str, Any], height: int, width: int, trai
     """FLOPs of one image's training step: UNet forward + backward, text encoder forward (+ backward if trained)."""
     factor = 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
     text = configs["text_encoder"]
-    unet = _unet_forward(json.dumps(configs["unet"], sort_keys=True), height // factor, width // factor,
-                         text.get("max_position_embeddings", 77), text["hidden_size"])  # fmt: skip
+    unet = _unet_forward(
+        json.dumps(configs["unet"], sort_keys=True),
+        height // factor,
+        width // factor,
+        text.get("max_position_embeddings", 77),
+        text["hidden_size"],
+    )
     encoder = _text_forward(json.dumps(text, sort_keys=True))
     return 3 * unet + (3 if train_text_encoder else 1) * encoder
 

@@ -16,8 +16,16 @@ from sdlite.training.plan import TrainPlan
 
 # What only a finished run leaves in OUT (its model), and with what a run writes as it goes, everything it
 # writes there: `--overwrite` removes these (and nothing else) before it starts.
-FINISHED_ENTRIES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", LORA_FILE,
-                    MODEL_DEFAULTS_FILE)  # fmt: skip
+FINISHED_ENTRIES = (
+    "model_index.json",
+    "unet",
+    "vae",
+    "text_encoder",
+    "tokenizer",
+    "scheduler",
+    LORA_FILE,
+    MODEL_DEFAULTS_FILE,
+)
 
 
 OUT_ENTRIES = ("checkpoints", "validation", "logs", "loss.csv", "loss.png", "sdlite-train.json", *FINISHED_ENTRIES)
@@ -69,6 +77,9 @@ def prepare_out(config: TrainConfig, accelerator: Any, fresh: bool) -> None:
 
 def write_run_record(out: Path, config: TrainConfig, plan: TrainPlan, **extra: Any) -> None:
     """OUT/sdlite-train.json: the resolved settings and plan that produced this model."""
-    record = {"config": config.fingerprint() | {"max_steps": config.max_steps, "epochs": config.epochs},
-              "plan": plan.to_dict(), **extra}  # fmt: skip
+    record = {
+        "config": config.fingerprint() | {"max_steps": config.max_steps, "epochs": config.epochs},
+        "plan": plan.to_dict(),
+        **extra,
+    }
     (Path(out) / "sdlite-train.json").write_text(json.dumps(record, indent=2, default=str))

@@ -77,8 +77,11 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
     )
     if config.instance_prompt is not None:  # DreamBooth: one prompt for every image, captions or not
         examples = tuple(dataclasses.replace(e, caption=config.instance_prompt) for e in dataset.examples)
-        dataset = dataclasses.replace(dataset, examples=examples, skipped=tuple(
-            n for n in dataset.skipped if not n.endswith("missing caption (empty caption used)")))  # fmt: skip
+        dataset = dataclasses.replace(
+            dataset,
+            examples=examples,
+            skipped=tuple(n for n in dataset.skipped if not n.endswith("missing caption (empty caption used)")),
+        )
     per_micro = config.batch_size * num_processes
     effective = per_micro * config.grad_accum
     layout = _layout(dataset, resolution, effective, config, configs)
@@ -132,8 +135,16 @@ def _layout(dataset: Any, resolution: int, effective: int, config: TrainConfig, 
             f"--bucket-step {config.bucket_step} must be a multiple of {grid} for this model (VAE factor x UNet "
             "downsampling), or pass --no-buckets"
         )
-    return make_layout([e.size for e in dataset.examples], resolution, effective, config.buckets, config.bucket_step,
-                       config.bucket_min_side, config.bucket_max_side, config.max_aspect)  # fmt: skip
+    return make_layout(
+        [e.size for e in dataset.examples],
+        resolution,
+        effective,
+        config.buckets,
+        config.bucket_step,
+        config.bucket_min_side,
+        config.bucket_max_side,
+        config.max_aspect,
+    )
 
 
 def dry_run(config: TrainConfig, num_processes: int | None = None) -> TrainPlan:

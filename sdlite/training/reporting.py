@@ -52,8 +52,11 @@ class Pace:
     def timing(self, steps_left: int) -> dict[str, float]:
         """A step event's `images_per_s` (recent), `elapsed` (this run's) and `eta` (seconds at that pace)."""
         rate = self.recent()
-        return {"images_per_s": rate, "elapsed": round(self.marks[-1][0] - self.start, 3),
-                "eta": round(steps_left * self.last / rate, 3)}  # fmt: skip
+        return {
+            "images_per_s": rate,
+            "elapsed": round(self.marks[-1][0] - self.start, 3),
+            "eta": round(steps_left * self.last / rate, 3),
+        }
 
 
 class Emitter:

@@ -63,8 +63,9 @@ def train(config: TrainConfig, on_event: EventFn | None = None, loss_hook: LossH
 
         compile_cache()
         compiled = {"dynamo_plugin": TorchDynamoPlugin(backend="inductor")}
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=no_accelerator, **accelerator_kwargs(config),
-                              **compiled)  # fmt: skip
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, cpu=no_accelerator, **accelerator_kwargs(config), **compiled
+    )
     emit = Emitter(on_event, accelerator.is_main_process)
     try:
         if config.component == "vae":
@@ -144,8 +145,16 @@ def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Loss
     trackers.finish()
     rate = pace.overall()
     mfu = _mfu(plan, rate) if rate else {}
-    emit("done", out=str(config.out), steps=plan.steps, loss=last_loss, skipped=list(plan.skipped),
-         bad_steps=guard.total, images_per_s=rate, **mfu)  # fmt: skip
+    emit(
+        "done",
+        out=str(config.out),
+        steps=plan.steps,
+        loss=last_loss,
+        skipped=list(plan.skipped),
+        bad_steps=guard.total,
+        images_per_s=rate,
+        **mfu,
+    )
     return TrainResult(config.out, plan.steps, last_loss, tuple(saved), plan.skipped, guard.total, rate, mfu.get("mfu"))
 
 
@@ -188,9 +197,16 @@ def _build(run: _Run) -> None:
     if too_long:
         run.emit("warning", message=too_long)
     run.optimizer, kind = make_optimizer(run.params, config.lr, torch)
-    run.emit("speedups", applied=[kind, "SDPA attention", *_tf32(run.accelerator, torch),
-                                  *(["channels_last"] if config.channels_last else []),
-                                  *(["torch.compile (Inductor)"] if config.compile else [])])  # fmt: skip
+    run.emit(
+        "speedups",
+        applied=[
+            kind,
+            "SDPA attention",
+            *_tf32(run.accelerator, torch),
+            *(["channels_last"] if config.channels_last else []),
+            *(["torch.compile (Inductor)"] if config.compile else []),
+        ],
+    )
     from diffusers.optimization import get_scheduler
 
     run.lr_schedule = get_scheduler(
@@ -235,8 +251,16 @@ def _fill_cache(run: _Run) -> Any:
     return cache
 
 
-def _loop(run: _Run, start_step: int, log: LossLog, guard: FiniteGuard, pace: Pace, saved: list[Path],
-          trackers: Any, loss_hook: LossHook | None) -> float | None:  # fmt: skip
+def _loop(
+    run: _Run,
+    start_step: int,
+    log: LossLog,
+    guard: FiniteGuard,
+    pace: Pace,
+    saved: list[Path],
+    trackers: Any,
+    loss_hook: LossHook | None,
+) -> float | None:
     """Every optimizer step from `start_step`; the last finite loss. Each micro-batch's inputs are drawn while
     the device runs the previous backward; the host waits on the device once per step, for the loss and the stop
     flag (one all-reduce), then queues the optimizer step. Ctrl-C keeps the step, checkpoints and stops."""
@@ -260,15 +284,23 @@ def _loop(run: _Run, start_step: int, log: LossLog, guard: FiniteGuard, pace: Pa
             done = step + 1
             timing = pace.timing(plan.steps - done)
             log.add(done, step_loss, lr)
-            run.emit("step", step=done, steps=plan.steps, loss=step_loss, lr=lr, **timing,
-                     **_mfu(plan, timing["images_per_s"]))  # fmt: skip
+            run.emit(
+                "step",
+                step=done,
+                steps=plan.steps,
+                loss=step_loss,
+                lr=lr,
+                **timing,
+                **_mfu(plan, timing["images_per_s"]),
+            )
             trackers.log_step(done, step_loss, lr, timing["images_per_s"])
             _after_step(run, done, stops > 0, guard, saved, trackers)
     return last_loss
 
 
-def _accumulate(run: _Run, step: int, upcoming: Any, stop: _StopFlag,
-                loss_hook: LossHook | None) -> tuple[float, float, Any]:  # fmt: skip
+def _accumulate(
+    run: _Run, step: int, upcoming: Any, stop: _StopFlag, loss_hook: LossHook | None
+) -> tuple[float, float, Any]:
     """Forward and backward over the step's micro-batches (the gradient all-reduced on the last one only);
     the step's mean loss over processes, the processes' stop requests, and the next step's first inputs."""
     config, accelerator, torch = run.config, run.accelerator, run.torch
@@ -439,8 +471,12 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
 def _lora_config(config: TrainConfig, targets: list[str]) -> Any:
     from peft import LoraConfig
 
-    return LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
-                      init_lora_weights="gaussian", target_modules=targets)  # fmt: skip
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha or config.lora_rank,
+        init_lora_weights="gaussian",
+        target_modules=targets,
+    )
 
 
 @dataclass(frozen=True)
@@ -502,8 +538,15 @@ def _micro_loss(run: _Run, drawn: tuple[_Inputs, _Inputs | None]) -> Any:
     return loss
 
 
-def _draw(run: _Run, examples: list[Any], indices: Any, size: tuple[int, int], gens: list[Any], batch: MicroBatch,
-          augment: bool) -> _Inputs:  # fmt: skip
+def _draw(
+    run: _Run,
+    examples: list[Any],
+    indices: Any,
+    size: tuple[int, int],
+    gens: list[Any],
+    batch: MicroBatch,
+    augment: bool,
+) -> _Inputs:
     """The noised latents, timesteps, targets and text of `examples` at `size`, every draw from `gens`."""
     config, torch, parts, device = run.config, run.torch, run.parts, run.accelerator.device
     captions = _captions(run, examples, gens, batch)
@@ -537,12 +580,15 @@ def _captions(run: _Run, examples: list[Any], gens: list[Any], batch: MicroBatch
         return captions
     from sdlite.data.captions import shuffle_tags
 
-    return [shuffle_tags(c, config.keep_tokens, mix(config.seed, batch.step, p, 2)) if c else c
-            for c, p in zip(captions, batch.positions, strict=True)]  # fmt: skip
+    return [
+        shuffle_tags(c, config.keep_tokens, mix(config.seed, batch.step, p, 2)) if c else c
+        for c, p in zip(captions, batch.positions, strict=True)
+    ]
 
 
-def _latent_distribution(run: _Run, examples: list[Any], indices: Any, size: tuple[int, int], batch: MicroBatch,
-                         augment: bool) -> tuple[Any, Any]:  # fmt: skip
+def _latent_distribution(
+    run: _Run, examples: list[Any], indices: Any, size: tuple[int, int], batch: MicroBatch, augment: bool
+) -> tuple[Any, Any]:
     """The VAE's latent mean and std of each example at `size`: from the cache, or encoded now."""
     config, torch, parts = run.config, run.torch, run.parts
     if run.cache is not None:
@@ -551,9 +597,11 @@ def _latent_distribution(run: _Run, examples: list[Any], indices: Any, size: tup
 
     crop, flip = (config.crop, config.random_flip) if augment else ("center", False)
     pixels = torch.stack(
-        [preprocess(load_example(e), size, crop, flip, mix(config.seed, batch.epoch, i, *(() if augment else (1,))))
-         for e, i in zip(examples, indices, strict=True)]
-    )  # fmt: skip
+        [
+            preprocess(load_example(e), size, crop, flip, mix(config.seed, batch.epoch, i, *(() if augment else (1,))))
+            for e, i in zip(examples, indices, strict=True)
+        ]
+    )
     with torch.no_grad():
         dist = parts.vae.encode(to_device(pixels, parts.vae.device, parts.weight_dtype)).latent_dist
     return dist.mean.float(), dist.std.float()
@@ -730,8 +778,10 @@ def _load_trained_weights(parts: _Parts, folder: Path, config: TrainConfig, torc
 
 def _adapter_files(config: TrainConfig, unet: Any, text_encoder: Any) -> list[tuple[str, Any]]:
     """(file under training/, module) of each LoRA adapter a checkpoint holds for exact resume."""
-    return [("adapter.safetensors", unet),
-            *([("text_encoder_adapter.safetensors", text_encoder)] if config.train_text_encoder else [])]  # fmt: skip
+    return [
+        ("adapter.safetensors", unet),
+        *([("text_encoder_adapter.safetensors", text_encoder)] if config.train_text_encoder else []),
+    ]
 
 
 def _load_folder_weights(folder: Path, load_file: Any) -> dict[str, Any]:
@@ -784,12 +834,19 @@ def _validate(run: _Run, step: int) -> Path | None:
     from sdlite.sampling.grid import contact_sheet
 
     raw_unet = _unwrapped(accelerator, run.unet)
-    scheduler = DDIMScheduler.from_config(run.model.configs()["scheduler"],
-                                          prediction_type=parts.noise_scheduler.config.prediction_type)  # fmt: skip
+    scheduler = DDIMScheduler.from_config(
+        run.model.configs()["scheduler"], prediction_type=parts.noise_scheduler.config.prediction_type
+    )
     pipe = SD1.pipeline_class("text-to-image")(
-        vae=parts.vae, text_encoder=_unwrapped(accelerator, run.text_encoder), tokenizer=parts.tokenizer,
-        unet=raw_unet, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+        vae=parts.vae,
+        text_encoder=_unwrapped(accelerator, run.text_encoder),
+        tokenizer=parts.tokenizer,
+        unet=raw_unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     images = []
     raw_unet.eval()

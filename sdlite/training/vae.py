@@ -103,18 +103,24 @@ class Reconstruction(torch.nn.Module):
         return self.vae.decode(dist.mean + dist.std * noise).sample, dist.kl()
 
 
-def _vae_loss(model_step: Any, vae: Any, batch: MicroBatch, plan: Any, dataset: Any, config: TrainConfig,
-              accelerator: Any) -> Any:  # fmt: skip
+def _vae_loss(
+    model_step: Any, vae: Any, batch: MicroBatch, plan: Any, dataset: Any, config: TrainConfig, accelerator: Any
+) -> Any:
     """Reconstruction MSE (pixels in [-1, 1]) + kl_weight * KL to N(0, I), per example then averaged."""
     from sdlite.data.images import load_example, preprocess
 
     pixels = torch.stack(
         [
-            preprocess(load_example(dataset.examples[i]), plan.resolution, config.crop, config.random_flip,
-                       mix(config.seed, batch.epoch, i))
+            preprocess(
+                load_example(dataset.examples[i]),
+                plan.resolution,
+                config.crop,
+                config.random_flip,
+                mix(config.seed, batch.epoch, i),
+            )
             for i in batch.indices
         ]
-    ).to(accelerator.device)  # fmt: skip
+    ).to(accelerator.device)
     factor = vae_factor(vae.config)
     latent = (vae.config.latent_channels, pixels.shape[2] // factor, pixels.shape[3] // factor)
     noise = torch.stack([torch.randn(latent, generator=g) for g in batch.generators(config.seed)])
