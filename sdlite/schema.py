@@ -30,6 +30,7 @@ from pydantic import AfterValidator, AllowInfNan, BeforeValidator, Strict, TypeA
 from pydantic_core import PydanticCustomError
 
 from sdlite.errors import SdliteError, UsageError
+from sdlite.families import FAMILIES
 
 
 def _fspath(value: Any) -> Any:
@@ -329,23 +330,15 @@ def show(value: Any) -> str:
     return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
 
 
-# Stable Diffusion v1 VAEs downsample by 8; the loaded model's own factor is checked again later.
-DEFAULT_VAE_FACTOR = 8
-
-
+# The smallest VAE factor of the model families (8 for SD v1); the loaded model's own is checked again later.
+DEFAULT_VAE_FACTOR = min(family.vae_factor for family in FAMILIES)
 MAX_SEED = 2**32 - 1
 
 
 # Field types shared by several configs.
 DType = Literal["auto", "fp32", "fp16", "bf16"]
-
-
 Device = Literal["auto", "cpu", "cuda", "mps"]
-
-
 WeightsDType = Literal["fp32", "fp16", "bf16"]
-
-
 Seed = Annotated[int, Strict(), Ge(0), Le(MAX_SEED)]
 
 
@@ -356,13 +349,9 @@ def _on_vae_grid(value: int) -> int:
     return value
 
 
-# An image side: a multiple of the VAE factor (8 for SD v1; the loaded model's own is checked again).
+# An image side: a multiple of the VAE factor (the loaded model's own is checked again).
 ImageSize = Annotated[int, Strict(), Ge(DEFAULT_VAE_FACTOR), AfterValidator(_on_vae_grid)]
-
-
 DTYPES: tuple[str, ...] = get_args(DType)
-
-
 DEVICES: tuple[str, ...] = get_args(Device)
 
 

@@ -10,59 +10,33 @@ from typing import Annotated, Any
 import typer
 
 from sdlite.cli.failures import one_line_errors
-from sdlite.cli.options import AllowPickle, Device, Dtype, EmaWeights, JsonOut, Offline, Quiet, Tokenizer
+from sdlite.cli.options import (
+    AllowPickle,
+    Device,
+    Dtype,
+    EmaWeights,
+    JsonOut,
+    Offline,
+    Quiet,
+    Tokenizer,
+    config_options,
+    config_values,
+)
 from sdlite.cli.output import quiet_libraries
 from sdlite.cli.progress import progress_bar
-from sdlite.quality.config import DEFAULT_MAX_CHANGED, DEFAULT_TOLERANCE, CheckConfig, EvalConfig
-from sdlite.schedulers import scheduler_names
+from sdlite.quality.config import DEFAULT_MAX_CHANGED, DEFAULT_TOLERANCE, CheckConfig, EvalConfig, build_eval_config
 from sdlite.schema import MODEL_HELP
 
 eval_app = typer.Typer(help="Measure a model's quality.", no_args_is_help=True)
 
 
 @eval_app.command("shapes")
-def eval_shapes(
-    model: Annotated[
-        str | None,
-        typer.Option(help="Model to judge. Default: $SDLITE_MODEL, else the built-in model.", show_default=False),
-    ] = None,
-    n: Annotated[int, typer.Option("--n", help="Images (even): half from training triples, half held out.")] = 240,
-    seed: Annotated[int, typer.Option(help="Seed of the first image (image i uses seed + i).")] = 0,
-    steps: Annotated[int | None, typer.Option(help="Denoising steps. [default: the model's]")] = None,
-    guidance: Annotated[float | None, typer.Option(help="Guidance scale. [default: the model's]")] = None,
-    scheduler: Annotated[
-        str | None, typer.Option(help=f"Sampler: {', '.join(scheduler_names())}. [default: the model's]")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images denoised together.")] = 16,
-    out: Annotated[Path | None, typer.Option(help="Keep the judged images here. [default: discarded]")] = None,
-    fast: Annotated[
-        bool, typer.Option("--fast", help="Judge `sample --fast` (DPM-Solver++ 2M Karras, 20 steps).")
-    ] = False,
-    json_out: JsonOut = False,
-    quiet: Quiet = False,
-    offline: Offline = False,
-    tokenizer: Tokenizer = None,
-    ema_weights: EmaWeights = True,
-) -> None:
+@config_options(EvalConfig)
+def eval_shapes(json_out: JsonOut = False, quiet: Quiet = False, **options: Any) -> None:
     """Sample shapes scenes, judge shape, shape color and background with a fixed classifier, print accuracies."""
     with one_line_errors():
-        from sdlite.models.source import resolve_model_source
-
-        config = EvalConfig(
-            model=resolve_model_source(model),
-            n=n,
-            seed=seed,
-            steps=steps,
-            guidance=guidance,
-            scheduler=scheduler,
-            batch_size=batch_size,
-            out=out,
-            offline=offline,
-            fast=fast,
-            tokenizer=tokenizer,
-            ema_weights=ema_weights,
-        )
-        quiet_libraries(offline)
+        config = build_eval_config(config_values(EvalConfig, options))
+        quiet_libraries(config.offline)
         from sdlite.quality.evaluation import evaluate, format_report
 
         with progress_bar(enabled=not quiet) as progress:

@@ -14,14 +14,8 @@ from typing import Any
 from sdlite.errors import DataError
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
 _JSONL = "metadata.jsonl"
-
-
 _CSV = "metadata.csv"
-
-
 _FILE_COLUMN = "file_name"  # the Hugging Face imagefolder convention
 
 

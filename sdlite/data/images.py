@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
 
 CROPS = ("center", "random")
-
-
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
@@ -123,8 +121,6 @@ def check_images(dataset: Dataset, skip_bad_images: bool) -> Dataset:
 
 
 CHECK_THREADS = 8
-
-
 _SIZES = "image-size-v1"  # filecache kind: (width, height) upright of an image that decoded
 
 

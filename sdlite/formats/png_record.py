@@ -15,14 +15,8 @@ from sdlite.errors import DataError
 from sdlite.formats.infotext import a1111_parameters, quote_value  # noqa: F401 - written with every PNG
 
 CHUNK = "sdlite"
-
-
 A1111_CHUNK = "parameters"
-
-
 FORMAT_VERSION = 1
-
-
 _LIBRARIES = ("sdlite", "torch", "diffusers", "transformers", "safetensors")
 
 

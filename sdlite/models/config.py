@@ -16,8 +16,6 @@ from sdlite.schema import (
 )
 
 Preset = Literal["tiny", "shapes", "sd1-tiny", "sd15"]
-
-
 PRESETS: tuple[str, ...] = get_args(Preset)
 
 

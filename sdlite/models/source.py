@@ -16,8 +16,6 @@ MODEL_ENV = "SDLITE_MODEL"
 
 # The model sdlite trained itself (`make default-model`), used when no model is given.
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "default_model"
-
-
 MODEL_DEFAULTS_FILE = "sdlite.json"
 
 

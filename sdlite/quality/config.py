@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from annotated_types import Ge, Le
 from pydantic import AllowInfNan, InstanceOf, Strict
 
 from sdlite.errors import UsageError
+from sdlite.models.source import resolve_model_source
 from sdlite.sampling.config import LoraChoice, SchedulerName
+from sdlite.schedulers import scheduler_names
 from sdlite.schema import (
+    EMA_WEIGHTS_HELP,
+    OFFLINE_HELP,
+    TOKENIZER_DEFAULT,
+    TOKENIZER_HELP,
     Device,
     DType,
     FilePath,
@@ -22,6 +28,7 @@ from sdlite.schema import (
     Seed,
     fail,
     name,
+    option,
     validate_fields,
 )
 
@@ -33,20 +40,22 @@ class EvalConfig:
     Unset sampler settings come from the model's own recommendations, then the built-in defaults.
     """
 
-    model: PathText
-    n: Annotated[int, Strict(), Ge(2)] = 240  # half from training triples, half from held-out triples
-    seed: Seed = 0
-    steps: PositiveInt | None = None
-    guidance: NonNegativeNumber | None = None
-    scheduler: SchedulerName | None = None
-    batch_size: PositiveInt = 16
-    out: FilePath | None = None  # where the judged images go (default: a temporary folder)
-    offline: Flag = False
-    fast: Flag = False  # judge `sample --fast` (its sampler and steps unless given)
-    tokenizer: PathText | None = None
-    ema_weights: Flag = True
-
-    _option_names: ClassVar[dict[str, str]] = {"ema_weights": "--ema-weights/--no-ema-weights"}
+    model: PathText = option(help="Model to judge.", shown="$SDLITE_MODEL, else the built-in model")
+    n: Annotated[int, Strict(), Ge(2)] = option(
+        240, "Images (even): half from training triples, half held out.", flag="--n"
+    )
+    seed: Seed = option(0, "Seed of the first image (image i uses seed + i).")
+    steps: PositiveInt | None = option(None, "Denoising steps.", shown="the model's")
+    guidance: NonNegativeNumber | None = option(None, "Guidance scale.", shown="the model's")
+    scheduler: SchedulerName | None = option(None, f"Sampler: {', '.join(scheduler_names())}.", shown="the model's")
+    batch_size: PositiveInt = option(16, "Images denoised together.")
+    out: FilePath | None = option(None, "Keep the judged images here.", shown="discarded")
+    offline: Flag = option(False, OFFLINE_HELP)
+    fast: Flag = option(
+        False, "Judge `sample --fast` (DPM-Solver++ 2M Karras, 20 steps; its sampler and steps unless given)."
+    )
+    tokenizer: PathText | None = option(None, TOKENIZER_HELP, shown=TOKENIZER_DEFAULT)
+    ema_weights: Flag = option(True, EMA_WEIGHTS_HELP, flag="--ema-weights/--no-ema-weights")
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -54,13 +63,16 @@ class EvalConfig:
             fail("n", f"{name(EvalConfig, 'n')} must be even (half seen triples, half held out), got {self.n}")
 
 
-# The pass rule of `sdlite check` (how these were measured: sdlite/check.py).
+def build_eval_config(cli: dict[str, Any], env: dict[str, str] | None = None) -> EvalConfig:
+    """`sdlite eval shapes`'s config: the command line's values (None where an option was not given) over the
+    defaults, with the model resolved ($SDLITE_MODEL, else the built-in one)."""
+    given = {k: v for k, v in cli.items() if v is not None}
+    return EvalConfig(**{**given, "model": resolve_model_source(given.get("model"), env)})
+
+
+# The pass rule of `sdlite check` (how these were measured: sdlite/quality/golden.py).
 DEFAULT_TOLERANCE = 4.0  # gray levels (of 255) a channel may move and the pixel still count as unchanged
-
-
 DEFAULT_MAX_CHANGED = 0.005  # share of an image's pixels that may change beyond the tolerance
-
-
 Share = Annotated[float, Strict(), AllowInfNan(False), Ge(0), Le(1)]
 
 

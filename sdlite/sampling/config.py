@@ -35,21 +35,13 @@ from sdlite.schema import (
 )
 
 SchedulerName = one_of(tuple(SCHEDULERS))
-
-
 Mode = one_of(MODES)
 
 
 # Image-to-image: the share of the schedule re-run from the user's image (1 = from (almost) pure noise).
 Strength = Annotated[float, Strict(), AllowInfNan(False), Gt(0), Le(1)]
-
-
 ResizeRule = Literal["crop", "fit", "stretch"]
-
-
 RESIZE_RULES: tuple[str, ...] = get_args(ResizeRule)
-
-
 DEFAULT_STRENGTH = 0.75
 
 

@@ -20,8 +20,6 @@ from sdlite.schema import (
 
 # Prompts files: one JSON value for the whole file when it starts like a JSON array.
 _JSON_ARRAY_START = re.compile(r"\[\s*[\[{\"\]]")
-
-
 _JSON_SPACE = re.compile(r"[ \t\r\n]*")
 
 

@@ -53,8 +53,6 @@ from sdlite.schedulers import SCHEDULERS, make_scheduler
 from sdlite.schema import validate_size
 
 log = logging.getLogger("sdlite")
-
-
 FAR_ABOVE_NATIVE = 2  # warn when a side is more than this many times the model's native size
 
 

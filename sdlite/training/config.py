@@ -42,26 +42,12 @@ from sdlite.schema import (
 )
 
 Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio"]
-
-
 TRACKERS: tuple[str, ...] = get_args(Tracker)
-
-
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
-
-
 PRECISIONS = ("no", "fp16", "bf16")
-
-
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-
-
 LrScheduler = one_of(LR_SCHEDULERS)
-
-
 Precision = one_of(PRECISIONS)
-
-
 PredictionType = one_of(PREDICTION_TYPES)
 
 

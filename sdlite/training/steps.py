@@ -22,8 +22,6 @@ from sdlite.training.plan import TrainPlan
 from sdlite.training.reporting import Emitter
 
 LossHook = Callable[[int, Any], Any]  # (global step, loss) -> loss; lets tests inject faults
-
-
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
 
 

@@ -11,15 +11,26 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from sdlite.cli import quality as quality_cli
 from sdlite.cli import train as train_cli
 from sdlite.cli.app import app
+from sdlite.quality.config import EvalConfig
 from sdlite.schema import default_text
 from sdlite.training.config import TrainConfig
 
+# (command words, its config, the CLI module, the name there that receives the config's values)
+COMMANDS = [
+    (("train",), TrainConfig, train_cli, "build_train_config"),
+    (("eval", "shapes"), EvalConfig, quality_cli, "build_eval_config"),
+]
+FIELDS = [(words, config, f) for words, config, _, _ in COMMANDS for f in dataclasses.fields(config)]
 
-def _params(command: str) -> dict[str, Any]:
-    click_command = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
-    return {p.name: p for p in click_command.params}
+
+def _params(words: tuple[str, ...]) -> dict[str, Any]:
+    command = typer.main.get_command(app)
+    for word in words:
+        command = command.commands[word]  # type: ignore[attr-defined]
+    return {p.name: p for p in command.params}
 
 
 def _shown_default(field: dataclasses.Field[Any]) -> str | None:
@@ -34,10 +45,12 @@ def _shown_default(field: dataclasses.Field[Any]) -> str | None:
     return f"{value:g}".replace("e-0", "e-") if isinstance(value, float) else str(value)
 
 
-@pytest.mark.parametrize("field", dataclasses.fields(TrainConfig), ids=lambda f: f.name)
-def test_every_train_field_has_an_option_showing_its_real_default(field: dataclasses.Field[Any]) -> None:
-    params = _params("train")
-    assert field.name in params, f"TrainConfig.{field.name} has no `sdlite train` option"
+@pytest.mark.parametrize(("words", "config", "field"), FIELDS, ids=lambda v: getattr(v, "name", None))
+def test_every_field_has_an_option_showing_its_real_default(
+    words: tuple[str, ...], config: type, field: dataclasses.Field[Any]
+) -> None:
+    params = _params(words)
+    assert field.name in params, f"{config.__name__}.{field.name} has no `sdlite {' '.join(words)}` option"
     help_text = " ".join(params[field.name].help.split())
     shown = _shown_default(field)
     if shown is None:
@@ -72,23 +85,27 @@ def _a_given_value(param: Any, field: dataclasses.Field[Any]) -> tuple[list[str]
     return [flag, "text"], "text"
 
 
-def test_every_train_option_reaches_its_field(monkeypatch: pytest.MonkeyPatch) -> None:
-    params = _params("train")
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+@pytest.mark.parametrize(
+    ("words", "config", "module", "receiver"), COMMANDS, ids=lambda v: getattr(v, "__name__", None)
+)
+def test_every_option_reaches_its_field(
+    words: tuple[str, ...], config: type, module: Any, receiver: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = _params(words)
+    fields = {f.name: f for f in dataclasses.fields(config)}
     received: list[dict[str, Any]] = []
 
-    def captured(cli: dict[str, Any], config_file: Any = None, env: Any = None) -> Any:
-        received.append(cli)
+    def captured(*args: Any, **kwargs: Any) -> Any:
+        received.append(args[0] if args else kwargs)
         raise typer.Exit(0)
 
-    monkeypatch.setattr(train_cli, "build_train_config", captured)
+    monkeypatch.setattr(module, receiver, captured)
     runner = CliRunner()
     for name, field in fields.items():
-        words, expected = _a_given_value(params[name], field)
+        word_list, expected = _a_given_value(params[name], field)
         received.clear()
-        result = runner.invoke(app, ["train", *words])
+        result = runner.invoke(app, [*words, *word_list])
         assert result.exit_code == 0, (name, result.output)
-        (cli,) = received
-        assert cli[name] == expected, (name, words, cli[name])
-        assert [k for k, v in cli.items() if v is not None] == [name], f"{words} set more than {name}"
-    assert set(received[0]) == set(fields), "the command line passes a value (or None) for every field"
+        (given,) = received
+        assert given[name] == expected, (name, word_list, given[name])
+        assert [k for k, v in given.items() if v is not None] == [name], f"{word_list} set more than {name}"
