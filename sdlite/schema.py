@@ -107,12 +107,20 @@ def _fields(owner: type | None) -> tuple[dataclasses.Field[Any], ...]:
 
 
 def option(
-    default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, shown: str | None = None
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    shown: str | None = None,
+    argument: str | None = None,
+    required: bool = False,
 ) -> Any:
-    """A config field that a command-line option sets, declared once: its default, its `--help` text, its flag
-    when the field's name does not give it (`--center-crop/--random-crop`), and `shown`, the default in words
-    when it is not a value ("the model's native size"). The CLI builds the option from this (cli/options.py)."""
-    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "shown": shown})
+    """A config field that the command line sets, declared once: its default, its `--help` text, its flag when
+    the field's name does not give it (`--center-crop/--random-crop`), `shown`, the default in words when it is
+    not a value ("the model's native size"), `argument`, the metavar of a positional argument (`OUT`), and
+    `required` for an option that has to be given. The CLI builds the option from this (cli/options.py)."""
+    metadata = {"help": help, "flag": argument or flag, "shown": shown, "argument": argument, "required": required}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def default_text(field: dataclasses.Field[Any]) -> str | None:
@@ -353,6 +361,7 @@ def _on_vae_grid(value: int) -> int:
 ImageSize = Annotated[int, Strict(), Ge(DEFAULT_VAE_FACTOR), AfterValidator(_on_vae_grid)]
 DTYPES: tuple[str, ...] = get_args(DType)
 DEVICES: tuple[str, ...] = get_args(Device)
+DTYPE_HELP = f"{', '.join(DTYPES)}; auto = fp16 on CUDA, else fp32."
 
 
 def size_problem(value: int, factor: int) -> str | None:

@@ -8,20 +8,22 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from sdlite.schema import (
     ALLOW_PICKLE_HELP,
     DEVICES,
-    DTYPES,
+    DTYPE_HELP,
     EMA_WEIGHTS_HELP,
     OFFLINE_HELP,
     TOKENIZER_DEFAULT,
     TOKENIZER_HELP,
     default_text,
 )
+
+T = TypeVar("T")
 
 # The commands that load a model (help declared once, in sdlite/schema.py).
 Offline = Annotated[bool, typer.Option("--offline", help=OFFLINE_HELP)]
@@ -49,7 +51,6 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 # --dtype and --device where they default to auto (noise, check); sample's come from its other sources.
-DTYPE_HELP = f"{', '.join(DTYPES)}; auto = fp16 on CUDA, else fp32."
 Dtype = Annotated[str, typer.Option(help=DTYPE_HELP)]
 Device = Annotated[str, typer.Option(help=f"{', '.join(DEVICES)}.")]
 
@@ -66,7 +67,9 @@ def config_options(config: type) -> Callable[[Callable[..., None]], Callable[...
             if p.kind != p.VAR_KEYWORD
         ]
         generated = [
-            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_option_of(f, hint))
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=_cli_default(f), annotation=_option_of(f, hint)
+            )
             for f, hint in _declared(config)
         ]
         command.__signature__ = inspect.Signature([*generated, *own])  # type: ignore[attr-defined]
@@ -100,16 +103,32 @@ def _pair_choices(field: dataclasses.Field[Any]) -> tuple[str, ...] | None:
     return tuple(part.removeprefix("--").split("-")[0] for part in flag.split("/"))
 
 
+def _cli_default(field: dataclasses.Field[Any]) -> Any:
+    """None (not given) for every option and optional argument; none at all for what must be given."""
+    metadata = field.metadata
+    must = metadata["required"] or (
+        metadata["argument"] and field.default is dataclasses.MISSING and not metadata["shown"]
+    )
+    return inspect.Parameter.empty if must else None
+
+
 def _option_of(field: dataclasses.Field[Any], hint: Any) -> Any:
-    """`Annotated[type | None, typer.Option(...)]` for one declared field."""
+    """`Annotated[type | None, typer.Option(...)]` (or `typer.Argument`) for one declared field."""
     base = _click_type(hint)
-    flag = field.metadata.get("flag")
+    flag, argument = field.metadata.get("flag"), field.metadata.get("argument")
     if _pair_choices(field):
         base = bool
-    flags = [flag] if flag else ["--" + field.name.replace("_", "-")] if base is bool else []
     shown = default_text(field)
     text = field.metadata["help"] + (f" [default: {shown}]" if shown else "")
+    if argument:
+        return Annotated[base | None, typer.Argument(help=text, metavar=argument, show_default=False)]
+    flags = [flag] if flag else ["--" + field.name.replace("_", "-")] if base is bool else []
     return Annotated[base | None, typer.Option(*flags, help=text, show_default=False)]
+
+
+def build_config(config: type[T], values: dict[str, Any]) -> T:
+    """`config` made from the command line's values: each field given, the field's own default for the rest."""
+    return config(**{k: v for k, v in values.items() if v is not None})
 
 
 def _click_type(hint: Any) -> Any:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal, get_args
+from typing import Literal, get_args
 
 from sdlite.schema import (
+    ALLOW_PICKLE_HELP,
+    EMA_WEIGHTS_HELP,
+    MODEL_HELP,
+    OFFLINE_HELP,
+    TOKENIZER_DEFAULT,
+    TOKENIZER_HELP,
     FilePath,
     Flag,
     ImageSize,
     PathText,
     Seed,
     WeightsDType,
+    option,
     validate_fields,
 )
 
@@ -23,13 +30,11 @@ PRESETS: tuple[str, ...] = get_args(Preset)
 class InitConfig:
     """`sdlite init`: which preset architecture to write, where, and from which seed."""
 
-    out: FilePath
-    preset: Preset = "tiny"
-    seed: Seed = 0
-    dtype: WeightsDType = "fp32"
-    overwrite: Flag = False
-
-    _option_names: ClassVar[dict[str, str]] = {"out": "OUT", "overwrite": "--force"}
+    out: FilePath = option(help="Folder to create (a standard diffusers model folder).", argument="OUT")
+    preset: Preset = option("tiny", f"Architecture: {', '.join(get_args(Preset))}.")
+    seed: Seed = option(0, "Weights are drawn from this seed: same seed, same weights.")
+    dtype: WeightsDType = option("fp32", "Precision of the saved weights: fp32, fp16 or bf16.")
+    overwrite: Flag = option(False, "Replace OUT if it exists and is not empty.", flag="--force")
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -39,15 +44,13 @@ class InitConfig:
 class InfoConfig:
     """`sdlite info`: which model to describe, and at which image size to trace the shapes."""
 
-    model: PathText
-    height: ImageSize | None = None
-    width: ImageSize | None = None
-    offline: Flag = False
-    allow_pickle: Flag = False
-    tokenizer: PathText | None = None
-    ema_weights: Flag = True
-
-    _option_names: ClassVar[dict[str, str]] = {"model": "MODEL", "ema_weights": "--ema-weights/--no-ema-weights"}
+    model: PathText = option(help=MODEL_HELP, shown="$SDLITE_MODEL, else the built-in shapes model", argument="MODEL")
+    height: ImageSize | None = option(None, "Trace the shapes at this height.", shown="native")
+    width: ImageSize | None = option(None, "Trace the shapes at this width.", shown="native")
+    offline: Flag = option(False, OFFLINE_HELP)
+    allow_pickle: Flag = option(False, ALLOW_PICKLE_HELP)
+    tokenizer: PathText | None = option(None, TOKENIZER_HELP, shown=TOKENIZER_DEFAULT)
+    ema_weights: Flag = option(True, EMA_WEIGHTS_HELP, flag="--ema-weights/--no-ema-weights")
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -57,21 +60,26 @@ class InfoConfig:
 class ExportConfig:
     """`sdlite export`: a model or LoRA, where to write it, in which layout and precision."""
 
-    source: PathText
-    out: FilePath
-    format: Literal["single-file", "diffusers", "kohya"] | None = None  # None: single-file for models, kohya for LoRAs
-    dtype: WeightsDType | None = None  # None: as stored
-    tokenizer: PathText | None = None
-    ema_weights: Flag = True
-    offline: Flag = False
-    allow_pickle: Flag = False
-    force: Flag = False
-
-    _option_names: ClassVar[dict[str, str]] = {
-        "source": "SOURCE",
-        "out": "OUT",
-        "ema_weights": "--ema-weights/--no-ema-weights",
-    }
+    source: PathText = option(
+        help="A model (diffusers folder, hub id, single file, or a training checkpoint OUT/checkpoints/step-N) or a "
+        "LoRA (folder or file).",
+        argument="SOURCE",
+    )
+    out: FilePath = option(help="The file (.safetensors) or folder to write.", argument="OUT")
+    format: Literal["single-file", "diffusers", "kohya"] | None = option(
+        None,
+        "Models: single-file (one original-layout .safetensors for A1111/ComfyUI/Forge) or diffusers (a folder). "
+        "LoRAs: kohya (A1111/ComfyUI; alpha kept) or diffusers.",
+        shown="single-file, kohya for LoRAs",
+    )
+    dtype: WeightsDType | None = option(
+        None, "Precision of the written weights: fp16, bf16 or fp32.", shown="as stored"
+    )
+    tokenizer: PathText | None = option(None, TOKENIZER_HELP, shown=TOKENIZER_DEFAULT)
+    ema_weights: Flag = option(True, EMA_WEIGHTS_HELP, flag="--ema-weights/--no-ema-weights")
+    offline: Flag = option(False, OFFLINE_HELP)
+    allow_pickle: Flag = option(False, ALLOW_PICKLE_HELP)
+    force: Flag = option(False, "Replace OUT if it exists.")
 
     def __post_init__(self) -> None:
         validate_fields(self)

@@ -14,7 +14,15 @@ from sdlite.errors import UsageError
 from sdlite.sampling.modes import MODES
 from sdlite.schedulers import SCHEDULERS
 from sdlite.schema import (
+    ALLOW_PICKLE_HELP,
+    DEVICES,
+    DTYPE_HELP,
+    EMA_WEIGHTS_HELP,
     MAX_SEED,
+    MODEL_HELP,
+    OFFLINE_HELP,
+    TOKENIZER_DEFAULT,
+    TOKENIZER_HELP,
     Device,
     DType,
     FilePath,
@@ -31,6 +39,7 @@ from sdlite.schema import (
     fail,
     name,
     one_of,
+    option,
     validate_fields,
 )
 
@@ -172,28 +181,44 @@ class SampleConfig:
 class NoiseConfig:
     """A whole `sdlite noise` run: which picture, which model's schedule, how many frames, where."""
 
-    image: PathText
-    out: FilePath
-    model: PathText
-    frames: Annotated[int, Strict(), Ge(2)] = 11  # at least the clean image and the last step
-    steps: PositiveInt = 50
-    seed: Seed = 0
-    height: ImageSize | None = None
-    width: ImageSize | None = None
-    resize: ResizeRule = "crop"
-    dtype: DType = "auto"
-    device: Device = "auto"
-    offline: Flag = False
-    allow_pickle: Flag = False
-    tokenizer: PathText | None = None
-    ema_weights: Flag = True
-    overwrite: Flag = False
-
-    _option_names: ClassVar[dict[str, str]] = {
-        "image": "IMAGE",
-        "overwrite": "--force",
-        "ema_weights": "--ema-weights/--no-ema-weights",
-    }
+    image: PathText = option(help="The picture to add noise to (any image file).", argument="IMAGE")
+    out: FilePath = option(
+        help="The strip PNG to write: top row the noisy latents decoded by the VAE, bottom row the same amount of "
+        "noise added to the pixels. Its `sdlite.noise` text chunk records every frame.",
+        required=True,
+    )
+    model: PathText = option(
+        help=f"Whose noise schedule and VAE. {MODEL_HELP}", shown="$SDLITE_MODEL, else the built-in shapes model"
+    )
+    frames: Annotated[int, Strict(), Ge(2)] = option(
+        11,
+        "Columns of the strip (at least 2): steps 0..STEPS evenly spaced, always the clean image (step 0) and the "
+        "last step.",
+    )
+    steps: PositiveInt = option(
+        50,
+        "Forward steps, spread evenly over the model's T training timesteps: step n is timestep round(n*T/STEPS)-1, "
+        "so the last step is T-1, where training starts from (almost) pure noise.",
+    )
+    seed: Seed = option(0, "Seed of the noise: same seed, same strip, byte for byte.")
+    height: ImageSize | None = option(
+        None, "Height, a multiple of 8.", shown="the image's, rounded down to the VAE factor"
+    )
+    width: ImageSize | None = option(
+        None, "Width, a multiple of 8.", shown="the image's, rounded down to the VAE factor"
+    )
+    resize: ResizeRule = option(
+        "crop",
+        "How the image meets --height/--width: crop (cover and cut the overflow), fit (fit inside, fill from its "
+        "edges) or stretch.",
+    )
+    dtype: DType = option("auto", DTYPE_HELP)
+    device: Device = option("auto", f"{', '.join(DEVICES)}.")
+    offline: Flag = option(False, OFFLINE_HELP)
+    allow_pickle: Flag = option(False, ALLOW_PICKLE_HELP)
+    tokenizer: PathText | None = option(None, TOKENIZER_HELP, shown=TOKENIZER_DEFAULT)
+    ema_weights: Flag = option(True, EMA_WEIGHTS_HELP, flag="--ema-weights/--no-ema-weights")
+    overwrite: Flag = option(False, "Replace --out if it exists.", flag="--force")
 
     def __post_init__(self) -> None:
         validate_fields(self)

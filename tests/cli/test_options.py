@@ -1,5 +1,5 @@
-"""Each option is declared once, on its config field: every field a user can set has an option whose help shows
-the field's real default, and every option's value reaches its field."""
+"""Each option is declared once, on its config field: every field a user can set has an option (or argument) whose
+help shows the field's real default, and every option's value reaches its field."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from sdlite.cli import models as models_cli
+from sdlite.cli import noise as noise_cli
 from sdlite.cli import quality as quality_cli
 from sdlite.cli import train as train_cli
 from sdlite.cli.app import app
+from sdlite.models.config import ExportConfig, InfoConfig, InitConfig
 from sdlite.quality.config import EvalConfig
+from sdlite.sampling.config import NoiseConfig
 from sdlite.schema import default_text
 from sdlite.training.config import TrainConfig
 
@@ -22,6 +26,10 @@ from sdlite.training.config import TrainConfig
 COMMANDS = [
     (("train",), TrainConfig, train_cli, "build_train_config"),
     (("eval", "shapes"), EvalConfig, quality_cli, "build_eval_config"),
+    (("init",), InitConfig, models_cli, "build_config"),
+    (("info",), InfoConfig, models_cli, "build_config"),
+    (("export",), ExportConfig, models_cli, "build_config"),
+    (("noise",), NoiseConfig, noise_cli, "build_config"),
 ]
 FIELDS = [(words, config, f) for words, config, _, _ in COMMANDS for f in dataclasses.fields(config)]
 
@@ -61,28 +69,41 @@ def test_every_field_has_an_option_showing_its_real_default(
 
 
 def _a_given_value(param: Any, field: dataclasses.Field[Any]) -> tuple[list[str], Any]:
-    """Command-line words that set `param` to something other than its default, and the value the field gets."""
+    """Command-line words that set `param` to something other than its default, and the value the field gets
+    (for an argument: the word alone)."""
     flag = max(param.opts, key=len)
-    if param.is_flag:
-        if param.secondary_opts:  # an on/off pair: give the one that is not the default
-            on = field.default in (None, False) or (isinstance(field.default, str) and field.default != "center")
-            words = [param.opts[0]] if on else [param.secondary_opts[0]]
-            value = on
-            if isinstance(field.default, str):  # --center-crop/--random-crop
-                value = "random"
-                words = [param.secondary_opts[0]]
-            return words, value
-        return [flag], True
+    flag_words = [] if param.param_type_name == "argument" else [flag]
+    if param.param_type_name != "argument" and param.is_flag:
+        if not param.secondary_opts:
+            return [flag], True
+        if isinstance(field.default, str):  # --center-crop/--random-crop
+            return [param.secondary_opts[0]], "random"
+        on = field.default in (None, False)  # an on/off pair: give the one that is not the default
+        return ([param.opts[0]] if on else [param.secondary_opts[0]]), on
     if param.multiple:
         return [flag, "a", flag, "b"], ("a", "b")
     kind = param.type_descriptor.annotation
     if kind is int:
-        return [flag, "7"], 7
+        return [*flag_words, "7"], 7
     if kind is float:
-        return [flag, "0.25"], 0.25
+        return [*flag_words, "0.25"], 0.25
     if kind is Path:
-        return [flag, "some/path"], Path("some/path")
-    return [flag, "text"], "text"
+        return [*flag_words, "some/path"], Path("some/path")
+    return [*flag_words, "text"], "text"
+
+
+def _command_line(
+    words: tuple[str, ...], params: dict[str, Any], fields: dict[str, Any], name: str
+) -> tuple[list[str], Any]:
+    """A command line giving field `name` (and placeholders for what must always be given), and its value."""
+    given, expected = _a_given_value(params[name], fields[name])
+    positional: list[str] = []
+    options: list[str] = []
+    for other, param in params.items():
+        words_here = given if other == name else _a_given_value(param, fields[other])[0] if param.required else []
+        if other in fields:
+            (positional if param.param_type_name == "argument" else options).extend(words_here)
+    return [*words, *positional, *options], expected
 
 
 @pytest.mark.parametrize(
@@ -95,17 +116,19 @@ def test_every_option_reaches_its_field(
     fields = {f.name: f for f in dataclasses.fields(config)}
     received: list[dict[str, Any]] = []
 
-    def captured(*args: Any, **kwargs: Any) -> Any:
-        received.append(args[0] if args else kwargs)
+    def captured(*args: Any) -> Any:  # build_train_config(values), build_eval_config(values), build_config(cls, values)
+        received.append(args[1] if isinstance(args[0], type) else args[0])
         raise typer.Exit(0)
 
     monkeypatch.setattr(module, receiver, captured)
+    monkeypatch.setattr("sdlite.models.source.resolve_model_source", lambda model, env=None: model)
     runner = CliRunner()
-    for name, field in fields.items():
-        word_list, expected = _a_given_value(params[name], field)
+    required = {n for n, p in params.items() if n in fields and p.required}
+    for name in fields:
+        command_line, expected = _command_line(words, params, fields, name)
         received.clear()
-        result = runner.invoke(app, [*words, *word_list])
+        result = runner.invoke(app, command_line)
         assert result.exit_code == 0, (name, result.output)
         (given,) = received
-        assert given[name] == expected, (name, word_list, given[name])
-        assert [k for k, v in given.items() if v is not None] == [name], f"{word_list} set more than {name}"
+        assert given[name] == expected, (name, command_line, given[name])
+        assert {k for k, v in given.items() if v is not None} == {name} | required, f"{command_line} set more"
