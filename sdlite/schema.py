@@ -114,12 +114,21 @@ def option(
     shown: str | None = None,
     argument: str | None = None,
     required: bool = False,
+    metavar: str | None = None,
 ) -> Any:
     """A config field that the command line sets, declared once: its default, its `--help` text, its flag when
     the field's name does not give it (`--center-crop/--random-crop`), `shown`, the default in words when it is
     not a value ("the model's native size"), `argument`, the metavar of a positional argument (`OUT`), and
-    `required` for an option that has to be given. The CLI builds the option from this (cli/options.py)."""
-    metadata = {"help": help, "flag": argument or flag, "shown": shown, "argument": argument, "required": required}
+    `required` for an option that has to be given, and the `metavar` its help shows for the value. The CLI builds
+    the option from this (cli/options.py)."""
+    metadata = {
+        "help": help,
+        "flag": argument or flag,
+        "shown": shown,
+        "argument": argument,
+        "required": required,
+        "metavar": metavar,
+    }
     return dataclasses.field(default=default, metadata=metadata)
 
 

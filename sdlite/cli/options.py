@@ -55,10 +55,10 @@ Dtype = Annotated[str, typer.Option(help=DTYPE_HELP)]
 Device = Annotated[str, typer.Option(help=f"{', '.join(DEVICES)}.")]
 
 
-def config_options(config: type) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Give a command one option per field of `config` declared with schema.option(): the field's name, type,
-    flag, help and default come from there alone. The command takes them as `**options` (None where an option
-    was not given; read them with `config_values`), after its own parameters."""
+def config_options(*configs: type) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command one option per field of each of `configs` declared with schema.option(): the field's name,
+    type, flag, help and default come from there alone. The command takes them as `**options` (None where an
+    option was not given; read them with `config_values`), after its own parameters."""
 
     def declare(command: Callable[..., None]) -> Callable[..., None]:
         own = [
@@ -70,6 +70,7 @@ def config_options(config: type) -> Callable[[Callable[..., None]], Callable[...
             inspect.Parameter(
                 f.name, inspect.Parameter.KEYWORD_ONLY, default=_cli_default(f), annotation=_option_of(f, hint)
             )
+            for config in configs
             for f, hint in _declared(config)
         ]
         command.__signature__ = inspect.Signature([*generated, *own])  # type: ignore[attr-defined]
@@ -123,7 +124,8 @@ def _option_of(field: dataclasses.Field[Any], hint: Any) -> Any:
     if argument:
         return Annotated[base | None, typer.Argument(help=text, metavar=argument, show_default=False)]
     flags = [flag] if flag else ["--" + field.name.replace("_", "-")] if base is bool else []
-    return Annotated[base | None, typer.Option(*flags, help=text, show_default=False)]
+    metavar = field.metadata.get("metavar")
+    return Annotated[base | None, typer.Option(*flags, help=text, metavar=metavar, show_default=False)]
 
 
 def build_config(config: type[T], values: dict[str, Any]) -> T:
@@ -139,7 +141,7 @@ def _click_type(hint: Any) -> Any:
     if origin in (types.UnionType, typing.Union):
         return _click_type(next(a for a in args if a is not type(None)))
     if origin is tuple:
-        return list[str]
+        return list[_click_type(args[0])]  # type: ignore[misc]
     if origin is typing.Literal:
         return str
     return hint if hint in (bool, int, float, Path) else str

@@ -65,21 +65,51 @@ class Generation:
     size. Those four are None for text-to-image, and filled in with their defaults when an init image is given.
     """
 
-    prompt: Prompt
-    negative_prompt: Prompt = ""
-    steps: PositiveInt = 50
-    guidance: NonNegativeNumber = 7.5
-    scheduler: SchedulerName = "ddim"
-    eta: NonNegativeNumber = 0.0
-    seed: Seed = 0
-    num_images: PositiveInt = 1
-    height: ImageSize | None = None
-    width: ImageSize | None = None
-    init_image: PathText | None = None
-    strength: Strength | None = None
-    mask: PathText | None = None
-    mask_blur: NonNegativeInt | None = None
-    resize: ResizeRule | None = None
+    prompt: Prompt  # the PROMPTS argument of `sdlite sample`, a prompts-file line, or a PNG's record
+    negative_prompt: Prompt = option("", "What to steer away from.", shown="the model's, else none")
+    steps: PositiveInt = option(50, "Denoising steps.", shown="the model's, else 50")
+    guidance: NonNegativeNumber = option(
+        7.5, "Classifier-free guidance scale; 1 or less turns it off.", shown="the model's, else 7.5"
+    )
+    scheduler: SchedulerName = option("ddim", f"Sampler: {', '.join(SCHEDULERS)}.", shown="the model's, else ddim")
+    eta: NonNegativeNumber = option(0.0, "DDIM noise (0 = deterministic DDIM).")
+    seed: Seed = option(
+        0, "Seed of the first image; image i of the run uses seed + i.", shown="random, always reported"
+    )
+    num_images: PositiveInt = option(1, "Images per prompt.")
+    height: ImageSize | None = option(
+        None, "Image height, a multiple of 8.", shown="the model's native size; with --init-image, the image's"
+    )
+    width: ImageSize | None = option(
+        None, "Image width, a multiple of 8.", shown="the model's native size; with --init-image, the image's"
+    )
+    init_image: PathText | None = option(
+        None,
+        "Image-to-image: start from this picture (any format and size; EXIF orientation, transparency and 16-bit "
+        "handled) instead of pure noise. The output takes its size, rounded down to the VAE factor, unless "
+        "--height/--width say otherwise.",
+    )
+    strength: Strength | None = option(
+        None,
+        "With --init-image: how much of the noise schedule to re-run, 0 < S <= 1. Low keeps the picture and changes "
+        "details; 1 keeps almost nothing of it. Runs int(steps x S) steps.",
+        shown=str(DEFAULT_STRENGTH),
+    )
+    mask: PathText | None = option(
+        None,
+        "Inpainting, with --init-image: white = repaint, black = keep. Kept pixels are the original's; an "
+        "inpainting model (9 input channels) uses its own UNet input, any other model has the kept region's "
+        "latents put back at every step.",
+    )
+    mask_blur: NonNegativeInt | None = option(
+        None, "Soften the mask's edge by this many pixels (Gaussian blur).", shown="0"
+    )
+    resize: ResizeRule | None = option(
+        None,
+        "How --init-image and --mask meet the output size: crop (cover, cut the overflow evenly), fit (fit inside, "
+        "fill the rest from the image's edges) or stretch.",
+        shown="crop",
+    )
 
     _option_names: ClassVar[dict[str, str]] = {"prompt": "PROMPT"}
 

@@ -16,8 +16,16 @@ from sdlite.sampling.config import GENERATION_KEYS, INPUT_KEYS, Generation, Lora
 from sdlite.sampling.modes import FAST_SETTINGS
 from sdlite.sampling.prompts_file import prompt_rows
 from sdlite.schema import (
+    ALLOW_PICKLE_HELP,
     COMMAND_LINE,
+    DEVICES,
+    DTYPE_HELP,
+    EMA_WEIGHTS_HELP,
     MAX_SEED,
+    MODEL_HELP,
+    OFFLINE_HELP,
+    TOKENIZER_DEFAULT,
+    TOKENIZER_HELP,
     Flag,
     PathText,
     Seed,
@@ -25,6 +33,7 @@ from sdlite.schema import (
     Text,
     check,
     check_value,
+    option,
     origin,
     show,
 )
@@ -38,26 +47,57 @@ class SampleOverrides:
     command line did not, while an explicit option always wins.
     """
 
-    prompts: tuple[str, ...] = ()
-    model: str | None = None
-    prompts_file: Path | None = None
-    from_image: Path | None = None
-    settings: dict[str, Any] = field(default_factory=dict)  # Generation fields given on the command line
-    out: Path | None = None
-    batch_size: int | None = None
-    dtype: str | None = None
-    device: str | None = None
-    grid: bool = False
-    offline: bool = False
-    allow_pickle: bool = False
-    lora: tuple[str, ...] = ()  # every --lora, in order
-    lora_scale: tuple[float, ...] = ()  # every --lora-scale, in order (paired with --lora by position)
-    fast: bool = False
-    low_memory: bool = False
-    tokenizer: str | None = None
-    ema_weights: bool | None = None
-    save_progress: int | None = None
-    resume: bool = False
+    prompts: tuple[str, ...] = option((), "One or more prompts.", argument="PROMPTS")
+    model: str | None = option(None, MODEL_HELP, shown="$SDLITE_MODEL, else the built-in shapes model")
+    prompts_file: Path | None = option(
+        None, 'One prompt per line, or JSON lines like {"prompt": ..., "seed": 7, "steps": 20}.'
+    )
+    from_image: Path | None = option(
+        None, "Regenerate a PNG sdlite wrote, from its own metadata (options given here win)."
+    )
+    settings: dict[str, Any] = field(default_factory=dict)  # the Generation options given on the command line
+    out: Path | None = option(None, "Output folder; existing files are never overwritten.", shown="outputs")
+    batch_size: int | None = option(None, "Images denoised together (memory vs speed).", shown="1")
+    dtype: str | None = option(None, DTYPE_HELP, shown="auto")
+    device: str | None = option(None, f"{', '.join(DEVICES)}.", shown="auto")
+    grid: bool = option(False, "Also save a labelled contact sheet of the run.")
+    offline: bool = option(False, OFFLINE_HELP)
+    allow_pickle: bool = option(False, ALLOW_PICKLE_HELP)
+    lora: tuple[str, ...] = option(
+        (),
+        "A LoRA adapter: a folder holding pytorch_lora_weights.safetensors, or a .safetensors file (diffusers or "
+        "kohya/A1111 layout). Repeat to apply several together.",
+        metavar="PATH",
+    )
+    lora_scale: tuple[float, ...] = option(
+        (),
+        "Strength of each --lora, paired by position: give none (every LoRA at 1.0) or one per --lora.",
+        shown="1.0",
+        metavar="S",
+    )
+    fast: bool = option(
+        False,
+        "Speed preset: SDPA attention, channels_last, and on CUDA TF32, fused QKV and torch.compile; DPM-Solver++ 2M "
+        "with Karras sigmas (dpm++2m-karras) at 20 steps unless --scheduler/--steps say otherwise.",
+    )
+    low_memory: bool = option(
+        False, "Memory preset: attention slicing, VAE slicing and tiling, and on an accelerator model CPU offload."
+    )
+    tokenizer: str | None = option(None, TOKENIZER_HELP, shown=TOKENIZER_DEFAULT)
+    ema_weights: bool | None = option(
+        None, EMA_WEIGHTS_HELP, flag="--ema-weights/--no-ema-weights", shown="--ema-weights"
+    )
+    save_progress: int | None = option(
+        None,
+        "Also write INDEX-SEED-progress.png per image: the model's estimate of the clean image (predicted x0, "
+        "decoded) at K evenly spaced denoising steps. The image itself is unchanged.",
+        metavar="K",
+    )
+    resume: bool = option(
+        False,
+        "Continue an interrupted run of this same command in --out: images it already wrote (checked from their "
+        "own metadata) are kept, only the missing ones are made, under the names an uninterrupted run gives them.",
+    )
 
 
 def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None) -> SampleConfig:
@@ -258,7 +298,7 @@ def _find_inputs(recorded: dict[str, Any], inputs: Any, cli: dict[str, Any], ima
     from sdlite.filecache import sha256_uncached
 
     inputs = inputs if isinstance(inputs, dict) else {}
-    for key, option in INPUT_KEYS.items():
+    for key, flag in INPUT_KEYS.items():
         expected = inputs.get(key, {}).get("sha256") if isinstance(inputs.get(key), dict) else None
         path = cli.get(key) or recorded.get(key)
         if path is None or expected is None:
@@ -267,22 +307,22 @@ def _find_inputs(recorded: dict[str, Any], inputs: Any, cli: dict[str, Any], ima
             digest = sha256_uncached(Path(path).expanduser())
         except OSError as exc:
             if key in cli:
-                raise DataError(f"cannot read {option} {path}: {exc.strerror or exc}") from exc
+                raise DataError(f"cannot read {flag} {path}: {exc.strerror or exc}") from exc
             raise image.fail(
-                f"it was made from {option.removeprefix('--').replace('-', ' ')} {path}, which is missing: "
-                f"pass that file with {option}"
+                f"it was made from {flag.removeprefix('--').replace('-', ' ')} {path}, which is missing: "
+                f"pass that file with {flag}"
             ) from exc
         if digest == expected:
             continue
         if key in cli:
             logging.getLogger("sdlite").warning(
-                f"{option} {path} is not the file {image.where} was made from (sha256 {expected[:12]}...): "
+                f"{flag} {path} is not the file {image.where} was made from (sha256 {expected[:12]}...): "
                 "the pixels will differ"
             )
         else:
             raise image.fail(
-                f"its {option.removeprefix('--').replace('-', ' ')} {path} has changed since (sha256 {digest[:12]}... "
-                f"instead of {expected[:12]}...): pass the original with {option}"
+                f"its {flag.removeprefix('--').replace('-', ' ')} {path} has changed since (sha256 {digest[:12]}... "
+                f"instead of {expected[:12]}...): pass the original with {flag}"
             )
     if recorded.get("init_image") is None and "init_image" not in cli:
         for key in ("strength", "mask", "mask_blur", "resize"):

@@ -4,6 +4,7 @@ help shows the field's real default, and every option's value reaches its field.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -14,24 +15,47 @@ from typer.testing import CliRunner
 from sdlite.cli import models as models_cli
 from sdlite.cli import noise as noise_cli
 from sdlite.cli import quality as quality_cli
+from sdlite.cli import sample as sample_cli
 from sdlite.cli import train as train_cli
 from sdlite.cli.app import app
 from sdlite.models.config import ExportConfig, InfoConfig, InitConfig
 from sdlite.quality.config import EvalConfig
-from sdlite.sampling.config import NoiseConfig
+from sdlite.sampling.config import Generation, NoiseConfig
+from sdlite.sampling.sources import SampleOverrides
 from sdlite.schema import default_text
 from sdlite.training.config import TrainConfig
 
-# (command words, its config, the CLI module, the name there that receives the config's values)
+# (command words, its configs, the CLI module, the name there that receives the configs' values)
 COMMANDS = [
-    (("train",), TrainConfig, train_cli, "build_train_config"),
-    (("eval", "shapes"), EvalConfig, quality_cli, "build_eval_config"),
-    (("init",), InitConfig, models_cli, "build_config"),
-    (("info",), InfoConfig, models_cli, "build_config"),
-    (("export",), ExportConfig, models_cli, "build_config"),
-    (("noise",), NoiseConfig, noise_cli, "build_config"),
+    (("train",), (TrainConfig,), train_cli, "build_train_config"),
+    (("eval", "shapes"), (EvalConfig,), quality_cli, "build_eval_config"),
+    (("init",), (InitConfig,), models_cli, "build_config"),
+    (("info",), (InfoConfig,), models_cli, "build_config"),
+    (("export",), (ExportConfig,), models_cli, "build_config"),
+    (("noise",), (NoiseConfig,), noise_cli, "build_config"),
+    (("sample",), (Generation, SampleOverrides), sample_cli, "build_sample_config"),
 ]
-FIELDS = [(words, config, f) for words, config, _, _ in COMMANDS for f in dataclasses.fields(config)]
+# Fields a user sets some other way than by an option of their own.
+NOT_OPTIONS = {
+    (Generation, "prompt"): "the PROMPTS argument (SampleOverrides.prompts), a prompts-file line or a PNG's record",
+    (SampleOverrides, "settings"): "the Generation options, gathered",
+}
+FIELDS = [
+    (words, config, f)
+    for words, configs, _, _ in COMMANDS
+    for config in configs
+    for f in dataclasses.fields(config)
+    if (config, f.name) not in NOT_OPTIONS
+]
+
+
+def _received(args: tuple[Any, ...]) -> dict[str, Any]:
+    """The values a receiver got, by field: build_train_config(values), build_eval_config(values),
+    build_config(cls, values), build_sample_config(SampleOverrides(..., settings=Generation values))."""
+    if isinstance(args[0], SampleOverrides):
+        overrides = {f.name: getattr(args[0], f.name) for f in dataclasses.fields(SampleOverrides)}
+        return {**overrides, **overrides.pop("settings")}
+    return args[1] if isinstance(args[0], type) else args[0]
 
 
 def _params(words: tuple[str, ...]) -> dict[str, Any]:
@@ -81,7 +105,11 @@ def _a_given_value(param: Any, field: dataclasses.Field[Any]) -> tuple[list[str]
         on = field.default in (None, False)  # an on/off pair: give the one that is not the default
         return ([param.opts[0]] if on else [param.secondary_opts[0]]), on
     if param.multiple:
+        if typing.get_args(param.type_descriptor.annotation) == (float,):
+            return [flag, "0.25", flag, "0.5"], (0.25, 0.5)
         return [flag, "a", flag, "b"], ("a", "b")
+    if param.nargs == -1:  # an argument taking several values (PROMPTS)
+        return ["a", "b"], ("a", "b")
     kind = param.type_descriptor.annotation
     if kind is int:
         return [*flag_words, "7"], 7
@@ -89,7 +117,7 @@ def _a_given_value(param: Any, field: dataclasses.Field[Any]) -> tuple[list[str]
         return [*flag_words, "0.25"], 0.25
     if kind is Path:
         return [*flag_words, "some/path"], Path("some/path")
-    return [*flag_words, "text"], "text"
+    return [*flag_words, "given-text"], "given-text"
 
 
 def _command_line(
@@ -107,17 +135,17 @@ def _command_line(
 
 
 @pytest.mark.parametrize(
-    ("words", "config", "module", "receiver"), COMMANDS, ids=lambda v: getattr(v, "__name__", None)
+    ("words", "configs", "module", "receiver"), COMMANDS, ids=lambda v: getattr(v, "__name__", None)
 )
 def test_every_option_reaches_its_field(
-    words: tuple[str, ...], config: type, module: Any, receiver: str, monkeypatch: pytest.MonkeyPatch
+    words: tuple[str, ...], configs: tuple[type, ...], module: Any, receiver: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     params = _params(words)
-    fields = {f.name: f for f in dataclasses.fields(config)}
+    fields = {f.name: f for c in configs for f in dataclasses.fields(c) if (c, f.name) not in NOT_OPTIONS}
     received: list[dict[str, Any]] = []
 
-    def captured(*args: Any) -> Any:  # build_train_config(values), build_eval_config(values), build_config(cls, values)
-        received.append(args[1] if isinstance(args[0], type) else args[0])
+    def captured(*args: Any) -> Any:
+        received.append(_received(args))
         raise typer.Exit(0)
 
     monkeypatch.setattr(module, receiver, captured)
@@ -131,4 +159,5 @@ def test_every_option_reaches_its_field(
         assert result.exit_code == 0, (name, result.output)
         (given,) = received
         assert given[name] == expected, (name, command_line, given[name])
-        assert {k for k, v in given.items() if v is not None} == {name} | required, f"{command_line} set more"
+        changed = {k for k, v in given.items() if k in fields and v is not None and v != fields[k].default}
+        assert changed == {name} | required, f"{command_line} set more than {name}"
