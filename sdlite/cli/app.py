@@ -1,10 +1,10 @@
-"""The `sdlite` command line: the app, and the mapping from failures to one-line errors and exit codes.
+"""The `sdlite` app: its commands in the order `sdlite --help` lists them, `--version`, and `main()`.
 
 Each command lives in its own module (sample, train, models: info + init + export, data, quality: eval +
-check, noise), declares its options (the shared ones come from options.py), builds one frozen config and
-hands it to a core function. Heavy libraries (torch, diffusers) are imported inside the commands, so
-`--help` and usage errors answer instantly.
-
+check, noise), declares its options (a config's own from its fields, the shared ones from options.py), builds
+one frozen config and hands it to a core function; failures.py turns what goes wrong into one line and an exit
+code. Heavy libraries (torch, diffusers) are imported inside the commands, so `--help` and usage errors answer
+instantly.
 """
 
 from __future__ import annotations

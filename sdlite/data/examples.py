@@ -57,7 +57,7 @@ def discover(
     it does not list are ignored. Without metadata every image below the folder (hidden files and
     folders excluded) needs a same-stem `.txt` next to it.
 
-    Tables (sdlite/tables.py): a `.parquet` file, a folder of Parquet shards (and no images), a
+    Tables (sdlite/data/tables.py): a `.parquet` file, a folder of Parquet shards (and no images), a
     `datasets` save_to_disk folder or `.arrow` file, or, when online, a hub dataset id. Each row is an
     example: `image_column` holds the image, `caption_column` the caption. Only captions are read here.
 

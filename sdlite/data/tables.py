@@ -5,7 +5,7 @@ Image feature), plain encoded bytes, or a path string. Nothing here holds a data
 discovery reads only the caption column, one Parquet row group or Arrow record batch at a time, and
 an image is read when asked for, by (file, row), through a small cache of open readers. Arrow files
 (`save_to_disk` folders, the `datasets` cache) are memory-mapped, so rows cost nothing until touched.
-Decoding the image bytes is data.py's job; this module only finds them.
+Decoding the image bytes is data/images.py's job; this module only finds them.
 
 pyarrow loads inside functions (module import stays light); `datasets` is needed only for hub ids.
 """
@@ -77,7 +77,7 @@ def env_offline() -> bool:
 
 
 def locate(data: Path | str, offline: bool = False, image_suffixes: tuple[str, ...] = ()) -> TableSource | None:
-    """The table dataset `data` names, or None when it is an image folder (data.py reads those).
+    """The table dataset `data` names, or None when it is an image folder (data/examples.py reads those).
 
     A `.parquet` or `.arrow` file; a save_to_disk folder (`state.json` and `dataset_info.json`, or
     `dataset_dict.json` with split subfolders: "train", else the only split); a folder of Parquet shards (`*.parquet`, or under

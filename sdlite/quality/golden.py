@@ -28,7 +28,7 @@ share of pixels beyond 4 levels, lowest-highest over the 20; fail = images faili
     a patch of 5% of the pixels, +8 levels   8         43 dB     5%                    1/1
 
 Float noise moves a pixel by at most 1 level on the built-in model (3 on the tiny test model across modes,
-see sdlite/modes.py); 4 levels leave room for other CPUs and GPUs at the same precision, while a visible local
+see sdlite/sampling/modes.py); 4 levels leave room for other CPUs and GPUs at the same precision, while a visible local
 edit (8 levels) or a model trained even one more step changes far more pixels by more. The 0.5% lets a few
 outlier pixels through (a sharp edge that float rounding flips, as across devices) without letting through an
 edit of more than 1/200 of the image. A different precision (fp16/bf16 goldens checked in fp32) is a real

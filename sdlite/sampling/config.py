@@ -183,7 +183,7 @@ class SampleConfig:
     # The model hash recorded in a `--from-image` source: a different model gets a warning.
     expected_model_hash: Text | None = None
     loras: tuple[InstanceOf[LoraChoice], ...] = ()  # LoRA adapters applied together, each at its own scale
-    mode: Mode = "default"  # "fast" or "low-memory": see sdlite/modes.py
+    mode: Mode = "default"  # "fast" or "low-memory": see sdlite/sampling/modes.py
     tokenizer: PathText | None = None  # a single-file model's tokenizer (folder or hub id); default: found
     ema_weights: Flag = True  # a single file's EMA weights when it has them
     # Also write, per image, a strip of the model's clean-image estimate at this many denoising steps.

@@ -39,9 +39,9 @@ class TrainPlan:
     buckets: dict[str, int] = dataclasses.field(default_factory=dict)  # images per bucket ("WxH")
     bucket_note: str = ""
     class_images: int = 0  # prior preservation: class images trained beside the instance images
-    tflops_per_image: float | None = None  # model FLOPs of one image's step (see sdlite/flops.py)
+    tflops_per_image: float | None = None  # model FLOPs of one image's step (see sdlite/training/flops.py)
     peak_tflops: float | None = None  # the device's dense peak at this precision, when known: MFU = achieved / peak
-    memory_gib: float | None = None  # estimated peak memory of one process (sdlite/memory.py)
+    memory_gib: float | None = None  # estimated peak memory of one process (sdlite/models/memory.py)
     largest_batch: int | None = None  # the largest --batch-size whose estimate fits `memory_limit` now
     memory_limit: str = ""  # what bounds this process's memory ("139 GiB (free memory on NVIDIA H200)")
 

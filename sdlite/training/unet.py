@@ -1,7 +1,8 @@
 """Fine-tuning: `train(config)` minimises the noise-prediction loss with Accelerate.
 
 What a run shares with VAE training (the plan, the batch order and per-example seeding, the optimizer,
-OUT's checks, the finite-loss guard, events and the loss log) lives in sdlite/runs.py. That seeding
+OUT's checks, the finite-loss guard, events and the loss log) lives beside it in training/ (plan, steps,
+out_folder, reporting), seeds in sdlite/seeds.py. That seeding
 leaves nothing to hidden RNG state, so a resumed run sees exactly the batches and noise of an
 uninterrupted one, whatever the number of processes, and checkpoints need no pickled RNG state.
 """

@@ -1,7 +1,7 @@
 """`train --component vae`: the autoencoder, trained on reconstruction MSE plus a small KL term.
 
 Used to build sdlite's own models from scratch (the built-in shapes model). It shares the data
-order, per-example seeding, events and loss log of UNet training (all in sdlite/runs.py); it writes
+order, per-example seeding, events and loss log of UNet training (training/plan, steps, reporting); it writes
 OUT as the base model with the new VAE, whose `scaling_factor` is set from the data (1 / std of the
 latents) so the diffusion model sees unit-variance latents.
 """
