@@ -7,8 +7,9 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 # Tests and the demo never touch the network for weights.
 OFFLINE := HF_HUB_OFFLINE=1
-# Test workers (pytest-xdist, one thread each), stealing work from each other: on the 2-core machines CI and
-# development run on, a third worker fills the time the others wait on the processes their tests start.
+# Test workers (pytest-xdist, one thread each): on the 2-core machines CI and development run on, a third worker
+# fills the time the others wait on the processes their tests start. Files marked xdist_group stay on one
+# worker, so their module-scoped fixtures (reference runs, goldens) are made once.
 WORKERS ?= 3
 
 .PHONY: install test lint demo bench bench-gpu gpu-wheels default-model mutants clean
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(OFFLINE) $(PY) -m pytest -q -n $(WORKERS) --dist worksteal
+	$(OFFLINE) $(PY) -m pytest -q -n $(WORKERS) --dist loadgroup
 
 # Break sdlite on purpose, one way at a time, and check the reliability suite notices each break.
 mutants: install

@@ -19,6 +19,9 @@ from sdlite.cli.app import app
 from sdlite.testing import make_shapes_dataset
 from sdlite.training import reporting
 
+# Module-scoped fixtures below are made once: `make test` keeps this file on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("progress")
+
 runner = CliRunner()
 SDLITE = [sys.executable, "-m", "sdlite"]
 SAMPLE_LINE = re.compile(

@@ -30,6 +30,9 @@ from sdlite.sampling.sources import SampleOverrides, build_sample_config
 from sdlite.testing import make_shapes_dataset
 from sdlite.training.unet import VALIDATION_STEPS, train
 
+# Module-scoped fixtures below are made once: `make test` keeps this file on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("lora")
+
 runner = CliRunner()
 PROMPT = "a red circle"
 LORA_SETTINGS = {"lora": True, "lora_rank": 4, "lora_alpha": 16.0, "max_steps": 4, "batch_size": 2, "lr": 1e-2,

@@ -21,6 +21,9 @@ from sdlite.cli.app import app
 from sdlite.errors import ModelError
 from sdlite.formats import single_file
 
+# Module-scoped fixtures below are made once: `make test` keeps this file on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("single_file")
+
 runner = CliRunner()
 SIZE = ["--height", "64", "--width", "64"]
 

@@ -31,6 +31,9 @@ from sdlite.quality.golden import (
 from sdlite.sampling import run
 from sdlite.sampling.config import Generation, SampleConfig
 
+# Module-scoped fixtures below are made once: `make test` keeps this file on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("golden")
+
 STEPS = 4
 
 

@@ -15,6 +15,9 @@ import pytest
 from faults import events, run
 from safetensors.torch import load_file
 
+# Module-scoped fixtures below are made once: `make test` keeps this file on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("bucketed_training")
+
 STEPS = 8
 UNET = Path("unet") / "diffusion_pytorch_model.safetensors"
 

@@ -19,6 +19,9 @@ from sdlite.data.images import load_image
 from sdlite.errors import DataError
 from sdlite.testing import make_shapes_dataset
 
+# Module-scoped fixtures below are made once: `make test` keeps this file on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("data_faults")
+
 runner = CliRunner()
 
 

@@ -16,6 +16,9 @@ from safetensors.torch import load_file
 
 from sdlite.training import checkpoints
 
+# Module-scoped fixtures below are made once: `make test` keeps this file on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("kill_resume")
+
 STEPS = 10
 UNET = Path("unet") / "diffusion_pytorch_model.safetensors"
 

@@ -22,6 +22,9 @@ from sdlite.sampling.run import sample
 from sdlite.sampling.sources import SampleOverrides, build_sample_config
 from sdlite.schedulers import SCHEDULERS
 
+# Module-scoped fixtures below are made once: `make test` keeps this file on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("img2img")
+
 STEPS = 8
 PROMPT = "a yellow circle on a blue background"
 runner = CliRunner()

@@ -15,6 +15,9 @@ from typer.testing import CliRunner
 from sdlite.cli.app import app
 from sdlite.testing import make_shapes_dataset
 
+# Module-scoped fixtures below are made once: `make test` keeps this file on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("command")
+
 runner = CliRunner()
 SDLITE = [sys.executable, "-m", "sdlite"]
 

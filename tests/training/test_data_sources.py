@@ -16,6 +16,9 @@ from sdlite.testing import make_shapes_dataset
 from sdlite.training.config import TrainConfig
 from sdlite.training.unet import train
 
+# Module-scoped fixtures below are made once: `make test` keeps this file on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("data_sources")
+
 UNET = Path("unet") / "diffusion_pytorch_model.safetensors"
 
 

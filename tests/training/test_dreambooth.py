@@ -15,6 +15,9 @@ from sdlite.formats import png_record
 from sdlite.training.config import TrainConfig
 from sdlite.training.dreambooth import class_images
 
+# Module-scoped fixtures below are made once: `make test` keeps this file on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("dreambooth")
+
 CLASS_PROMPT = "a photo of a thing"
 STEPS = 2
 

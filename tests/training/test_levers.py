@@ -13,6 +13,9 @@ from helpers.training import losses, max_diff, run, unet_weights
 from sdlite.errors import Interrupted
 from sdlite.testing import make_shapes_dataset
 
+# Module-scoped fixtures below are made once: `make test` keeps this file on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("levers")
+
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
