@@ -167,6 +167,24 @@ EMA_WEIGHTS_HELP = (
 )
 
 
+# The fields of every config whose command loads a model, declared once here: each config calls these for its own.
+def offline_option() -> Any:
+    return option(False, OFFLINE_HELP)
+
+
+def allow_pickle_option() -> Any:
+    return option(False, ALLOW_PICKLE_HELP)
+
+
+def tokenizer_option() -> Any:
+    return option(None, TOKENIZER_HELP, shown=TOKENIZER_DEFAULT)
+
+
+def ema_weights_option(default: bool | None = True) -> Any:
+    """On unless --no-ema-weights (None: not said, for sources that may record it)."""
+    return option(default, EMA_WEIGHTS_HELP, flag="--ema-weights/--no-ema-weights", shown="--ema-weights")
+
+
 # Where each field of the config being built came from (field -> Source); unset: the command line.
 _ORIGIN: ContextVar[Mapping[str, Source] | None] = ContextVar("sdlite_config_origin", default=None)
 

@@ -6,19 +6,18 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from sdlite.schema import (
-    ALLOW_PICKLE_HELP,
-    EMA_WEIGHTS_HELP,
     MODEL_HELP,
-    OFFLINE_HELP,
-    TOKENIZER_DEFAULT,
-    TOKENIZER_HELP,
     FilePath,
     Flag,
     ImageSize,
     PathText,
     Seed,
     WeightsDType,
+    allow_pickle_option,
+    ema_weights_option,
+    offline_option,
     option,
+    tokenizer_option,
     validate_fields,
 )
 
@@ -47,10 +46,10 @@ class InfoConfig:
     model: PathText = option(help=MODEL_HELP, shown="$SDLITE_MODEL, else the built-in shapes model", argument="MODEL")
     height: ImageSize | None = option(None, "Trace the shapes at this height.", shown="native")
     width: ImageSize | None = option(None, "Trace the shapes at this width.", shown="native")
-    offline: Flag = option(False, OFFLINE_HELP)
-    allow_pickle: Flag = option(False, ALLOW_PICKLE_HELP)
-    tokenizer: PathText | None = option(None, TOKENIZER_HELP, shown=TOKENIZER_DEFAULT)
-    ema_weights: Flag = option(True, EMA_WEIGHTS_HELP, flag="--ema-weights/--no-ema-weights")
+    offline: Flag = offline_option()
+    allow_pickle: Flag = allow_pickle_option()
+    tokenizer: PathText | None = tokenizer_option()
+    ema_weights: Flag = ema_weights_option()
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -75,10 +74,10 @@ class ExportConfig:
     dtype: WeightsDType | None = option(
         None, "Precision of the written weights: fp16, bf16 or fp32.", shown="as stored"
     )
-    tokenizer: PathText | None = option(None, TOKENIZER_HELP, shown=TOKENIZER_DEFAULT)
-    ema_weights: Flag = option(True, EMA_WEIGHTS_HELP, flag="--ema-weights/--no-ema-weights")
-    offline: Flag = option(False, OFFLINE_HELP)
-    allow_pickle: Flag = option(False, ALLOW_PICKLE_HELP)
+    tokenizer: PathText | None = tokenizer_option()
+    ema_weights: Flag = ema_weights_option()
+    offline: Flag = offline_option()
+    allow_pickle: Flag = allow_pickle_option()
     force: Flag = option(False, "Replace OUT if it exists.")
 
     def __post_init__(self) -> None:

@@ -14,10 +14,6 @@ from sdlite.models.source import resolve_model_source
 from sdlite.sampling.config import LoraChoice, SchedulerName
 from sdlite.schedulers import scheduler_names
 from sdlite.schema import (
-    EMA_WEIGHTS_HELP,
-    OFFLINE_HELP,
-    TOKENIZER_DEFAULT,
-    TOKENIZER_HELP,
     Device,
     DType,
     FilePath,
@@ -26,9 +22,12 @@ from sdlite.schema import (
     PathText,
     PositiveInt,
     Seed,
+    ema_weights_option,
     fail,
     name,
+    offline_option,
     option,
+    tokenizer_option,
     validate_fields,
 )
 
@@ -50,12 +49,12 @@ class EvalConfig:
     scheduler: SchedulerName | None = option(None, f"Sampler: {', '.join(scheduler_names())}.", shown="the model's")
     batch_size: PositiveInt = option(16, "Images denoised together.")
     out: FilePath | None = option(None, "Keep the judged images here.", shown="discarded")
-    offline: Flag = option(False, OFFLINE_HELP)
+    offline: Flag = offline_option()
     fast: Flag = option(
         False, "Judge `sample --fast` (DPM-Solver++ 2M Karras, 20 steps; its sampler and steps unless given)."
     )
-    tokenizer: PathText | None = option(None, TOKENIZER_HELP, shown=TOKENIZER_DEFAULT)
-    ema_weights: Flag = option(True, EMA_WEIGHTS_HELP, flag="--ema-weights/--no-ema-weights")
+    tokenizer: PathText | None = tokenizer_option()
+    ema_weights: Flag = ema_weights_option()
 
     def __post_init__(self) -> None:
         validate_fields(self)

@@ -14,15 +14,10 @@ from sdlite.errors import UsageError
 from sdlite.sampling.modes import MODES
 from sdlite.schedulers import SCHEDULERS
 from sdlite.schema import (
-    ALLOW_PICKLE_HELP,
     DEVICES,
     DTYPE_HELP,
-    EMA_WEIGHTS_HELP,
     MAX_SEED,
     MODEL_HELP,
-    OFFLINE_HELP,
-    TOKENIZER_DEFAULT,
-    TOKENIZER_HELP,
     Device,
     DType,
     FilePath,
@@ -36,10 +31,14 @@ from sdlite.schema import (
     Prompt,
     Seed,
     Text,
+    allow_pickle_option,
+    ema_weights_option,
     fail,
     name,
+    offline_option,
     one_of,
     option,
+    tokenizer_option,
     validate_fields,
 )
 
@@ -244,10 +243,10 @@ class NoiseConfig:
     )
     dtype: DType = option("auto", DTYPE_HELP)
     device: Device = option("auto", f"{', '.join(DEVICES)}.")
-    offline: Flag = option(False, OFFLINE_HELP)
-    allow_pickle: Flag = option(False, ALLOW_PICKLE_HELP)
-    tokenizer: PathText | None = option(None, TOKENIZER_HELP, shown=TOKENIZER_DEFAULT)
-    ema_weights: Flag = option(True, EMA_WEIGHTS_HELP, flag="--ema-weights/--no-ema-weights")
+    offline: Flag = offline_option()
+    allow_pickle: Flag = allow_pickle_option()
+    tokenizer: PathText | None = tokenizer_option()
+    ema_weights: Flag = ema_weights_option()
     overwrite: Flag = option(False, "Replace --out if it exists.", flag="--force")
 
     def __post_init__(self) -> None:

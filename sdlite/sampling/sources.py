@@ -16,26 +16,25 @@ from sdlite.sampling.config import GENERATION_KEYS, INPUT_KEYS, Generation, Lora
 from sdlite.sampling.modes import FAST_SETTINGS
 from sdlite.sampling.prompts_file import prompt_rows
 from sdlite.schema import (
-    ALLOW_PICKLE_HELP,
     COMMAND_LINE,
     DEVICES,
     DTYPE_HELP,
-    EMA_WEIGHTS_HELP,
     MAX_SEED,
     MODEL_HELP,
-    OFFLINE_HELP,
-    TOKENIZER_DEFAULT,
-    TOKENIZER_HELP,
     Flag,
     PathText,
     Seed,
     Source,
     Text,
+    allow_pickle_option,
     check,
     check_value,
+    ema_weights_option,
+    offline_option,
     option,
     origin,
     show,
+    tokenizer_option,
 )
 
 
@@ -61,8 +60,8 @@ class SampleOverrides:
     dtype: str | None = option(None, DTYPE_HELP, shown="auto")
     device: str | None = option(None, f"{', '.join(DEVICES)}.", shown="auto")
     grid: bool = option(False, "Also save a labelled contact sheet of the run.")
-    offline: bool = option(False, OFFLINE_HELP)
-    allow_pickle: bool = option(False, ALLOW_PICKLE_HELP)
+    offline: bool = offline_option()
+    allow_pickle: bool = allow_pickle_option()
     lora: tuple[str, ...] = option(
         (),
         "A LoRA adapter: a folder holding pytorch_lora_weights.safetensors, or a .safetensors file (diffusers or "
@@ -83,10 +82,8 @@ class SampleOverrides:
     low_memory: bool = option(
         False, "Memory preset: attention slicing, VAE slicing and tiling, and on an accelerator model CPU offload."
     )
-    tokenizer: str | None = option(None, TOKENIZER_HELP, shown=TOKENIZER_DEFAULT)
-    ema_weights: bool | None = option(
-        None, EMA_WEIGHTS_HELP, flag="--ema-weights/--no-ema-weights", shown="--ema-weights"
-    )
+    tokenizer: str | None = tokenizer_option()
+    ema_weights: bool | None = ema_weights_option(None)
     save_progress: int | None = option(
         None,
         "Also write INDEX-SEED-progress.png per image: the model's estimate of the clean image (predicted x0, "

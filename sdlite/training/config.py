@@ -13,13 +13,8 @@ from pydantic import AllowInfNan, Strict
 from sdlite.errors import UsageError
 from sdlite.models.source import resolve_model_source
 from sdlite.schema import (
-    ALLOW_PICKLE_HELP,
     COMMAND_LINE,
-    EMA_WEIGHTS_HELP,
     MODEL_HELP,
-    OFFLINE_HELP,
-    TOKENIZER_DEFAULT,
-    TOKENIZER_HELP,
     FilePath,
     Flag,
     ImageSize,
@@ -32,12 +27,16 @@ from sdlite.schema import (
     Prompt,
     Seed,
     Source,
+    allow_pickle_option,
     check,
+    ema_weights_option,
     fail,
     name,
+    offline_option,
     one_of,
     option,
     origin,
+    tokenizer_option,
     validate_fields,
 )
 
@@ -128,10 +127,10 @@ class TrainConfig:
     skip_bad_images: Flag = option(False, "Skip unreadable images (listed at the end) instead of stopping.")
     allow_missing_captions: Flag = option(False, "Train images without a caption on an empty one.")
     max_grad_norm: PositiveNumber = option(1.0, "Clip the gradients' global norm to this before each step.")
-    offline: Flag = option(False, OFFLINE_HELP)
-    allow_pickle: Flag = option(False, ALLOW_PICKLE_HELP)
-    tokenizer: PathText | None = option(None, TOKENIZER_HELP, shown=TOKENIZER_DEFAULT)
-    ema_weights: Flag = option(True, EMA_WEIGHTS_HELP, flag="--ema-weights/--no-ema-weights")
+    offline: Flag = offline_option()
+    allow_pickle: Flag = allow_pickle_option()
+    tokenizer: PathText | None = tokenizer_option()
+    ema_weights: Flag = ema_weights_option()
     buckets: Flag | None = option(
         None,
         "Aspect-ratio buckets: each image is resized to the bucket nearest its aspect ratio (about RESOLUTION^2 "
