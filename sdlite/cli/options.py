@@ -1,4 +1,6 @@
-"""Options several commands declare identically (same flags, default and help), as `Annotated` aliases."""
+"""The command-line options: each config field declared with schema.option() becomes its option (or argument)
+here, with the field's name, type, flag, help and default; and the `Annotated` aliases the commands not yet built
+from a config (check) share."""
 
 from __future__ import annotations
 
@@ -91,6 +93,11 @@ def config_values(config: type, options: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def build_config(config: type[T], values: dict[str, Any]) -> T:
+    """`config` made from the command line's values: each field given, the field's own default for the rest."""
+    return config(**{k: v for k, v in values.items() if v is not None})
+
+
 def _declared(config: type) -> list[tuple[dataclasses.Field[Any], Any]]:
     hints = typing.get_type_hints(config, include_extras=True)
     return [(f, hints[f.name]) for f in dataclasses.fields(config) if "help" in f.metadata]
@@ -128,13 +135,8 @@ def _option_of(field: dataclasses.Field[Any], hint: Any) -> Any:
     return Annotated[base | None, typer.Option(*flags, help=text, metavar=metavar, show_default=False)]
 
 
-def build_config(config: type[T], values: dict[str, Any]) -> T:
-    """`config` made from the command line's values: each field given, the field's own default for the rest."""
-    return config(**{k: v for k, v in values.items() if v is not None})
-
-
 def _click_type(hint: Any) -> Any:
-    """What click parses a field's value as: bool, int, float, Path or str; a list of str for a tuple field."""
+    """What click parses a field's value as: bool, int, float, Path or str; for a tuple field, a list of those."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Annotated:
         return _click_type(args[0])
