@@ -251,6 +251,17 @@ def test_option_changes_first_loss(tiny_model: Path, shapes: Path, tmp_path: Pat
     assert losses(a)[0] != losses(b)[0]
 
 
+def test_max_grad_norm_clips_the_step(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    """--max-grad-norm reaches the optimizer step: gradients clipped to a norm far below AdamW's eps barely move
+    the weights, where the default clip (1) lets the first step move them by about the learning rate."""
+    base = unet_weights(tiny_model)
+    default, _ = run(tiny_model, shapes, tmp_path / "a", max_steps=1)
+    clipped, _ = run(tiny_model, shapes, tmp_path / "b", max_steps=1, max_grad_norm=1e-9)
+    moved = max_diff(unet_weights(default.out), base)
+    assert moved > 1e-4
+    assert max_diff(unet_weights(clipped.out), base) < 0.1 * moved
+
+
 def test_v_prediction_is_saved_in_the_scheduler(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
     result, _ = run(tiny_model, shapes, tmp_path / "v", max_steps=1, prediction_type="v_prediction")
     assert (
