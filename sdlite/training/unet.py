@@ -100,6 +100,7 @@ class _Run:
     lr_schedule: Any = None
     ema: Any = None
     wrapped: list[Any] = field(default_factory=list)  # the trained modules as prepared (DDP, compile), UNet first
+    params: list[Any] = field(default_factory=list)  # what the optimizer updates (and the gradient clip sees)
     cache: Any = None
 
     @property
@@ -109,10 +110,6 @@ class _Run:
     @property
     def text_encoder(self) -> Any:
         return self.wrapped[1] if self.config.train_text_encoder and self.wrapped else self.parts.text_encoder
-
-    @property
-    def params(self) -> list[Any]:
-        return [p for m in self.parts.trained for p in m.parameters() if p.requires_grad]
 
 
 def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: LossHook | None, torch: Any) -> TrainResult:
@@ -197,6 +194,7 @@ def _build(run: _Run) -> None:
     too_long = long_captions(run.parts.tokenizer, [e.caption for e in run.dataset.examples])
     if too_long:
         run.emit("warning", message=too_long)
+    run.params = [p for m in run.parts.trained for p in m.parameters() if p.requires_grad]
     run.optimizer, kind = make_optimizer(run.params, config.lr, torch)
     run.emit(
         "speedups",
