@@ -47,6 +47,22 @@ def _unicode(value: str) -> str:
     return value
 
 
+def _pair(separator: str, swap: bool) -> Any:
+    """Parse a pair written `AxB` on a command line (swapped into the stored order when `swap`); a sequence of
+    two (a record's JSON list, a Python tuple) is taken in the stored order."""
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, str):
+            parts = value.lower().replace(" ", "").split(separator)
+            if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                raise PydanticCustomError("pair", "expected two whole numbers written A{sep}B", {"sep": separator})
+            first, second = int(parts[0]), int(parts[1])
+            return (second, first) if swap else (first, second)
+        return tuple(value) if isinstance(value, list) else value
+
+    return BeforeValidator(parse)
+
+
 # The field types configs are declared with.
 Integer = Annotated[int, Strict()]
 PositiveInt = Annotated[int, Strict(), Ge(1)]
@@ -60,6 +76,10 @@ NonEmptyText = Annotated[str, Strict(), MinLen(1)]
 Flag = Annotated[bool, Strict()]
 PathText = Annotated[str, Strict(), BeforeValidator(_fspath)]  # a path or hub id, kept as given
 FilePath = Annotated[Path, BeforeValidator(_fspath)]  # a str or os.PathLike, stored as a Path
+# SDXL's micro-conditioning: a size stored (height, width) as diffusers takes it, written WIDTHxHEIGHT on a
+# command line as sizes are everywhere; a crop's top-left corner stored and written (top, left).
+SizePair = Annotated[tuple[PositiveInt, PositiveInt], _pair("x", swap=True)]
+CornerPair = Annotated[tuple[NonNegativeInt, NonNegativeInt], _pair(",", swap=False)]
 
 
 def one_of(names: tuple[str, ...] | list[str]) -> Any:

@@ -19,6 +19,11 @@ def make_sd1_tiny_model(out: Path, seed: int = 0) -> Path:
     return init_model(InitConfig(out=Path(out), preset="sd1-tiny", seed=seed, overwrite=True))
 
 
+def make_preset_model(out: Path, preset: str, seed: int = 0) -> Path:
+    """A diffusers folder of any `init` preset with random weights (`sd2-tiny`, `sdxl-tiny`: a few seconds)."""
+    return init_model(InitConfig(out=Path(out), preset=preset, seed=seed, overwrite=True))  # type: ignore[arg-type]
+
+
 def make_shapes_dataset(out: Path, n: int = 8, size: int = 64, seed: int = 0) -> Path:
     """A small captioned imagefolder of colored circles and squares (metadata.jsonl), for training tests."""
     import json

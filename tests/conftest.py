@@ -39,3 +39,19 @@ def sd1_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sdlite.testing import make_sd1_tiny_model
 
     return make_sd1_tiny_model(tmp_path_factory.mktemp("models") / "sd1-tiny")
+
+
+@pytest.fixture(scope="session")
+def sd2_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SD 2.1's key layout at tiny widths, predicting v (seed 0), shared read-only."""
+    from sdlite.testing import make_preset_model
+
+    return make_preset_model(tmp_path_factory.mktemp("models") / "sd2-tiny", "sd2-tiny")
+
+
+@pytest.fixture(scope="session")
+def sdxl_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SDXL base 1.0's key layout at tiny widths (seed 0), shared read-only."""
+    from sdlite.testing import make_preset_model
+
+    return make_preset_model(tmp_path_factory.mktemp("models") / "sdxl-tiny", "sdxl-tiny")

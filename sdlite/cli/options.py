@@ -136,12 +136,15 @@ def _option_of(field: dataclasses.Field[Any], hint: Any) -> Any:
 
 
 def _click_type(hint: Any) -> Any:
-    """What click parses a field's value as: bool, int, float, Path or str; for a tuple field, a list of those."""
+    """What click parses a field's value as: bool, int, float, Path or str; for a tuple field, a list of those
+    (a fixed pair is one word, parsed by the field's type)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Annotated:
         return _click_type(args[0])
     if origin in (types.UnionType, typing.Union):
         return _click_type(next(a for a in args if a is not type(None)))
+    if origin is tuple and len(args) == 2 and args[1] is not Ellipsis:  # a pair, written as one word (1024x768)
+        return str
     if origin is tuple:
         return list[_click_type(args[0])]  # type: ignore[misc]
     if origin is typing.Literal:

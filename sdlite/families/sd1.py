@@ -6,6 +6,7 @@ from sdlite.families.base import Family
 
 SD1 = Family(
     name="SD v1",
+    key="sd1",
     pipelines={
         "text-to-image": "StableDiffusionPipeline",
         "image-to-image": "StableDiffusionImg2ImgPipeline",
@@ -38,13 +39,17 @@ SD1 = Family(
     native_size=512,
     vae_scaling_factor=0.18215,
     text_encoders=("text_encoder",),
+    tokenizers=("tokenizer",),
     lora_targets=("to_k", "to_q", "to_v", "to_out.0"),
     text_lora_targets=("q_proj", "k_proj", "v_proj", "out_proj"),
     # CLIP ViT-L/14's own tokenizer, then the SD v1.5 repo's copy.
-    tokenizer_sources=(
-        ("openai/clip-vit-large-patch14", ""),
-        ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer"),
-    ),
+    tokenizer_sources={
+        "tokenizer": (
+            ("openai/clip-vit-large-patch14", ""),
+            ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer"),
+        )
+    },
+    pipeline_options={"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False},
     original_prefixes={
         "unet": "model.diffusion_model.",
         "vae": "first_stage_model.",

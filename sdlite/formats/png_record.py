@@ -82,6 +82,11 @@ def read_settings(path: Path) -> dict[str, Any]:
     settings["lora"] = record.get("lora")
     settings["mode"] = run.get("mode", "default")
     settings["inputs"] = record.get("inputs")
+    # A prediction type the command line chose is replayed; one the model said is the model's again.
+    overridden = model.get("prediction_type_from") == "--prediction-type"
+    settings["prediction_type"] = (
+        {"v_prediction": "v"}.get(p := model.get("prediction_type"), p) if overridden else None
+    )
     return settings
 
 
@@ -115,6 +120,7 @@ def _a1111_settings(path: Path, parameters: str) -> dict[str, Any]:
         "lora": None,
         "mode": "default",
         "inputs": None,
+        "prediction_type": None,
     }
 
 

@@ -69,6 +69,8 @@ class SingleFile:
     metadata: dict[str, str] = field(default_factory=dict)
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(SCHEDULER))
     conventions: str = "SD v1 conventions"  # or "sdlite metadata": where the non-shape settings came from
+    prediction: str = "epsilon"  # or "v_prediction"
+    prediction_source: str = "inferred: the SD v1 convention"
 
 
 def read_header(path: Path) -> tuple[Shapes, dict[str, str], list[str]]:
@@ -160,6 +162,10 @@ def describe(path: Path, shapes: Shapes, meta: dict[str, str], dtypes: list[str]
         name: sum(_numel(s) for k, s in shapes.items() if k.startswith(prefix))
         for name, prefix in (("unet", UNET), ("vae", VAE), ("text_encoder", CLIP))
     }
+    scheduler = stored.get("scheduler", dict(SCHEDULER))
+    prediction, prediction_source = file_prediction(shapes, meta, scheduler if "scheduler" in stored else None)
+    if prediction is None:
+        prediction, prediction_source = SD1.conventional_prediction(native), "inferred: the SD v1 convention"
     return SingleFile(
         path=Path(path),
         family=family,
@@ -172,9 +178,34 @@ def describe(path: Path, shapes: Shapes, meta: dict[str, str], dtypes: list[str]
         native_size=native,
         size_source=size_source,
         metadata=dict(meta),
-        scheduler=stored.get("scheduler", dict(SCHEDULER)),
+        scheduler={**scheduler, "prediction_type": prediction},
         conventions="sdlite metadata" if stored else "SD v1 conventions",
+        prediction=prediction,
+        prediction_source=prediction_source,
     )
+
+
+# How ModelSpec and other tools spell the two prediction types.
+_PREDICTIONS = {"epsilon": "epsilon", "eps": "epsilon", "v": "v_prediction", "v_prediction": "v_prediction"}
+
+
+def file_prediction(
+    shapes: Shapes, meta: dict[str, str], stored_scheduler: dict[str, Any] | None
+) -> tuple[str | None, str]:
+    """What a single file says it predicts, and where: ModelSpec's `prediction_type`, then its architecture name
+    (`...-v` is a v model, e.g. `stable-diffusion-v2-768-v`), then the `v_pred` marker key ComfyUI and others
+    write, then the scheduler sdlite stored; (None, "") when nothing says."""
+    stated = _PREDICTIONS.get(str(meta.get("modelspec.prediction_type", "")).strip().lower().replace("-", "_"))
+    if stated:
+        return stated, "modelspec.prediction_type metadata"
+    architecture = str(meta.get("modelspec.architecture", "")).split("/")[0].strip().lower()
+    if architecture.endswith("-v"):
+        return "v_prediction", "modelspec.architecture metadata"
+    if "v_pred" in shapes:
+        return "v_prediction", "v_pred marker key"
+    if stored_scheduler and stored_scheduler.get("prediction_type") in ("epsilon", "v_prediction"):
+        return stored_scheduler["prediction_type"], "sdlite metadata"
+    return None, ""
 
 
 def stored_configs(meta: dict[str, str]) -> dict[str, dict[str, Any]]:

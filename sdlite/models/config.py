@@ -21,7 +21,7 @@ from sdlite.schema import (
     validate_fields,
 )
 
-Preset = Literal["tiny", "shapes", "sd1-tiny", "sd15"]
+Preset = Literal["tiny", "shapes", "sd1-tiny", "sd15", "sd2-tiny", "sd21", "sdxl-tiny", "sdxl"]
 PRESETS: tuple[str, ...] = get_args(Preset)
 
 

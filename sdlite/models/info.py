@@ -12,10 +12,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from sdlite.families.sd1 import SD1
 from sdlite.models.config import InfoConfig
 from sdlite.models.loading import (
-    WEIGHT_COMPONENTS,
     ResolvedModel,
     is_inpainting,
     read_json,
@@ -36,8 +34,10 @@ def describe(config: InfoConfig) -> dict[str, Any]:
     cfg = model.configs()
     scheduler = cfg["scheduler"]
     sf = model.single_file
-    index = read_json(root / "model_index.json") if sf is None else SD1.model_index
+    family = model.family
+    index = read_json(root / "model_index.json") if sf is None else family.model_index
     tokenizer_cfg = _tokenizer_config(model.tokenizer if sf is not None else root / "tokenizer")
+    prediction, prediction_from = model.prediction()
 
     factor = vae_factor(cfg["vae"])
     validate_size(config.height, config.width, factor)
@@ -46,10 +46,11 @@ def describe(config: InfoConfig) -> dict[str, Any]:
     max_tokens = int(tokenizer_cfg.get("model_max_length") or cfg["text_encoder"]["max_position_embeddings"])
     max_tokens = min(max_tokens, cfg["text_encoder"]["max_position_embeddings"])
     latent = (cfg["vae"]["latent_channels"], height // factor, width // factor)
-    text = (max_tokens, cfg["text_encoder"]["hidden_size"])
+    # SDXL joins both encoders' hidden states along the width: the UNet attends to their sum of widths.
+    text = (max_tokens, sum(cfg[name]["hidden_size"] for name in family.text_encoders))
 
     components = {}
-    for name in WEIGHT_COMPONENTS:
+    for name in family.weight_components:
         if sf is not None:
             params, dtypes, files = (
                 sf.parameters[name],
@@ -60,7 +61,8 @@ def describe(config: InfoConfig) -> dict[str, Any]:
             found = [f for f in model.weight_files if f.parent.name == name]
             (params, dtypes), files = _count(found), [str(f.relative_to(root)) for f in found]
         components[name] = {"class": index[name][1], "parameters": params, "dtypes": dtypes, "files": files}
-    components["tokenizer"] = {"class": index["tokenizer"][1], "model_max_length": max_tokens}
+    for name in family.tokenizers:
+        components[name] = {"class": index[name][1], "model_max_length": max_tokens}
 
     inpainting = is_inpainting(model)
     # An inpainting UNet also reads the mask and the masked image's latents beside the noisy latents.
@@ -86,6 +88,14 @@ def describe(config: InfoConfig) -> dict[str, Any]:
     return {
         "model": config.model,
         "path": str(root),
+        "family": family.name,
+        "prediction_type": prediction,
+        "prediction_type_from": prediction_from,
+        "text_encoders": [
+            f"{name}: {index[name][1]}, width {cfg[name]['hidden_size']}, {cfg[name]['num_hidden_layers']} layers"
+            for name in family.text_encoders
+        ],
+        "micro_conditioning": family.micro_conditioning,
         "pipeline": index.get("_class_name"),
         "inpainting": inpainting,
         "components": components,
@@ -190,14 +200,21 @@ def format_info(info: dict[str, Any]) -> str:
     """The human-readable report `sdlite info` prints."""
     kind = ", inpainting: 9 input channels" if info["inpainting"] else ""
     lines = [f"model      {info['model']}  ({info['pipeline']}{kind})"]
+    native = f"{info['native_size'][0]}x{info['native_size'][1]}"
+    extra = ", micro-conditioned on original size, crop and target size" if info["micro_conditioning"] else ""
+    lines.append(
+        f"family     {info['family']}, predicts {info['prediction_type']} ({info['prediction_type_from']}), "
+        f"native {native}{extra}"
+    )
+    lines.append(f"text       {'; '.join(info['text_encoders'])}")
     for name, comp in info["components"].items():
         if "parameters" in comp:
             lines.append(
-                f"{name:<13}{comp['class']:<24}{comp['parameters'] / 1e6:>10.2f}M params  {', '.join(comp['dtypes'])}"
+                f"{name:<15}{comp['class']:<28}{comp['parameters'] / 1e6:>10.2f}M params  {', '.join(comp['dtypes'])}"
             )
         else:
-            lines.append(f"{name:<13}{comp['class']:<24}max {comp['model_max_length']} tokens")
-    lines.append(f"{'total':<37}{info['total_parameters'] / 1e6:>10.2f}M params")
+            lines.append(f"{name:<15}{comp['class']:<28}max {comp['model_max_length']} tokens")
+    lines.append(f"{'total':<43}{info['total_parameters'] / 1e6:>10.2f}M params")
     sched = info["scheduler"]
     lines.append(
         f"scheduler    {sched['class']}: {sched['num_train_timesteps']} steps, {sched['beta_schedule']} "

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from sdlite.errors import ModelError, UsageError
-from sdlite.families import family_of_pipeline, supported_pipelines
+from sdlite.families import FAMILIES, family_of_unet, supported_pipelines
+from sdlite.families.base import Family
 from sdlite.formats.single_file import SingleFile
 
-REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
 TRUSTED_LIBRARIES = ("diffusers", "transformers")
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -42,12 +41,36 @@ class ResolvedModel:
     tokenizer: Path | None = None  # a single file's tokenizer folder (found before any weight is read)
     use_ema: bool = True  # a single file's EMA weights, when it has them
 
+    @property
+    def family(self) -> Family:
+        """SD v1, SD 2.x or SDXL: from a single file's keys, or a folder's pipeline class and UNet config."""
+        if self.single_file is not None:
+            return next(f for f in FAMILIES if f.name == self.single_file.family)
+        index = read_json(self.path / "model_index.json")
+        family = family_of_unet(index.get("_class_name"), read_json(self.path / "unet" / "config.json"))
+        assert family is not None  # check_folder refused the others
+        return family
+
     def configs(self) -> dict[str, dict[str, Any]]:
-        """The unet, vae, text_encoder and scheduler configs: the folder's files, or read from the shapes."""
+        """The configs of the weights (unet, vae, each text encoder) and the scheduler: the folder's files, or
+        read from a single file's shapes."""
         if self.single_file is not None:
             return {**self.single_file.configs, "scheduler": dict(self.single_file.scheduler)}
-        configs = {name: read_json(self.path / name / "config.json") for name in WEIGHT_COMPONENTS}
+        configs = {name: read_json(self.path / name / "config.json") for name in self.family.weight_components}
         return {**configs, "scheduler": read_json(self.path / "scheduler" / "scheduler_config.json")}
+
+    def prediction(self) -> tuple[str, str]:
+        """What the model predicts ("epsilon" or "v_prediction") and where that was read, or that it was inferred
+        from the family's convention because nothing said."""
+        if self.single_file is not None:
+            return self.single_file.prediction, self.single_file.prediction_source
+        stated = self.configs()["scheduler"].get("prediction_type")
+        if stated:
+            return stated, "scheduler config"
+        native = self.native_size()
+        return self.family.conventional_prediction(
+            native
+        ), f"inferred: the {self.family.name} convention at {native} px"
 
     def native_size(self) -> int:
         """Image side the model was made for: the UNet's sample size times the VAE's downsampling."""
@@ -113,7 +136,8 @@ def check_folder(path: Path, allow_pickle: bool) -> tuple[tuple[Path, ...], bool
     Returns the weight files that will load and whether any of them is a pickle.
     """
     index = read_json(path / "model_index.json")
-    if family_of_pipeline(index.get("_class_name")) is None:
+    family = family_of_unet(index.get("_class_name"), read_json(path / "unet" / "config.json"))
+    if family is None:
         raise ModelError(
             f"{path}: pipeline {index.get('_class_name')!r} is not supported (expected {', '.join(supported_pipelines())})"
         )
@@ -124,18 +148,19 @@ def check_folder(path: Path, allow_pickle: bool) -> tuple[tuple[Path, ...], bool
             raise ModelError(
                 f"{path}: component {name} needs code from {entry[0]!r}; sdlite runs no model-supplied code"
             )
-    missing = [c for c in REQUIRED_COMPONENTS if not isinstance(index.get(c), list) or index[c][0] is None]
+    missing = [c for c in family.components if not isinstance(index.get(c), list) or index[c][0] is None]
     if missing:
         raise ModelError(f"{path}/model_index.json lacks components: {', '.join(missing)}")
     weights: list[Path] = []
     uses_pickle = False
-    for component in WEIGHT_COMPONENTS:
+    for component in family.weight_components:
         files, pickled = _component_weights(path / component, allow_pickle)
         weights += files
         uses_pickle |= pickled
     read_json(path / "scheduler" / "scheduler_config.json")
-    if not (path / "tokenizer").is_dir() or not any((path / "tokenizer").iterdir()):
-        raise ModelError(f"{path}/tokenizer is missing or empty: the model folder is incomplete")
+    for tokenizer in family.tokenizers:
+        if not (path / tokenizer).is_dir() or not any((path / tokenizer).iterdir()):
+            raise ModelError(f"{path}/{tokenizer} is missing or empty: the model folder is incomplete")
     return tuple(weights), uses_pickle
 
 
@@ -301,14 +326,15 @@ def pick_dtype(requested: str, device: str) -> Any:
 
 
 def load_pipeline(model: ResolvedModel, device: str, dtype: Any, inpainting_ok: bool = False) -> Any:
-    """Load the checked model as a StableDiffusionPipeline on `device` (no safety checker, no remote code).
+    """Load the checked model as its family's text-to-image pipeline on `device` (no safety checker, no
+    watermark, no remote code).
 
     An inpainting model (9 UNet input channels) is refused unless the caller will only give it images
     to start from (`inpainting_ok`).
     """
-    from diffusers import StableDiffusionPipeline
-
     silence_library_progress()
+    family = model.family
+    pipeline = family.pipeline_class("text-to-image")
     if is_inpainting(model) and not inpainting_ok:
         raise ModelError(
             f"{model.path} is an inpainting model (9 input channels): it does not make images from text alone; "
@@ -316,20 +342,16 @@ def load_pipeline(model: ResolvedModel, device: str, dtype: Any, inpainting_ok: 
         )
     if model.single_file is not None:
         parts = load_single_file(model)
-        pipe = StableDiffusionPipeline(
-            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-        )
+        pipe = pipeline(**parts, **family.pipeline_options)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(device, dtype)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
+        pipe = pipeline.from_pretrained(
             model.path,
             dtype=dtype,
             use_safetensors=None if model.uses_pickle else True,  # None: safetensors first, pickle as fallback
             local_files_only=True,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
+            **family.pipeline_options,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"cannot load model {model.source} ({model.path}): {_first_line(exc)}") from exc

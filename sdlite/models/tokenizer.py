@@ -18,6 +18,7 @@ from sdlite.families.sd1 import SD1
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 MAX_LENGTH = 77
+OPENCLIP_PAD = "!"  # OpenCLIP pads with token 0, the byte "!"
 
 # Words that become single tokens: the vocabulary of the synthetic scenes sdlite trains on, plus
 # common English so ordinary prompts tokenize compactly.
@@ -85,16 +86,18 @@ def build_vocab_and_merges(words: tuple[str, ...] = WORDS) -> tuple[dict[str, in
     return vocab, merges
 
 
-def build_tokenizer(words: tuple[str, ...] = WORDS, max_length: int = MAX_LENGTH) -> Any:
-    """A transformers CLIPTokenizer over the locally trained vocabulary (pads with EOS, like SD v1)."""
+def build_tokenizer(words: tuple[str, ...] = WORDS, max_length: int = MAX_LENGTH, openclip_pad: bool = False) -> Any:
+    """A transformers CLIPTokenizer over the locally trained vocabulary: it pads with EOS like SD v1's, or with
+    `!` like OpenCLIP's (SD 2.x's, SDXL's second)."""
     from transformers import CLIPTokenizer
 
     vocab, merges = build_vocab_and_merges(words)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+    pad = {"pad_token": OPENCLIP_PAD} if openclip_pad else {}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length, **pad)
 
 
 # Where Stable Diffusion v1's tokenizer lives on the hub (sdlite/families/sd1.py).
-CLIP_TOKENIZER_SOURCES = SD1.tokenizer_sources
+CLIP_TOKENIZER_SOURCES = SD1.tokenizer_sources["tokenizer"]
 _REQUIRED = (("vocab.json", "merges.txt"), ("tokenizer.json",))  # either form loads
 _OPTIONAL = ("tokenizer_config.json", "special_tokens_map.json")
 

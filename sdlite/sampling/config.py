@@ -18,6 +18,7 @@ from sdlite.schema import (
     DTYPE_HELP,
     MAX_SEED,
     MODEL_HELP,
+    CornerPair,
     Device,
     DType,
     FilePath,
@@ -30,6 +31,7 @@ from sdlite.schema import (
     PositiveInt,
     Prompt,
     Seed,
+    SizePair,
     Text,
     allow_pickle_option,
     ema_weights_option,
@@ -51,6 +53,9 @@ Strength = Annotated[float, Strict(), AllowInfNan(False), Gt(0), Le(1)]
 ResizeRule = Literal["crop", "fit", "stretch"]
 RESIZE_RULES: tuple[str, ...] = get_args(ResizeRule)
 DEFAULT_STRENGTH = 0.75
+# What `--prediction-type` takes, and the name diffusers' schedulers give each.
+PredictionType = Literal["epsilon", "v"]
+PREDICTION_TYPES = {"epsilon": "epsilon", "v": "v_prediction"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,32 @@ class Generation:
         "How --init-image and --mask meet the output size: crop (cover, cut the overflow evenly), fit (fit inside, "
         "fill the rest from the image's edges) or stretch.",
         shown="crop",
+    )
+    prompt_2: Prompt | None = option(
+        None, "SDXL: the prompt its second text encoder (OpenCLIP bigG) reads.", shown="the prompt"
+    )
+    negative_prompt_2: Prompt | None = option(
+        None, "SDXL: the negative prompt its second text encoder reads.", shown="the negative prompt"
+    )
+    original_size: SizePair | None = option(
+        None,
+        "SDXL micro-conditioning: the size the model is told the training image had, WIDTHxHEIGHT (smaller reads "
+        "as an upscaled, blurrier picture).",
+        shown="the image size",
+        metavar="WxH",
+    )
+    crops_coords: CornerPair | None = option(
+        None,
+        "SDXL micro-conditioning: the top-left corner the model is told the training image was cropped at, TOP,LEFT "
+        "(away from 0,0 reads as a cut-off subject).",
+        shown="0,0",
+        metavar="TOP,LEFT",
+    )
+    target_size: SizePair | None = option(
+        None,
+        "SDXL micro-conditioning: the size the model is told to aim for, WIDTHxHEIGHT.",
+        shown="the image size",
+        metavar="WxH",
     )
 
     _option_names: ClassVar[dict[str, str]] = {"prompt": "PROMPT"}
@@ -189,6 +220,7 @@ class SampleConfig:
     save_progress: PositiveInt | None = None
     # Keep the images an interrupted run of the same command wrote into `out`; make only the missing ones.
     resume: Flag = False
+    prediction_type: PredictionType | None = None  # what the model predicts, when it says wrong or nothing
 
     _option_names: ClassVar[dict[str, str]] = {
         "generations": "PROMPT",

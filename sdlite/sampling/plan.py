@@ -12,6 +12,8 @@ from sdlite.sampling.init_images import Given
 from sdlite.sampling.results import SampleResult
 
 IMAGE_TO_IMAGE_KEYS = ("init_image", "strength", "mask", "mask_blur", "resize")
+# SDXL's: its second text encoder's prompts and its micro-conditioning.
+SDXL_KEYS = ("prompt_2", "negative_prompt_2", "original_size", "crops_coords", "target_size")
 
 
 @dataclass(frozen=True)
@@ -51,15 +53,30 @@ def plan_batches(config: SampleConfig, sizes: list[tuple[int, int]]) -> list[Bat
     return batches
 
 
-def image_settings(gen: Generation, seed: int, height: int, width: int) -> dict[str, Any]:
-    """The settings an image records: its generation's, with its own seed and size."""
+def image_settings(gen: Generation, seed: int, height: int, width: int, micro: bool = False) -> dict[str, Any]:
+    """The settings an image records: its generation's, with its own seed and size; for a micro-conditioned
+    model (SDXL) also the original size, crop and target size it was told, defaults filled in as diffusers does."""
     settings = {**dataclasses.asdict(gen), "seed": seed, "height": height, "width": width}
     settings.pop("num_images")
+    if micro:
+        settings.update(micro_conditioning(gen, height, width))
+    else:  # the other families record exactly what they always did
+        settings = {k: v for k, v in settings.items() if k not in SDXL_KEYS}
     if gen.init_image is None:  # text-to-image records exactly what it always did
         return {k: v for k, v in settings.items() if k not in IMAGE_TO_IMAGE_KEYS}
     settings["init_image"] = str(Path(gen.init_image).expanduser().resolve())
     settings["mask"] = str(Path(gen.mask).expanduser().resolve()) if gen.mask else None
     return settings
+
+
+def micro_conditioning(gen: Generation, height: int, width: int) -> dict[str, list[int]]:
+    """SDXL's six conditioning numbers for an image of this size: diffusers' defaults (original and target size
+    the image's own, crop at 0,0) where the generation does not say, as JSON lists (height, width) and (top, left)."""
+    return {
+        "original_size": list(gen.original_size or (height, width)),
+        "crops_coords": list(gen.crops_coords or (0, 0)),
+        "target_size": list(gen.target_size or (height, width)),
+    }
 
 
 def denoising_steps(gen: Generation) -> int:

@@ -36,6 +36,12 @@ class SampleResult:
     mask: str | None = None
     mask_blur: int | None = None
     resize: str | None = None
+    # SDXL's second prompts and micro-conditioning (None for the other families).
+    prompt_2: str | None = None
+    negative_prompt_2: str | None = None
+    original_size: list[int] | None = None
+    crops_coords: list[int] | None = None
+    target_size: list[int] | None = None
     progress: Path | None = None  # --save-progress: the strip of the model's clean-image estimates
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,10 +77,31 @@ class ModelFacts:
     lora: list[dict[str, Any]] | None  # each LoRA's source, sha256 and scale, in --lora order
     mode: str
     single_file: dict[str, Any]  # a single file's tokenizer and EMA choice, for --from-image
+    family: str = "SD v1"
+    prediction: tuple[str, str] = ("epsilon", "scheduler config")  # what the model predicts, and who said so
+    micro_conditioning: bool = False  # SDXL: each image records its original size, crop and target size
+
+    def record(self) -> dict[str, Any]:
+        """The `model` part of an image's sdlite record."""
+        return {
+            "source": self.ref,
+            "hash": self.model_hash,
+            "files": self.file_hashes,
+            "family": self.family,
+            "prediction_type": self.prediction[0],
+            "prediction_type_from": self.prediction[1],
+            **self.single_file,
+        }
 
 
 def model_facts(
-    source: str, model: ResolvedModel, device: str, dtype: str, lora: list[dict[str, Any]] | None, mode: str
+    source: str,
+    model: ResolvedModel,
+    device: str,
+    dtype: str,
+    lora: list[dict[str, Any]] | None,
+    mode: str,
+    prediction: tuple[str, str],
 ) -> ModelFacts:
     model_hash, file_hashes = filecache.model_hashes(model.path, model.weight_files)
     local = Path(source).expanduser().exists()
@@ -90,6 +117,9 @@ def model_facts(
         lora=lora,
         mode=mode,
         single_file=_single_file_record(model),
+        family=model.family.name,
+        prediction=prediction,
+        micro_conditioning=model.family.micro_conditioning,
     )
 
 

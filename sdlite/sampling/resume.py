@@ -93,7 +93,7 @@ def kept_images(
         }
         for i, seed in enumerate(batch.seeds):
             wanted = {
-                "settings": image_settings(gen, seed, batch.height, batch.width),
+                "settings": image_settings(gen, seed, batch.height, batch.width, facts.micro_conditioning),
                 "batch": list(batch.seeds),
                 "number": batch.first_number + i,
                 "inputs": inputs,

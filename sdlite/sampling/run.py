@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlite.errors import ModelError, NumericalError, ResourceError, UsageError, writing
-from sdlite.families.sd1 import SD1
+from sdlite.families.base import Family
 from sdlite.formats import png_record
 from sdlite.models import memory
 from sdlite.models.loading import (
@@ -33,7 +33,7 @@ from sdlite.models.loading import (
     resolve_model,
     vae_factor,
 )
-from sdlite.sampling.config import Generation, SampleConfig
+from sdlite.sampling.config import PREDICTION_TYPES, Generation, SampleConfig
 from sdlite.sampling.init_images import (
     Given,
     UserImages,
@@ -44,7 +44,16 @@ from sdlite.sampling.interrupt import NonFiniteLatents, ProgressFn, StepCounter,
 from sdlite.sampling.loras import load_loras
 from sdlite.sampling.modes import apply_mode, load_device
 from sdlite.sampling.outputs import BackgroundWriter, Numbering, write_grid_png, write_png
-from sdlite.sampling.plan import Batch, Job, denoising_steps, image_settings, plan_batches, task_record
+from sdlite.sampling.plan import (
+    SDXL_KEYS,
+    Batch,
+    Job,
+    denoising_steps,
+    image_settings,
+    micro_conditioning,
+    plan_batches,
+    task_record,
+)
 from sdlite.sampling.previews import X0Recorder
 from sdlite.sampling.results import ModelFacts, SampleResult, SampleRun, model_facts
 from sdlite.sampling.resume import await_remote, is_whole, kept_images, plan_indices
@@ -76,6 +85,7 @@ def sample(
     world = World.current()
     config = world.share(config)  # one run: the first process's seeds, also the random ones it drew
     model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights)
+    _check_family_settings(config, model)
     user_images = UserImages()  # each init image and mask is read and hashed once per run
     sizes = _sizes(config, model, user_images)
     inpainting_model = is_inpainting(model)
@@ -99,7 +109,8 @@ def sample(
     pipe = load_pipeline(model, load_device(config.mode, world.device(device)), dtype, inpainting_ok=inpainting_model)
     loras = load_loras(pipe, config.loras, warnings)
     applied = apply_mode(pipe, config.mode, device, bool(loras))
-    facts = model_facts(config.model, model, device, str(pipe.unet.dtype), loras or None, config.mode)
+    prediction = _prediction(config, model)
+    facts = model_facts(config.model, model, device, str(pipe.unet.dtype), loras or None, config.mode, prediction)
     expected = (config.expected_model_hash or "").lower()
     if expected and not facts.model_hash.startswith(expected):  # A1111 records only the first 10 hex digits
         _warn(
@@ -117,8 +128,8 @@ def sample(
     run = _Run(
         config,
         world,
-        _Pipelines(pipe, inpainting_model),
-        pipe.scheduler.config,
+        _Pipelines(pipe, inpainting_model, model.family),
+        {**pipe.scheduler.config, "prediction_type": prediction[0]},
         user_images,
         facts,
         out,
@@ -155,6 +166,27 @@ class _Run:
     existing: dict[int, SampleResult] = field(default_factory=dict)  # kept images, by number in the run
     indices: dict[int, int] = field(default_factory=dict)  # every image's index in OUT, by number in the run
     grid: Path | None = None
+
+
+def _check_family_settings(config: SampleConfig, model: ResolvedModel) -> None:
+    """SDXL's own settings (second prompts, micro-conditioning) given for a model of another family are an error,
+    not silently ignored."""
+    family = model.family
+    if family.micro_conditioning:
+        return
+    for gen in config.generations:
+        for key in SDXL_KEYS:
+            if getattr(gen, key) is not None:
+                flag = "--" + key.replace("_", "-")
+                raise UsageError(f"{flag} is for SDXL models; {model.source} is {family.name}")
+
+
+def _prediction(config: SampleConfig, model: ResolvedModel) -> tuple[str, str]:
+    """What the model predicts ("epsilon" or "v_prediction") and where that came from: --prediction-type wins
+    over what the model says or its family's convention."""
+    if config.prediction_type is not None:
+        return PREDICTION_TYPES[config.prediction_type], "--prediction-type"
+    return model.prediction()
 
 
 def _sizes(config: SampleConfig, model: ResolvedModel, user_images: UserImages) -> list[tuple[int, int]]:
@@ -271,7 +303,7 @@ def _denoise(run: _Run, writer: BackgroundWriter) -> None:
                 continue
             if given is not None and given.mask is not None:  # the known region: the original's own pixels
                 image = runner.image_processor.apply_overlay(given.mask, given.image, image)
-            settings = image_settings(gen, seed, batch.height, batch.width)
+            settings = image_settings(gen, seed, batch.height, batch.width, run.facts.micro_conditioning)
             writer.put(
                 Job(
                     number,
@@ -288,7 +320,9 @@ def _denoise(run: _Run, writer: BackgroundWriter) -> None:
 def _report_others(run: _Run, batch: Batch, wanted: list[int], writer: BackgroundWriter) -> None:
     """The first process queues, in order, the images another process makes (or an earlier run kept)."""
     for n in wanted:
-        settings = image_settings(batch.gen, batch.seeds[n - batch.first_number], batch.height, batch.width)
+        settings = image_settings(
+            batch.gen, batch.seeds[n - batch.first_number], batch.height, batch.width, run.facts.micro_conditioning
+        )
         kept = run.existing.get(n)
         if kept is not None and is_whole(kept, run.config):
             writer.put(Job(n, kept=kept), heavy=False)
@@ -297,10 +331,11 @@ def _report_others(run: _Run, batch: Batch, wanted: list[int], writer: Backgroun
 
 
 class _Pipelines:
-    """diffusers' text-to-image, image-to-image and inpainting pipelines over the same loaded components."""
+    """diffusers' text-to-image, image-to-image and inpainting pipelines of the model's family over the same
+    loaded components."""
 
-    def __init__(self, pipe: Any, inpainting_model: bool) -> None:
-        self.text_to_image, self.inpainting_model = pipe, inpainting_model
+    def __init__(self, pipe: Any, inpainting_model: bool, family: Family) -> None:
+        self.text_to_image, self.inpainting_model, self.family = pipe, inpainting_model, family
         self.made: dict[str, Any] = {}
 
     def for_task(self, task: str) -> Any:
@@ -309,8 +344,13 @@ class _Pipelines:
         # An inpainting model does image-to-image through its own pipeline, with everything to repaint.
         kind = "inpainting" if task == "inpainting" or self.inpainting_model else "image-to-image"
         if kind not in self.made:
-            cls = SD1.pipeline_class(kind)
-            made = cls(**self.text_to_image.components, requires_safety_checker=False)  # the same modules, shared
+            cls = self.family.pipeline_class(kind)
+            accepted = inspect.signature(cls.__init__).parameters
+            components = self.text_to_image.components
+            # The loaded pipeline's own settings (SDXL's force_zeros_for_empty_prompt) and the family's options.
+            options = {k: v for k, v in self.text_to_image.config.items() if k in accepted and k not in components}
+            options |= {k: v for k, v in self.family.pipeline_options.items() if k in accepted and k not in components}
+            made = cls(**{k: v for k, v in components.items() if k in accepted}, **options)  # the same modules
             made.set_progress_bar_config(disable=True)
             self.made[kind] = made
         return self.made[kind]
@@ -337,7 +377,7 @@ def _save(out: Path, numbering: Numbering, job: Job, facts: ModelFacts, index: i
     record = {
         "format": png_record.FORMAT_VERSION,
         "settings": job.settings,
-        "model": {"source": facts.ref, "hash": facts.model_hash, "files": facts.file_hashes, **facts.single_file},
+        "model": facts.record(),
         "run": {
             "batch_seeds": list(job.batch),
             "number": job.number,
@@ -387,6 +427,15 @@ def _generate(
             extra.update(mask_image=[mask] * len(seeds), height=height, width=width)
     else:
         extra.update(height=height, width=width)
+    if "original_size" in inspect.signature(pipe.__call__).parameters:  # SDXL: second prompts, micro-conditioning
+        micro = micro_conditioning(gen, height, width)
+        extra.update(
+            prompt_2=[gen.prompt_2] * len(seeds) if gen.prompt_2 is not None else None,
+            negative_prompt_2=[gen.negative_prompt_2] * len(seeds) if gen.negative_prompt_2 is not None else None,
+            original_size=tuple(micro["original_size"]),
+            crops_coords_top_left=tuple(micro["crops_coords"]),
+            target_size=tuple(micro["target_size"]),
+        )
     try:
         if given is not None and denoising_steps(gen) == 0:
             return _round_trip(pipe, given.image, generators)

@@ -12,7 +12,16 @@ from typing import Any
 
 from sdlite.errors import DataError, UsageError
 from sdlite.models.source import model_settings_record, resolve_model_source
-from sdlite.sampling.config import GENERATION_KEYS, INPUT_KEYS, Generation, LoraChoice, Mode, SampleConfig, lora_choices
+from sdlite.sampling.config import (
+    GENERATION_KEYS,
+    INPUT_KEYS,
+    Generation,
+    LoraChoice,
+    Mode,
+    PredictionType,
+    SampleConfig,
+    lora_choices,
+)
 from sdlite.sampling.modes import FAST_SETTINGS
 from sdlite.sampling.prompts_file import prompt_rows
 from sdlite.schema import (
@@ -90,6 +99,12 @@ class SampleOverrides:
         "decoded) at K evenly spaced denoising steps. The image itself is unchanged.",
         metavar="K",
     )
+    prediction_type: str | None = option(
+        None,
+        "What the model predicts: epsilon (the noise) or v. For a model that says it wrongly or not at all (a single "
+        "file without ModelSpec or v_pred marker); recorded with each image.",
+        shown="the model's scheduler config or file metadata, else its family's convention",
+    )
     resume: bool = option(
         False,
         "Continue an interrupted run of this same command in --out: images it already wrote (checked from their "
@@ -131,6 +146,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         lora_scale=_as_tuple(opts.lora_scale),
         tokenizer=opts.tokenizer,
         ema_weights=opts.ema_weights,
+        prediction_type=opts.prediction_type,
     )
     if opts.from_image is not None:
         _replay_image(replay, opts, cli)
@@ -164,6 +180,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         ema_weights=True if replay.ema_weights is None else replay.ema_weights,
         save_progress=opts.save_progress,
         resume=opts.resume,
+        prediction_type=replay.prediction_type,
     )
 
 
@@ -178,6 +195,7 @@ class _Replay:
     lora_scale: tuple[float, ...]
     tokenizer: str | None
     ema_weights: bool | None
+    prediction_type: str | None
     recorded: dict[str, Any] = field(default_factory=dict)  # the PNG's generation settings
     image: Source | None = None
     expected_hash: str | None = None
@@ -197,6 +215,7 @@ def _replay_image(replay: _Replay, opts: SampleOverrides, cli: dict[str, Any]) -
         replay.ema_weights = recorded.get("ema_weights") if replay.ema_weights is None else replay.ema_weights
     replay.expected_hash = recorded.get("model_hash")
     replay.mode = replay.mode or recorded.get("mode")
+    replay.prediction_type = replay.prediction_type or recorded.get("prediction_type")
     if recorded.get("lora") and not replay.lora:  # the recorded LoRAs; --lora-scale may still change their scales
         used = _recorded_loras(recorded["lora"], image)
         replay.lora = tuple(r["source"] for r in used)
@@ -278,6 +297,7 @@ def _read_image_settings(path: Path) -> tuple[dict[str, Any], Source]:
         ("model_hash", Text | None),
         ("batch_seeds", list[Seed] | None),
         ("mode", Mode | None),
+        ("prediction_type", PredictionType | None),
     ):
         check_value(hint, recorded.get(key), f'its sdlite metadata field "{key}"', image)
     return recorded, image

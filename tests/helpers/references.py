@@ -16,15 +16,22 @@ def diffusers_reference(
     seeds: list[int],
     scheduler: str = "ddim",
     pipeline: str = "StableDiffusionPipeline",
+    prediction_type: str | None = None,
     **call: object,
 ) -> np.ndarray:
-    """What plain diffusers (`pipeline`, text-to-image by default) makes from the same folder: the parity baseline."""
+    """What plain diffusers (`pipeline`, text-to-image by default) makes from the same folder: the parity baseline.
+    SDXL pipelines are loaded without the invisible watermark (sdlite adds none), the others without a safety
+    checker; `prediction_type` replaces the scheduler config's."""
     import diffusers
     import torch
 
-    pipe = getattr(diffusers, pipeline).from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+    options = (
+        {"add_watermarker": False} if "XL" in pipeline else {"safety_checker": None, "requires_safety_checker": False}
+    )
+    pipe = getattr(diffusers, pipeline).from_pretrained(model, **options)
     spec = SCHEDULERS[scheduler]
-    pipe.scheduler = getattr(diffusers, spec.class_name).from_config(pipe.scheduler.config, **spec.overrides)
+    config = {**pipe.scheduler.config, **({"prediction_type": prediction_type} if prediction_type else {})}
+    pipe.scheduler = getattr(diffusers, spec.class_name).from_config(config, **spec.overrides)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(
         [prompt] * len(seeds),

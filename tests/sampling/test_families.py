@@ -1,0 +1,146 @@
+"""SD 2.x (v-prediction) and SDXL sample through diffusers' own pipelines of their family: the same pixels as
+plain diffusers from the same folder and seeds for text-to-image, image-to-image and inpainting; SDXL's second
+prompts and micro-conditioning are recorded and replayed; `--prediction-type` overrides what the model says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from sdlite.errors import UsageError
+from sdlite.formats.png_record import read_record
+from sdlite.sampling.config import Generation, SampleConfig
+from sdlite.sampling.run import sample
+from sdlite.sampling.sources import SampleOverrides, build_sample_config
+
+STEPS = 3
+PROMPT = "a red circle on a blue background"
+PIPELINES = {
+    "sd2": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
+    "sdxl": ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
+}
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A red circle on blue (64x64) and the mask of its background (white = repaint)."""
+    folder = tmp_path_factory.mktemp("scene")
+    image = Image.new("RGB", (64, 64), (30, 60, 200))
+    ImageDraw.Draw(image).ellipse((16, 16, 47, 47), fill=(220, 30, 30))
+    mask = Image.new("L", (64, 64), 255)
+    ImageDraw.Draw(mask).ellipse((16, 16, 47, 47), fill=0)
+    image.save(folder / "scene.png")
+    mask.save(folder / "mask.png")
+    return folder / "scene.png", folder / "mask.png"
+
+
+def run(model: Path, out: Path, *gens: Generation, **kwargs: object) -> list:
+    return list(sample(SampleConfig(model=str(model), generations=gens, out=out, **kwargs)).images)  # type: ignore[arg-type]
+
+
+def reference(model: Path, pipeline: str, seeds: list[int], **call: object) -> np.ndarray:
+    from helpers.references import diffusers_reference
+
+    return diffusers_reference(model, PROMPT, seeds, "ddim", pipeline, **call).astype(np.int16)
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_every_task_gives_plain_diffusers_pixels(
+    family: str, sd2_tiny_model: Path, sdxl_tiny_model: Path, scene: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """sd2-tiny predicts v, so this is also v-prediction sampling; inpainting is compared inside the mask, outside
+    it the original's own pixels are kept."""
+    model = {"sd2": sd2_tiny_model, "sdxl": sdxl_tiny_model}[family]
+    text, image_to_image, inpainting = PIPELINES[family]
+    image, mask = Image.open(scene[0]).convert("RGB"), Image.open(scene[1]).convert("L")
+    common = {"num_inference_steps": STEPS, "guidance_scale": 5.0, "negative_prompt": ["blue"] * 2}
+    gens = (
+        Generation(PROMPT, negative_prompt="blue", seed=4, steps=STEPS, guidance=5.0, num_images=2),
+        Generation(PROMPT, negative_prompt="blue", seed=4, steps=STEPS, guidance=5.0, num_images=2,
+                   init_image=str(scene[0]), strength=0.6),
+        Generation(PROMPT, negative_prompt="blue", seed=4, steps=STEPS, guidance=5.0, num_images=2,
+                   init_image=str(scene[0]), mask=str(scene[1]), strength=1.0),
+    )  # fmt: skip
+    ours = np.stack([pixels(r.path) for r in run(model, tmp_path / "o", *gens, batch_size=2)])
+    theirs = np.concatenate([
+        reference(model, text, [4, 5], height=64, width=64, **common),
+        reference(model, image_to_image, [4, 5], image=[image] * 2, strength=0.6, **common),
+        reference(model, inpainting, [4, 5], image=[image] * 2, mask_image=[mask] * 2, strength=1.0, height=64,
+                  width=64, **common),
+    ])  # fmt: skip
+    assert np.abs(ours[:4] - theirs[:4]).max() <= 1
+    inside = np.asarray(mask) > 127
+    assert np.abs(ours[4:] - theirs[4:])[:, inside].max() <= 1
+    assert (ours[4:][:, ~inside] == pixels(scene[0])[~inside]).all()
+    assert np.abs(ours[0] - ours[2]).max() > 10  # the tasks differ: the comparison can fail
+
+
+def test_sdxl_records_its_micro_conditioning_and_second_prompt_and_replays_them(
+    sdxl_tiny_model: Path, tmp_path: Path
+) -> None:
+    plain, told = run(
+        sdxl_tiny_model,
+        tmp_path / "o",
+        Generation(PROMPT, seed=2, steps=STEPS),
+        Generation(PROMPT, seed=2, steps=STEPS, prompt_2="a green square", original_size=(32, 48),
+                   crops_coords=(8, 4), target_size=(64, 64)),
+    )  # fmt: skip
+    settings = read_record(plain.path)["settings"]
+    assert (settings["original_size"], settings["crops_coords"], settings["target_size"]) == (
+        [64, 64],
+        [0, 0],
+        [64, 64],
+    )
+    assert settings["prompt_2"] is None
+    record = read_record(told.path)
+    assert (record["settings"]["original_size"], record["settings"]["crops_coords"]) == ([32, 48], [8, 4])
+    assert record["model"]["family"] == "SDXL" and record["model"]["prediction_type"] == "epsilon"
+    theirs = reference(
+        sdxl_tiny_model, "StableDiffusionXLPipeline", [2], num_inference_steps=STEPS, guidance_scale=7.5, height=64, width=64,
+        prompt_2=["a green square"], original_size=(32, 48), crops_coords_top_left=(8, 4), target_size=(64, 64),
+    )[0]  # fmt: skip
+    assert np.abs(pixels(told.path) - theirs).max() <= 1
+    assert np.abs(pixels(told.path) - pixels(plain.path)).max() > 10  # they do condition the image
+    config = build_sample_config(SampleOverrides(from_image=told.path, out=tmp_path / "again"))
+    assert config.generations[0].original_size == (32, 48) and config.generations[0].prompt_2 == "a green square"
+    (again,) = sample(config).images
+    assert (pixels(again.path) == pixels(told.path)).all()
+
+
+def test_sizes_are_written_width_by_height_on_the_command_line(sdxl_tiny_model: Path, tmp_path: Path) -> None:
+    settings = {"original_size": "48x32", "crops_coords": "8,4", "target_size": "64x64"}
+    config = build_sample_config(SampleOverrides(prompts=(PROMPT,), model=str(sdxl_tiny_model), settings=settings))
+    gen = config.generations[0]
+    assert (gen.original_size, gen.crops_coords, gen.target_size) == ((32, 48), (8, 4), (64, 64))
+    with pytest.raises(UsageError, match="--original-size"):
+        build_sample_config(SampleOverrides(prompts=(PROMPT,), settings={"original_size": "48 by 32"}))
+
+
+def test_sdxl_settings_on_another_family_are_an_error(tiny_model: Path, tmp_path: Path) -> None:
+    for key, value in (("original_size", (32, 32)), ("prompt_2", "x")):
+        with pytest.raises(UsageError, match=f"--{key.replace('_', '-')} is for SDXL models; .* is SD v1"):
+            run(tiny_model, tmp_path / "o", Generation(PROMPT, steps=STEPS, **{key: value}))
+    assert not any((tmp_path / "o").glob("*.png"))
+
+
+def test_prediction_type_overrides_the_model_and_is_recorded_and_replayed(sd2_tiny_model: Path, tmp_path: Path) -> None:
+    """sd2-tiny says v; told epsilon, sdlite samples as plain diffusers does with an epsilon scheduler."""
+    (result,) = run(sd2_tiny_model, tmp_path / "o", Generation(PROMPT, seed=1, steps=STEPS), prediction_type="epsilon")
+    theirs = reference(sd2_tiny_model, "StableDiffusionPipeline", [1], num_inference_steps=STEPS, guidance_scale=7.5, height=64,
+                       width=64, prediction_type="epsilon")[0]  # fmt: skip
+    assert np.abs(pixels(result.path) - theirs).max() <= 1
+    model = read_record(result.path)["model"]
+    assert (model["prediction_type"], model["prediction_type_from"]) == ("epsilon", "--prediction-type")
+    config = build_sample_config(SampleOverrides(from_image=result.path, out=tmp_path / "again"))
+    assert config.prediction_type == "epsilon"
+    (own,) = run(sd2_tiny_model, tmp_path / "v", Generation(PROMPT, seed=1, steps=STEPS))
+    assert read_record(own.path)["model"]["prediction_type"] == "v_prediction"
+    assert np.abs(pixels(own.path) - pixels(result.path)).max() > 10
+    assert build_sample_config(SampleOverrides(from_image=own.path)).prediction_type is None  # the model's own again
