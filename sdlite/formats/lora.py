@@ -6,10 +6,11 @@ diffusers layout, as `StableDiffusionPipeline.save_lora_weights` writes it (`pyt
 patterns) as JSON under the `lora_adapter_metadata` key of the safetensors metadata. Without that
 metadata diffusers applies every module at alpha = rank, i.e. strength 1.
 
-kohya layout, the one AUTOMATIC1111, ComfyUI and kohya's sd-scripts load for SD v1:
+kohya layout, the one AUTOMATIC1111, ComfyUI and kohya's sd-scripts load:
 `lora_unet_<module path with . -> _>.lora_down.weight` / `.lora_up.weight` / `.alpha` (a scalar; the
-module's strength is alpha / rank), and for the text encoder `lora_te_text_model_<module path>...`.
-transformers 5's CLIPTextModel has no `text_model.` level in its module paths, but the kohya names keep it.
+module's strength is alpha / rank), and for the text encoder `lora_te_text_model_<module path>...` (SD v1 and
+2.x), or SDXL's two: `lora_te1_...` (CLIP-L) and `lora_te2_...` (OpenCLIP bigG). transformers 5's
+CLIPTextModel has no `text_model.` level in its module paths, but the kohya names keep it.
 
 Everything here is a function of state dicts, names and metadata; only reading and writing files touches disk.
 """
@@ -29,7 +30,8 @@ from sdlite.errors import ModelError, UsageError
 LORA_FILE = "pytorch_lora_weights.safetensors"
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' key for the PEFT configs in the safetensors metadata
 FORMATS = ("kohya", "diffusers")
-KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
+SDXL_TEXT_PREFIX = "lora_te1_"  # SDXL's first text encoder: `lora_te_` names the only one of SD v1 and 2.x
 KOHYA_TEXT_MODEL = "text_model_"  # kohya's text-encoder names carry the CLIPTextModel `text_model.` level
 # (down suffix, up suffix) of one module's pair of matrices, in the layouts diffusers writes or reads.
 DIFFUSERS_PAIRS = (
@@ -40,13 +42,16 @@ DIFFUSERS_PAIRS = (
 KOHYA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 
 
-def kohya_name(component: str, module: str) -> str:
-    """The kohya name of a diffusers module: `lora_unet_down_blocks_0_..._to_q`, `lora_te_text_model_encoder_...`."""
+def kohya_name(component: str, module: str, two_text_encoders: bool = False) -> str:
+    """The kohya name of a diffusers module: `lora_unet_down_blocks_0_..._to_q`, `lora_te_text_model_encoder_...`
+    (`lora_te1_`/`lora_te2_` for SDXL's two text encoders)."""
     if component not in KOHYA_PREFIXES:
-        raise ValueError(f"no kohya name for component {component!r} (SD v1 has unet and text_encoder)")
+        raise ValueError(f"no kohya name for component {component!r} (unet, text_encoder, text_encoder_2)")
     path = module.replace(".", "_")
-    if component == "text_encoder" and not path.startswith(KOHYA_TEXT_MODEL):
+    if component != "unet" and not path.startswith(KOHYA_TEXT_MODEL):
         path = KOHYA_TEXT_MODEL + path
+    if component == "text_encoder" and two_text_encoders:
+        return SDXL_TEXT_PREFIX + path
     return KOHYA_PREFIXES[component] + path
 
 
@@ -58,13 +63,14 @@ def split_diffusers_key(key: str) -> tuple[str, str, str]:
             for role, suffix in (("down", down), ("up", up)):
                 if rest.endswith(suffix):
                     return component, rest[: -len(suffix)], role
-    raise ValueError(f"{key!r} is not a diffusers-layout LoRA key of the UNet or the text encoder")
+    raise ValueError(f"{key!r} is not a diffusers-layout LoRA key of the UNet or a text encoder")
 
 
 def layout(keys: list[str] | tuple[str, ...] | Any) -> str | None:
     """'kohya', 'diffusers', or None when the keys are neither (or not a LoRA at all)."""
     keys = list(keys)
-    if keys and all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_")) and k.endswith(KOHYA_SUFFIXES) for k in keys):
+    kohya = ("lora_unet_", "lora_te_", SDXL_TEXT_PREFIX, "lora_te2_")
+    if keys and all(k.startswith(kohya) and k.endswith(KOHYA_SUFFIXES) for k in keys):
         return "kohya"
     try:
         if keys and all(split_diffusers_key(k) for k in keys):
@@ -108,12 +114,15 @@ def module_scale(config: Mapping[str, Any] | None, module: str, rank: int) -> fl
     return float(alpha) / (math.sqrt(rank) if config.get("use_rslora") else rank)
 
 
-def to_kohya(state_dict: Mapping[str, Any], configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def to_kohya(
+    state_dict: Mapping[str, Any], configs: Mapping[str, Mapping[str, Any]], sdxl: bool = False
+) -> dict[str, Any]:
     """A diffusers-layout LoRA state dict -> the kohya layout, one `.alpha` per module.
 
-    `configs` maps "unet" / "text_encoder" to its PEFT config (`component_configs(metadata)`); a
-    component without one gets alpha = rank, as diffusers itself applies it. The written alpha is
-    strength x rank, so every loader that computes alpha / rank gets the strength the adapter had.
+    `configs` maps "unet" / "text_encoder" / "text_encoder_2" to its PEFT config (`component_configs(metadata)`);
+    a component without one gets alpha = rank, as diffusers itself applies it. The written alpha is
+    strength x rank, so every loader that computes alpha / rank gets the strength the adapter had. An SDXL
+    adapter (`sdxl`, or one that adapts the second text encoder) names its first text encoder `lora_te1_`.
     """
     import torch
 
@@ -121,6 +130,7 @@ def to_kohya(state_dict: Mapping[str, Any], configs: Mapping[str, Mapping[str, A
     for key, tensor in state_dict.items():
         component, module, role = split_diffusers_key(key)
         pairs.setdefault((component, module), {})[role] = tensor
+    sdxl = sdxl or any(component == "text_encoder_2" for component, _ in pairs)
     out: dict[str, Any] = {}
     for (component, module), pair in sorted(pairs.items()):
         if set(pair) != {"down", "up"}:
@@ -129,7 +139,7 @@ def to_kohya(state_dict: Mapping[str, Any], configs: Mapping[str, Mapping[str, A
         rank = down.shape[0]
         if up.shape[1] != rank:
             raise ValueError(f"{component}.{module}: down has rank {rank}, up has {up.shape[1]}")
-        name = kohya_name(component, module)
+        name = kohya_name(component, module, sdxl)
         out[f"{name}.lora_down.weight"] = down.contiguous()
         out[f"{name}.lora_up.weight"] = up.contiguous()
         out[f"{name}.alpha"] = torch.tensor(module_scale(configs.get(component), module, rank) * rank)
@@ -158,6 +168,12 @@ def find_lora_file(source: Path | str) -> Path:
 
 def read_header(file: Path) -> tuple[list[str], dict[str, str]]:
     """(tensor names, safetensors metadata) from the file's header alone; ModelError for pickles and damage."""
+    shapes, metadata = read_shapes(file)
+    return list(shapes), metadata
+
+
+def read_shapes(file: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """(tensor shapes by name, safetensors metadata) from the file's header alone."""
     from sdlite.models.loading import file_format
 
     if file_format(file) != "safetensors":
@@ -166,7 +182,7 @@ def read_header(file: Path) -> tuple[list[str], dict[str, str]]:
         (size,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(size))
     metadata = header.pop("__metadata__", None) or {}
-    return list(header), metadata
+    return {k: tuple(v["shape"]) for k, v in header.items()}, metadata
 
 
 def is_lora_source(path: Path | str) -> bool:
@@ -237,16 +253,34 @@ def layer_names(keys: Any) -> set[str] | None:
     sdlite does not know (diffusers' loader may still read it)."""
     keys = list(keys)
     kind = layout(keys)
-    if kind == "kohya":
-        return {k.split(".", 1)[0].replace("lora_te1_", "lora_te_", 1) for k in keys}
+    if kind == "kohya":  # `lora_te1_` (SDXL's first text encoder) and `lora_te_` are one namespace here
+        return {k.split(".", 1)[0].replace(SDXL_TEXT_PREFIX, "lora_te_", 1) for k in keys}
     if kind == "diffusers":
         return {kohya_name(component, module) for component, module, _ in map(split_diffusers_key, keys)}
     return None
 
 
-def model_layer_names(unet_modules: Any, text_encoder_modules: Any) -> set[str]:
-    """Kohya names of every module of a UNet and a text encoder (their `named_modules()` paths): the names
-    a LoRA's layers must have to adapt this model, by the rule A1111 and ComfyUI use."""
-    return {kohya_name("unet", m) for m in unet_modules if m} | {
-        kohya_name("text_encoder", m) for m in text_encoder_modules if m
-    }
+def model_layer_names(modules: Mapping[str, Any]) -> set[str]:
+    """Kohya names of every module of a UNet and its text encoders (component -> its `named_modules()` paths):
+    the names a LoRA's layers must have to adapt this model, by the rule A1111 and ComfyUI use."""
+    return {kohya_name(component, m) for component, names in modules.items() for m in names if m}
+
+
+# The cross-attention width (what the UNet attends to) of each family's full-size models, to name the family a
+# LoRA was made for.
+CONTEXT_WIDTHS = {768: "SD v1", 1024: "SD 2.x", 2048: "SDXL"}
+
+
+def family_mismatch(shapes: Mapping[str, tuple[int, ...]], family_name: str, context_width: int) -> str | None:
+    """Why a LoRA cannot be for a model of `family_name` whose UNet attends to `context_width`: it adapts SDXL's
+    second text encoder, or its cross-attention key/value projections read another width; None when it may."""
+    second = any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in shapes)
+    if second and family_name != "SDXL":
+        return "it adapts SDXL's second text encoder (lora_te2_ / text_encoder_2): it was made for an SDXL model"
+    for key, shape in shapes.items():
+        down = key.endswith((".lora_down.weight", ".lora.down.weight", ".lora_A.weight"))
+        if down and re.search(r"attn2[._]to_[kv]", key) and len(shape) == 2 and shape[1] != context_width:
+            made_for = CONTEXT_WIDTHS.get(shape[1])
+            family = f"an {made_for} model" if made_for else "another model architecture"
+            return f"its cross-attention reads text {shape[1]} wide, this model's {context_width}: it was made for {family}"
+    return None

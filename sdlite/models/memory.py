@@ -172,12 +172,13 @@ def _read_int(path: Path) -> int | None:
 
 
 def parameter_counts(model: Any) -> dict[str, int]:
-    """Parameters per component (unet, vae, text_encoder), from safetensors headers; pickles by file size."""
+    """Parameters per component (unet, vae, each text encoder), from safetensors headers; pickles by file size."""
+    names = model.family.weight_components
     if model.single_file is not None:
-        return {name: int(model.single_file.parameters.get(name, 0)) for name in ("unet", "vae", "text_encoder")}
+        return {name: int(model.single_file.parameters.get(name, 0)) for name in names}
     from sdlite.formats.single_file import read_header
 
-    counts = {"unet": 0, "vae": 0, "text_encoder": 0}
+    counts = dict.fromkeys(names, 0)
     for file in model.weight_files:
         name = Path(file).parent.name
         if name not in counts:
@@ -457,10 +458,9 @@ def train_estimate(
         fixed["gradients and AdamW state"] = 3 * 4 * params["vae"]
         return Estimate(fixed, {"training step": 4 * batch * vae_training_elements(vae, resolution)})
     text_trained = config.train_text_encoder
-    trained = lora_params if config.lora else params["unet"] + (params["text_encoder"] if text_trained else 0)
-    fixed["weights"] = (
-        4 * params["unet"] + frozen * params["vae"] + (4 if text_trained else frozen) * params["text_encoder"]
-    )
+    text = sum(count for name, count in params.items() if name.startswith("text_encoder"))  # SDXL has two
+    trained = lora_params if config.lora else params["unet"] + (text if text_trained else 0)
+    fixed["weights"] = 4 * params["unet"] + frozen * params["vae"] + (4 if text_trained else frozen) * text
     fixed["gradients and AdamW state"] = 3 * 4 * trained
     if config.ema:
         fixed["EMA"] = 4 * params["unet"]

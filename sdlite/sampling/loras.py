@@ -44,13 +44,18 @@ def _load_one_lora(pipe: Any, source: str, name: str, warnings: list[str]) -> Pa
     from sdlite.formats import lora as lora_format
 
     file = lora_format.find_lora_file(source)
-    keys, _ = lora_format.read_header(file)  # refuses pickles and damaged files before diffusers reads it
+    shapes, _ = lora_format.read_shapes(file)  # refuses pickles and damaged files before diffusers reads it
+    keys = list(shapes)
     if not any("lora" in key for key in keys):
         raise ModelError(f"{file} is not a LoRA adapter (none of its weights is a LoRA weight; a model's file?)")
+    family = family_of_pipeline_object(pipe)
+    mismatch = lora_format.family_mismatch(shapes, family, pipe.unet.config.cross_attention_dim)
+    if mismatch:
+        raise ModelError(f"LoRA {file} is not for this {family} model: {mismatch}")
     layers, ignored = lora_format.layer_names(keys), ""
     if layers is not None:  # a layout sdlite knows: check the layers by name before any weight loads
         present = lora_format.model_layer_names(
-            (n for n, _ in pipe.unet.named_modules()), (n for n, _ in pipe.text_encoder.named_modules())
+            {name: (n for n, _ in module.named_modules()) for name, module in _adaptable(pipe).items()}
         )
         found = layers & present
         if not found:
@@ -79,11 +84,25 @@ def _adapted_modules(pipe: Any, name: str) -> int:
 
     return sum(
         1
-        for component in (pipe.unet, pipe.text_encoder)
+        for component in _adaptable(pipe).values()
         for module in component.modules()
         if isinstance(module, BaseTunerLayer)
         and any(name in getattr(module, attr, {}) for attr in module.adapter_layer_names)
     )
+
+
+def _adaptable(pipe: Any) -> dict[str, Any]:
+    """The components a LoRA may adapt: the UNet and the text encoders (SDXL has two)."""
+    names = ("unet", "text_encoder", "text_encoder_2")
+    return {name: getattr(pipe, name) for name in names if getattr(pipe, name, None) is not None}
+
+
+def family_of_pipeline_object(pipe: Any) -> str:
+    """The family name of a loaded pipeline ("SD v1", "SD 2.x", "SDXL")."""
+    from sdlite.families import family_of_unet
+
+    family = family_of_unet(type(pipe).__name__, dict(pipe.unet.config))
+    return family.name if family else type(pipe).__name__
 
 
 def _lora_load_error(file: Path, exc: Exception) -> str:

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from sdlite.errors import UsageError
 from sdlite.formats.png_record import read_record
-from sdlite.sampling.config import Generation, SampleConfig
+from sdlite.sampling.config import Generation, LoraChoice, SampleConfig
 from sdlite.sampling.run import sample
 from sdlite.sampling.sources import SampleOverrides, build_sample_config
 
@@ -144,3 +144,68 @@ def test_prediction_type_overrides_the_model_and_is_recorded_and_replayed(sd2_ti
     assert read_record(own.path)["model"]["prediction_type"] == "v_prediction"
     assert np.abs(pixels(own.path) - pixels(result.path)).max() > 10
     assert build_sample_config(SampleOverrides(from_image=own.path)).prediction_type is None  # the model's own again
+
+
+@pytest.fixture(scope="module")
+def sdxl_lora(sdxl_tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random rank-2 LoRA (alpha 4) of the UNet and both text encoders of sdxl-tiny, as diffusers saves it."""
+    import diffusers
+    import torch
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    from sdlite.families.sdxl import SDXL
+
+    pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(sdxl_tiny_model, add_watermarker=False)
+    layers, metadata = {}, {}
+    torch.manual_seed(0)
+    for name, targets in (("unet", SDXL.lora_targets), ("text_encoder", SDXL.text_lora_targets),
+                          ("text_encoder_2", SDXL.text_lora_targets)):  # fmt: skip
+        config = LoraConfig(r=2, lora_alpha=4, target_modules=list(targets))
+        inject_adapter_in_model(config, getattr(pipe, name))
+        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(getattr(pipe, name)))
+        layers[f"{name}_lora_layers"] = {k: torch.randn_like(v) * 0.3 for k, v in state.items()}
+        metadata[f"{name}_lora_adapter_metadata"] = config.to_dict()
+    folder = tmp_path_factory.mktemp("sdxl-lora")
+    diffusers.StableDiffusionXLPipeline.save_lora_weights(folder, **layers, **metadata, safe_serialization=True)
+    return folder
+
+
+def test_an_sdxl_lora_of_both_text_encoders_gives_plain_diffusers_pixels_in_both_layouts(
+    sdxl_tiny_model: Path, sdxl_lora: Path, tmp_path: Path
+) -> None:
+    import diffusers
+    import torch
+
+    from sdlite.formats.lora import LORA_FILE, export_lora, read_header
+
+    pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(sdxl_tiny_model, add_watermarker=False)
+    pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.load_lora_weights(sdxl_lora, adapter_name="a")
+    pipe.set_adapters(["a"], adapter_weights=[0.8])
+    theirs = pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=7.5, height=64, width=64, output_type="np",
+                  generator=torch.Generator().manual_seed(3)).images[0]  # fmt: skip
+    theirs = (theirs * 255).round()
+    kohya = export_lora(sdxl_lora, tmp_path / "kohya.safetensors", "kohya")
+    keys = read_header(kohya)[0]
+    assert {k.split("_text_model")[0] for k in keys if k.startswith("lora_te")} == {"lora_te1", "lora_te2"}
+    gen = Generation(PROMPT, seed=3, steps=STEPS)
+    for source in (sdxl_lora / LORA_FILE, kohya):
+        (result,) = run(sdxl_tiny_model, tmp_path / source.stem, gen, loras=(LoraChoice(str(source), 0.8),))
+        assert np.abs(pixels(result.path) - theirs).max() <= 1, source
+    (plain,) = run(sdxl_tiny_model, tmp_path / "plain", gen)
+    assert np.abs(pixels(plain.path) - theirs).max() > 10  # the LoRA changes the picture
+
+
+def test_a_lora_for_another_family_is_one_line_exit_4(sdxl_tiny_model: Path, sdxl_lora: Path, tiny_model: Path,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    from typer.testing import CliRunner
+
+    from sdlite.cli.app import app
+
+    result = CliRunner().invoke(app, ["sample", PROMPT, "--model", str(tiny_model), "--steps", "2", "--out",
+                                      str(tmp_path / "o"), "--lora", str(sdxl_lora)])  # fmt: skip
+    assert result.exit_code == 4
+    assert "is not for this SD v1 model: it adapts SDXL's second text encoder" in result.stderr
+    assert result.stderr.count("\n") == 1
