@@ -1,16 +1,20 @@
-"""diffusers -> original (CompVis/A1111) key names for Stable Diffusion v1, for `sdlite export`.
+"""diffusers -> original (CompVis/A1111/SGM) key names for SD v1, SD 2.x and SDXL, for `sdlite export`.
 
 The inverse of diffusers' single-file loader: what A1111, ComfyUI and Forge load, and what
 `from_single_file` turns back into the same diffusers weights. Computed from each component's
-config (levels, layers per block, which levels attend), so small and distilled SD v1-layout models
-export too, not only the 4x2 layout of SD v1.5.
+config (levels, layers per block, which levels attend), so small and distilled models export too,
+not only the layouts of the released models. Text encoders: CLIP in the transformers layout under its
+prefix (`cond_stage_model.transformer.text_model.`, SDXL's `conditioner.embedders.0.transformer.text_model.`),
+OpenCLIP in its own (`transformer.resblocks.N.attn.in_proj_weight` holding q, k and v; SD 2.x's
+`cond_stage_model.model.`, SDXL's `conditioner.embedders.1.model.`).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from sdlite.formats.single_file import CLIP, CLIP_TEXT, UNET, VAE
+from sdlite.formats.single_file import CLIP, UNET, VAE
 
 # Inside a UNet resnet: diffusers name -> original name.
 _UNET_RESNET = {
@@ -27,6 +31,8 @@ _UNET_TOP = {
     "conv_in": "input_blocks.0.0",
     "conv_norm_out": "out.0",
     "conv_out": "out.2",
+    "add_embedding.linear_1": "label_emb.0.0",  # SDXL's pooled-text-and-time embedding
+    "add_embedding.linear_2": "label_emb.0.2",
 }
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
@@ -103,10 +109,57 @@ def vae_to_original(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def text_to_original(state: dict[str, Any]) -> dict[str, Any]:
-    """A CLIPTextModel state dict under `cond_stage_model.transformer.text_model.` (with or without the
-    `text_model.` level that transformers 5 no longer writes)."""
-    return {(CLIP + k if k.startswith("text_model.") else CLIP_TEXT + k): v for k, v in state.items()}
+def text_to_original(state: dict[str, Any], prefix: str = CLIP) -> dict[str, Any]:
+    """A CLIPTextModel state dict under `<prefix>text_model.` (with or without the `text_model.` level that
+    transformers 5 no longer writes)."""
+    return {(prefix + k if k.startswith("text_model.") else prefix + "text_model." + k): v for k, v in state.items()}
+
+
+# Inside an OpenCLIP layer: transformers name -> OpenCLIP name.
+_OPENCLIP_LAYER = {
+    "self_attn.out_proj": "attn.out_proj",
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+}
+_OPENCLIP_TOP = {
+    "embeddings.token_embedding.weight": "token_embedding.weight",
+    "embeddings.position_embedding.weight": "positional_embedding",
+    "final_layer_norm.weight": "ln_final.weight",
+    "final_layer_norm.bias": "ln_final.bias",
+}
+
+
+def openclip_to_original(state: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """A CLIPTextModel(WithProjection) state dict in OpenCLIP's layout under `prefix`: q, k and v joined into
+    `in_proj_weight`/`in_proj_bias`, the projection as OpenCLIP's `text_projection` (x @ P, the transpose of
+    transformers' Linear weight); `position_ids` buffers dropped."""
+    import torch
+
+    out: dict[str, Any] = {}
+    qkv: dict[tuple[str, str], dict[str, Any]] = {}
+    for key, tensor in state.items():
+        name = key.removeprefix("text_model.")
+        if name in _OPENCLIP_TOP:
+            out[prefix + _OPENCLIP_TOP[name]] = tensor
+        elif name == "text_projection.weight":
+            out[prefix + "text_projection"] = tensor.T.contiguous()
+        elif name.startswith("encoder.layers."):
+            index, rest = name.removeprefix("encoder.layers.").split(".", 1)
+            match = re.fullmatch(r"self_attn\.([qkv])_proj\.(weight|bias)", rest)
+            if match:
+                qkv.setdefault((index, match.group(2)), {})[match.group(1)] = tensor
+                continue
+            module, leaf = rest.rsplit(".", 1)
+            if module not in _OPENCLIP_LAYER:
+                raise ValueError(f"text encoder key {key} has no OpenCLIP name")
+            out[f"{prefix}transformer.resblocks.{index}.{_OPENCLIP_LAYER[module]}.{leaf}"] = tensor
+        elif not name.endswith("position_ids"):
+            raise ValueError(f"text encoder key {key} has no OpenCLIP name")
+    for (index, leaf), parts in qkv.items():
+        out[f"{prefix}transformer.resblocks.{index}.attn.in_proj_{leaf}"] = torch.cat([parts[c] for c in "qkv"])
+    return out
 
 
 def _split(key: str, renames: dict[str, str]) -> tuple[str, str]:

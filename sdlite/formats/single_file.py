@@ -1,11 +1,12 @@
-"""Original-layout (CompVis/A1111) single-file Stable Diffusion v1 checkpoints, read without a config.
+"""Original-layout (CompVis/A1111/ComfyUI) single-file checkpoints of SD v1, SD 2.x and SDXL, read without a config.
 
-The architecture is read from the tensor shapes in the file's header (no weights are touched):
-levels, widths, layers per block, which levels attend, cross-attention width, latent channels, the
-text tower's depth, width and vocabulary. What shapes cannot say follows SD v1's conventions:
-8 attention heads per UNet block, text-encoder heads of width 64, 32 norm groups, and a native size
-of 64 latent pixels (512 px through SD v1's 8x VAE) unless the file's `modelspec.resolution` metadata
-says otherwise. The key mapping itself is diffusers' own single-file conversion.
+The family is read from the keys (SDXL's `conditioner.embedders.0/1`, SD 2.x's OpenCLIP `cond_stage_model.model.`
+or a linear-projection UNet), the architecture from the tensor shapes in the file's header (no weights are
+touched): levels, widths, layers per block, which levels attend and how deep, cross-attention width, latent
+channels, each text tower's depth, width and vocabulary. What shapes cannot say follows the family's conventions
+(sdlite/families/): SD v1's 8 UNet heads, SD 2.x's and SDXL's heads of width 64, text-encoder heads of width 64,
+32 norm groups, the family's native size unless `modelspec.resolution` says otherwise, and its prediction type
+unless ModelSpec or a `v_pred` marker key says. The key mapping itself is diffusers' own single-file conversion.
 """
 
 from __future__ import annotations
@@ -20,13 +21,23 @@ from typing import Any
 
 from sdlite import filecache
 from sdlite.errors import ModelError
+from sdlite.families import FAMILIES
+from sdlite.families.base import Family
 from sdlite.families.sd1 import SD1
+from sdlite.families.sd2 import SD2
+from sdlite.families.sdxl import SDXL
 
 UNET = SD1.original_prefixes["unet"]
 VAE = SD1.original_prefixes["vae"]
 CLIP = SD1.original_prefixes["text_encoder"]
 CLIP_TEXT = CLIP + "text_model."
 EMA = SD1.original_prefixes["ema"]
+SD2_OPENCLIP = SD2.original_prefixes["text_encoder"]  # cond_stage_model.model.
+SDXL_CLIP = SDXL.original_prefixes["text_encoder"]  # conditioner.embedders.0.transformer.
+SDXL_OPENCLIP = SDXL.original_prefixes["text_encoder_2"]  # conditioner.embedders.1.model.
+# The OpenCLIP text towers SD 2.x files carry have 24 layers; diffusers' SD 2.x models keep 23, so that the last
+# hidden state is OpenCLIP's penultimate (what SD 2.x conditions on), and its single-file loader skips layer 23.
+SD2_TEXT_LAYERS = 23
 # SD v1 conventions for what tensor shapes cannot tell (sdlite/families/sd1.py).
 UNET_HEADS = SD1.conventions["unet_heads"]
 TEXT_HEAD_WIDTH = SD1.conventions["text_head_width"]
@@ -44,6 +55,7 @@ CONVENTIONS = {
     "unet": ("attention_head_dim", "norm_num_groups", "sample_size"),
     "vae": ("norm_num_groups", "sample_size", "scaling_factor"),
     "text_encoder": ("num_attention_heads", "hidden_act"),
+    "text_encoder_2": ("num_attention_heads", "hidden_act"),
 }
 TEXT_KEPT = ("num_attention_heads", "hidden_act", "layer_norm_eps")  # CLIP config entries worth storing
 # The metadata key where `sdlite export` keeps the model folder's `sdlite.json` (its recommended sampling
@@ -57,18 +69,19 @@ class SingleFile:
     """What a single-file checkpoint holds, read from its header: family, architecture, variants."""
 
     path: Path
-    family: str
-    configs: dict[str, dict[str, Any]]  # unet, vae, text_encoder (diffusers/transformers configs)
+    family: str  # "SD v1", "SD 2.x" or "SDXL"
+    configs: dict[str, dict[str, Any]]  # unet, vae, each text encoder (diffusers/transformers configs)
     dtypes: tuple[str, ...]
     parameters: dict[str, int]  # per component
     has_ema: bool
     inpainting: bool
-    text_prefix_missing: bool  # `cond_stage_model.transformer.` without `text_model.` (transformers 5 export)
+    text_prefix_missing: bool  # `...transformer.` without `text_model.` (a transformers 5 export)
     native_size: int
-    size_source: str  # "modelspec metadata" or "SD v1 convention"
+    size_source: str  # "modelspec metadata" or the family's convention
     metadata: dict[str, str] = field(default_factory=dict)
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(SCHEDULER))
     conventions: str = "SD v1 conventions"  # or "sdlite metadata": where the non-shape settings came from
+    text_keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # encoder -> key prefix, layout
     prediction: str = "epsilon"  # or "v_prediction"
     prediction_source: str = "inferred: the SD v1 convention"
 
@@ -108,24 +121,29 @@ def shapes_of(state: dict[str, Any]) -> Shapes:
 
 
 def detect_family(shapes: Shapes) -> str:
-    """Name the model family a single file's keys belong to; 'SD v1' is the one sdlite loads."""
+    """Name the model family a single file's keys belong to: "SD v1", "SD 2.x", "SDXL", or what else it is."""
     keys = shapes.keys()
 
     def has(prefix: str) -> bool:
         return any(k.startswith(prefix) for k in keys)
 
+    if has("conditioner.embedders.0.model."):  # OpenCLIP bigG alone
+        return "the SDXL refiner"
     if has("conditioner.embedders.") or has(UNET + "label_emb."):
         return "SDXL"
     if has(UNET + "joint_blocks."):
         return "SD 3"
     if has("double_blocks.") or has(UNET + "double_blocks."):
         return "Flux"
-    if has("cond_stage_model.model."):
+    if has(SD2_OPENCLIP):
         return "SD 2.x"
     if has(UNET + "input_blocks.") and has(CLIP):
-        return "SD v1"
+        # A linear projection into attention is SD 2.x's (its text tower in the transformers layout, as diffusers'
+        # own converter writes it from a transformers 5 folder); SD v1's is a 1x1 convolution.
+        linear = any(k.endswith(".proj_in.weight") and len(s) == 2 for k, s in shapes.items() if k.startswith(UNET))
+        return "SD 2.x" if linear else "SD v1"
     if has(UNET + "input_blocks."):
-        return "an original-layout UNet without a CLIP text encoder (not SD v1)"
+        return "an original-layout UNet without a CLIP text encoder (not SD v1, 2.x or XL)"
     if has("down_blocks.") or has("unet.down_blocks."):
         return "a diffusers-layout weights file (one component, not a whole original-layout model)"
     if any(".lora_down." in k or ".lora_A." in k or "lora.down" in k for k in keys):
@@ -133,42 +151,66 @@ def detect_family(shapes: Shapes) -> str:
     return "unknown"
 
 
+FAMILY_NAMES = {family.name: family for family in FAMILIES}
+
+
+def text_prefixes(family: Family, shapes: Shapes) -> dict[str, tuple[str, str]]:
+    """Each text encoder's key prefix and layout ("clip": the transformers layout, "openclip": OpenCLIP's)."""
+    if family is SDXL:
+        return {"text_encoder": (SDXL_CLIP, "clip"), "text_encoder_2": (SDXL_OPENCLIP, "openclip")}
+    if family is SD2 and any(k.startswith(SD2_OPENCLIP) for k in shapes):
+        return {"text_encoder": (SD2_OPENCLIP, "openclip")}
+    return {"text_encoder": (CLIP, "clip")}
+
+
 def describe(path: Path, shapes: Shapes, meta: dict[str, str], dtypes: list[str]) -> SingleFile:
-    """Infer the SD v1 architecture from the shapes; ModelError naming the family if it is not SD v1."""
-    family = detect_family(shapes)
-    if family != "SD v1":
+    """Infer the architecture from the shapes; ModelError naming the family if it is not SD v1, 2.x or XL."""
+    name = detect_family(shapes)
+    if name not in FAMILY_NAMES:
         raise ModelError(
-            f"{path} is {family if family[0].islower() else 'a ' + family + ' checkpoint'}; "
-            "sdlite loads Stable Diffusion v1 single files only"
+            f"{path} is {name if name[0].islower() else 'a ' + name + ' checkpoint'}; "
+            f"sdlite loads {', '.join(FAMILY_NAMES)} single files"
         )
+    family = FAMILY_NAMES[name]
     shapes, missing_prefix = normalize_text_keys(shapes)
+    prefixes = text_prefixes(family, shapes)
     try:
-        configs = {"unet": unet_config(shapes), "vae": vae_config(shapes), "text_encoder": text_config(shapes)}
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ModelError(f"{path}: an incomplete SD v1 checkpoint ({exc} missing or malformed)") from exc
+        configs = {"unet": unet_config(shapes, family), "vae": vae_config(shapes, family)}
+        for component, (prefix, kind) in prefixes.items():
+            configs[component] = (
+                openclip_config(shapes, prefix, family) if kind == "openclip" else text_config(shapes, prefix, family)
+            )
+        if family.micro_conditioning:
+            _add_time_embedding(configs)
+    except (KeyError, IndexError, ValueError, StopIteration) as exc:
+        raise ModelError(f"{path}: an incomplete {family.name} checkpoint ({exc} missing or malformed)") from exc
     factor = 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
-    native, size_source = LATENT_SIZE * factor, "SD v1 convention (64 latent pixels)"
+    native, size_source = family.native_size, f"{family.name} convention ({family.native_size} px)"
     match = re.fullmatch(r"(\d+)x(\d+)", str(meta.get("modelspec.resolution", "")))
     if match:
         native, size_source = int(match.group(1)), "modelspec metadata"
     configs["unet"]["sample_size"] = native // factor
     configs["vae"]["sample_size"] = native
     stored = stored_configs(meta)
-    for name, config in configs.items():
-        if name in stored:  # the writer's own settings for what shapes cannot say; shapes still win
-            conventional = {k: v for k, v in config.items() if k not in CONVENTIONS[name]}
-            configs[name] = {**stored[name], **conventional}
-    params = {
-        name: sum(_numel(s) for k, s in shapes.items() if k.startswith(prefix))
-        for name, prefix in (("unet", UNET), ("vae", VAE), ("text_encoder", CLIP))
-    }
-    scheduler = stored.get("scheduler", dict(SCHEDULER))
+    for component, config in configs.items():
+        if component in stored:  # the writer's own settings for what shapes cannot say; shapes still win
+            conventional = {k: v for k, v in config.items() if k not in CONVENTIONS[component]}
+            configs[component] = {**stored[component], **conventional}
+    scheduler = stored.get("scheduler", {"_class_name": family.model_index["scheduler"][1], **family.schedule})
     prediction, prediction_source = file_prediction(shapes, meta, scheduler if "scheduler" in stored else None)
     if prediction is None:
-        prediction, prediction_source = SD1.conventional_prediction(native), "inferred: the SD v1 convention"
+        prediction = family.conventional_prediction(native)
+        prediction_source = f"inferred: the {family.name} convention at {native} px"
+    if family is SD2 and prediction == "v_prediction" and "unet" not in stored:
+        configs["unet"]["upcast_attention"] = True  # SD 2.x's v models overflow in fp16 attention without it
+    prefix_of = {"unet": UNET, "vae": VAE} | {c: p for c, (p, _) in prefixes.items()}
+    params = {
+        component: sum(_numel(s) for k, s in shapes.items() if k.startswith(prefix))
+        for component, prefix in prefix_of.items()
+    }
     return SingleFile(
         path=Path(path),
-        family=family,
+        family=family.name,
         configs=configs,
         dtypes=tuple(dtypes),
         parameters=params,
@@ -179,9 +221,24 @@ def describe(path: Path, shapes: Shapes, meta: dict[str, str], dtypes: list[str]
         size_source=size_source,
         metadata=dict(meta),
         scheduler={**scheduler, "prediction_type": prediction},
-        conventions="sdlite metadata" if stored else "SD v1 conventions",
+        conventions="sdlite metadata" if stored else f"{family.name} conventions",
+        text_keys=prefixes,
         prediction=prediction,
         prediction_source=prediction_source,
+    )
+
+
+def _add_time_embedding(configs: dict[str, dict[str, Any]]) -> None:
+    """SDXL's added embedding: the pooled text (the second encoder's projection) and six time ids of equal width."""
+    unet = configs["unet"]
+    pooled = configs["text_encoder_2"]["projection_dim"]
+    width = unet.pop("_label_emb_width")
+    if (width - pooled) % 6:
+        raise ValueError(f"label_emb width {width} (not {pooled} pooled + 6 time ids)")
+    unet.update(
+        addition_embed_type="text_time",
+        addition_time_embed_dim=(width - pooled) // 6,
+        projection_class_embeddings_input_dim=width,
     )
 
 
@@ -224,24 +281,31 @@ def configs_to_store(configs: dict[str, dict[str, Any]]) -> str:
     keep = {
         "unet": {k: v for k, v in configs["unet"].items() if not k.startswith("_")},
         "vae": {k: v for k, v in configs["vae"].items() if not k.startswith("_")},
-        "text_encoder": {k: configs["text_encoder"][k] for k in TEXT_KEPT if k in configs["text_encoder"]},
-        "scheduler": {k: v for k, v in configs["scheduler"].items() if not k.startswith("_")},
+        **{
+            name: {k: configs[name][k] for k in TEXT_KEPT if k in configs[name]}
+            for name in ("text_encoder", "text_encoder_2")
+            if name in configs
+        },
+        "scheduler": {k: v for k, v in configs["scheduler"].items() if not k.startswith("_") or k == "_class_name"},
     }
     return json.dumps(keep, sort_keys=True)
 
 
 def normalize_text_keys(state: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """Give `cond_stage_model.transformer.*` keys their `text_model.` level when a writer dropped it.
+    """Give `cond_stage_model.transformer.*` (SDXL: `conditioner.embedders.0.transformer.*`) keys their
+    `text_model.` level when a writer dropped it.
 
     transformers 5 saves CLIPTextModel without `text_model.`, so converters built on it (diffusers'
-    own script included) write `cond_stage_model.transformer.embeddings...`; A1111, ComfyUI and
+    own scripts included) write `cond_stage_model.transformer.embeddings...`; A1111, ComfyUI and
     diffusers' loader expect `cond_stage_model.transformer.text_model.embeddings...`.
     """
-    flat = [k for k in state if k.startswith(CLIP) and not k.startswith(CLIP_TEXT)]
-    if not flat:
-        return state, False
-    fixed = {(CLIP_TEXT + k[len(CLIP) :] if k in flat else k): v for k, v in state.items()}
-    return fixed, True
+    fixed, missing = dict(state), False
+    for prefix in (CLIP, SDXL_CLIP):
+        flat = [k for k in fixed if k.startswith(prefix) and not k.startswith(prefix + "text_model.")]
+        if flat:
+            missing = True
+            fixed = {(prefix + "text_model." + k[len(prefix) :] if k in flat else k): v for k, v in fixed.items()}
+    return fixed, missing
 
 
 def has_ema(shapes: Shapes) -> bool:
@@ -255,7 +319,7 @@ def ema_key(unet_key: str) -> str:
     return EMA + "".join(unet_key.split(".")[1:])
 
 
-def unet_config(shapes: Shapes) -> dict[str, Any]:
+def unet_config(shapes: Shapes, family: Family = SD1) -> dict[str, Any]:
     """UNet2DConditionModel config from `model.diffusion_model.*` shapes."""
     conv_in = shapes[UNET + "input_blocks.0.0.weight"]
     inputs = sorted({int(k.split(".")[3]) for k in shapes if k.startswith(UNET + "input_blocks.")})
@@ -273,17 +337,21 @@ def unet_config(shapes: Shapes) -> dict[str, Any]:
     up_attends = [UNET + f"output_blocks.{u * (layers + 1)}.1.proj_in.weight" in shapes for u in range(len(levels))]
     attention = next(k for k in shapes if k.startswith(UNET) and k.endswith("attn2.to_k.weight"))
     block = attention.rsplit(".transformer_blocks.", 1)[0]
-    depth = len(
-        {
-            k.split(".transformer_blocks.")[1].split(".")[0]
-            for k in shapes
-            if k.startswith(block + ".transformer_blocks.")
-        }
-    )
+
+    def depth(block: str) -> int:
+        prefix = block + ".transformer_blocks."
+        return len({k[len(prefix) :].split(".")[0] for k in shapes if k.startswith(prefix)})
+
+    # Transformer blocks per attention of each level (SDXL: 1, 2, 10); a level without attention counts 1.
+    depths = [depth(UNET + f"input_blocks.{level[0]}.1") if a else 1 for level, a in zip(levels, attends, strict=True)]
     if UNET + "middle_block.1.proj_in.weight" not in shapes:
         raise ValueError("middle_block.1 (mid-block attention)")
-    return {
-        "sample_size": LATENT_SIZE,
+    if "unet_head_width" in family.conventions:  # SD 2.x, SDXL: heads 64 wide (one narrower head below 64)
+        heads: Any = [max(1, width // family.conventions["unet_head_width"]) for width in widths]
+    else:
+        heads = family.conventions["unet_heads"]
+    config = {
+        "sample_size": family.native_size // family.vae_factor,
         "in_channels": conv_in[1],
         "out_channels": shapes[UNET + "out.2.weight"][0],
         "block_out_channels": widths,
@@ -291,14 +359,17 @@ def unet_config(shapes: Shapes) -> dict[str, Any]:
         "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attends],
         "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in up_attends],
         "cross_attention_dim": shapes[attention][1],
-        "attention_head_dim": UNET_HEADS,
-        "transformer_layers_per_block": depth,
+        "attention_head_dim": heads,
+        "transformer_layers_per_block": depths[0] if len(set(depths)) == 1 else depths,
         "use_linear_projection": len(shapes[block + ".proj_in.weight"]) == 2,
-        "norm_num_groups": NORM_GROUPS,
+        "norm_num_groups": family.conventions["norm_groups"],
     }
+    if UNET + "label_emb.0.0.weight" in shapes:  # SDXL's added embedding: split by `_add_time_embedding`
+        config["_label_emb_width"] = shapes[UNET + "label_emb.0.0.weight"][1]
+    return config
 
 
-def vae_config(shapes: Shapes) -> dict[str, Any]:
+def vae_config(shapes: Shapes, family: Family = SD1) -> dict[str, Any]:
     """AutoencoderKL config from `first_stage_model.*` shapes."""
     levels = sorted({int(k.split(".")[3]) for k in shapes if k.startswith(VAE + "encoder.down.")})
     layers = len({k.split(".")[5] for k in shapes if k.startswith(VAE + "encoder.down.0.block.")})
@@ -310,28 +381,53 @@ def vae_config(shapes: Shapes) -> dict[str, Any]:
         "up_block_types": ["UpDecoderBlock2D"] * len(levels),
         "layers_per_block": layers,
         "latent_channels": shapes[VAE + "encoder.conv_out.weight"][0] // 2,
-        "norm_num_groups": NORM_GROUPS,
-        "sample_size": LATENT_SIZE * SD1.vae_factor,
-        "scaling_factor": VAE_SCALING_FACTOR,
+        "norm_num_groups": family.conventions["norm_groups"],
+        "sample_size": family.native_size,
+        "scaling_factor": family.vae_scaling_factor,
         "use_quant_conv": VAE + "quant_conv.weight" in shapes,
         "use_post_quant_conv": VAE + "post_quant_conv.weight" in shapes,
         "mid_block_add_attention": VAE + "encoder.mid.attn_1.q.weight" in shapes,
     }
 
 
-def text_config(shapes: Shapes) -> dict[str, Any]:
-    """CLIPTextConfig values from `cond_stage_model.transformer.text_model.*` shapes."""
-    vocab, hidden = shapes[CLIP_TEXT + "embeddings.token_embedding.weight"]
-    layers = {int(k.split(".")[5]) for k in shapes if k.startswith(CLIP_TEXT + "encoder.layers.")}
+def text_config(shapes: Shapes, prefix: str = CLIP, family: Family = SD1) -> dict[str, Any]:
+    """CLIPTextConfig values from `<prefix>text_model.*` shapes (the transformers layout)."""
+    text = prefix + "text_model."
+    vocab, hidden = shapes[text + "embeddings.token_embedding.weight"]
+    layers = {
+        int(k[len(text + "encoder.layers.") :].split(".")[0]) for k in shapes if k.startswith(text + "encoder.layers.")
+    }
+    # SDXL's first encoder is CLIP ViT-L (quick GELU); SD 2.x's, in this layout, is still OpenCLIP's (GELU).
+    act = family.conventions.get("text_act", "quick_gelu")
     return {
         "vocab_size": vocab,
         "hidden_size": hidden,
-        "intermediate_size": shapes[CLIP_TEXT + "encoder.layers.0.mlp.fc1.weight"][0],
+        "intermediate_size": shapes[text + "encoder.layers.0.mlp.fc1.weight"][0],
         "num_hidden_layers": len(layers),
         "num_attention_heads": max(1, hidden // TEXT_HEAD_WIDTH),
-        "max_position_embeddings": shapes[CLIP_TEXT + "embeddings.position_embedding.weight"][0],
-        "hidden_act": "quick_gelu",
+        "max_position_embeddings": shapes[text + "embeddings.position_embedding.weight"][0],
+        "hidden_act": act,
     }
+
+
+def openclip_config(shapes: Shapes, prefix: str, family: Family) -> dict[str, Any]:
+    """CLIPTextConfig values from an OpenCLIP text tower's shapes (`<prefix>transformer.resblocks.N...`): SD 2.x's
+    ViT-H (its last of 24 layers dropped, as diffusers does) or SDXL's bigG (with its text projection)."""
+    vocab, hidden = shapes[prefix + "token_embedding.weight"]
+    blocks = prefix + "transformer.resblocks."
+    layers = len({k[len(blocks) :].split(".")[0] for k in shapes if k.startswith(blocks)})
+    config = {
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": shapes[blocks + "0.mlp.c_fc.weight"][0],
+        "num_hidden_layers": min(layers, SD2_TEXT_LAYERS) if family is SD2 else layers,
+        "num_attention_heads": max(1, hidden // TEXT_HEAD_WIDTH),
+        "max_position_embeddings": shapes[prefix + "positional_embedding"][0],
+        "hidden_act": "gelu",
+    }
+    if family is SDXL:
+        config["projection_dim"] = shapes[prefix + "text_projection"][1]
+    return config
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -394,33 +490,47 @@ def use_ema_weights(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_components(sf: SingleFile, state: dict[str, Any], use_ema: bool, tokenizer: Any) -> dict[str, Any]:
-    """UNet, VAE and text encoder from an original-layout state dict, through diffusers' own single-file
+def load_components(sf: SingleFile, state: dict[str, Any], use_ema: bool, tokenizers: dict[str, Any]) -> dict[str, Any]:
+    """UNet, VAE and text encoders from an original-layout state dict, through diffusers' own single-file
     conversion, with the configs read from the shapes (written to a temporary folder for diffusers)."""
     import tempfile
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    family = FAMILY_NAMES[sf.family]
     state, _ = normalize_text_keys(state)
     if sf.has_ema:
         state = use_ema_weights(state) if use_ema else {k: v for k, v in state.items() if not k.startswith(EMA)}
-    text = dict(sf.configs["text_encoder"])
-    if tokenizer is not None:  # the ids only decide the pooled output, which SD does not use
-        text.update(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
     with tempfile.TemporaryDirectory(prefix="sdlite-single-file-") as tmp:
         for name, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
             (Path(tmp) / name).mkdir()
             config = {"_class_name": cls.__name__, **sf.configs[name]}
             (Path(tmp) / name / "config.json").write_text(json.dumps(config))
-        CLIPTextConfig(**text).save_pretrained(Path(tmp) / "text_encoder")
         common = {"config": tmp, "local_files_only": True}
-        unet = UNet2DConditionModel.from_single_file(state, subfolder="unet", **common)
-        vae = AutoencoderKL.from_single_file(state, subfolder="vae", **common)
-        text_encoder = create_diffusers_clip_model_from_ldm(CLIPTextModel, state, subfolder="text_encoder", **common)
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+        parts = {
+            "unet": UNet2DConditionModel.from_single_file(state, subfolder="unet", **common),
+            "vae": AutoencoderKL.from_single_file(state, subfolder="vae", **common),
+        }
+        for name, tokenizer_name in zip(family.text_encoders, family.tokenizers, strict=True):
+            text = dict(sf.configs[name])
+            tokenizer = tokenizers.get(tokenizer_name)
+            if tokenizer is not None:  # the ids only decide the pooled output (SDXL's second encoder uses it)
+                text.update(
+                    bos_token_id=tokenizer.bos_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            CLIPTextConfig(**text).save_pretrained(Path(tmp) / name)
+            cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
+            parts[name] = create_diffusers_clip_model_from_ldm(
+                cls, _text_state(state, sf, name), subfolder=name, **common
+            )
+    return parts
+
+
+def _text_state(state: dict[str, Any], sf: SingleFile, name: str) -> dict[str, Any]:
+    """The keys of one text encoder, so diffusers' loader (which picks the first CLIP it recognises) reads it."""
+    prefix, _ = sf.text_keys[name]
+    return {k: v for k, v in state.items() if k.startswith(prefix)}

@@ -65,24 +65,48 @@ def _check_out(config: ExportConfig, fmt: str) -> None:
 
 
 def original_state(model: ResolvedModel, dtype: str | None) -> dict[str, Any]:
-    """The model's UNet, VAE and text encoder under original-layout key names, in `dtype` (None: as stored)."""
+    """The model's UNet, VAE and text encoders under original-layout key names, in `dtype` (None: as stored); a v
+    model also gets the `v_pred` marker key (and a zero-terminal-SNR one `ztsnr`) that ComfyUI and others read."""
     import torch
 
+    family = model.family
+    names = family.weight_components
     if model.single_file is not None:
         parts = load_single_file(model)
-        states = {name: parts[name].state_dict() for name in ("unet", "vae", "text_encoder")}
+        states = {name: parts[name].state_dict() for name in names}
     else:
-        states = {name: _folder_state(model.path / name, model.uses_pickle) for name in ("unet", "vae", "text_encoder")}
+        states = {name: _folder_state(model.path / name, model.uses_pickle) for name in names}
     unet_config = model.configs()["unet"]
     state = {
         **original_keys.unet_to_original(states["unet"], unet_config),
         **original_keys.vae_to_original(states["vae"]),
-        **original_keys.text_to_original(states["text_encoder"]),
     }
+    for name in family.text_encoders:
+        prefix = family.original_prefixes[name]
+        if prefix.endswith(".model."):  # an OpenCLIP tower: SD 2.x's, SDXL's second
+            state.update(original_keys.openclip_to_original(states[name], prefix))
+        else:
+            state.update(original_keys.text_to_original(states[name], prefix))
     target = getattr(torch, _DTYPES[dtype]) if dtype else None
-    return {
+    state = {
         k: (v.to(target) if target is not None and v.is_floating_point() else v).contiguous() for k, v in state.items()
     }
+    if model.prediction()[0] == "v_prediction":
+        state["v_pred"] = torch.tensor([])
+    if model.configs()["scheduler"].get("rescale_betas_zero_snr"):
+        state["ztsnr"] = torch.tensor([])
+    return state
+
+
+def modelspec_architecture(model: ResolvedModel) -> str:
+    """ModelSpec's name for the model's family (and, for SD 2.x, its size and prediction)."""
+    family = model.family
+    if family.key == "sdxl":
+        return "stable-diffusion-xl-v1-base"
+    if family.key == "sd2":
+        v = model.prediction()[0] == "v_prediction"
+        return f"stable-diffusion-v2-{model.native_size()}" + ("-v" if v else "")
+    return "stable-diffusion-v1"
 
 
 def _folder_state(folder: Path, pickled: bool) -> dict[str, Any]:
@@ -112,8 +136,9 @@ def single_file_metadata(model: ResolvedModel, title: str) -> dict[str, str]:
     meta = {
         "format": "pt",
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "stable-diffusion-v1",
+        "modelspec.architecture": modelspec_architecture(model),
         "modelspec.implementation": "diffusers",
+        "modelspec.prediction_type": "v" if model.prediction()[0] == "v_prediction" else "epsilon",
         "modelspec.title": title,
         "modelspec.resolution": f"{size}x{size}",
         single_file.CONFIG_METADATA: single_file.configs_to_store(model.configs()),
@@ -148,7 +173,6 @@ def _write_diffusers(model: ResolvedModel, config: ExportConfig) -> Path:
     """A diffusers folder: the single file's parts converted by diffusers, or a folder's re-saved; either way with
     the source's `sdlite.json` (a single file keeps it in its metadata)."""
     import torch
-    from diffusers import StableDiffusionPipeline
 
     from sdlite.models.loading import load_pipeline
 
@@ -158,9 +182,8 @@ def _write_diffusers(model: ResolvedModel, config: ExportConfig) -> Path:
     settings = settings_record(model)  # first: a bad one fails before the weights load
     if model.single_file is not None:
         parts = load_single_file(model)
-        pipe = StableDiffusionPipeline(
-            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-        )
+        family = model.family
+        pipe = family.pipeline_class("text-to-image")(**parts, **family.pipeline_options)
     else:
         pipe = load_pipeline(model, "cpu", dtype)
     if dtype is not None:
@@ -180,7 +203,8 @@ def _copy_folder(source: Path, out: Path) -> Path:
     from sdlite.training.checkpoints import link_or_copy_tree
 
     with staged_folder(out, "diffusers folder") as staging:
-        for name in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", MODEL_DEFAULTS_FILE):
+        names = ("model_index.json", "unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+        for name in (*names, "scheduler", MODEL_DEFAULTS_FILE):
             if (source / name).is_dir():
                 link_or_copy_tree(source / name, staging / name)
             elif (source / name).is_file():

@@ -129,7 +129,10 @@ def _single_file_facts(model: ResolvedModel) -> dict[str, Any]:
         "ema": "present: " + ("using the EMA weights" if model.use_ema else "using the raw weights (--no-ema-weights)")
         if sf.has_ema
         else "absent",
-        "text_key_prefix": "cond_stage_model.transformer." + ("" if sf.text_prefix_missing else "text_model."),
+        "text_key_prefix": ", ".join(
+            prefix + ("text_model." if kind == "clip" and not sf.text_prefix_missing else "")
+            for prefix, kind in sf.text_keys.values()
+        ),
         "native_size_from": sf.size_source,
         "settings_from": sf.conventions,
         "tokenizer": str(model.tokenizer) if model.tokenizer else "not found (pass --tokenizer to sample or train)",

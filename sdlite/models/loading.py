@@ -13,7 +13,7 @@ import os
 import re
 import struct
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,9 @@ class ResolvedModel:
     weight_files: tuple[Path, ...]
     uses_pickle: bool
     single_file: SingleFile | None = None  # an original-layout checkpoint, described from its shapes
-    tokenizer: Path | None = None  # a single file's tokenizer folder (found before any weight is read)
+    tokenizer: Path | None = None  # a single file's (first) tokenizer folder (found before any weight is read)
     use_ema: bool = True  # a single file's EMA weights, when it has them
+    tokenizers: dict[str, Path] = field(default_factory=dict)  # a single file's tokenizer folder per component
 
     @property
     def family(self) -> Family:
@@ -240,7 +241,7 @@ def _resolve_single_file(
     need_tokenizer: bool,
 ) -> ResolvedModel:
     from sdlite.formats import single_file
-    from sdlite.models.tokenizer import find_tokenizer
+    from sdlite.models.tokenizer import find_tokenizers
 
     kind = file_format(path)
     if kind == "pickle" and not allow_pickle:
@@ -253,13 +254,15 @@ def _resolve_single_file(
         shapes, meta = single_file.read_pickle_shapes(path), {}
         dtypes = sorted({"pickle"})
     described = single_file.describe(path, shapes, meta, dtypes)
+    family = next(f for f in FAMILIES if f.name == described.family)
     try:
-        found = find_tokenizer(tokenizer, offline)
+        found = find_tokenizers(tokenizer, offline, family)
     except ModelError:
         if need_tokenizer or tokenizer:
             raise
-        found = None
-    return ResolvedModel(source, path, (path,), kind == "pickle", described, found, use_ema)
+        found = {}
+    first = found.get(family.tokenizers[0])
+    return ResolvedModel(source, path, (path,), kind == "pickle", described, first, use_ema, found)
 
 
 def _looks_local(source: str) -> bool:
@@ -360,30 +363,37 @@ def load_pipeline(model: ResolvedModel, device: str, dtype: Any, inpainting_ok: 
 
 
 def load_single_file(model: ResolvedModel) -> dict[str, Any]:
-    """unet, vae, text_encoder, tokenizer and scheduler of a single-file model (weights in the file's dtype).
+    """The components of a single-file model (weights in the file's dtype): unet, vae, each text encoder and
+    tokenizer, scheduler.
 
-    The tokenizer is None when none was found and the caller said it needs none (`export --format single-file`).
+    A tokenizer is None when none was found and the caller said it needs none (`export --format single-file`).
     """
-    from diffusers import DDIMScheduler
+    import diffusers
 
     from sdlite.formats import single_file
     from sdlite.models.tokenizer import load_tokenizer
 
     assert model.single_file is not None
-    tokenizer = load_tokenizer(model.tokenizer) if model.tokenizer else None  # only export can go without
-    vocab = model.single_file.configs["text_encoder"]["vocab_size"]
-    if tokenizer is not None and len(tokenizer) > vocab:
-        raise ModelError(
-            f"tokenizer {model.tokenizer} has {len(tokenizer)} tokens but {model.path}'s text encoder only {vocab}: "
-            "pass the tokenizer the model was trained with (--tokenizer)"
-        )
+    family = model.family
+    tokenizers = {}
+    for name, encoder in zip(family.tokenizers, family.text_encoders, strict=True):
+        folder = model.tokenizers.get(name)
+        tokenizer = load_tokenizer(folder) if folder else None  # only export can go without
+        vocab = model.single_file.configs[encoder]["vocab_size"]
+        if tokenizer is not None and len(tokenizer) > vocab:
+            raise ModelError(
+                f"tokenizer {folder} has {len(tokenizer)} tokens but {model.path}'s {encoder} only {vocab}: "
+                "pass the tokenizer the model was trained with (--tokenizer)"
+            )
+        tokenizers[name] = tokenizer
     state = single_file.read_state(model.path, model.uses_pickle)
     try:
-        parts = single_file.load_components(model.single_file, state, model.use_ema, tokenizer)
+        parts = single_file.load_components(model.single_file, state, model.use_ema, tokenizers)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"cannot load single file {model.path}: {_first_line(exc)}") from exc
-    scheduler = DDIMScheduler.from_config({k: v for k, v in model.single_file.scheduler.items() if k != "_class_name"})
-    return {**parts, "tokenizer": tokenizer, "scheduler": scheduler}
+    schedule = dict(model.single_file.scheduler)
+    scheduler_class = getattr(diffusers, schedule.pop("_class_name", "DDIMScheduler"))
+    return {**parts, **tokenizers, "scheduler": scheduler_class.from_config(schedule)}
 
 
 def silence_library_progress() -> None:

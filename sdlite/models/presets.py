@@ -169,12 +169,14 @@ _SD_VAE_TINY = {**PRESETS["sd1-tiny"]["vae"]}
 _SD_VAE = {**PRESETS["sd15"]["vae"]}
 
 # SD 2.1 (768-v) and SDXL base 1.0: their public component configs, and the same key layouts at tiny widths
-# (every level, layer, transformer depth and text layer of the real model; widths of 32-128). The tiny text
-# encoders of SDXL differ in width: diffusers' single-file loader tells them apart by width.
+# (every level, layer, transformer depth and text layer of the real model; widths of 32-128). What shapes cannot
+# tell follows the families' conventions (heads 64 wide, or one narrower head; 32 norm groups), so their single
+# files load without a config. The tiny text encoders of SDXL differ in width: diffusers' single-file loader
+# tells them apart by width.
 PRESETS["sd2-tiny"] = {
     "unet": {
         **PRESETS["sd1-tiny"]["unet"],
-        "attention_head_dim": (1, 2, 4, 4),
+        "attention_head_dim": (1, 1, 2, 2),  # heads of width 64 where the level is that wide, as SD 2.1's
         "use_linear_projection": True,
         "upcast_attention": True,
     },
@@ -225,9 +227,8 @@ PRESETS["sdxl-tiny"] = {
     "unet": {
         **_SDXL_UNET_LAYOUT,
         "sample_size": 8,
-        "block_out_channels": (16, 32, 64),  # widening at every level, as SDXL's 320, 640, 1280 (shortcut convs)
-        "attention_head_dim": (1, 1, 2),
-        "norm_num_groups": 16,
+        "block_out_channels": (32, 64, 96),  # widening at every level, as SDXL's 320, 640, 1280 (shortcut convs)
+        "attention_head_dim": (1, 1, 1),
         "cross_attention_dim": 96,  # 32 + 64: both encoders' hidden states side by side
         "addition_time_embed_dim": 8,
         "projection_class_embeddings_input_dim": 112,  # 64 pooled + 6 time ids x 8

@@ -13,6 +13,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+from sdlite.families.base import Family
 from sdlite.families.sd1 import SD1
 
 BOS = "<|startoftext|>"
@@ -103,35 +104,67 @@ _OPTIONAL = ("tokenizer_config.json", "special_tokens_map.json")
 
 
 def find_tokenizer(source: str | None, offline: bool) -> Path:
-    """The folder of the CLIP tokenizer a single-file model needs (a single file holds none).
+    """The folder of the CLIP tokenizer an SD v1 single file needs (a single file holds none)."""
+    return find_tokenizers(source, offline, SD1)["tokenizer"]
 
-    `source` (a folder or hub id) when given; else the local Hugging Face cache (CLIP ViT-L/14, then
-    the SD v1.5 repo's tokenizer); else, when online, just those tokenizer files. Never whole models.
+
+def find_tokenizers(source: str | None, offline: bool, family: Family) -> dict[str, Path]:
+    """The folder of each tokenizer a single-file model of `family` needs (a single file holds none), by component.
+
+    `source` (a tokenizer folder, a model folder holding `tokenizer/` (SDXL: and `tokenizer_2/`), or a hub id)
+    when given; else the local Hugging Face cache (the family's usual repos, in order); else, when online, just
+    those tokenizer files. Never whole models.
     """
     from sdlite.errors import ModelError
 
+    names = family.tokenizers
     if source:
         path = Path(source).expanduser()
         if path.is_dir():
-            if not any(all((path / f).is_file() for f in files) for files in _REQUIRED):
-                raise ModelError(f"--tokenizer {path} holds no tokenizer (vocab.json + merges.txt, or tokenizer.json)")
-            return path
+            if all(_holds_tokenizer(path / name) for name in names):  # a model folder
+                return {name: path / name for name in names}
+            if len(names) == 1 and _holds_tokenizer(path):
+                return {names[0]: path}
+            wanted = " and ".join(f"{name}/" for name in names)
+            what = (
+                "holds no tokenizer (vocab.json + merges.txt, or tokenizer.json)"
+                if len(names) == 1
+                else (f"is not a folder holding {wanted}: {family.name} has {len(names)} tokenizers")
+            )
+            raise ModelError(f"--tokenizer {path} {what}")
         if path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
             raise ModelError(f"--tokenizer {source}: no such folder, and not a hub id (ORG/NAME)")
-        return _hub_tokenizer(source, "", offline)
-    for repo, subfolder in CLIP_TOKENIZER_SOURCES:
+        if len(names) == 1:
+            return {names[0]: _hub_tokenizer(source, "", offline)}
+        return {name: _hub_tokenizer(source, name, offline) for name in names}
+    return {name: _usual_tokenizer(family, name, offline) for name in names}
+
+
+def _holds_tokenizer(path: Path) -> bool:
+    return path.is_dir() and any(all((path / f).is_file() for f in files) for files in _REQUIRED)
+
+
+def _usual_tokenizer(family: Family, name: str, offline: bool) -> Path:
+    """The tokenizer `name` of `family` from the local cache (its usual repos in order), or fetched when online."""
+    from sdlite.errors import ModelError
+
+    sources = family.tokenizer_sources[name]
+    for repo, subfolder in sources:
         try:
             return _hub_tokenizer(repo, subfolder, offline=True)
         except ModelError:
             continue
     if not offline:
-        repo, subfolder = CLIP_TOKENIZER_SOURCES[0]
+        repo, subfolder = sources[0]
         return _hub_tokenizer(repo, subfolder, offline=False)
-    repo = CLIP_TOKENIZER_SOURCES[0][0]
+    repo, subfolder = sources[0]
+    which = "" if len(family.tokenizers) == 1 else f" {name}"
+    files = "vocab.json merges.txt tokenizer_config.json special_tokens_map.json"
+    if subfolder:
+        files = " ".join(f"{subfolder}/{f}" for f in files.split())
     raise ModelError(
-        "a single-file model holds no tokenizer, and SD v1's is not in the local Hugging Face cache (offline): pass "
-        f"--tokenizer DIR, or fetch it once online: hf download {repo} vocab.json merges.txt tokenizer_config.json "
-        "special_tokens_map.json"
+        f"a single-file model holds no tokenizer, and {family.name}'s{which} is not in the local Hugging Face cache "
+        f"(offline): pass --tokenizer DIR, or fetch it once online: hf download {repo} {files}"
     )
 
 
