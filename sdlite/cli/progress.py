@@ -157,6 +157,14 @@ def train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
                 )
             buckets = ", ".join(f"{size} x{count}" for size, count in event.get("buckets", {}).items())
             typer.echo(f"buckets {event.get('bucket_note', '')}" + (f": {buckets}" if buckets else ""), err=True)
+            micro = event.get("micro_conditioning")
+            if micro:
+                sizes = ", ".join(f"{size} x{count}" for size, count in micro["original_sizes"].items())
+                typer.echo(
+                    f"micro-conditioning: original sizes {sizes}; crop top-left {micro['crop_top_left']}; target "
+                    f"size {micro['target_size']}",
+                    err=True,
+                )
             if event.get("class_images"):
                 typer.echo(f"prior preservation: {event['class_images']} class images", err=True)
         elif event["event"] == "class_images" and not quiet:

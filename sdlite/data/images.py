@@ -10,7 +10,7 @@ import os
 import random
 import struct
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -167,6 +167,41 @@ def preprocess(image: Image.Image, resolution: int | tuple[int, int], crop: str,
     import torch
     from PIL import Image
 
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    cut = crop_of(image.size, resolution, crop, flip, seed)
+    if cut.resized != image.size:
+        image = image.resize(cut.resized, Image.Resampling.BICUBIC)
+    image = image.crop((cut.left, cut.top, cut.left + cut.width, cut.top + cut.height))
+    if cut.flipped:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8))  # (R, R, 3), a fresh writable copy
+    return pixels.permute(2, 0, 1).contiguous().to(torch.float32).div(127.5).sub(1.0)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """How `preprocess` makes a training image from a picture: its size, the size it is resized to, the crop
+    box's top-left corner and size in the resized picture, and whether the result is flipped."""
+
+    original: tuple[int, int]  # (width, height)
+    resized: tuple[int, int]
+    left: int
+    top: int
+    width: int
+    height: int
+    flipped: bool
+
+    def micro_conditioning(self) -> tuple[int, int, int, int, int, int]:
+        """SDXL's six numbers for this image: original (height, width), crop top-left (top, left) as the model
+        sees it (mirrored with the picture when flipped), target (height, width)."""
+        left = self.resized[0] - self.width - self.left if self.flipped else self.left
+        return (self.original[1], self.original[0], self.top, left, self.height, self.width)
+
+
+def crop_of(size: tuple[int, int], resolution: int | tuple[int, int], crop: str, flip: bool, seed: int) -> Cut:
+    """The resize, crop and flip `preprocess` applies to a picture of `size` (width, height); no pixels touched."""
     out_w, out_h = (resolution, resolution) if isinstance(resolution, int) else resolution
     if min(out_w, out_h) < 1:
         raise UsageError(f"resolution must be at least 1, got {resolution}")
@@ -174,25 +209,15 @@ def preprocess(image: Image.Image, resolution: int | tuple[int, int], crop: str,
         raise UsageError(f"crop must be one of {', '.join(CROPS)}; got {crop!r}")
     rng = random.Random(seed)
     do_flip = rng.random() < 0.5
-
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    width, height = image.size
+    width, height = size
     scale = max(out_w / width, out_h / height)
-    size = (max(out_w, round(width * scale)), max(out_h, round(height * scale)))
-    if size != image.size:
-        image = image.resize(size, Image.Resampling.BICUBIC)
-    spare_x, spare_y = size[0] - out_w, size[1] - out_h
+    resized = (max(out_w, round(width * scale)), max(out_h, round(height * scale)))
+    spare_x, spare_y = resized[0] - out_w, resized[1] - out_h
     if crop == "random":
         left, top = rng.randint(0, spare_x), rng.randint(0, spare_y)
     else:
         left, top = spare_x // 2, spare_y // 2
-    image = image.crop((left, top, left + out_w, top + out_h))
-    if flip and do_flip:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-
-    pixels = torch.from_numpy(np.array(image, dtype=np.uint8))  # (R, R, 3), a fresh writable copy
-    return pixels.permute(2, 0, 1).contiguous().to(torch.float32).div(127.5).sub(1.0)
+    return Cut((width, height), resized, left, top, out_w, out_h, flip and do_flip)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -1,5 +1,8 @@
 """Precomputed VAE latent statistics and text embeddings for `train --cache`, kept on disk.
 
+A latent entry also keeps the image's micro-conditioning (original size, crop top-left, target size: what SDXL
+is told), a text entry SDXL's pooled embedding beside both encoders' hidden states.
+
 Entries are keyed by content and settings (image bytes, VAE weights, resolution, precision; caption,
 text-encoder weights), so a second run reuses them and any change makes new ones. The latent
 *distribution* (mean, std) is cached, not a sample, so training still draws fresh latents from
@@ -30,9 +33,10 @@ class EncodingCache:
     def __init__(self, parts: Any, model: ResolvedModel, with_text: bool) -> None:
         self.parts, self.has_text = parts, with_text
         self.root = cache_dir() / "train-cache"
-        dtype = str(parts.weight_dtype)
+        dtype, family = str(parts.weight_dtype), parts.family
         self.vae_key = _digest([_component_hash(model, "vae"), dtype, "center-crop"])
-        self.text_key = _digest([_component_hash(model, "text_encoder"), _component_hash(model, "tokenizer"), dtype])
+        pairs = zip(family.text_encoders, family.tokenizers, strict=True)
+        self.text_key = _digest([*(_component_hash(model, name) for pair in pairs for name in pair), dtype])
         self.latents: dict[tuple[str, tuple[int, int]], Path] = {}
         self.texts: dict[str, Path] = {}
 
@@ -41,16 +45,20 @@ class EncodingCache:
         when `compute`; returns counts."""
         import torch
 
-        from sdlite.data.images import load_example, preprocess
+        from sdlite.data.images import crop_of, load_example, preprocess
+        from sdlite.training.conditioning import encode, token_ids
 
         counts = {"latents_reused": 0, "latents_computed": 0, "texts_reused": 0, "texts_computed": 0}
         for example, size in zip(examples, sizes, strict=True):
             path = self._latent_path(example, size)
-            if compute and not _intact(path, ("mean", "std")):
-                pixels = preprocess(load_example(example), size, "center", False, 0)[None]
+            if compute and not _intact(path, ("mean", "std", "micro_conditioning")):
+                image = load_example(example)
+                pixels = preprocess(image, size, "center", False, 0)[None]
+                numbers = crop_of(image.size, size, "center", False, 0).micro_conditioning()
                 with torch.no_grad():
                     dist = self.parts.vae.encode(pixels.to(self.parts.vae.device, self.parts.weight_dtype)).latent_dist
-                _save(path, {"mean": dist.mean[0].float(), "std": dist.std[0].float()})
+                micro = torch.tensor(numbers, dtype=torch.int64)
+                _save(path, {"mean": dist.mean[0].float(), "std": dist.std[0].float(), "micro_conditioning": micro})
                 counts["latents_computed"] += 1
             else:
                 counts["latents_reused"] += 1
@@ -58,29 +66,39 @@ class EncodingCache:
         if self.has_text:
             for caption in sorted({e.caption for e in examples} | {""}):  # "" serves caption dropout
                 path = self._text_path(caption)
-                if compute and not _intact(path, ("embedding",)):
-                    ids = self.parts.tokenizer(
-                        caption, padding="max_length", truncation=True, return_tensors="pt"
-                    ).input_ids
+                names = ("embedding", "pooled") if self.parts.family.micro_conditioning else ("embedding",)
+                if compute and not _intact(path, names):
                     with torch.no_grad():
-                        embedding = self.parts.text_encoder(ids.to(self.parts.text_encoder.device))[0][0]
-                    _save(path, {"embedding": embedding.float()})
+                        ids = token_ids(self.parts.tokenizers, [caption])
+                        hidden, pooled = encode(self.parts.family, self.parts.text_encoders, ids)
+                    entry = {
+                        "embedding": hidden[0].float(),
+                        **({"pooled": pooled[0].float()} if pooled is not None else {}),
+                    }
+                    _save(path, entry)
                     counts["texts_computed"] += 1
                 else:
                     counts["texts_reused"] += 1
                 self.texts[caption] = path
         return counts
 
-    def latent_stats(self, examples: list[Any], sizes: list[tuple[int, int]]) -> tuple[Any, Any]:
+    def latent_stats(self, examples: list[Any], sizes: list[tuple[int, int]]) -> tuple[Any, Any, list[tuple[int, ...]]]:
+        """The latent means and stds of the examples at their sizes, and each one's micro-conditioning numbers."""
         import torch
 
         entries = [_load(self.latents[(str(e), tuple(size))]) for e, size in zip(examples, sizes, strict=True)]
-        return torch.stack([e["mean"] for e in entries]), torch.stack([e["std"] for e in entries])
+        numbers = [tuple(int(n) for n in e["micro_conditioning"].tolist()) for e in entries]
+        return torch.stack([e["mean"] for e in entries]), torch.stack([e["std"] for e in entries]), numbers
 
-    def text_embeddings(self, captions: list[str]) -> Any:
+    def text_embeddings(self, captions: list[str]) -> tuple[Any, Any]:
+        """The captions' hidden states and (SDXL) pooled embeddings, None for a family without them."""
         import torch
 
-        return torch.stack([_load(self.texts[c])["embedding"] for c in captions]).to(self.parts.weight_dtype)
+        entries = [_load(self.texts[c]) for c in captions]
+        hidden = torch.stack([e["embedding"] for e in entries]).to(self.parts.weight_dtype)
+        if "pooled" not in entries[0]:
+            return hidden, None
+        return hidden, torch.stack([e["pooled"] for e in entries]).to(self.parts.weight_dtype)
 
     def _latent_path(self, example: Any, size: tuple[int, int]) -> Path:
         from sdlite.data.images import example_sha256

@@ -25,18 +25,19 @@ PEAKS = {
 
 
 def train_flops_per_image(configs: dict[str, Any], height: int, width: int, train_text_encoder: bool) -> float:
-    """FLOPs of one image's training step: UNet forward + backward, text encoder forward (+ backward if trained)."""
+    """FLOPs of one image's training step: UNet forward + backward, text encoders' forward (+ backward if
+    trained); SDXL's second text encoder counts like the first."""
     factor = 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
-    text = configs["text_encoder"]
+    texts = [configs[name] for name in ("text_encoder", "text_encoder_2") if name in configs]
     unet = _unet_forward(
         json.dumps(configs["unet"], sort_keys=True),
         height // factor,
         width // factor,
-        text.get("max_position_embeddings", 77),
-        text["hidden_size"],
+        texts[0].get("max_position_embeddings", 77),
+        configs["unet"].get("cross_attention_dim") or texts[0]["hidden_size"],
     )
-    encoder = _text_forward(json.dumps(text, sort_keys=True))
-    return 3 * unet + (3 if train_text_encoder else 1) * encoder
+    encoders = sum(_text_forward(json.dumps(text, sort_keys=True)) for text in texts)
+    return 3 * unet + (3 if train_text_encoder else 1) * encoders
 
 
 def peak_flops(device_name: str, mixed_precision: str) -> float | None:
@@ -57,8 +58,12 @@ def _unet_forward(config: str, latent_h: int, latent_w: int, tokens: int, width:
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(settings)
         sample = torch.empty(1, unet.config.in_channels, latent_h, latent_w)
+        added = {}
+        if unet.config.addition_embed_type == "text_time":  # SDXL: pooled text and six time ids
+            pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+            added["added_cond_kwargs"] = {"text_embeds": torch.empty(1, pooled), "time_ids": torch.empty(1, 6)}
         with FlopCounterMode(display=False) as counter:
-            unet(sample, torch.tensor([500]), encoder_hidden_states=torch.empty(1, tokens, width))
+            unet(sample, torch.tensor([500]), encoder_hidden_states=torch.empty(1, tokens, width), **added)
     return float(counter.get_total_flops())
 
 

@@ -44,6 +44,9 @@ class TrainPlan:
     memory_gib: float | None = None  # estimated peak memory of one process (sdlite/models/memory.py)
     largest_batch: int | None = None  # the largest --batch-size whose estimate fits `memory_limit` now
     memory_limit: str = ""  # what bounds this process's memory ("139 GiB (free memory on NVIDIA H200)")
+    # SDXL: what each image tells the model besides its pixels: its original size ("WxH": images), how its crop's
+    # top-left corner is chosen, and that the target size is its bucket.
+    micro_conditioning: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,7 +96,7 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
             "lower --batch-size or --grad-accum"
         )
     steps = config.max_steps or max(1, math.ceil(config.epochs * per_epoch))  # type: ignore[operator]
-    trains = ("unet", "text_encoder") if config.train_text_encoder else ("unet",)
+    trains = ("unet", *model.family.text_encoders) if config.train_text_encoder else ("unet",)
     if config.lora:
         trains = tuple(f"{name} lora" for name in trains)
     if config.component == "vae":
@@ -121,8 +124,24 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
         memory_gib=fit.estimate.total / memory.GIB,
         largest_batch=fit.largest_batch,
         memory_limit=f"{memory.size_text(fit.limit.bytes)} ({fit.limit.source})" if fit.limit else "",
+        micro_conditioning=_micro_conditioning(dataset, config) if model.family.micro_conditioning else {},
     )
     return plan, dataset, model, layout
+
+
+def _micro_conditioning(dataset: Any, config: TrainConfig) -> dict[str, Any]:
+    """What SDXL is told of each image: its original size, its crop's top-left corner and the target size."""
+    sizes: dict[str, int] = {}
+    for example in dataset.examples:
+        key = f"{example.size[0]}x{example.size[1]}"
+        sizes[key] = sizes.get(key, 0) + 1
+    crop = "random (drawn per step)" if config.crop == "random" else "centred"
+    return {
+        "original_sizes": dict(sorted(sizes.items())),
+        "crop_top_left": f"{crop} in the image resized to cover its bucket"
+        + ("; mirrored when the image is flipped" if config.random_flip else ""),
+        "target_size": "the image's bucket",
+    }
 
 
 def _layout(dataset: Any, resolution: int, effective: int, config: TrainConfig, configs: dict[str, Any]) -> Layout:

@@ -24,6 +24,7 @@ from sdlite.models.source import MODEL_DEFAULTS_FILE, model_settings_record
 from sdlite.seeds import mix
 from sdlite.staging import new_folder
 from sdlite.training import checkpoints
+from sdlite.training.conditioning import encode, time_ids, token_ids
 from sdlite.training.config import TrainConfig
 from sdlite.training.out_folder import check_out, prepare_out, write_run_record
 from sdlite.training.plan import TrainPlan, make_plan, with_flops
@@ -108,8 +109,9 @@ class _Run:
         return self.wrapped[0] if self.wrapped else self.parts.unet
 
     @property
-    def text_encoder(self) -> Any:
-        return self.wrapped[1] if self.config.train_text_encoder and self.wrapped else self.parts.text_encoder
+    def text_encoders(self) -> list[Any]:
+        """The text encoders as the loss calls them (prepared when trained), in the family's order."""
+        return self.wrapped[1:] if self.config.train_text_encoder and self.wrapped else self.parts.text_encoders
 
 
 def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: LossHook | None, torch: Any) -> TrainResult:
@@ -397,36 +399,50 @@ def long_captions(tokenizer: Any, captions: list[str]) -> str | None:
 
 @dataclass
 class _Parts:
-    """The loaded components; `trained` lists the modules the optimizer updates, UNet first."""
+    """The loaded components, text encoders and tokenizers in the family's order; `trained` lists the modules the
+    optimizer updates, UNet first."""
 
-    tokenizer: Any
-    text_encoder: Any
+    family: Any
+    tokenizers: list[Any]
+    text_encoders: list[Any]
     vae: Any
     unet: Any
     noise_scheduler: Any
     trained: list[Any]
     weight_dtype: Any
 
+    @property
+    def tokenizer(self) -> Any:
+        return self.tokenizers[0]
+
+    @property
+    def text_encoder(self) -> Any:
+        return self.text_encoders[0]
+
 
 def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any, torch: Any) -> _Parts:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    root, safe = model.path, not model.uses_pickle
+    root, safe, family = model.path, not model.uses_pickle, model.family
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
     # Frozen components load in the compute precision; trained ones in fp32 (kept so under autocast).
     text_dtype = torch.float32 if config.train_text_encoder else weight_dtype
     if model.single_file is not None:
         loaded = load_single_file(model)
-        tokenizer = loaded["tokenizer"]
-        text_encoder = loaded["text_encoder"].to(dtype=text_dtype)
+        tokenizers = [loaded[name] for name in family.tokenizers]
+        text_encoders = [loaded[name].to(dtype=text_dtype) for name in family.text_encoders]
         vae = loaded["vae"].to(dtype=weight_dtype)
         unet = loaded["unet"].to(dtype=torch.float32)
     else:
-        tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(
-            root / "text_encoder", use_safetensors=safe or None, dtype=text_dtype
-        )
+        tokenizers = [CLIPTokenizer.from_pretrained(root / name) for name in family.tokenizers]
+        text_encoders = [
+            # SDXL's second encoder has the projection its pooled output is made with
+            (CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel).from_pretrained(
+                root / name, use_safetensors=safe or None, dtype=text_dtype
+            )
+            for name in family.text_encoders
+        ]
         vae = AutoencoderKL.from_pretrained(root / "vae", use_safetensors=safe or None, dtype=weight_dtype)
         unet = UNet2DConditionModel.from_pretrained(root / "unet", use_safetensors=safe or None, dtype=torch.float32)
     scheduler_config = model.configs()["scheduler"]
@@ -438,9 +454,10 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
 
     unet.set_attn_processor(AttnProcessor2_0())  # torch's fused scaled-dot-product attention
     vae.requires_grad_(False)
-    text_encoder.requires_grad_(config.train_text_encoder and not config.lora)
+    for text_encoder in text_encoders:
+        text_encoder.requires_grad_(config.train_text_encoder and not config.lora)
     unet.requires_grad_(not config.lora)
-    trained = [unet, text_encoder] if config.train_text_encoder else [unet]
+    trained = [unet, *text_encoders] if config.train_text_encoder else [unet]
     if config.lora:  # only the adapters' weights train; alpha is part of each adapter's config (and saved file)
         # peft draws the adapters' first matrices from torch's global generator: seeded from --seed, so the same
         # command trains the same adapter, and restored after, so nothing else depends on it.
@@ -451,20 +468,22 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
                 # peft's own injection: transformers' add_adapter wants a newer peft than diffusers works with
                 from peft import inject_adapter_in_model
 
-                inject_adapter_in_model(
-                    _lora_config(config, TEXT_LORA_TARGETS), text_encoder, adapter_name=LORA_ADAPTER
-                )
+                for text_encoder in text_encoders:  # in the family's order: the same adapters from the same seed
+                    inject_adapter_in_model(
+                        _lora_config(config, TEXT_LORA_TARGETS), text_encoder, adapter_name=LORA_ADAPTER
+                    )
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if config.train_text_encoder:
-            text_encoder.gradient_checkpointing_enable()
-    for module in (vae, text_encoder, unet):
+            for text_encoder in text_encoders:
+                text_encoder.gradient_checkpointing_enable()
+    for module in (vae, *text_encoders, unet):
         module.to(accelerator.device)
     if config.channels_last:  # saved files stay contiguous: safetensors writers make them so
         unet.to(memory_format=torch.channels_last)
     for module in trained:
         module.train()
-    return _Parts(tokenizer, text_encoder, vae, unet, noise_scheduler, trained, weight_dtype)
+    return _Parts(family, tokenizers, text_encoders, vae, unet, noise_scheduler, trained, weight_dtype)
 
 
 def _lora_config(config: TrainConfig, targets: list[str]) -> Any:
@@ -509,7 +528,9 @@ class _Inputs:
     timesteps: Any
     target: Any  # the noise, or the velocity for v-prediction
     text: Any  # caption embeddings when no gradient flows through them, else None
-    ids: Any  # token ids for the trained text encoder, else None
+    ids: Any  # token ids for the trained text encoders (one tensor each), else None
+    pooled: Any = None  # SDXL: the pooled caption embedding, when no gradient flows through it
+    time_ids: Any = None  # SDXL: each image's original size, crop top-left and target size
 
 
 def _draw_micro(run: _Run, m: int) -> tuple[_Inputs, _Inputs | None]:
@@ -549,7 +570,7 @@ def _draw(
     """The noised latents, timesteps, targets and text of `examples` at `size`, every draw from `gens`."""
     config, torch, parts, device = run.config, run.torch, run.parts, run.accelerator.device
     captions = _captions(run, examples, gens, batch)
-    mean, std = _latent_distribution(run, examples, indices, size, batch, augment)
+    mean, std, cuts = _latent_distribution(run, examples, indices, size, batch, augment)
     sample_noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens])
     noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens])
     if config.noise_offset:
@@ -561,13 +582,14 @@ def _draw(
         to_device(t, device) for t in (mean, std, sample_noise, noise, timesteps)
     )
     latents = (mean + std * sample_noise) * parts.vae.config.scaling_factor
-    text, ids = _text(run, captions)
+    text, pooled, ids = _text(run, captions)
     noisy = parts.noise_scheduler.add_noise(latents, noise, timesteps)
     if parts.noise_scheduler.config.prediction_type == "v_prediction":
         target = parts.noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
-    return _Inputs(noisy, timesteps, target, text, ids)
+    times = to_device(time_ids(cuts), device) if parts.family.micro_conditioning else None
+    return _Inputs(noisy, timesteps, target, text, ids, pooled, times)
 
 
 def _captions(run: _Run, examples: list[Any], gens: list[Any], batch: MicroBatch) -> list[str]:
@@ -587,46 +609,56 @@ def _captions(run: _Run, examples: list[Any], gens: list[Any], batch: MicroBatch
 
 def _latent_distribution(
     run: _Run, examples: list[Any], indices: Any, size: tuple[int, int], batch: MicroBatch, augment: bool
-) -> tuple[Any, Any]:
-    """The VAE's latent mean and std of each example at `size`: from the cache, or encoded now."""
+) -> tuple[Any, Any, list[tuple[int, ...]]]:
+    """The VAE's latent mean and std of each example at `size` (from the cache, or encoded now), and each image's
+    micro-conditioning: original size, crop top-left and target size (what SDXL is told)."""
     config, torch, parts = run.config, run.torch, run.parts
     if run.cache is not None:
         return run.cache.latent_stats(examples, [size] * len(examples))
-    from sdlite.data.images import load_example, preprocess
+    from sdlite.data.images import crop_of, load_example, preprocess
 
     crop, flip = (config.crop, config.random_flip) if augment else ("center", False)
-    pixels = torch.stack(
-        [
-            preprocess(load_example(e), size, crop, flip, mix(config.seed, batch.epoch, i, *(() if augment else (1,))))
-            for e, i in zip(examples, indices, strict=True)
-        ]
-    )
+    images, numbers = [], []
+    for e, i in zip(examples, indices, strict=True):
+        image, seed = load_example(e), mix(config.seed, batch.epoch, i, *(() if augment else (1,)))
+        images.append(preprocess(image, size, crop, flip, seed))
+        numbers.append(crop_of(image.size, size, crop, flip, seed).micro_conditioning())
     with torch.no_grad():
-        dist = parts.vae.encode(to_device(pixels, parts.vae.device, parts.weight_dtype)).latent_dist
-    return dist.mean.float(), dist.std.float()
+        dist = parts.vae.encode(to_device(torch.stack(images), parts.vae.device, parts.weight_dtype)).latent_dist
+    return dist.mean.float(), dist.std.float(), numbers
 
 
-def _text(run: _Run, captions: list[str]) -> tuple[Any, Any]:
-    """(embeddings, None) when no gradient flows through the text encoder, else (None, token ids)."""
+def _text(run: _Run, captions: list[str]) -> tuple[Any, Any, Any]:
+    """(embeddings, pooled embeddings or None, None) when no gradient flows through the text encoders, else
+    (None, None, token ids per encoder)."""
     device = run.accelerator.device
     if run.cache is not None and run.cache.has_text:
-        return to_device(run.cache.text_embeddings(captions), device), None
-    tokens = run.parts.tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
-    ids = to_device(tokens, device)
+        hidden, pooled = run.cache.text_embeddings(captions)
+        return to_device(hidden, device), None if pooled is None else to_device(pooled, device), None
+    ids = [to_device(tokens, device) for tokens in token_ids(run.parts.tokenizers, captions)]
     if run.config.train_text_encoder:
-        return None, ids
+        return None, None, ids
     with run.torch.no_grad():  # frozen: encoded now, ahead of the step
-        return run.text_encoder(ids)[0], None
+        hidden, pooled = encode(run.parts.family, run.text_encoders, ids)
+        return hidden, pooled, None
 
 
 def _denoising_loss(run: _Run, inputs: _Inputs) -> Any:
     """Per-example (min-SNR weighted) noise-prediction losses."""
     torch, scheduler = run.torch, run.parts.noise_scheduler
-    text = inputs.text if inputs.ids is None else run.text_encoder(inputs.ids)[0]
+    text, pooled = inputs.text, inputs.pooled
+    if inputs.ids is not None:
+        text, pooled = encode(run.parts.family, run.text_encoders, inputs.ids)
     noisy = inputs.noisy
     if run.config.channels_last:
         noisy = noisy.contiguous(memory_format=torch.channels_last)
-    prediction = run.unet(noisy, inputs.timesteps, encoder_hidden_states=text.to(dtype=noisy.dtype)).sample
+    added = {}
+    if inputs.time_ids is not None:  # SDXL: the pooled text and the micro-conditioning numbers
+        added["added_cond_kwargs"] = {
+            "text_embeds": pooled.to(noisy.dtype),
+            "time_ids": inputs.time_ids.to(noisy.dtype),
+        }
+    prediction = run.unet(noisy, inputs.timesteps, encoder_hidden_states=text.to(dtype=noisy.dtype), **added).sample
     per_example = torch.nn.functional.mse_loss(prediction.float(), inputs.target.float(), reduction="none")
     return per_example.mean(dim=(1, 2, 3)) * loss_weights(scheduler, inputs.timesteps, run.config.snr_gamma)
 
@@ -676,16 +708,20 @@ def _unwrapped(accelerator: Any, module: Any) -> Any:
 
 def _assemble(run: _Run, folder: Path) -> None:
     """Write a usable model into `folder`: frozen components linked from the base, trained ones saved."""
-    config, model, parts = run.config, run.model, run.parts
-    unet, text_encoder = _unwrapped(run.accelerator, run.unet), _unwrapped(run.accelerator, run.text_encoder)
+    config, model, parts, family = run.config, run.model, run.parts, run.parts.family
+    unet = _unwrapped(run.accelerator, run.unet)
+    text_encoders = dict(
+        zip(family.text_encoders, (_unwrapped(run.accelerator, m) for m in run.text_encoders), strict=True)
+    )
     if config.lora:
-        _save_lora(folder, unet, text_encoder, config)
+        _save_lora(folder, unet, text_encoders, config, family)
         return
-    frozen = ("tokenizer", "vae", *(() if config.train_text_encoder else ("text_encoder",)))
+    frozen = ("vae", *family.tokenizers, *(() if config.train_text_encoder else family.text_encoders))
     if model.single_file is not None:  # no base folder to link from: save the frozen parts themselves
+        loaded = {"vae": parts.vae, **dict(zip(family.tokenizers, parts.tokenizers, strict=True)), **text_encoders}
         for name in frozen:
-            getattr(parts, name).save_pretrained(folder / name, **({} if name == "tokenizer" else SAFE))
-        (folder / "model_index.json").write_text(json.dumps(SD1.model_index, indent=2))
+            loaded[name].save_pretrained(folder / name, **({} if name.startswith("tokenizer") else SAFE))
+        (folder / "model_index.json").write_text(json.dumps(family.model_index, indent=2))
     else:
         for name in (*frozen, "model_index.json"):
             source = model.path / name
@@ -702,23 +738,23 @@ def _assemble(run: _Run, folder: Path) -> None:
         (folder / MODEL_DEFAULTS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     if config.train_text_encoder:
-        text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+        for name, text_encoder in text_encoders.items():
+            text_encoder.save_pretrained(folder / name, safe_serialization=True)
 
 
-def _save_lora(folder: Path, unet: Any, text_encoder: Any, config: TrainConfig) -> None:
-    """LORA_FILE with the UNet adapter (and the text encoder's with --train-text-encoder), each saved with
+def _save_lora(folder: Path, unet: Any, text_encoders: dict[str, Any], config: TrainConfig, family: Any) -> None:
+    """LORA_FILE with the UNet adapter (and the text encoders' with --train-text-encoder), each saved with
     its PEFT config as diffusers' adapter metadata: loaders then apply the trained alpha, not alpha = rank."""
-    from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    parts = {"unet": unet, **({"text_encoder": text_encoder} if config.train_text_encoder else {})}
+    parts = {"unet": unet, **(text_encoders if config.train_text_encoder else {})}
     kwargs: dict[str, Any] = {}
     for name, module in parts.items():
         state = get_peft_model_state_dict(module, adapter_name=LORA_ADAPTER)
         kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(state)
         kwargs[f"{name}_lora_adapter_metadata"] = module.peft_config[LORA_ADAPTER].to_dict()
-    StableDiffusionPipeline.save_lora_weights(folder, safe_serialization=True, **kwargs)
+    family.pipeline_class("text-to-image").save_lora_weights(folder, safe_serialization=True, **kwargs)
 
 
 def _save_checkpoint(run: _Run, step: int) -> Path:
@@ -751,8 +787,8 @@ def _write_checkpoint(run: _Run, staging: Path) -> None:
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        raw = _unwrapped(accelerator, run.unet), _unwrapped(accelerator, run.text_encoder)
-        for file, module in _adapter_files(config, *raw):
+        raw = [_unwrapped(accelerator, m) for m in (run.unet, *run.text_encoders)]
+        for file, module in _adapter_files(config, run.parts.family, raw):
             adapter = get_peft_model_state_dict(module, adapter_name=LORA_ADAPTER)
             save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, state / file)
     checkpoints.save_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, state)
@@ -767,19 +803,26 @@ def _load_trained_weights(parts: _Parts, folder: Path, config: TrainConfig, torc
     if config.lora:
         from peft.utils import set_peft_model_state_dict
 
-        for file, module in _adapter_files(config, parts.unet, parts.text_encoder):
+        for file, module in _adapter_files(config, parts.family, [parts.unet, *parts.text_encoders]):
             set_peft_model_state_dict(module, load_file(folder / "training" / file), adapter_name=LORA_ADAPTER)
         return
     parts.unet.load_state_dict(_load_folder_weights(folder / "unet", load_file))
     if config.train_text_encoder:
-        parts.text_encoder.load_state_dict(_load_folder_weights(folder / "text_encoder", load_file))
+        for name, text_encoder in zip(parts.family.text_encoders, parts.text_encoders, strict=True):
+            text_encoder.load_state_dict(_load_folder_weights(folder / name, load_file))
 
 
-def _adapter_files(config: TrainConfig, unet: Any, text_encoder: Any) -> list[tuple[str, Any]]:
-    """(file under training/, module) of each LoRA adapter a checkpoint holds for exact resume."""
+def _adapter_files(config: TrainConfig, family: Any, modules: list[Any]) -> list[tuple[str, Any]]:
+    """(file under training/, module) of each LoRA adapter a checkpoint holds for exact resume; `modules` are the
+    UNet and the text encoders in the family's order."""
+    unet, *text_encoders = modules
     return [
         ("adapter.safetensors", unet),
-        *([("text_encoder_adapter.safetensors", text_encoder)] if config.train_text_encoder else []),
+        *(
+            [(f"{name}_adapter.safetensors", m) for name, m in zip(family.text_encoders, text_encoders, strict=True)]
+            if config.train_text_encoder
+            else []
+        ),
     ]
 
 
@@ -836,15 +879,14 @@ def _validate(run: _Run, step: int) -> Path | None:
     scheduler = DDIMScheduler.from_config(
         run.model.configs()["scheduler"], prediction_type=parts.noise_scheduler.config.prediction_type
     )
-    pipe = SD1.pipeline_class("text-to-image")(
+    family = parts.family
+    pipe = family.pipeline_class("text-to-image")(
         vae=parts.vae,
-        text_encoder=_unwrapped(accelerator, run.text_encoder),
-        tokenizer=parts.tokenizer,
         unet=raw_unet,
         scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        **dict(zip(family.text_encoders, (_unwrapped(accelerator, m) for m in run.text_encoders), strict=True)),
+        **dict(zip(family.tokenizers, parts.tokenizers, strict=True)),
+        **family.pipeline_options,
     )
     pipe.set_progress_bar_config(disable=True)
     images = []
