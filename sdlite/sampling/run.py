@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -439,7 +440,9 @@ def _generate(
     try:
         if given is not None and denoising_steps(gen) == 0:
             return _round_trip(pipe, given.image, generators)
-        with recorder.watching(pipe.scheduler) if recorder else contextlib.nullcontext():
+        with recorder.watching(pipe.scheduler) if recorder else contextlib.nullcontext(), warnings.catch_warnings():
+            # diffusers' SDXL pipelines upcast an fp16 VAE through their own deprecated method, warning each batch
+            warnings.filterwarnings("ignore", message="`upcast_vae` is deprecated", category=FutureWarning)
             output = pipe(
                 prompt=[gen.prompt] * len(seeds),
                 negative_prompt=[gen.negative_prompt] * len(seeds) if gen.negative_prompt else None,
@@ -460,12 +463,28 @@ def _generate(
             "(fp16 overflow? try --dtype fp32 or bf16); nothing was saved for them"
         ) from None
     pixels = output.images
-    if not np.isfinite(pixels).all():
+    if not np.isfinite(pixels).all():  # the latents were finite (checked at the last step): the decoder failed
         raise NumericalError(
-            f"the model produced NaN/inf pixels for seeds {seeds[0]}..{seeds[-1]} "
-            "(fp16 overflow? try --dtype fp32 or bf16); nothing was saved for them"
+            f"the VAE decoded NaN/inf pixels from finite latents for seeds {seeds[0]}..{seeds[-1]}: "
+            f"{_decode_failure(pipe)}; nothing was saved for them"
         )
     return pixels
+
+
+def _decode_failure(pipe: Any) -> str:
+    """Why a VAE turns finite latents into NaN/inf: an fp16 overflow (SDXL's VAE overflows in fp16; its pipelines
+    decode in fp32 when the VAE's config says force_upcast), or broken weights."""
+    import torch
+
+    vae = pipe.vae
+    upcast = vae.config.get("force_upcast", False) and hasattr(pipe, "upcast_vae")  # SDXL's pipelines upcast
+    if vae.dtype == torch.float32 or upcast:
+        return "it decoded in fp32, where this is no overflow: its weights are damaged (NaN/inf)"
+    reason = "its config says force_upcast: false" if hasattr(pipe, "upcast_vae") else "this family decodes as stored"
+    return (
+        f"its decoder overflowed in {str(vae.dtype).removeprefix('torch.')} ({reason}); use --dtype fp32 or bf16, "
+        "or a VAE fixed for fp16 decoding"
+    )
 
 
 def _round_trip(pipe: Any, image: Any, generators: list[Any]) -> Any:

@@ -4,6 +4,7 @@ prompts and micro-conditioning are recorded and replayed; `--prediction-type` ov
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +210,75 @@ def test_a_lora_for_another_family_is_one_line_exit_4(sdxl_tiny_model: Path, sdx
     assert result.exit_code == 4
     assert "is not for this SD v1 model: it adapts SDXL's second text encoder" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_an_fp16_vae_decodes_as_its_config_says_and_an_overflow_is_named(sdxl_tiny_model: Path, tmp_path: Path) -> None:
+    """SDXL's VAE overflows in fp16: with force_upcast (SDXL's config) diffusers decodes in fp32 and the image is
+    whole; a VAE whose config says it is fixed for fp16 decodes in fp16, and an overflow there is an error naming
+    the cause (exit 6), never a black image."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from typer.testing import CliRunner
+
+    from sdlite.cli.app import app
+
+    hot = Path(shutil.copytree(sdxl_tiny_model, tmp_path / "hot"))
+    weights = hot / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state["decoder.conv_in.weight"] = state["decoder.conv_in.weight"] * 3e4  # past fp16's 65504 inside the decoder
+    save_file(state, weights)
+    command = ["sample", PROMPT, "--model", str(hot), "--steps", "2", "--dtype", "fp16", "--device", "cpu"]
+    upcast = CliRunner().invoke(app, [*command, "--out", str(tmp_path / "a")])
+    assert upcast.exit_code == 0, upcast.output
+    assert "deprecated" not in upcast.stderr
+    config_file = hot / "vae" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "force_upcast": False}))
+    overflow = CliRunner().invoke(app, [*command, "--out", str(tmp_path / "b")])
+    assert overflow.exit_code == 6
+    assert "its decoder overflowed in float16 (its config says force_upcast: false)" in overflow.stderr
+    assert not list((tmp_path / "b").glob("*.png"))
+
+
+def test_noise_and_check_work_on_sdxl(sdxl_tiny_model: Path, scene: tuple[Path, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sdlite.cli.app import app
+
+    runner = CliRunner()
+    strip = tmp_path / "noise.png"
+    result = runner.invoke(app, ["noise", str(scene[0]), "--model", str(sdxl_tiny_model), "--out", str(strip),
+                                 "--frames", "3", "--steps", "4"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads(Image.open(strip).text["sdlite.noise"])
+    assert len(record["frames"]) == 3 and record["model"] == str(sdxl_tiny_model)
+    run(sdxl_tiny_model, tmp_path / "made", Generation(PROMPT, seed=1, steps=STEPS, original_size=(32, 32)))
+    result = runner.invoke(app, ["check", str(tmp_path / "made")])
+    assert result.exit_code == 0, result.output
+    assert "1 passed, 0 failed" in result.output
+
+
+def test_an_sdxl_inpainting_model_of_9_channels_gives_plain_diffusers_pixels(
+    sdxl_tiny_model: Path, scene: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = Path(shutil.copytree(sdxl_tiny_model, tmp_path / "inpaint"))
+    config_file = model / "unet" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "in_channels": 9}))
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    extra = torch.randn(state["conv_in.weight"].shape[0], 5, 3, 3, generator=torch.Generator().manual_seed(0)) * 0.05
+    state["conv_in.weight"] = torch.cat([state["conv_in.weight"], extra], dim=1)  # + mask + masked-image latents
+    save_file(state, weights)
+    image, mask = Image.open(scene[0]).convert("RGB"), Image.open(scene[1]).convert("L")
+    gen = Generation(PROMPT, seed=6, steps=STEPS, init_image=str(scene[0]), mask=str(scene[1]))
+    (result,) = run(model, tmp_path / "o", gen)
+    theirs = reference(model, "StableDiffusionXLInpaintPipeline", [6], image=[image], mask_image=[mask], strength=0.75,
+                       num_inference_steps=STEPS, guidance_scale=7.5, height=64, width=64)[0]  # fmt: skip
+    inside = np.asarray(mask) > 127
+    assert np.abs(pixels(result.path) - theirs)[inside].max() <= 1
+    assert read_record(result.path)["run"]["inpainting"].startswith("inpainting model")
