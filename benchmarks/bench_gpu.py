@@ -9,7 +9,9 @@ Sections, in the order they run (the ones issue 14 is judged on first):
   latency    wall time to the first `--fast` image from a fresh process, cold (empty compile cache)
              and warm (the second call on the same model and size);
   sample     it/s and s/image, fp16/bf16, batch 1/8, default vs --fast, with the UNet's TFLOP/s;
-  memory     peak VRAM of one fp16 batch-1 image, default vs --low-memory.
+  memory     peak VRAM of one fp16 batch-1 image, default vs --low-memory;
+  sdxl       the SDXL base 1.0 architecture (random fp16 weights, `--preset sdxl`) at 1024x1024: sampling it/s and
+             s/image with and without --fast, and LoRA training (rank 16, UNet) images/s with the cache.
 
 Every figure comes from a fresh worker process (its own compile caches and peak-memory counters).
 `--budget S` (default 480) stops starting new workers once S seconds have passed, so the default run
@@ -33,7 +35,7 @@ import time
 from pathlib import Path
 
 PROMPT = "a red circle on a blue background"
-SECTIONS = ("train", "overhead", "latency", "sample", "memory")
+SECTIONS = ("train", "overhead", "latency", "sample", "memory", "sdxl")
 # ../shared/reference.md: the SD v1.5 UNet costs about 0.8 TFLOP per forward at 64x64 latents, so about
 # 1.7 TFLOP per guided step (two passes) per image. (The VAE decode, ~2.5 TFLOP an image, is not in it/s.)
 UNET_TFLOP_PER_GUIDED_STEP = 1.7
@@ -106,7 +108,7 @@ def plain_worker(model: str, dtype: str, batch: int, steps: int, batches: int, s
 
 
 def train_worker(model: str, data: str, cache: bool, steps: int, batch: int, precision: str, compile_: bool,
-                 channels_last: bool) -> dict:  # fmt: skip
+                 channels_last: bool, lora: bool = False, resolution: int | None = None) -> dict:  # fmt: skip
     import torch
 
     from sdlite.training.config import TrainConfig
@@ -124,8 +126,11 @@ def train_worker(model: str, data: str, cache: bool, steps: int, batch: int, pre
             marks.append(time.perf_counter())
 
     out = tempfile.mkdtemp()
-    config = TrainConfig(model=model, data=data, out=out, max_steps=steps, batch_size=batch, lr=1e-5, cache=cache,
-                         mixed_precision=precision, compile=compile_, channels_last=channels_last)  # fmt: skip
+    lora_settings = {"lora": True, "lora_rank": 16} if lora else {}
+    config = TrainConfig(model=model, data=data, out=out, max_steps=steps, batch_size=batch, cache=cache,
+                         lr=1e-4 if lora else 1e-5,
+                         mixed_precision=precision, compile=compile_, channels_last=channels_last,
+                         resolution=resolution, **lora_settings)  # fmt: skip
     train(config, on_event=on_event)
     steady = marks[3:]
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
@@ -173,9 +178,10 @@ def run_worker(kind: str, rest: list[str]) -> dict:
     if kind == "plain":
         model, dtype, batch, steps, batches, size = rest
         return plain_worker(model, dtype, int(batch), int(steps), int(batches), int(size))
-    model, data, cache, steps, batch, precision, compile_, channels_last = rest
+    model, data, cache, steps, batch, precision, compile_, channels_last, *more = rest
+    lora, resolution = (more[0] == "1", int(more[1])) if more else (False, None)
     return train_worker(model, data, cache == "1", int(steps), int(batch), precision, compile_ == "1",
-                        channels_last == "1")  # fmt: skip
+                        channels_last == "1", lora, resolution)  # fmt: skip
 
 
 class Budget:
@@ -304,6 +310,28 @@ def main() -> None:
                 break
             r = spawn("sample", model, "fp16", "1", mode, str(steps), str(batches), str(size))
             print(f"{mode:<28}{r['peak_vram_gib']:>14.2f}{r['s_per_image']:>9.3f}", flush=True)
+
+    if "sdxl" in sections and budget.left("SDXL"):
+        xl_preset, xl_size, xl_steps = ("sdxl-tiny", 64, 3) if args.smoke else ("sdxl", 1024, 30)
+        xl = str(init_model(InitConfig(out=work / xl_preset, preset=xl_preset, dtype="fp16" if cuda else "fp32")))
+        print(f"\n{'SDXL ' + str(xl_size) + ', ' + sample_dtype + ', ' + str(xl_steps) + ' steps':<28}"
+              f"{'it/s':>9}{'s/image':>9}{'VRAM GiB':>10}")  # fmt: skip
+        for mode in ("default", "fast"):
+            if not budget.left(f"SDXL {mode}"):
+                break
+            r = spawn("sample", xl, sample_dtype, "1", mode, str(xl_steps), str(batches), str(xl_size))
+            print(f"{mode:<28}{r['it_per_s']:>9.2f}{r['s_per_image']:>9.3f}{r['peak_vram_gib']:>10.2f}", flush=True)
+        data = str(make_shapes_dataset(work / "xl-data", n=32 if not args.smoke else 4, size=xl_size))
+        print(f"\n{'SDXL LoRA training at ' + str(xl_size):<38}{'images/s':>9}{'VRAM GiB':>10}{'estimate':>10}")
+        for batch in (2, 4) if not args.smoke else (2,):
+            precision = "bf16" if cuda else "no"
+            if not budget.left(f"SDXL LoRA batch {batch}"):
+                break
+            r = spawn("train", xl, data, "1", str(args.train_steps if not args.smoke else 6), str(batch), precision,
+                      "0", "0", "1", str(xl_size))  # fmt: skip
+            label = f"{precision}, batch {batch}, rank 16, with cache"
+            print(f"{label:<38}{r['images_per_s']:>9.2f}{r['peak_vram_gib']:>10.2f}"
+                  f"{r['estimate_gib'] or float('nan'):>10.2f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -32,6 +32,11 @@ def test_gpu_benchmark_smoke_runs_every_section(tmp_path: Path) -> None:
     assert [(r[0], r[1], r[2]) for r in rows] == [("fp16", "1", "default"), ("fp16", "1", "fast")]
     assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)  # it/s and s/image were measured
     assert any(line.startswith("low-memory") for line in lines)
+    xl = next(i for i, line in enumerate(lines) if line.startswith("SDXL 64"))  # the sdxl-tiny preset
+    assert [line.split()[0] for line in lines[xl + 1 : xl + 3]] == ["default", "fast"]
+    assert all(float(line.split()[1]) > 0 for line in lines[xl + 1 : xl + 3])
+    lora = next(line for line in lines if line.startswith("no, batch 2, rank 16, with cache"))
+    assert float(lora.split()[-3]) > 0  # images/s
 
 
 def test_output_cost_benchmark_runs_and_reports_the_ratio() -> None:
