@@ -45,12 +45,16 @@ class SampleResult:
     progress: Path | None = None  # --save-progress: the strip of the model's clean-image estimates
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (what `--json` prints)."""
-        return {
+        """JSON-ready form (what `--json` prints); SDXL's settings only for an SDXL image (which always has them)."""
+        data = {
             **dataclasses.asdict(self),
             "path": str(self.path),
             "progress": str(self.progress) if self.progress else None,
         }
+        if self.original_size is None:
+            for key in ("prompt_2", "negative_prompt_2", "original_size", "crops_coords", "target_size"):
+                del data[key]
+        return data
 
 
 @dataclass(frozen=True)
