@@ -67,7 +67,9 @@ def reference(sdxl_tiny_model: Path, mixed: Path, tmp_path_factory: pytest.TempP
 @pytest.fixture(scope="module")
 def lora_reference(sdxl_tiny_model: Path, mixed: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
     out = tmp_path_factory.mktemp("lora") / "out"
-    result = run(*args(sdxl_tiny_model, mixed, out, *LORA_ARGS))
+    with pytest.MonkeyPatch.context() as patch:  # a cache of its own, not one other runs filled (other threads)
+        patch.setenv("SDLITE_CACHE_DIR", str(tmp_path_factory.mktemp("lora-cache")))
+        result = run(*args(sdxl_tiny_model, mixed, out, *LORA_ARGS))
     assert result.returncode == 0, result.stderr[-2000:]
     return out, events(result.stdout)
 
