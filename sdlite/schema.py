@@ -87,6 +87,13 @@ def one_of(names: tuple[str, ...] | list[str]) -> Any:
     return Literal[tuple(names)]  # type: ignore[valid-type]
 
 
+# What a model predicts, as `--prediction-type` takes it (ModelSpec's "v", or diffusers' own "v_prediction"), and the
+# name diffusers' schedulers give each.
+PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction", "v_prediction": "v_prediction"}
+PredictionType = one_of(tuple(PREDICTIONS))
+PREDICTION_HELP = "What the model predicts: epsilon (the noise) or v (v_prediction)."
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
     """Where values came from, so that an error names it the way the user wrote it.

@@ -84,9 +84,7 @@ def read_settings(path: Path) -> dict[str, Any]:
     settings["inputs"] = record.get("inputs")
     # A prediction type the command line chose is replayed; one the model said is the model's again.
     overridden = model.get("prediction_type_from") == "--prediction-type"
-    settings["prediction_type"] = (
-        {"v_prediction": "v"}.get(p := model.get("prediction_type"), p) if overridden else None
-    )
+    settings["prediction_type"] = model.get("prediction_type") if overridden else None
     return settings
 
 

@@ -29,6 +29,7 @@ from sdlite.schema import (
     Number,
     PathText,
     PositiveInt,
+    PredictionType,
     Prompt,
     Seed,
     SizePair,
@@ -53,9 +54,6 @@ Strength = Annotated[float, Strict(), AllowInfNan(False), Gt(0), Le(1)]
 ResizeRule = Literal["crop", "fit", "stretch"]
 RESIZE_RULES: tuple[str, ...] = get_args(ResizeRule)
 DEFAULT_STRENGTH = 0.75
-# What `--prediction-type` takes, and the name diffusers' schedulers give each.
-PredictionType = Literal["epsilon", "v"]
-PREDICTION_TYPES = {"epsilon": "epsilon", "v": "v_prediction"}
 
 
 @dataclass(frozen=True)

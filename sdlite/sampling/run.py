@@ -34,7 +34,7 @@ from sdlite.models.loading import (
     resolve_model,
     vae_factor,
 )
-from sdlite.sampling.config import PREDICTION_TYPES, Generation, SampleConfig
+from sdlite.sampling.config import Generation, SampleConfig
 from sdlite.sampling.init_images import (
     Given,
     UserImages,
@@ -60,7 +60,7 @@ from sdlite.sampling.results import ModelFacts, SampleResult, SampleRun, model_f
 from sdlite.sampling.resume import await_remote, is_whole, kept_images, plan_indices
 from sdlite.sampling.world import World
 from sdlite.schedulers import SCHEDULERS, make_scheduler
-from sdlite.schema import validate_size
+from sdlite.schema import PREDICTIONS, validate_size
 
 log = logging.getLogger("sdlite")
 FAR_ABOVE_NATIVE = 2  # warn when a side is more than this many times the model's native size
@@ -186,7 +186,7 @@ def _prediction(config: SampleConfig, model: ResolvedModel) -> tuple[str, str]:
     """What the model predicts ("epsilon" or "v_prediction") and where that came from: --prediction-type wins
     over what the model says or its family's convention."""
     if config.prediction_type is not None:
-        return PREDICTION_TYPES[config.prediction_type], "--prediction-type"
+        return PREDICTIONS[config.prediction_type], "--prediction-type"
     return model.prediction()
 
 

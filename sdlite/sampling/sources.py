@@ -18,7 +18,6 @@ from sdlite.sampling.config import (
     Generation,
     LoraChoice,
     Mode,
-    PredictionType,
     SampleConfig,
     lora_choices,
 )
@@ -30,8 +29,10 @@ from sdlite.schema import (
     DTYPE_HELP,
     MAX_SEED,
     MODEL_HELP,
+    PREDICTION_HELP,
     Flag,
     PathText,
+    PredictionType,
     Seed,
     Source,
     Text,
@@ -101,8 +102,8 @@ class SampleOverrides:
     )
     prediction_type: str | None = option(
         None,
-        "What the model predicts: epsilon (the noise) or v. For a model that says it wrongly or not at all (a single "
-        "file without ModelSpec or v_pred marker); recorded with each image.",
+        f"{PREDICTION_HELP} For a model that says it wrongly or not at all (a single file without ModelSpec or "
+        "v_pred marker); recorded with each image.",
         shown="the model's scheduler config or file metadata, else its family's convention",
     )
     resume: bool = option(

@@ -15,6 +15,7 @@ from sdlite.models.source import resolve_model_source
 from sdlite.schema import (
     COMMAND_LINE,
     MODEL_HELP,
+    PREDICTION_HELP,
     FilePath,
     Flag,
     ImageSize,
@@ -24,6 +25,7 @@ from sdlite.schema import (
     PathText,
     PositiveInt,
     PositiveNumber,
+    PredictionType,
     Prompt,
     Seed,
     Source,
@@ -44,10 +46,8 @@ Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio"]
 TRACKERS: tuple[str, ...] = get_args(Tracker)
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 PRECISIONS = ("no", "fp16", "bf16")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 LrScheduler = one_of(LR_SCHEDULERS)
 Precision = one_of(PRECISIONS)
-PredictionType = one_of(PREDICTION_TYPES)
 
 
 RESUME_HELP = (
@@ -93,7 +93,9 @@ class TrainConfig:
     ema_decay: Annotated[float, Strict(), AllowInfNan(False), Gt(0), Lt(1)] = option(0.9999, "EMA decay.")
     snr_gamma: PositiveNumber | None = option(None, "Min-SNR-gamma loss weighting (5 is typical).", shown="off")
     noise_offset: NonNegativeNumber = option(0.0, "Noise offset (0.05-0.1 typical).")
-    prediction_type: PredictionType | None = option(None, "epsilon or v_prediction.", shown="the model's")
+    prediction_type: PredictionType | None = option(
+        None, f"{PREDICTION_HELP} Saved in OUT's scheduler config.", shown="the model's"
+    )
     caption_dropout: Annotated[float, Strict(), AllowInfNan(False), Ge(0), Lt(1)] = option(
         0.0, "Probability of training on an empty caption (for guidance)."
     )

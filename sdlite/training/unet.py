@@ -21,6 +21,7 @@ from sdlite.errors import Interrupted, UsageError, sigint_to, writing
 from sdlite.families.sd1 import SD1
 from sdlite.models.loading import ResolvedModel, load_single_file, silence_library_progress
 from sdlite.models.source import MODEL_DEFAULTS_FILE, model_settings_record
+from sdlite.schema import PREDICTIONS
 from sdlite.seeds import mix
 from sdlite.staging import new_folder
 from sdlite.training import checkpoints
@@ -447,7 +448,7 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
         unet = UNet2DConditionModel.from_pretrained(root / "unet", use_safetensors=safe or None, dtype=torch.float32)
     scheduler_config = model.configs()["scheduler"]
     if config.prediction_type:
-        scheduler_config["prediction_type"] = config.prediction_type
+        scheduler_config["prediction_type"] = PREDICTIONS[config.prediction_type]
     noise_scheduler = DDPMScheduler.from_config(scheduler_config)
 
     from diffusers.models.attention_processor import AttnProcessor2_0
@@ -472,6 +473,12 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
                     inject_adapter_in_model(
                         _lora_config(config, TEXT_LORA_TARGETS), text_encoder, adapter_name=LORA_ADAPTER
                     )
+    if family.micro_conditioning and config.train_text_encoder:
+        # SDXL reads the first encoder's penultimate hidden states: its last layer and final norm take no part in
+        # the loss. Frozen, they are left out of the optimizer and of DDP, which fails on parameters with no grad.
+        tower = getattr(text_encoders[0], "text_model", text_encoders[0])
+        for module in (tower.encoder.layers[-1], tower.final_layer_norm):
+            module.requires_grad_(False)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if config.train_text_encoder:

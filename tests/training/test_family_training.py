@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,11 @@ def test_sdxl_loss_is_the_same_with_and_without_the_cache(sdxl_tiny_model: Path,
     _, fresh = run(sdxl_tiny_model, shapes, tmp_path / "b", max_steps=2, cache=False)
     assert losses(cached) == pytest.approx(losses(fresh), rel=1e-5)
     assert next(e for e in cached if e["event"] == "cache")["texts_computed"] > 0
+    from safetensors.torch import load_file
+
+    texts = [load_file(p) for p in (Path(os.environ["SDLITE_CACHE_DIR"]) / "train-cache" / "text").glob("*")]
+    # both encoders' penultimate states side by side (32 + 64 wide), and the second one's pooled projection
+    assert texts and all(t["embedding"].shape == (77, 96) and t["pooled"].shape == (64,) for t in texts)
 
 
 def test_dry_run_plans_sdxl_with_memory_flops_and_micro_conditioning(sdxl_tiny_model: Path, shapes: Path) -> None:
@@ -64,3 +70,14 @@ def test_sdxl_base_at_1024_costs_what_its_architecture_does() -> None:
     sd15 = train_flops_per_image(PRESETS["sd15"], 512, 512, False)
     assert xl == pytest.approx(20.39e12, rel=0.01)
     assert 8 < xl / sd15 < 9
+
+
+def test_prediction_type_takes_modelspecs_v_and_diffusers_v_prediction(
+    tiny_model: Path, shapes: Path, tmp_path: Path
+) -> None:
+    import json
+
+    for name in ("v", "v_prediction"):
+        result, _ = run(tiny_model, shapes, tmp_path / name, max_steps=1, prediction_type=name)
+        config = json.loads((result.out / "scheduler" / "scheduler_config.json").read_text())
+        assert config["prediction_type"] == "v_prediction"
