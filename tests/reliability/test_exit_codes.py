@@ -151,7 +151,12 @@ def test_ctrl_c_during_one_long_operation_exits_within_seconds(tiny_model: Path,
     assert process.stderr is not None
     warning = process.stderr.readline()  # printed once the memory check passed, before the model loads
     assert warning.startswith("warning: 2048x2048 is far above the model's native 64x64")
-    time.sleep(4.0)  # the tiny model loads in about a second: now inside the first step's attention
+    # OUT is made once the model is loaded, just before denoising: wait for it (a loaded machine can take many
+    # seconds to import and load), then a second more, and the run is inside the first step's attention.
+    waited = time.monotonic()
+    while not out.exists() and time.monotonic() - waited < 120:
+        time.sleep(0.1)
+    time.sleep(1.0)
     asked = time.monotonic()
     process.send_signal(signal.SIGINT)
     _, err = communicate(process)

@@ -38,7 +38,10 @@ def test_sd2_v_model_trains_with_the_v_target_and_stays_a_v_model(
     )
 
 
-def test_sdxl_loss_is_the_same_with_and_without_the_cache(sdxl_tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+def test_sdxl_loss_is_the_same_with_and_without_the_cache(
+    sdxl_tiny_model: Path, shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SDLITE_CACHE_DIR", str(tmp_path / "cache"))  # this test's entries alone
     _, cached = run(sdxl_tiny_model, shapes, tmp_path / "a", max_steps=2, cache=True)
     _, fresh = run(sdxl_tiny_model, shapes, tmp_path / "b", max_steps=2, cache=False)
     assert losses(cached) == pytest.approx(losses(fresh), rel=1e-5)
