@@ -37,3 +37,13 @@ def run(*args: str, fault: tuple[str, int] | None = None, timeout: float = 300) 
 
 def events(stdout: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+# One global batch of 2 split two other ways: two accumulated micro-batches, and two processes of batch 1.
+SPLITS = [("--batch-size", "1", "--grad-accum", "2"), ("--batch-size", "1", "--num-processes", "2")]
+SPLIT_IDS = ["grad-accum", "processes"]
+
+
+def step_losses(log: list[dict[str, object]]) -> list[object]:
+    """The loss of every step event of a run's JSON events."""
+    return [e["loss"] for e in log if e["event"] == "step"]

@@ -7,12 +7,12 @@ Data: 12 captioned images, 4 landscape (96x64), 4 portrait (64x96), 4 square; re
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
 import pytest
-from faults import events, run
+from faults import SPLIT_IDS, SPLITS, events, run, step_losses
+from helpers.imaging import mixed_aspect_dataset
 from safetensors.torch import load_file
 
 # Module-scoped fixtures below are made once: `make test` keeps this file on one worker (--dist loadgroup).
@@ -24,17 +24,7 @@ UNET = Path("unet") / "diffusion_pytorch_model.safetensors"
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sdlite.data.shapes import Scene, caption, render
-
-    folder = tmp_path_factory.mktemp("mixed")
-    rows = []
-    colors = ["red", "green", "blue", "yellow"]
-    for n, (w, h) in enumerate([(96, 64)] * 4 + [(64, 96)] * 4 + [(64, 64)] * 4):
-        scene = Scene(colors[n % 4], ["circle", "square", "triangle"][n % 3], colors[(n + 1) % 4], 0.5, 0.5, 0.5)
-        render(scene, 96).resize((w, h)).save(folder / f"{n:02d}.png")
-        rows.append({"file_name": f"{n:02d}.png", "text": caption(scene.color, scene.shape, scene.background)})
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
+    return mixed_aspect_dataset(tmp_path_factory.mktemp("mixed"), [(96, 64)] * 4 + [(64, 96)] * 4 + [(64, 64)] * 4, 96)
 
 
 def args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
@@ -92,11 +82,7 @@ def test_sigkill_mid_epoch_then_resume_ends_on_the_same_weights(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "split",
-    [("--batch-size", "1", "--grad-accum", "2"), ("--batch-size", "1", "--num-processes", "2")],
-    ids=["grad-accum", "processes"],
-)
+@pytest.mark.parametrize("split", SPLITS, ids=SPLIT_IDS)
 def test_the_same_global_batch_split_differently_ends_on_the_same_weights(
     tiny_model: Path, mixed: Path, reference: tuple[Path, list, Path], tmp_path: Path, split: tuple[str, ...]
 ) -> None:
@@ -105,6 +91,5 @@ def test_the_same_global_batch_split_differently_ends_on_the_same_weights(
     assert result.returncode == 0, result.stderr[-2000:]
     log = events(result.stdout)
     assert log[0]["effective_batch"] == 2 and log[0]["buckets"] == reference[1][0]["buckets"]
-    losses = [e["loss"] for e in log if e["event"] == "step"]
-    assert losses == pytest.approx([e["loss"] for e in reference[1] if e["event"] == "step"], rel=1e-4)
+    assert step_losses(log) == pytest.approx(step_losses(reference[1]), rel=1e-4)
     assert relative_difference(out, reference[0], tiny_model) < 1e-3

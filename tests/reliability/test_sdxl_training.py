@@ -10,13 +10,13 @@ pixels off the long side of the image (8 from each end).
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
-from faults import events, run
+from faults import SPLIT_IDS, SPLITS, events, run, step_losses
+from helpers.imaging import mixed_aspect_dataset
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -29,17 +29,9 @@ PROMPT = "a red circle on a blue background"
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sdlite.data.shapes import Scene, caption, render
-
-    folder = tmp_path_factory.mktemp("mixed")
-    rows = []
-    colors = ["red", "green", "blue", "yellow"]
-    for n, (w, h) in enumerate([(128, 80)] * 4 + [(80, 128)] * 4 + [(64, 64)] * 4):
-        scene = Scene(colors[n % 4], ["circle", "square", "triangle"][n % 3], colors[(n + 1) % 4], 0.5, 0.5, 0.5)
-        render(scene, 128).resize((w, h)).save(folder / f"{n:02d}.png")
-        rows.append({"file_name": f"{n:02d}.png", "text": caption(scene.color, scene.shape, scene.background)})
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
+    return mixed_aspect_dataset(
+        tmp_path_factory.mktemp("mixed"), [(128, 80)] * 4 + [(80, 128)] * 4 + [(64, 64)] * 4, 128
+    )
 
 
 def args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
@@ -77,11 +69,7 @@ def test_plan_and_cache_record_each_images_original_size_and_crop(reference: tup
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "split",
-    [("--batch-size", "1", "--grad-accum", "2"), ("--batch-size", "1", "--num-processes", "2")],
-    ids=["grad-accum", "processes"],
-)
+@pytest.mark.parametrize("split", SPLITS, ids=SPLIT_IDS)
 def test_the_same_global_batch_split_differently_ends_on_the_same_weights(
     sdxl_tiny_model: Path, mixed: Path, reference: tuple[Path, list, Path], tmp_path: Path, split: tuple[str, ...]
 ) -> None:
@@ -91,8 +79,7 @@ def test_the_same_global_batch_split_differently_ends_on_the_same_weights(
     assert result.returncode == 0, result.stderr[-2000:]
     log = events(result.stdout)
     assert log[0]["effective_batch"] == 2
-    losses = [e["loss"] for e in log if e["event"] == "step"]
-    assert losses == pytest.approx([e["loss"] for e in reference[1] if e["event"] == "step"], rel=1e-4)
+    assert step_losses(log) == pytest.approx(step_losses(reference[1]), rel=1e-4)
     wa, wb = load_file(out / LORA), load_file(reference[0] / LORA)
     up = [k for k in wb if ".up." in k or "lora_B" in k]
     assert any(k.startswith("text_encoder_2.") for k in up)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from helpers.imaging import scene_and_mask
+from PIL import Image
 
 from sdlite.errors import UsageError
 from sdlite.formats.png_record import read_record
@@ -32,14 +33,7 @@ def pixels(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A red circle on blue (64x64) and the mask of its background (white = repaint)."""
-    folder = tmp_path_factory.mktemp("scene")
-    image = Image.new("RGB", (64, 64), (30, 60, 200))
-    ImageDraw.Draw(image).ellipse((16, 16, 47, 47), fill=(220, 30, 30))
-    mask = Image.new("L", (64, 64), 255)
-    ImageDraw.Draw(mask).ellipse((16, 16, 47, 47), fill=0)
-    image.save(folder / "scene.png")
-    mask.save(folder / "mask.png")
-    return folder / "scene.png", folder / "mask.png"
+    return scene_and_mask(tmp_path_factory.mktemp("scene"))
 
 
 def run(model: Path, out: Path, *gens: Generation, **kwargs: object) -> list:
