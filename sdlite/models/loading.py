@@ -8,6 +8,7 @@ run code. Only diffusers/transformers classes named in `model_index.json` are ac
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -42,9 +43,10 @@ class ResolvedModel:
     use_ema: bool = True  # a single file's EMA weights, when it has them
     tokenizers: dict[str, Path] = field(default_factory=dict)  # a single file's tokenizer folder per component
 
-    @property
+    @functools.cached_property
     def family(self) -> Family:
-        """SD v1, SD 2.x or SDXL: from a single file's keys, or a folder's pipeline class and UNet config."""
+        """SD v1, SD 2.x or SDXL: from a single file's keys, or a folder's pipeline class and UNet config (read
+        once)."""
         if self.single_file is not None:
             return next(f for f in FAMILIES if f.name == self.single_file.family)
         index = read_json(self.path / "model_index.json")
@@ -69,9 +71,8 @@ class ResolvedModel:
         if stated:
             return stated, "scheduler config"
         native = self.native_size()
-        return self.family.conventional_prediction(
-            native
-        ), f"inferred: the {self.family.name} convention at {native} px"
+        inferred = self.family.conventional_prediction(native)
+        return inferred, f"inferred: the {self.family.name} convention at {native} px"
 
     def native_size(self) -> int:
         """Image side the model was made for: the UNet's sample size times the VAE's downsampling."""

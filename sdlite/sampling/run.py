@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
-import warnings
+import warnings as warnings_module
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -440,9 +440,10 @@ def _generate(
     try:
         if given is not None and denoising_steps(gen) == 0:
             return _round_trip(pipe, given.image, generators)
-        with recorder.watching(pipe.scheduler) if recorder else contextlib.nullcontext(), warnings.catch_warnings():
+        watching = recorder.watching(pipe.scheduler) if recorder else contextlib.nullcontext()
+        with watching, warnings_module.catch_warnings():
             # diffusers' SDXL pipelines upcast an fp16 VAE through their own deprecated method, warning each batch
-            warnings.filterwarnings("ignore", message="`upcast_vae` is deprecated", category=FutureWarning)
+            warnings_module.filterwarnings("ignore", message="`upcast_vae` is deprecated", category=FutureWarning)
             output = pipe(
                 prompt=[gen.prompt] * len(seeds),
                 negative_prompt=[gen.negative_prompt] * len(seeds) if gen.negative_prompt else None,
