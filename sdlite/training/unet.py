@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlite.errors import Interrupted, UsageError, sigint_to, writing
+from sdlite.families.base import Family
 from sdlite.families.sd1 import SD1
 from sdlite.models.loading import ResolvedModel, load_single_file, silence_library_progress
 from sdlite.models.source import MODEL_DEFAULTS_FILE, model_settings_record
@@ -403,7 +404,7 @@ class _Parts:
     """The loaded components, text encoders and tokenizers in the family's order; `trained` lists the modules the
     optimizer updates, UNet first."""
 
-    family: Any
+    family: Family
     tokenizers: list[Any]
     text_encoders: list[Any]
     vae: Any
@@ -749,7 +750,7 @@ def _assemble(run: _Run, folder: Path) -> None:
             text_encoder.save_pretrained(folder / name, safe_serialization=True)
 
 
-def _save_lora(folder: Path, unet: Any, text_encoders: dict[str, Any], config: TrainConfig, family: Any) -> None:
+def _save_lora(folder: Path, unet: Any, text_encoders: dict[str, Any], config: TrainConfig, family: Family) -> None:
     """LORA_FILE with the UNet adapter (and the text encoders' with --train-text-encoder), each saved with
     its PEFT config as diffusers' adapter metadata: loaders then apply the trained alpha, not alpha = rank."""
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -819,7 +820,7 @@ def _load_trained_weights(parts: _Parts, folder: Path, config: TrainConfig, torc
             text_encoder.load_state_dict(_load_folder_weights(folder / name, load_file))
 
 
-def _adapter_files(config: TrainConfig, family: Any, modules: list[Any]) -> list[tuple[str, Any]]:
+def _adapter_files(config: TrainConfig, family: Family, modules: list[Any]) -> list[tuple[str, Any]]:
     """(file under training/, module) of each LoRA adapter a checkpoint holds for exact resume; `modules` are the
     UNet and the text encoders in the family's order."""
     unet, *text_encoders = modules
