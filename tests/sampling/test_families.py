@@ -84,8 +84,8 @@ def test_sdxl_records_its_micro_conditioning_and_second_prompt_and_replays_them(
         sdxl_tiny_model,
         tmp_path / "o",
         Generation(PROMPT, seed=2, steps=STEPS),
-        Generation(PROMPT, seed=2, steps=STEPS, prompt_2="a green square", original_size=(32, 48),
-                   crops_coords=(8, 4), target_size=(64, 64)),
+        Generation(PROMPT, seed=2, steps=STEPS, prompt_2="a green square", negative_prompt="blue",
+                   negative_prompt_2="a red circle", original_size=(32, 48), crops_coords=(8, 4), target_size=(64, 64)),
     )  # fmt: skip
     settings = read_record(plain.path)["settings"]
     assert (settings["original_size"], settings["crops_coords"], settings["target_size"]) == (
@@ -99,12 +99,18 @@ def test_sdxl_records_its_micro_conditioning_and_second_prompt_and_replays_them(
     assert record["model"]["family"] == "SDXL" and record["model"]["prediction_type"] == "epsilon"
     theirs = reference(
         sdxl_tiny_model, "StableDiffusionXLPipeline", [2], num_inference_steps=STEPS, guidance_scale=7.5, height=64, width=64,
-        prompt_2=["a green square"], original_size=(32, 48), crops_coords_top_left=(8, 4), target_size=(64, 64),
+        prompt_2=["a green square"], negative_prompt=["blue"], negative_prompt_2=["a red circle"],
+        original_size=(32, 48), crops_coords_top_left=(8, 4), target_size=(64, 64),
     )[0]  # fmt: skip
     assert np.abs(pixels(told.path) - theirs).max() <= 1
     assert np.abs(pixels(told.path) - pixels(plain.path)).max() > 10  # they do condition the image
     config = build_sample_config(SampleOverrides(from_image=told.path, out=tmp_path / "again"))
-    assert config.generations[0].original_size == (32, 48) and config.generations[0].prompt_2 == "a green square"
+    replayed = config.generations[0]
+    assert (replayed.original_size, replayed.prompt_2, replayed.negative_prompt_2) == (
+        (32, 48),
+        "a green square",
+        "a red circle",
+    )
     (again,) = sample(config).images
     assert (pixels(again.path) == pixels(told.path)).all()
 
