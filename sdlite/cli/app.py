@@ -45,7 +45,7 @@ app = typer.Typer(
     f"Set {DEBUG_ENV}=1 to see tracebacks.",
     epilog=EPILOG,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )

@@ -285,7 +285,8 @@ def _env_offline() -> bool:
 
 
 def _hub_snapshot(repo_id: str, offline: bool, allow_pickle: bool) -> Path:
-    """The local snapshot folder of a hub model: the cache when offline, else downloaded (no pickles unless allowed)."""
+    """The local snapshot folder of a hub model: the cache when offline, else downloaded (no pickles unless allowed).
+    An ORG/NAME that is found nowhere is named both ways: it may be a mistyped relative folder as much as a hub id."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -295,11 +296,13 @@ def _hub_snapshot(repo_id: str, offline: bool, allow_pickle: bool) -> Path:
     except LocalEntryNotFoundError as exc:
         where = "offline mode is on" if offline else "it could not be downloaded"
         raise ModelError(
-            f"hub model {repo_id} is not in the local cache and {where}; "
-            "download it once online, or point HF_HUB_CACHE at a cache that has it"
+            f"no folder or file {repo_id} here, and hub model {repo_id} is not in the local cache and {where}; "
+            "check the path, or download the model once online, or point HF_HUB_CACHE at a cache that has it"
         ) from exc
     except RepositoryNotFoundError as exc:
-        raise ModelError(f"hub model {repo_id} does not exist or needs a login (HF_TOKEN)") from exc
+        raise ModelError(
+            f"no folder or file {repo_id} here, and hub model {repo_id} does not exist or needs a login (HF_TOKEN)"
+        ) from exc
     except OSError as exc:
         raise ModelError(f"could not fetch hub model {repo_id}: {exc}") from exc
 

@@ -355,3 +355,16 @@ def test_progress_bar_only_on_a_terminal_and_not_quiet(monkeypatch: pytest.Monke
         update(6, 6)
         update.image_done()
     assert log.getvalue().startswith("sample: 1/1 images, 6/6 steps, ") and "\r" not in log.getvalue()
+
+
+def test_shell_completion_is_offered() -> None:
+    """Typer's completion: the script for the shell sdlite runs under (detected from the parent process)."""
+    result = runner.invoke(app, ["--show-completion"], prog_name="sdlite")
+    assert result.exit_code == 0 and "_SDLITE_COMPLETE" in result.stdout, result.output
+    assert "--install-completion" in runner.invoke(app, ["--help"], prog_name="sdlite").stdout
+
+
+def test_a_model_found_nowhere_is_named_as_a_path_and_as_a_hub_id(tmp_path: Path) -> None:
+    result = invoke("sample", "a", "--model", "models/typo", "--offline", "--out", str(tmp_path / "x"))
+    assert result.exit_code == 4
+    assert "no folder or file models/typo here, and hub model models/typo is not in the local cache" in result.stderr
