@@ -20,8 +20,10 @@ EXIT_CODES: dict[int, str] = {
     5: "out of memory or disk",
     6: "numerical failure (NaN or inf)",
     7: "images differ beyond tolerance (sdlite check)",
-    130: "interrupted",
+    129: "stopped by SIGHUP (the terminal closed): as 143",
+    130: "interrupted (Ctrl-C)",
     141: "standard output closed by its reader (e.g. `| head`): the run stops there, quietly",
+    143: "stopped by SIGTERM (Slurm, timeout, docker stop): sample writes what is finished, train checkpoints first",
 }
 
 
@@ -68,24 +70,45 @@ class ImagesDiffer(SdliteError):
 
 
 class Interrupted(SdliteError):
-    """The user pressed Ctrl-C; whatever could be saved was saved first."""
+    """A stop signal (Ctrl-C's SIGINT, SIGTERM from a scheduler, `timeout` or `docker stop`, SIGHUP when the
+    terminal goes) ended the run; whatever could be saved was saved first. Exit 128 + the signal's number, as a
+    shell reports a death by that signal: 130, 143, 129."""
 
     exit_code = 130
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+# The signals that stop a run cleanly: what Ctrl-C, schedulers (Slurm before preemption, `timeout`, `docker stop`)
+# and a closing terminal send. SIGHUP does not exist on Windows.
+STOP_SIGNALS: tuple[int, ...] = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+def signal_name(signum: int) -> str:
+    """`Ctrl-C` for SIGINT, else the signal's name (SIGTERM, SIGHUP)."""
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 @contextmanager
 def sigint_to(handler: Callable[[int, Any], None]) -> Iterator[bool]:
-    """Route Ctrl-C to `handler` inside the block, then restore the previous handler. Yields whether it
-    was installed: off the main thread Python allows no signal handlers and Ctrl-C keeps its meaning."""
+    """Route the stop signals (Ctrl-C, SIGTERM, SIGHUP) to `handler` inside the block, then restore the previous
+    handlers. Yields whether they were installed: off the main thread Python allows no signal handlers and the
+    signals keep their meaning."""
     try:
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     except ValueError:
         yield False
         return
     try:
         yield True
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 DISK_FULL = {28: "no space left on device", 122: "disk quota exceeded", 27: "file too large for this file system"}

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import IO
 
 LAUNCHED = "SDLITE_LAUNCHED"  # set in every process sdlite starts, so each ties its life to its parent's
@@ -34,7 +35,7 @@ def spawn(num_processes: int, argv: list[str] | None = None, same_threads: bool 
     only when one of them fails first, whose status the run then ends with: every user error stays one line
     with its own exit code. When any process fails the others are stopped, so none waits forever for an
     image that will not come. Ctrl-C reaches every process (one process group): they finish the images in
-    hand and the run ends with 130. With `same_threads` each process keeps this one's CPU thread count,
+    hand and the run ends with 130; SIGTERM and SIGHUP sent to this process are passed on to every worker. With `same_threads` each process keeps this one's CPU thread count,
     because CPU kernels round differently with another (`sample` promises the pixels of one process);
     otherwise each gets one thread, as torchrun gives them.
     """
@@ -60,7 +61,8 @@ def spawn(num_processes: int, argv: list[str] | None = None, same_threads: bool 
                 )
             )
         try:
-            return _outcome(workers, logs)
+            with _forwarding(workers):
+                return _outcome(workers, logs)
         except KeyboardInterrupt:
             for worker in workers:  # they got the same SIGINT: let them write what they finished
                 _stop(worker, GRACE)
@@ -68,6 +70,30 @@ def spawn(num_processes: int, argv: list[str] | None = None, same_threads: bool 
         finally:
             for worker in workers:
                 _stop(worker, 0)
+
+
+@contextlib.contextmanager
+def _forwarding(workers: list[subprocess.Popen[bytes]]) -> Iterator[None]:
+    """Pass SIGTERM and SIGHUP on to every worker: a scheduler (Slurm, `timeout`, `docker stop`) signals this
+    process alone, while Ctrl-C reaches the whole process group by itself. The workers then stop as they would
+    themselves (training checkpoints first) and the run ends with their status (143, 129)."""
+
+    def forward(signum: int, frame: object) -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    names = [name for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    try:
+        previous = {getattr(signal, name): signal.signal(getattr(signal, name), forward) for name in names}
+    except ValueError:  # not the main thread: nothing to forward from
+        yield
+        return
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _outcome(workers: list[subprocess.Popen[bytes]], logs: list[IO[bytes] | None]) -> int:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sdlite.errors import sigint_to
+from sdlite.errors import STOP_SIGNALS, Interrupted, sigint_to, signal_name
 
 ProgressFn = Callable[[int, int], None]
 
@@ -53,7 +53,9 @@ class StepCounter:
 
 
 class StopRequest:
-    """Ctrl-C during sampling: a flag the loop checks between denoising steps and between batches.
+    """A stop signal during sampling (Ctrl-C, or SIGTERM/SIGHUP from a scheduler or a closing terminal): a flag the
+    loop checks between denoising steps and between batches. Ctrl-C ends as KeyboardInterrupt (exit 130), the others
+    as Interrupted (exit 143/129), each after the images finished before it are written.
 
     Python runs signal handlers only between bytecodes, so a single long torch call (one step of a huge
     image) would hold the flag back for minutes. With `grace`, a watcher thread learns of each SIGINT at
@@ -65,13 +67,20 @@ class StopRequest:
     EXIT_CODE = 130
 
     def __init__(self, grace: float | None) -> None:
-        self.grace, self.requested = grace, False
+        self.grace, self.requested, self.signum = grace, False, 0
         self.lock = threading.Lock()
         self.finished = threading.Event()
 
     def check(self) -> None:
-        if self.requested:
+        if not self.requested:
+            return
+        if self.signum == signal.SIGINT:
             raise KeyboardInterrupt
+        raise Interrupted(
+            f"stopped by {signal_name(self.signum)}: the images finished before it are written (--resume makes the "
+            "rest)",
+            self.signum,
+        )
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
@@ -100,9 +109,10 @@ class StopRequest:
         reader.close()
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and self.grace is None:  # a second Ctrl-C from a Python caller: now
+        if self.requested and self.grace is None:  # a second signal to a Python caller: now
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = self.signum or signum
 
     def _watch(self) -> tuple[int, socket.socket, socket.socket]:
         """Start the watcher thread; returns the previous wakeup fd and the socket pair to close."""
@@ -124,9 +134,9 @@ class StopRequest:
                     break  # the grace period is over and the run is still busy
                 if not received or self.finished.is_set():
                     return  # the run is over
-                if signal.SIGINT in received:
+                if any(signum in received for signum in STOP_SIGNALS):
                     if deadline is not None:
-                        break  # a second Ctrl-C
+                        break  # a second signal
                     deadline = time.monotonic() + self.grace
         except OSError:
             return
@@ -141,5 +151,7 @@ class StopRequest:
             return
         with contextlib.suppress(Exception):
             sys.stdout.flush()
-        os.write(2, b"\ninterrupted\n" if os.isatty(2) else b"interrupted\n")
-        os._exit(self.EXIT_CODE)
+        signum = self.signum or signal.SIGINT
+        line = "interrupted" if signum == signal.SIGINT else f"stopped by {signal_name(signum)}"
+        os.write(2, f"\n{line}\n".encode() if os.isatty(2) else f"{line}\n".encode())
+        os._exit(128 + signum)

@@ -119,6 +119,12 @@ class TrainConfig:
     )
     checkpoint_every: PositiveInt | None = option(None, "Save a resumable, usable checkpoint every N steps.")
     keep_checkpoints: PositiveInt | None = option(None, "Keep only the newest K checkpoints.", shown="all")
+    checkpoint_on_signal: Flag = option(
+        True,
+        "On Ctrl-C, SIGTERM (Slurm before preemption, timeout, docker stop) or SIGHUP: finish the step, save a "
+        "checkpoint, exit 130/143/129 saying how to resume. Off: those signals end the run at once.",
+        flag="--checkpoint-on-signal/--no-checkpoint-on-signal",
+    )
     resume: NonEmptyText | None = option(None, f"{RESUME_HELP} sdlite wrote.")
     overwrite: Flag = option(False, "Train into a non-empty OUT without --resume: replace what is there.")
     validation_prompts: tuple[Prompt, ...] = option(
@@ -273,6 +279,7 @@ class TrainConfig:
             "overwrite",
             "checkpoint_every",
             "keep_checkpoints",
+            "checkpoint_on_signal",
             "cache",
             "gradient_checkpointing",
             "validation_prompts",

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdlite.errors import Interrupted, UsageError, sigint_to, writing
+from sdlite.errors import STOP_SIGNALS, Interrupted, UsageError, sigint_to, signal_name, writing
 from sdlite.families.base import Family
 from sdlite.families.sd1 import SD1
 from sdlite.models.loading import ResolvedModel, load_single_file, silence_library_progress
@@ -266,9 +268,10 @@ def _loop(
 ) -> float | None:
     """Every optimizer step from `start_step`; the last finite loss. Each micro-batch's inputs are drawn while
     the device runs the previous backward; the host waits on the device once per step, for the loss and the stop
-    flag (one all-reduce), then queues the optimizer step. Ctrl-C keeps the step, checkpoints and stops."""
+    flag (one all-reduce), then queues the optimizer step. A stop signal (Ctrl-C, SIGTERM, SIGHUP) on any process
+    keeps the step, checkpoints and stops (a second one ends the process at once)."""
     config, plan, accelerator = run.config, run.plan, run.accelerator
-    stop, last_loss = _StopFlag(), None
+    stop, last_loss = _StopFlag(config.checkpoint_on_signal), None
     upcoming = _draw_micro(run, start_step * config.grad_accum) if start_step < plan.steps else None
     with stop.armed():
         for step in range(start_step, plan.steps):
@@ -297,7 +300,7 @@ def _loop(
                 **_mfu(plan, timing["images_per_s"]),
             )
             trackers.log_step(done, step_loss, lr, timing["images_per_s"])
-            _after_step(run, done, stops > 0, guard, saved, trackers)
+            _after_step(run, done, stop.seen(stops), guard, saved, trackers)
     return last_loss
 
 
@@ -319,20 +322,22 @@ def _accumulate(
         losses.append(loss.detach().float())
         if m + 1 < run.plan.steps * config.grad_accum:
             upcoming = _draw_micro(run, m + 1)
-    requested = torch.tensor(float(stop.requested), device=accelerator.device)
+    requested = torch.tensor(float(stop.signum), device=accelerator.device)  # 0: none
     totals = accelerator.reduce(torch.stack([torch.stack(losses).mean(), requested]), "sum")
     totals[0] /= accelerator.num_processes  # the mean loss over processes
     step_loss, stops = totals.tolist()  # the step's one wait on the device
     return step_loss, stops, upcoming
 
 
-def _after_step(run: _Run, done: int, stop: bool, guard: FiniteGuard, saved: list[Path], trackers: Any) -> None:
-    """Checkpoints (on Ctrl-C, then stop; and every --checkpoint-every) and validation grids after step `done`."""
+def _after_step(run: _Run, done: int, stop: int, guard: FiniteGuard, saved: list[Path], trackers: Any) -> None:
+    """Checkpoints (on a stop signal `stop`, then stop; and every --checkpoint-every) and validation grids after
+    step `done`."""
     config, steps = run.config, run.plan.steps
-    if stop and done < steps:  # Ctrl-C (on any process): this step is kept, then a checkpoint
+    if stop and done < steps:  # a stop signal (on any process): this step is kept, then a checkpoint
         path = _save_checkpoint(run, done)
-        run.emit("checkpoint", step=done, path=str(path), reason="interrupted")
-        raise Interrupted(f"interrupted at step {done}; resume with --resume latest (checkpoint {path})")
+        run.emit("checkpoint", step=done, path=str(path), reason="interrupted" if stop == signal.SIGINT else "signal")
+        what = "interrupted" if stop == signal.SIGINT else f"stopped by {signal_name(stop)}"
+        raise Interrupted(f"{what} at step {done}; resume with --resume latest (checkpoint {path})", stop)
     # A checkpoint right after a non-finite loss could hold damaged state: keep the last good one.
     due = config.checkpoint_every and done % config.checkpoint_every == 0 and done < steps
     if due and guard.in_row == 0:
@@ -914,15 +919,35 @@ def _validate(run: _Run, step: int) -> Path | None:
 
 
 class _StopFlag:
-    """Ctrl-C sets a flag; the loop saves a checkpoint at the next step boundary and stops."""
+    """A stop signal (Ctrl-C, SIGTERM, SIGHUP) sets a flag; the loop saves a checkpoint at the next step boundary
+    and stops. A second signal ends the process at once (the checkpoint being written, if any, is staged and never
+    half-visible). With `--no-checkpoint-on-signal` the signals keep their usual meaning: an immediate end."""
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled, self.signum = enabled, 0
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        if self.signum:
+            os.write(2, f"{signal_name(signum)} again: stopping at once\n".encode())
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def seen(self, total: float) -> int:
+        """The signal to stop for after a step, 0 for none, decided by the step's all-reduced `total` alone (each
+        process reports its signal's number, 0 for none), so every process stops at the same step: one that got a
+        signal after reporting stops a step later with the others. Named as this process's own signal, else as the
+        sum says (one number when one process, or all alike, got it)."""
+        if total <= 0:
+            return 0
+        if self.signum:
+            return self.signum
+        number = int(total)
+        return number if number in STOP_SIGNALS else signal.SIGTERM
 
     @contextlib.contextmanager
     def armed(self) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
         with sigint_to(self._handle):
             yield
