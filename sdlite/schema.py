@@ -55,7 +55,9 @@ def _pair(separator: str, swap: bool) -> Any:
         if isinstance(value, str):
             parts = value.lower().replace(" ", "").split(separator)
             if len(parts) != 2 or not all(p.isdigit() for p in parts):
-                raise PydanticCustomError("pair", "expected two whole numbers written A{sep}B", {"sep": separator})
+                form = "WIDTHxHEIGHT" if separator == "x" else "TOP,LEFT"
+                reason = f"must be two whole numbers written {form}, got {show(value)}"
+                raise PydanticCustomError("reason", "{reason}", {"reason": reason})
             first, second = int(parts[0]), int(parts[1])
             return (second, first) if swap else (first, second)
         return tuple(value) if isinstance(value, list) else value
@@ -73,6 +75,16 @@ PositiveNumber = Annotated[float, Strict(), AllowInfNan(False), Gt(0)]
 Text = Annotated[str, Strict()]
 Prompt = Annotated[str, Strict(), AfterValidator(_unicode)]
 NonEmptyText = Annotated[str, Strict(), MinLen(1)]
+
+
+def _file_stem(value: str) -> str:
+    if value in (".", "..") or any(c in value for c in "/\\\0") or value != value.strip():
+        reason = f"must be a file name without folders, got {show(value)}"
+        raise PydanticCustomError("reason", "{reason}", {"reason": reason})
+    return value
+
+
+FileStem = Annotated[str, Strict(), MinLen(1), AfterValidator(_file_stem)]  # a name for a file made in a folder
 Flag = Annotated[bool, Strict()]
 PathText = Annotated[str, Strict(), BeforeValidator(_fspath)]  # a path or hub id, kept as given
 FilePath = Annotated[Path, BeforeValidator(_fspath)]  # a str or os.PathLike, stored as a Path

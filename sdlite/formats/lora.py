@@ -209,15 +209,16 @@ def read_lora(source: Path | str) -> tuple[Path, dict[str, Any], dict[str, str]]
     return file, load_file(file), metadata
 
 
-def export_lora(source: Path | str, out: Path | str, fmt: str) -> Path:
+def export_lora(source: Path | str, out: Path | str, fmt: str, metadata: Mapping[str, str] | None = None) -> Path:
     """Write the LoRA at `source` (a file, a folder holding LORA_FILE, or a training checkpoint folder)
-    in format `fmt`: "kohya" -> the file `out` (.safetensors); "diffusers" -> `out`/LORA_FILE, metadata kept.
+    in format `fmt`: "kohya" -> the file `out` (.safetensors), with `metadata` added (ModelSpec, from training);
+    "diffusers" -> `out`/LORA_FILE, metadata kept.
 
     Writes are atomic (a temporary file renamed into place). Returns what was written.
     """
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    out = Path(out).expanduser()
+    out, extra = Path(out).expanduser(), metadata
     file, tensors, metadata = read_lora(source)
     kind = layout(tensors)
     if fmt == "diffusers":
@@ -235,7 +236,7 @@ def export_lora(source: Path | str, out: Path | str, fmt: str) -> Path:
     else:
         kohya = to_kohya(tensors, component_configs(metadata))
         meta = {"format": "pt", **kohya_metadata(kohya)}
-    _atomic_save(kohya, meta, out)
+    _atomic_save(kohya, {**meta, **(extra or {})}, out)
     return out
 
 

@@ -17,6 +17,7 @@ from sdlite.schema import (
     MODEL_HELP,
     PREDICTION_HELP,
     FilePath,
+    FileStem,
     Flag,
     ImageSize,
     NonEmptyText,
@@ -119,6 +120,13 @@ class TrainConfig:
     )
     checkpoint_every: PositiveInt | None = option(None, "Save a resumable, usable checkpoint every N steps.")
     keep_checkpoints: PositiveInt | None = option(None, "Keep only the newest K checkpoints.", shown="all")
+    output_name: FileStem | None = option(
+        None,
+        "With --lora: the name of the A1111/Forge/ComfyUI copy of the adapter, OUT/NAME.safetensors (kohya layout, "
+        "written beside pytorch_lora_weights.safetensors and in each checkpoint).",
+        shown="OUT's folder name",
+        metavar="NAME",
+    )
     checkpoint_on_signal: Flag = option(
         True,
         "On Ctrl-C, SIGTERM (Slurm before preemption, timeout, docker stop) or SIGHUP: finish the step, save a "
@@ -280,6 +288,7 @@ class TrainConfig:
             "checkpoint_every",
             "keep_checkpoints",
             "checkpoint_on_signal",
+            "output_name",
             "cache",
             "gradient_checkpointing",
             "validation_prompts",

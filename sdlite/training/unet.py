@@ -22,6 +22,7 @@ from typing import Any
 from sdlite.errors import STOP_SIGNALS, Interrupted, UsageError, sigint_to, signal_name, writing
 from sdlite.families.base import Family
 from sdlite.families.sd1 import SD1
+from sdlite.formats import lora as lora_format
 from sdlite.models.loading import ResolvedModel, load_single_file, silence_library_progress
 from sdlite.models.source import MODEL_DEFAULTS_FILE, model_settings_record
 from sdlite.schema import PREDICTIONS
@@ -42,6 +43,8 @@ TEXT_LORA_TARGETS = list(SD1.text_lora_targets)
 LORA_ADAPTER = "default"  # the adapter name training gives its LoRA(s)
 LORA_INIT_SALT = 0x4C6F5241  # "LoRA": the adapters' initial weights, a seed stream of their own
 SAFE = {"safe_serialization": True}
+# ModelSpec's architecture names of the base model a LoRA was trained on (its `modelspec.architecture` adds /lora).
+LORA_ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2", "sdxl": "stable-diffusion-xl-v1-base"}
 
 
 def train(config: TrainConfig, on_event: EventFn | None = None, loss_hook: LossHook | None = None) -> TrainResult:
@@ -768,6 +771,15 @@ def _save_lora(folder: Path, unet: Any, text_encoders: dict[str, Any], config: T
         kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(state)
         kwargs[f"{name}_lora_adapter_metadata"] = module.peft_config[LORA_ADAPTER].to_dict()
     family.pipeline_class("text-to-image").save_lora_weights(folder, safe_serialization=True, **kwargs)
+    # The same adapter in the layout A1111, Forge and ComfyUI load (kohya names, `.alpha` tensors), named for the run.
+    name = config.output_name or Path(config.out).name
+    modelspec = {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": f"{LORA_ARCHITECTURES[family.key]}/lora",
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": name,
+    }
+    lora_format.export_lora(folder / lora_format.LORA_FILE, folder / f"{name}.safetensors", "kohya", modelspec)
 
 
 def _save_checkpoint(run: _Run, step: int) -> Path:

@@ -84,3 +84,38 @@ def test_prediction_type_takes_modelspecs_v_and_diffusers_v_prediction(
         result, _ = run(tiny_model, shapes, tmp_path / name, max_steps=1, prediction_type=name)
         config = json.loads((result.out / "scheduler" / "scheduler_config.json").read_text())
         assert config["prediction_type"] == "v_prediction"
+
+
+def test_lora_training_also_writes_the_kohya_file_uis_load_named_for_the_run(
+    tiny_model: Path, shapes: Path, tmp_path: Path
+) -> None:
+    """OUT/NAME.safetensors (and each checkpoint's): kohya names, `.alpha` = the trained alpha for every module,
+    ModelSpec metadata; sampling with it gives the diffusers file's pixels."""
+    import numpy as np
+    from PIL import Image
+    from safetensors import safe_open
+
+    from sdlite.sampling.config import Generation, LoraChoice, SampleConfig
+    from sdlite.sampling.run import sample
+
+    result, _ = run(tiny_model, shapes, tmp_path / "style", max_steps=2, lora=True, lora_rank=4, lora_alpha=16,
+                    train_text_encoder=True, checkpoint_every=1, output_name="my-style")  # fmt: skip
+    kohya = result.out / "my-style.safetensors"
+    assert (result.out / "checkpoints" / "step-000001" / "my-style.safetensors").is_file()
+    with safe_open(kohya, "pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+        alphas = {float(f.get_tensor(k)) for k in keys if k.endswith(".alpha")}
+    assert all(k.startswith(("lora_unet_", "lora_te_")) for k in keys) and alphas == {16.0}
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora" and meta["ss_network_dim"] == "4"
+    gen = Generation("a red circle", seed=3, steps=3)
+
+    def made_with(name: str, source: str) -> np.ndarray:
+        config = SampleConfig(
+            model=str(tiny_model), generations=(gen,), out=tmp_path / name, loras=(LoraChoice(source),)
+        )
+        return np.asarray(Image.open(sample(config).images[0].path))
+
+    pixels = [made_with("d", str(result.out)), made_with("k", str(kohya))]
+    assert np.abs(pixels[0].astype(int) - pixels[1].astype(int)).max() <= 1
+    default, _ = run(tiny_model, shapes, tmp_path / "plain-name", max_steps=1, lora=True)
+    assert (default.out / "plain-name.safetensors").is_file()
