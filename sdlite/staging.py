@@ -112,3 +112,47 @@ def staged_folder(target: Path, what: str) -> Iterator[Path]:
             os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _what(path: Path) -> str | None:
+    """What a path that is not a folder is, in words; None for a folder or nothing."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (or a parent is no folder: said by the caller)
+        return None if not path.is_symlink() else "a broken symbolic link"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if stat.S_ISDIR(mode):
+        return None
+    kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (pipe)"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a file"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "not a folder")
+
+
+def check_output_place(path: Path, flag: str, kind: str = "folder") -> None:
+    """Fail at once, before any model loads, when `path` cannot become the output `kind` ("folder" or "file"):
+    something other than a folder in the way (a file, device, FIFO), or a place this user cannot write
+    (a read-only folder, a parent that is a file). UsageError for the former, ResourceError (exit 5) for the latter.
+    """
+    from sdlite.errors import ResourceError, UsageError
+
+    path = Path(path).expanduser()
+    if kind == "folder":
+        what = _what(path)
+        if what is not None:
+            raise UsageError(f"{flag} {path} is {what}, not a folder: give a folder (made if missing)")
+        folder = path
+    else:
+        if path.is_dir():
+            raise UsageError(f"{flag} {path} is a folder; give a file name")
+        what = _what(path) if path.exists() else None
+        if what not in (None, "a file"):
+            raise UsageError(f"{flag} {path} is {what}: give a file name")
+        folder = path.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path} cannot be made: {existing} is {_what(existing)}, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ResourceError(f"cannot write {flag} {path}: {existing} is read-only for this user")

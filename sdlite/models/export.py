@@ -19,7 +19,7 @@ from sdlite.models.config import ExportConfig
 from sdlite.models.loading import ResolvedModel, load_single_file, resolve_model, silence_library_progress
 from sdlite.models.source import MODEL_DEFAULTS_FILE, model_settings_record
 from sdlite.sampling.sources import model_defaults
-from sdlite.staging import staged_file, staged_folder
+from sdlite.staging import check_output_place, staged_file, staged_folder
 
 MODEL_FORMATS = ("single-file", "diffusers")
 LORA_FORMATS = ("kohya", "diffusers")
@@ -60,6 +60,7 @@ def _check_out(config: ExportConfig, fmt: str) -> None:
     is_file = fmt in ("single-file", "kohya")
     if is_file and out.suffix != ".safetensors":
         raise UsageError(f"--format {fmt} writes one file: OUT must end in .safetensors, got {out}")
+    check_output_place(out, "OUT", "file" if is_file else "folder")  # before any weights are read
     if out.exists() and not config.force:
         raise UsageError(f"{out} already exists; pass --force to replace it")
 

@@ -19,6 +19,7 @@ from typing import Any
 from sdlite.errors import ModelError, NumericalError, UsageError
 from sdlite.sampling.config import NoiseConfig
 from sdlite.schema import validate_size
+from sdlite.staging import check_output_place
 
 CHUNK = "sdlite.noise"  # the PNG text chunk holding the strip's JSON record
 
@@ -73,6 +74,7 @@ def noise_strip(config: NoiseConfig) -> NoiseStrip:
     out = Path(config.out)
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder: give the PNG file to write")
+    check_output_place(out, "--out", "file")  # a device, FIFO or read-only place: before anything is computed
     if out.exists() and not config.overwrite:
         raise UsageError(f"{out} already exists; pass --force to replace it")
     model = resolve_model(

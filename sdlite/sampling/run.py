@@ -61,6 +61,7 @@ from sdlite.sampling.resume import await_remote, is_whole, kept_images, plan_ind
 from sdlite.sampling.world import World
 from sdlite.schedulers import SCHEDULERS, make_scheduler
 from sdlite.schema import PREDICTIONS, validate_size
+from sdlite.staging import check_output_place
 
 log = logging.getLogger("sdlite")
 FAR_ABOVE_NATIVE = 2  # warn when a side is more than this many times the model's native size
@@ -83,6 +84,7 @@ def sample(
     ends the process with exit status 130 instead, once any image being written is complete.
     """
     # 1. Locate and check the model; size every image against its own VAE before loading any weights.
+    check_output_place(config.out, "--out")  # a device, a file or a read-only place fails before any model loads
     world = World.current()
     config = world.share(config)  # one run: the first process's seeds, also the random ones it drew
     model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights)

@@ -10,6 +10,7 @@ from typing import Any
 from sdlite.errors import UsageError, writing
 from sdlite.formats.lora import LORA_FILE
 from sdlite.models.source import MODEL_DEFAULTS_FILE
+from sdlite.staging import check_output_place
 from sdlite.training import checkpoints
 from sdlite.training.config import TrainConfig
 from sdlite.training.plan import TrainPlan
@@ -38,6 +39,7 @@ def check_out(config: TrainConfig) -> None:
     `--resume auto` with no checkpoint yet starts fresh (a preemptible job's first start, or a restart
     before its first checkpoint): it may replace the files an unfinished run writes as it goes, never a
     finished run's model or anything a run does not write."""
+    check_output_place(Path(config.out), "--out")  # a device, a file or a read-only place: before any image is read
     if config.overwrite:
         return
     out = Path(config.out)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 from collections.abc import Iterator
@@ -932,16 +931,15 @@ def _validate(run: _Run, step: int) -> Path | None:
 
 class _StopFlag:
     """A stop signal (Ctrl-C, SIGTERM, SIGHUP) sets a flag; the loop saves a checkpoint at the next step boundary
-    and stops. A second signal ends the process at once (the checkpoint being written, if any, is staged and never
+    and stops. A second signal ends the run at once, wherever it is (a checkpoint being written is staged, never
     half-visible). With `--no-checkpoint-on-signal` the signals keep their usual meaning: an immediate end."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled, self.signum = enabled, 0
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum:
-            os.write(2, f"{signal_name(signum)} again: stopping at once\n".encode())
-            os._exit(128 + signum)
+        if self.signum:  # raised where the run is: no further step, no checkpoint
+            raise Interrupted(f"{signal_name(signum)} again: stopped at once; resume from the last checkpoint", signum)
         self.signum = signum
 
     def seen(self, total: float) -> int:

@@ -1,0 +1,70 @@
+"""Output places are checked before anything heavy: a device, a FIFO, a file or a place under a file given as
+`--out` is named at once (exit 2), a read-only place says so (exit 5), before any model loads or image is made."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from sdlite.cli.app import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> Any:
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture()
+def places(tmp_path: Path) -> dict[str, Path]:
+    file = tmp_path / "a-file"
+    file.write_text("mine")
+    fifo = tmp_path / "a-fifo"
+    os.mkfifo(fifo)
+    return {"file": file, "fifo": fifo, "device": Path("/dev/null"), "under-file": file / "out"}
+
+
+@pytest.mark.parametrize(
+    ("place", "words"),
+    [("device", "is a character device, not a folder"), ("fifo", "is a FIFO (pipe), not a folder"),
+     ("file", "is a file, not a folder"), ("under-file", "cannot be made:")],
+)  # fmt: skip
+def test_sample_and_train_name_what_is_in_the_way(
+    tiny_model: Path, places: dict[str, Path], place: str, words: str, tmp_path: Path
+) -> None:
+    for command in (["sample", "x", "--model", str(tiny_model)],
+                    ["train", "--model", str(tiny_model), "--data", str(tmp_path), "--max-steps", "1"]):  # fmt: skip
+        result = invoke(*command, "--out", str(places[place]))
+        assert result.exit_code == 2, result.output
+        assert words in result.stderr and result.stderr.count("\n") == 1
+    assert places["file"].read_text() == "mine"
+
+
+def test_noise_and_export_check_their_files_first(tiny_model: Path, places: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "in.png")
+    result = invoke("noise", str(tmp_path / "in.png"), "--model", str(tiny_model), "--out", str(places["fifo"]))
+    assert result.exit_code == 2 and "is a FIFO (pipe): give a file name" in result.stderr
+    result = invoke("noise", str(tmp_path / "in.png"), "--out", str(places["under-file"] / "n.png"))
+    assert result.exit_code == 2 and "cannot be made" in result.stderr
+    result = invoke("export", str(tiny_model), str(places["under-file"] / "m.safetensors"))
+    assert result.exit_code == 2 and "cannot be made" in result.stderr
+
+
+def test_a_read_only_place_says_so_before_the_model_loads(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the superuser the tests run as, permission bits do not stop writes: the access check is what is tested."""
+    import sdlite.sampling.run as sampling_run
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == tmp_path else real_access(path, mode))
+    monkeypatch.setattr(sampling_run, "resolve_model", lambda *a, **k: pytest.fail("the model was looked at"))
+    result = invoke("sample", "x", "--model", str(tiny_model), "--out", str(tmp_path / "new" / "out"))
+    assert result.exit_code == 5
+    assert f"cannot write --out {tmp_path / 'new' / 'out'}: {tmp_path} is read-only for this user" in result.stderr
