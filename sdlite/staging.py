@@ -131,9 +131,9 @@ def _what(path: Path) -> str | None:
 
 def check_output_place(path: Path, flag: str, kind: str = "folder") -> None:
     """Fail at once, before any model loads, when `path` cannot become the output `kind` ("folder" or "file"):
-    something other than a folder in the way (a file, device, FIFO), or a place this user cannot write
-    (a read-only folder, a parent that is a file). UsageError for the former, ResourceError (exit 5) for the latter.
-    """
+    something other than a folder in the way (a file, device, FIFO: UsageError naming it), or a place this user
+    cannot write (a parent that is a file, a read-only folder or file system: ResourceError, exit 5, as a failed
+    write would say)."""
     from sdlite.errors import ResourceError, UsageError
 
     path = Path(path).expanduser()
@@ -141,18 +141,18 @@ def check_output_place(path: Path, flag: str, kind: str = "folder") -> None:
         what = _what(path)
         if what is not None:
             raise UsageError(f"{flag} {path} is {what}, not a folder: give a folder (made if missing)")
-        folder = path
+        folder, label = path, f"to output folder {path}"
     else:
         if path.is_dir():
             raise UsageError(f"{flag} {path} is a folder; give a file name")
         what = _what(path) if path.exists() else None
         if what not in (None, "a file"):
             raise UsageError(f"{flag} {path} is {what}: give a file name")
-        folder = path.parent
+        folder, label = path.parent, str(path)
     existing = folder
-    while not existing.exists() and existing != existing.parent:
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise UsageError(f"{flag} {path} cannot be made: {existing} is {_what(existing)}, not a folder")
+        raise ResourceError(f"cannot write {label}: Not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ResourceError(f"cannot write {flag} {path}: {existing} is read-only for this user")
+        raise ResourceError(f"cannot write {label}: {existing} is read-only for this user")

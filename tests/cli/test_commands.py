@@ -357,8 +357,12 @@ def test_progress_bar_only_on_a_terminal_and_not_quiet(monkeypatch: pytest.Monke
     assert log.getvalue().startswith("sample: 1/1 images, 6/6 steps, ") and "\r" not in log.getvalue()
 
 
-def test_shell_completion_is_offered() -> None:
-    """Typer's completion: the script for the shell sdlite runs under (detected from the parent process)."""
+def test_shell_completion_is_offered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Typer's completion: the script for the shell sdlite runs under, detected from the parent process (here a
+    test runner, so bash is said to be it)."""
+    import typer.completion
+
+    monkeypatch.setattr(typer.completion, "_get_shell_name", lambda: "bash")
     result = runner.invoke(app, ["--show-completion"], prog_name="sdlite")
     assert result.exit_code == 0 and "_SDLITE_COMPLETE" in result.stdout, result.output
     assert "--install-completion" in runner.invoke(app, ["--help"], prog_name="sdlite").stdout
