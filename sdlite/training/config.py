@@ -239,6 +239,8 @@ class TrainConfig:
             )
         if self.lora and self.ema:
             fail("ema", f"{n('ema')} applies to full fine-tuning; drop it with {n('lora')}")
+        if self.output_name is not None and not self.lora:
+            fail("output_name", f"{n('output_name')} names the A1111/ComfyUI copy of a LoRA: it needs {n('lora')}")
         if self.cache and not self.fixed_augmentation:
             fail(
                 "cache",

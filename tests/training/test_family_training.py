@@ -119,3 +119,10 @@ def test_lora_training_also_writes_the_kohya_file_uis_load_named_for_the_run(
     assert np.abs(pixels[0].astype(int) - pixels[1].astype(int)).max() <= 1
     default, _ = run(tiny_model, shapes, tmp_path / "plain-name", max_steps=1, lora=True)
     assert (default.out / "plain-name.safetensors").is_file()
+
+
+def test_output_name_without_lora_is_a_usage_error(tiny_model: Path, shapes: Path) -> None:
+    from sdlite.errors import UsageError
+
+    with pytest.raises(UsageError, match="--output-name names the A1111/ComfyUI copy of a LoRA: it needs --lora"):
+        TrainConfig(model=str(tiny_model), data=shapes, out=Path("unused"), max_steps=1, output_name="x")
