@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from sdlite.families.base import Family
-from sdlite.families.sd1 import SD1
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
@@ -97,15 +96,8 @@ def build_tokenizer(words: tuple[str, ...] = WORDS, max_length: int = MAX_LENGTH
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length, **pad)
 
 
-# Where Stable Diffusion v1's tokenizer lives on the hub (sdlite/families/sd1.py).
-CLIP_TOKENIZER_SOURCES = SD1.tokenizer_sources["tokenizer"]
 _REQUIRED = (("vocab.json", "merges.txt"), ("tokenizer.json",))  # either form loads
 _OPTIONAL = ("tokenizer_config.json", "special_tokens_map.json")
-
-
-def find_tokenizer(source: str | None, offline: bool) -> Path:
-    """The folder of the CLIP tokenizer an SD v1 single file needs (a single file holds none)."""
-    return find_tokenizers(source, offline, SD1)["tokenizer"]
 
 
 def find_tokenizers(source: str | None, offline: bool, family: Family) -> dict[str, Path]:

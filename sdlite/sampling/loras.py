@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from sdlite import filecache
+from sdlite.families.base import Family
 from sdlite.sampling.config import LoraChoice
 
 log = logging.getLogger("sdlite")
 
 
-def load_loras(pipe: Any, loras: tuple[LoraChoice, ...], warnings: list[str]) -> list[dict[str, Any]]:
+def load_loras(pipe: Any, loras: tuple[LoraChoice, ...], warnings: list[str], family: Family) -> list[dict[str, Any]]:
     """Load each LoRA as its own adapter (diffusers' loader: diffusers and kohya layouts) and activate them
     together at their scales; returns their records (source, sha256, scale) for the PNG metadata.
 
@@ -31,7 +32,7 @@ def load_loras(pipe: Any, loras: tuple[LoraChoice, ...], warnings: list[str]) ->
     records, names = [], []
     for i, choice in enumerate(loras):
         name = f"lora{i}"
-        file = _load_one_lora(pipe, choice.source, name, warnings)
+        file = _load_one_lora(pipe, choice.source, name, warnings, family)
         records.append({"source": str(file.resolve()), "hash": filecache.file_sha256(file), "scale": choice.scale})
         names.append(name)
     if names:
@@ -39,7 +40,7 @@ def load_loras(pipe: Any, loras: tuple[LoraChoice, ...], warnings: list[str]) ->
     return records
 
 
-def _load_one_lora(pipe: Any, source: str, name: str, warnings: list[str]) -> Path:
+def _load_one_lora(pipe: Any, source: str, name: str, warnings: list[str], family: Family) -> Path:
     from sdlite.errors import ModelError
     from sdlite.formats import lora as lora_format
 
@@ -48,10 +49,9 @@ def _load_one_lora(pipe: Any, source: str, name: str, warnings: list[str]) -> Pa
     keys = list(shapes)
     if not any("lora" in key for key in keys):
         raise ModelError(f"{file} is not a LoRA adapter (none of its weights is a LoRA weight; a model's file?)")
-    family = family_of_pipeline_object(pipe)
-    mismatch = lora_format.family_mismatch(shapes, family, pipe.unet.config.cross_attention_dim)
+    mismatch = lora_format.family_mismatch(shapes, family.name, pipe.unet.config.cross_attention_dim)
     if mismatch:
-        raise ModelError(f"LoRA {file} is not for this {family} model: {mismatch}")
+        raise ModelError(f"LoRA {file} is not for this {family.name} model: {mismatch}")
     layers, ignored = lora_format.layer_names(keys), ""
     if layers is not None:  # a layout sdlite knows: check the layers by name before any weight loads
         present = lora_format.model_layer_names(
@@ -95,14 +95,6 @@ def _adaptable(pipe: Any) -> dict[str, Any]:
     """The components a LoRA may adapt: the UNet and the text encoders (SDXL has two)."""
     names = ("unet", "text_encoder", "text_encoder_2")
     return {name: getattr(pipe, name) for name in names if getattr(pipe, name, None) is not None}
-
-
-def family_of_pipeline_object(pipe: Any) -> str:
-    """The family name of a loaded pipeline ("SD v1", "SD 2.x", "SDXL")."""
-    from sdlite.families import family_of_unet
-
-    family = family_of_unet(type(pipe).__name__, dict(pipe.unet.config))
-    return family.name if family else type(pipe).__name__
 
 
 def _lora_load_error(file: Path, exc: Exception) -> str:

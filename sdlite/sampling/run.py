@@ -110,7 +110,7 @@ def sample(
 
     # 3. Load the pipeline on the chosen device and precision; note what identifies the model.
     pipe = load_pipeline(model, load_device(config.mode, world.device(device)), dtype, inpainting_ok=inpainting_model)
-    loras = load_loras(pipe, config.loras, warnings)
+    loras = load_loras(pipe, config.loras, warnings, model.family)
     applied = apply_mode(pipe, config.mode, device, bool(loras))
     prediction = _prediction(config, model)
     facts = model_facts(config.model, model, device, str(pipe.unet.dtype), loras or None, config.mode, prediction)
