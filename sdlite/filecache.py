@@ -4,14 +4,19 @@ A fact is keyed by the file's resolved path, size and modification time (as git'
 in a file of its own under sdlite's cache folder, so a lookup or an insert costs one small read or write
 however many files are remembered. (One JSON file for all of them, rewritten on every insert, made
 hashing a dataset quadratic: 8,000 images took 27 s cold and 15 s warm, 100,000 would take an hour.)
-Writes are atomic and best effort: a cache that cannot be written only costs recomputing the fact.
+Writes are atomic and best effort: a cache that cannot be written (a file where the folder should be, a
+read-only place, a full disk) only costs recomputing the fact, and says so once (`unusable`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,8 @@ def recall(kind: str, key: str) -> Any:
 
 def remember(kind: str, key: str, value: Any) -> None:
     """Store `value` (JSON) as the fact of `kind` under `key`."""
+    if unusable() is not None:
+        return
     path = _entry(kind, key)
     # Not staging.staged_file: these tiny writes happen once per dataset file, and write_text already gives
     # the umask's mode, so its fresh-name creation and mode fix-up would only add syscalls (0.67 -> 1.1 ms
@@ -43,8 +50,40 @@ def remember(kind: str, key: str, value: Any) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps({"key": key, "value": value}))
         os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # a parent that is a file fails the unlink too
+            tmp.unlink(missing_ok=True)
+        if exc.errno in _UNWRITABLE:
+            unusable(f"{exc.strerror or exc}")
+
+
+# Errors that say the cache folder as a whole cannot take writes (not that one entry raced another writer).
+_UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST}
+_MIN_FREE = 16 << 20  # bytes: a disk with less room is full for a cache (latent entries alone are ~0.1 MB each)
+_problems: dict[Path, str | None] = {}
+
+
+def unusable(found: str | None = None) -> str | None:
+    """Why sdlite's cache folder cannot be written now, or None: a file or other non-folder in its place, a
+    read-only place, a full disk (checked once per folder and process), or `found`, a write that just failed.
+    The first time a folder turns out unusable, one warning says so and how to choose another; callers then
+    run uncached."""
+    from sdlite.staging import unwritable
+
+    root = cache_dir()
+    if root not in _problems or (found is not None and _problems[root] is None):
+        problem = found or unwritable(root)
+        if problem is None:
+            existing = root if root.is_dir() else next(p for p in root.parents if p.is_dir())
+            free = shutil.disk_usage(existing).free
+            problem = f"the disk is full ({free >> 20} MiB free)" if free < _MIN_FREE else None
+        _problems[root] = problem
+        if problem is not None:
+            logging.getLogger("sdlite").warning(
+                f"sdlite's cache folder {root} cannot be used ({problem}): running uncached (hashes, image sizes "
+                "and training latents are computed again); set SDLITE_CACHE_DIR to a writable folder to keep them"
+            )
+    return _problems[root]
 
 
 def _entry(kind: str, key: str) -> Path:

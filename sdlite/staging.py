@@ -149,10 +149,19 @@ def check_output_place(path: Path, flag: str, kind: str = "folder") -> None:
         if what not in (None, "a file"):
             raise UsageError(f"{flag} {path} is {what}: give a file name")
         folder, label = path.parent, str(path)
-    existing = folder
+    blocked = unwritable(folder)
+    if blocked is not None:
+        raise ResourceError(f"cannot write {label}: {blocked}")
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why this user cannot make or write `folder`, in the words a failed write uses, or None: the nearest
+    existing place on its path is not a folder, or is read-only (permissions, or a read-only file system)."""
+    existing = Path(folder)
     while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ResourceError(f"cannot write {label}: Not a directory")
+        return "Not a directory" if existing != folder else f"{folder} is {_what(existing)}, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ResourceError(f"cannot write {label}: {existing} is read-only for this user")
+        return f"{existing} is read-only for this user"
+    return None

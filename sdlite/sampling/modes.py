@@ -72,9 +72,11 @@ def compile_cache() -> Path:
     compiling again. A folder the user already chose (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR) is kept."""
     import os
 
-    from sdlite.filecache import cache_dir
+    from sdlite.filecache import cache_dir, unusable
 
     root = cache_dir() / "torch-compile"
+    if unusable() is not None:  # warned once: torch keeps its caches in its own default folders
+        return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", root / "inductor"))
     if not _chosen_inductor_dir():
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
     os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))

@@ -16,7 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sdlite.errors import DataError
+from sdlite import filecache
+from sdlite.errors import DataError, ResourceError
 from sdlite.filecache import cache_dir, file_sha256
 from sdlite.models.loading import ResolvedModel
 from sdlite.staging import staged_file
@@ -145,9 +146,18 @@ def _load(path: Path) -> dict[str, Any]:
         ) from exc
 
 
+class CacheUnwritable(Exception):
+    """An entry could not be stored (a full disk, a folder turned read-only): the run goes on uncached."""
+
+
 def _save(path: Path, tensors: dict[str, Any]) -> None:
     """Write atomically, so an interrupted fill never leaves a half entry that later runs trust."""
     from safetensors.torch import save_file
 
-    with staged_file(path, "cache entry") as temp:  # given the umask's mode: safetensors writes its files 0600
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, temp)
+    try:
+        with staged_file(path, "cache entry") as temp:  # given the umask's mode: safetensors writes its files 0600
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, temp)
+    except ResourceError as exc:
+        reason = str(exc).rsplit(": ", 1)[-1]
+        filecache.unusable(reason)
+        raise CacheUnwritable(reason) from exc

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from sdlite import filecache
 from sdlite.data.buckets import Layout, make_layout
 from sdlite.errors import UsageError
 from sdlite.models import memory
@@ -102,6 +103,8 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
     if config.component == "vae":
         trains = ("vae",)
     cache, cache_note = config.cache_choice()
+    if cache and (problem := filecache.unusable()) is not None:  # warned once; training runs uncached
+        cache, cache_note = False, f"off: sdlite's cache folder cannot be used ({problem})"
     plan = TrainPlan(
         images=len(dataset.examples),
         captioned=sum(1 for e in dataset.examples if e.caption),

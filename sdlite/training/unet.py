@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdlite.errors import STOP_SIGNALS, Interrupted, UsageError, sigint_to, signal_name, writing
+from sdlite import filecache
+from sdlite.errors import STOP_SIGNALS, Interrupted, ResourceError, UsageError, sigint_to, signal_name, writing
 from sdlite.families.base import Family
 from sdlite.families.sd1 import SD1
 from sdlite.formats import lora as lora_format
@@ -169,6 +170,11 @@ def _plan(config: TrainConfig, accelerator: Any, emit: Emitter, torch: Any) -> t
     settings."""
     check_out(config)
     plan, dataset, model, layout = make_plan(config, accelerator.num_processes)
+    if config.class_prompt is not None and config.class_data is None and (problem := filecache.unusable()):
+        raise ResourceError(
+            f"prior preservation keeps its class images in sdlite's cache folder, which cannot be used ({problem}): "
+            "give --class-data DIR (a folder for them), or set SDLITE_CACHE_DIR to a writable folder"
+        )
     plan = with_flops(plan, model, config, accelerator.device)
     emit("plan", **plan.to_dict())
     resume_from, resume = resume_folder(config), None
@@ -243,17 +249,24 @@ def _fill_cache(run: _Run) -> Any:
     """The latent and text-embedding cache, filled once (by the main process first), or None without one."""
     if not run.plan.cache:
         return None
-    from sdlite.training.encoding_cache import EncodingCache
+    from sdlite.training.encoding_cache import CacheUnwritable, EncodingCache
 
-    config, accelerator = run.config, run.accelerator
+    config, accelerator, torch = run.config, run.accelerator, run.torch
     cache = EncodingCache(run.parts, run.model, not config.train_text_encoder and not config.shuffle_captions)
+    counts, failed = {}, 0
     with accelerator.main_process_first():
-        counts = cache.fill(run.dataset.examples, run.layout.sizes, accelerator.is_main_process)
-        if run.class_set is not None:
-            square = (run.plan.resolution, run.plan.resolution)
-            examples = run.class_set.examples
-            more = cache.fill(examples, (square,) * len(examples), accelerator.is_main_process)
-            counts = {k: counts[k] + more[k] for k in counts}
+        try:
+            counts = cache.fill(run.dataset.examples, run.layout.sizes, accelerator.is_main_process)
+            if run.class_set is not None:
+                square = (run.plan.resolution, run.plan.resolution)
+                examples = run.class_set.examples
+                more = cache.fill(examples, (square,) * len(examples), accelerator.is_main_process)
+                counts = {k: counts[k] + more[k] for k in counts}
+        except CacheUnwritable:  # warned by the cache; the uncached path trains the same way
+            failed = 1
+    # The main process fills; every process must agree to run uncached when its writes failed.
+    if accelerator.reduce(torch.tensor(failed, device=accelerator.device), "sum").item():
+        return None
     run.emit("cache", **counts)
     return cache
 
