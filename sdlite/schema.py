@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -44,7 +45,24 @@ def _unicode(value: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise PydanticCustomError("unicode", "not valid Unicode", {"position": exc.start}) from None
+    found = CONTROL_CHARACTER.search(value)
+    if found:  # a NUL would end up verbatim in the PNG's text chunk, which cannot hold one
+        reason = (
+            f"holds a control character ({control_name(found.group())} at character {found.start() + 1}): remove it"
+        )
+        raise PydanticCustomError("reason", "{reason}", {"reason": reason})
     return value
+
+
+# C0 control characters other than tab, newline and carriage return: never meant in a prompt or caption.
+CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_CONTROL_NAMES = {"\x00": "NUL", "\x07": "BEL", "\x08": "backspace", "\x0b": "vertical tab", "\x0c": "form feed",
+                  "\x1b": "ESC"}  # fmt: skip
+
+
+def control_name(char: str) -> str:
+    """A control character as people call it (NUL, ESC), else its code point (U+0001)."""
+    return _CONTROL_NAMES.get(char, f"U+{ord(char):04X}")
 
 
 def _pair(separator: str, swap: bool) -> Any:

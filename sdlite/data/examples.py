@@ -41,6 +41,7 @@ class Dataset:
     examples: tuple[Example, ...]  # sorted by path, so runs and resumes see the same order
     source: str  # "metadata.jsonl", "metadata.csv", "sidecar", "parquet", "arrow" or "hub:ORG/NAME"
     skipped: tuple[str, ...] = ()  # "PATH: reason" lines for the end-of-run summary
+    notes: tuple[str, ...] = ()  # what was changed on the way in (control characters removed), warned at the start
 
 
 def discover(
@@ -49,6 +50,7 @@ def discover(
     allow_missing_captions: bool = False,
     image_column: str = "image",
     offline: bool = False,
+    strict: bool = False,
 ) -> Dataset:
     """Find the examples of `data_dir`: a folder of images, or a table dataset (see below).
 
@@ -62,13 +64,15 @@ def discover(
     example: `image_column` holds the image, `caption_column` the caption. Only captions are read here.
 
     A missing caption is an error unless `allow_missing_captions`, which trains the image with "" and
-    notes it in `skipped`. Captions are stripped of surrounding whitespace.
+    notes it in `skipped`. Captions are stripped of surrounding whitespace, and of control characters (NUL, ESC;
+    not tab or newline), noted once with their count; with `strict` (--strict-data) the first is a DataError naming
+    its file or line.
     """
     from sdlite.data import tables
 
     source = tables.locate(data_dir, offline, IMAGE_SUFFIXES)
     if source is not None:
-        return _discover_table(source, caption_column, image_column, allow_missing_captions)
+        return _discover_table(source, caption_column, image_column, allow_missing_captions, strict)
     folder = Path(data_dir).expanduser().resolve()
 
     if (folder / _JSONL).is_file():
@@ -87,15 +91,46 @@ def discover(
 
     missing = [(path, where) for path, caption, where in rows if caption is None]
     _refuse_missing(missing, allow_missing_captions)
+    located = [(path, caption, str(path.with_suffix(".txt") if kind == "sidecar" else folder / where))
+               for path, caption, where in rows]  # fmt: skip
+    rows, cleaned = _without_control_characters(located, strict)
     examples = sorted(
         (Example(path, "" if caption is None else caption) for path, caption, _ in rows),
         key=lambda example: example.path.parts,
     )
     notes = tuple(f"{path}: missing caption (empty caption used)" for path, _ in sorted(missing, key=_path_parts))
-    return Dataset(examples=tuple(examples), source=kind, skipped=notes)
+    return Dataset(examples=tuple(examples), source=kind, skipped=notes, notes=cleaned)
 
 
-def _discover_table(source: Any, caption_column: str, image_column: str, allow_missing_captions: bool) -> Dataset:
+def _without_control_characters(rows: list[_Row], strict: bool) -> tuple[list[_Row], tuple[str, ...]]:
+    """The rows with control characters removed from their captions, and a note saying how many held some; with
+    `strict` the first one found is a DataError naming where it is (a caption file, or a metadata line)."""
+    from sdlite.schema import CONTROL_CHARACTER, control_name
+
+    kept, dirty, names = [], [], set()
+    for path, caption, where in rows:
+        found = CONTROL_CHARACTER.search(caption or "")
+        if found and strict:
+            name = control_name(found.group())
+            raise DataError(
+                f"{where}: the caption holds a control character ({name} at character {found.start() + 1}): "
+                "remove it (without --strict-data such characters are removed with a warning)"
+            )
+        if found:
+            dirty.append(where)
+            names |= {control_name(c) for c in CONTROL_CHARACTER.findall(caption)}  # type: ignore[arg-type]
+            caption = CONTROL_CHARACTER.sub("", caption).strip()  # type: ignore[arg-type]
+        kept.append((path, caption, where))
+    if not dirty:
+        return kept, ()
+    more = f" and {len(dirty) - 1} more" if len(dirty) > 1 else ""
+    which = ", ".join(sorted(names))
+    return kept, (f"{dirty[0]}{more}: control characters ({which}) removed from {len(dirty)} caption(s)",)
+
+
+def _discover_table(
+    source: Any, caption_column: str, image_column: str, allow_missing_captions: bool, strict: bool
+) -> Dataset:
     """One example per row, in file order then row order."""
     from sdlite.data import tables
 
@@ -103,14 +138,17 @@ def _discover_table(source: Any, caption_column: str, image_column: str, allow_m
     if not rows:
         files = ", ".join(str(path) for path in source.files)
         raise DataError(f"no rows in {files}")
-    examples = tuple(
-        Example(row.path, "" if row.caption is None else row.caption, row=row.row, image_column=image_column)
-        for row in rows
-    )
     missing = [(f"{row.path} row {row.row}", f"{caption_column!r} is null") for row in rows if row.caption is None]
     _refuse_missing(missing, allow_missing_captions)
+    captions, cleaned = _without_control_characters(
+        [(row.path, row.caption, f"{row.path} row {row.row}") for row in rows], strict
+    )
+    examples = tuple(
+        Example(row.path, "" if caption is None else caption, row=row.row, image_column=image_column)
+        for row, (_, caption, _) in zip(rows, captions, strict=True)
+    )
     notes = tuple(f"{name}: missing caption (empty caption used)" for name, _ in missing)
-    return Dataset(examples=examples, source=source.label, skipped=notes)
+    return Dataset(examples=examples, source=source.label, skipped=notes, notes=cleaned)
 
 
 def _refuse_missing(missing: list[Any], allow_missing_captions: bool) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,27 @@ def read_user_image(path: str | Path) -> UserImage:
     return UserImage(
         path=resolved, image=decode_image(io.BytesIO(data), str(path)), sha256=hashlib.sha256(data).hexdigest()
     )
+
+
+def check_init_size(user: UserImage, factor: int, what: str = "init image") -> None:
+    """An image with a side under one latent pixel (the VAE factor) holds nothing to start from: it would be
+    blown up into a blur of one colour, so it is refused instead of silently becoming an 8x8 image."""
+    width, height = user.image.size
+    if min(width, height) < factor:
+        raise DataError(
+            f"{what} {user.path} is {width}x{height}: smaller than one latent pixel ({factor}x{factor}) of this "
+            f"model's VAE; give an image at least {factor} pixels on each side"
+        )
+
+
+# diffusers' inpainting pipelines binarize the mask at one half: pixels from here up are repainted.
+REPAINTED_FROM = 128
+
+
+def mask_coverage(mask: Any) -> float:
+    """The fraction of a (fitted, blurred) mask that the pipeline repaints."""
+    histogram = mask.histogram()
+    return sum(histogram[REPAINTED_FROM:]) / sum(histogram)
 
 
 def default_size(
@@ -118,11 +140,15 @@ def check_mask_shape(mask: UserImage, init: UserImage) -> None:
         )
 
 
+_KEPT_FITTED = 16  # fitted images kept per run: a prompts file of thousands of init images must not fill memory
+
+
 class UserImages:
     """Init images and masks of one run, each file read and hashed once however many prompts use it."""
 
     def __init__(self) -> None:
         self.read_files: dict[str, UserImage] = {}
+        self.prepared: OrderedDict[tuple[Any, ...], Given] = OrderedDict()  # the latest few, not every one
 
     def read(self, path: str) -> UserImage:
         if path not in self.read_files:
@@ -130,8 +156,18 @@ class UserImages:
         return self.read_files[path]
 
     def prepare(self, gen: Generation, height: int, width: int) -> Given | None:
+        """The generation's init image and mask at the output size (each combination fitted once per run)."""
         if gen.init_image is None:
             return None
+        key = (gen.init_image, gen.mask, gen.resize, gen.mask_blur, height, width)
+        if key not in self.prepared:
+            self.prepared[key] = self._fitted(gen, height, width)
+            while len(self.prepared) > _KEPT_FITTED:
+                self.prepared.popitem(last=False)
+        self.prepared.move_to_end(key)
+        return self.prepared[key]
+
+    def _fitted(self, gen: Generation, height: int, width: int) -> Given:
         assert gen.resize is not None
         init = self.read(gen.init_image)
         image = fit_to(init.image, height, width, gen.resize)

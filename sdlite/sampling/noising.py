@@ -88,6 +88,7 @@ def noise_strip(config: NoiseConfig) -> NoiseStrip:
     if config.steps > total:
         raise UsageError(f"--steps {config.steps} is more than this model's {total} training timesteps")
     user = init_images.read_user_image(config.image)
+    init_images.check_init_size(user, factor, "image")
     height, width = init_images.default_size(user.image.size, factor, config.height, config.width)
     picture = init_images.fit_to(user.image, height, width, config.resize)
 

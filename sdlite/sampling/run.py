@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdlite.errors import ModelError, NumericalError, ResourceError, UsageError, writing
+from sdlite.errors import DataError, ModelError, NumericalError, ResourceError, UsageError, writing
 from sdlite.families.base import Family
 from sdlite.formats import png_record
 from sdlite.models import memory
@@ -36,10 +36,13 @@ from sdlite.models.loading import (
 )
 from sdlite.sampling.config import Generation, SampleConfig
 from sdlite.sampling.init_images import (
+    REPAINTED_FROM,
     Given,
     UserImages,
+    check_init_size,
     check_mask_shape,
     default_size,
+    mask_coverage,
 )
 from sdlite.sampling.interrupt import NonFiniteLatents, ProgressFn, StepCounter, StopRequest
 from sdlite.sampling.loras import load_loras
@@ -90,7 +93,8 @@ def sample(
     model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights)
     _check_family_settings(config, model)
     user_images = UserImages()  # each init image and mask is read and hashed once per run
-    sizes = _sizes(config, model, user_images)
+    warnings: list[str] = []
+    sizes = _sizes(config, model, user_images, warnings)
     inpainting_model = is_inpainting(model)
     if inpainting_model and any(gen.init_image is None for gen in config.generations):
         raise ModelError(
@@ -102,7 +106,6 @@ def sample(
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
     memory.check_sample(model, config, device, str(dtype).removeprefix("torch."), sizes)
-    warnings: list[str] = []
     native = model.native_size()
     for height, width in dict.fromkeys(sizes):
         if max(height, width) > FAR_ABOVE_NATIVE * native:
@@ -192,9 +195,12 @@ def _prediction(config: SampleConfig, model: ResolvedModel) -> tuple[str, str]:
     return model.prediction()
 
 
-def _sizes(config: SampleConfig, model: ResolvedModel, user_images: UserImages) -> list[tuple[int, int]]:
+def _sizes(
+    config: SampleConfig, model: ResolvedModel, user_images: UserImages, warnings: list[str]
+) -> list[tuple[int, int]]:
     """Each generation's image size (checked against the model's VAE and schedule), from the options, the init
-    image or the model's native size."""
+    image or the model's native size; init images under one latent pixel and masks that repaint nothing are
+    refused, one that repaints everything is warned about (once per mask)."""
     factor = vae_factor(model.configs()["vae"])
     native = model.native_size()
     timesteps = model.configs()["scheduler"].get("num_train_timesteps", 1000)
@@ -208,11 +214,34 @@ def _sizes(config: SampleConfig, model: ResolvedModel, user_images: UserImages) 
             )
         if gen.init_image is None:
             sizes.append((gen.height or native, gen.width or native))
-        else:
-            sizes.append(default_size(user_images.read(gen.init_image).image.size, factor, gen.height, gen.width))
-            if gen.mask is not None:
-                check_mask_shape(user_images.read(gen.mask), user_images.read(gen.init_image))
+            continue
+        init = user_images.read(gen.init_image)
+        check_init_size(init, factor)
+        sizes.append(default_size(init.image.size, factor, gen.height, gen.width))
+        if gen.mask is not None:
+            check_mask_shape(user_images.read(gen.mask), init)
+            _check_coverage(user_images, gen, sizes[-1], warnings)
     return sizes
+
+
+def _check_coverage(user_images: UserImages, gen: Generation, size: tuple[int, int], warnings: list[str]) -> None:
+    """A mask whose white part (after fitting and blur, as the pipeline binarizes it) is empty would run the whole
+    schedule to return the input unchanged: refused. One that is all white ignores the init image's pixels."""
+    given = user_images.prepare(gen, *size)
+    assert given is not None and given.mask is not None
+    coverage = mask_coverage(given.mask)
+    if coverage == 0:
+        raise DataError(
+            f"mask {gen.mask} repaints nothing: no pixel is {REPAINTED_FROM} or brighter after fitting"
+            f"{' and blur' if gen.mask_blur else ''} (white repaints, black keeps); give a mask with white "
+            "where the image should change"
+        )
+    message = (
+        f"mask {gen.mask} repaints the whole image (white everywhere): no pixel of the init image is kept as it "
+        "is; without --mask this is plain image-to-image"
+    )
+    if coverage == 1 and message not in warnings:
+        _warn(warnings, message)
 
 
 def _plan_names(run: _Run) -> None:

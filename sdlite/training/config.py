@@ -142,6 +142,11 @@ class TrainConfig:
     caption_column: NonEmptyText = option("text", "Caption column in metadata.jsonl/csv.")
     skip_bad_images: Flag = option(False, "Skip unreadable images (listed at the end) instead of stopping.")
     allow_missing_captions: Flag = option(False, "Train images without a caption on an empty one.")
+    strict_data: Flag = option(
+        False,
+        "Refuse data that trains poorly instead of warning: images under 8 px a side or scaled up more than 4x, "
+        "captions with control characters (NUL, ESC).",
+    )
     max_grad_norm: PositiveNumber = option(1.0, "Clip the gradients' global norm to this before each step.")
     offline: Flag = offline_option()
     allow_pickle: Flag = allow_pickle_option()
@@ -299,6 +304,7 @@ class TrainConfig:
             "allow_pickle",
             "skip_bad_images",
             "allow_missing_captions",
+            "strict_data",
             "tokenizer",
             "report_to",
             "tracker_project",

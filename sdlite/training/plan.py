@@ -11,7 +11,7 @@ from typing import Any
 
 from sdlite import filecache
 from sdlite.data.buckets import Layout, make_layout
-from sdlite.errors import UsageError
+from sdlite.errors import DataError, UsageError
 from sdlite.models import memory
 from sdlite.models.loading import ResolvedModel, resolve_model, vae_factor
 from sdlite.schema import validate_size
@@ -37,6 +37,8 @@ class TrainPlan:
     cache: bool
     cache_note: str
     trains: tuple[str, ...]
+    # What the data holds that trains poorly or was changed on the way in (warned before training starts).
+    data_warnings: tuple[str, ...] = ()
     buckets: dict[str, int] = dataclasses.field(default_factory=dict)  # images per bucket ("WxH")
     bucket_note: str = ""
     class_images: int = 0  # prior preservation: class images trained beside the instance images
@@ -76,6 +78,7 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
             config.allow_missing_captions or bool(config.instance_prompt),
             image_column=config.image_column,
             offline=config.offline,
+            strict=config.strict_data,
         ),
         config.skip_bad_images,
     )
@@ -102,6 +105,7 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
         trains = tuple(f"{name} lora" for name in trains)
     if config.component == "vae":
         trains = ("vae",)
+    data_warnings = dataset.notes + _degenerate_images(dataset, layout, factor, config)
     cache, cache_note = config.cache_choice()
     if cache and (problem := filecache.unusable()) is not None:  # warned once; training runs uncached
         cache, cache_note = False, f"off: sdlite's cache folder cannot be used ({problem})"
@@ -121,6 +125,7 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
         cache=cache,
         cache_note=cache_note,
         trains=trains,
+        data_warnings=data_warnings,
         buckets=layout.histogram(),
         bucket_note=layout.note,
         class_images=config.num_class_images if config.class_prompt else 0,
@@ -130,6 +135,37 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
         micro_conditioning=_micro_conditioning(dataset, config) if model.family.micro_conditioning else {},
     )
     return plan, dataset, model, layout
+
+
+UPSCALE_LIMIT = 4.0  # an image scaled up more than this to its training size trains mostly interpolation blur
+
+
+def _degenerate_images(dataset: Any, layout: Layout, factor: int, config: TrainConfig) -> tuple[str, ...]:
+    """Warnings for images too small to learn from: a side under one latent pixel (the VAE factor), or scaled up
+    more than UPSCALE_LIMIT to cover their training size. With --strict-data the first such image is a DataError."""
+    tiny, blown = [], []
+    for example, (width, height) in zip(dataset.examples, layout.sizes, strict=True):
+        w, h = example.size
+        scale = max(width / w, height / h)  # every crop rule scales the image to cover its training size
+        if min(w, h) < factor:
+            tiny.append(f"{example} ({w}x{h})")
+        elif scale > UPSCALE_LIMIT:
+            blown.append((scale, f"{example} ({w}x{h}, {scale:.1f}x to {width}x{height})"))
+    notes = []
+    if tiny:
+        notes.append(f"{_first(tiny)}: {len(tiny)} image(s) smaller than {factor} pixels on a side (one latent "
+                     "pixel of this model's VAE): they hold almost nothing to learn")  # fmt: skip
+    if blown:
+        worst = [name for _, name in sorted(blown, key=lambda item: -item[0])]
+        notes.append(f"{_first(worst)}: {len(blown)} image(s) scaled up more than {UPSCALE_LIMIT:g}x to their "
+                     "training size: they teach blur (lower --resolution, or leave them out)")  # fmt: skip
+    if notes and config.strict_data:
+        raise DataError(f"{notes[0]}; --strict-data refuses such data (without it they train with a warning)")
+    return tuple(notes)
+
+
+def _first(names: list[str]) -> str:
+    return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
 
 
 def _micro_conditioning(dataset: Any, config: TrainConfig) -> dict[str, Any]:

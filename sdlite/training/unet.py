@@ -125,7 +125,7 @@ def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Loss
     # 1. Plan: model and data checked, and the checkpoint to resume verified, before OUT is touched or weights load.
     run, resume = _plan(config, accelerator, emit, torch)
     prepare_out(config, accelerator, fresh=resume is None)
-    for note in run.plan.skipped:
+    for note in (*run.plan.data_warnings, *run.plan.skipped):
         emit("warning", message=note)
     run.class_set = _class_set(run)
     # 2. Components (frozen ones in the compute precision, trained ones in fp32), optimizer, schedule, EMA.

@@ -37,6 +37,8 @@ def train_vae(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: A
     plan, dataset, model, layout = make_plan(config, accelerator.num_processes)
     emit("plan", **plan.to_dict())
     prepare_out(config, accelerator, fresh=True)
+    for note in plan.data_warnings:
+        emit("warning", message=note)
     vae = AutoencoderKL.from_pretrained(model.path / "vae", use_safetensors=not model.uses_pickle or None)
     vae.train()
     optimizer, kind = make_optimizer(list(vae.parameters()), config.lr, torch)
