@@ -5,6 +5,11 @@ numbering never stops (`ls -v`, `sort -V` and file managers list 99999 before 10
 folder once, and image k of the run gets index first + k: the cost of a name does not grow with the folder.
 Every file is written under a hidden temporary name and linked into place only when complete, so a crash,
 a full disk or SIGKILL never leaves a partial PNG under an image's name.
+
+An index is claimed before its image is written: exclusive creation of `.sdlite-claims/INDEX` holding the
+image's `INDEX-SEED` stem. Two runs writing into one folder at once (whose scans saw the same free indices) thus
+never give two images one index, even with different seeds (`00000-100.png` and `00000-200.png`); a run that
+finds its own stem in a claim (a resumed run, another process of the same run) goes on with it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 from sdlite.errors import writing
 
 NAME = re.compile(r"^(\d{5,})-(\d+)\.png$")
+CLAIMS = ".sdlite-claims"  # hidden folder of index claims inside an output folder
 GRID = re.compile(r"^grid-(\d{5,})(?:-\d+)?\.png$")
 
 
@@ -58,12 +64,32 @@ def write_png(
         if index is None:
             index = numbering.take()
         numbering.after(index)
-        path = out / f"{index:05d}-{seed}{suffix}.png"
+        stem = f"{index:05d}-{seed}"
+        if not claim(out, index, stem):  # another run's image has (or will have) this index
+            index = None
+            continue
+        path = out / f"{stem}{suffix}.png"
         try:
             _create(path, data)
             return path, index
         except FileExistsError:
             index = None
+
+
+def claim(out: Path, index: int, stem: str) -> bool:
+    """Claim `index` for the image named `stem` (exclusive creation of its claim file); True also when the claim
+    already names `stem` (this run's own, made before an interruption or by another of its processes)."""
+    marker = out / CLAIMS / f"{index:05d}"
+    with writing(f"to output folder {out}"):
+        marker.parent.mkdir(exist_ok=True)
+    try:
+        _create(marker, stem.encode())  # whole or not at all: a claim never reads half-written
+    except FileExistsError:
+        try:
+            return marker.read_text() == stem
+        except OSError:  # unreadable: someone else's
+            return False
+    return True
 
 
 def _create(path: Path, data: bytes) -> None:
