@@ -18,6 +18,7 @@ from sdlite.formats import lora, original_keys, single_file
 from sdlite.models.config import ExportConfig
 from sdlite.models.loading import ResolvedModel, load_single_file, resolve_model, silence_library_progress
 from sdlite.models.source import MODEL_DEFAULTS_FILE, model_settings_record
+from sdlite.models.tokenizer import embed_tokenizers
 from sdlite.sampling.sources import model_defaults
 from sdlite.staging import check_output_place, staged_file, staged_folder
 
@@ -147,7 +148,17 @@ def single_file_metadata(model: ResolvedModel, title: str) -> dict[str, str]:
     record = settings_record(model)
     if record is not None:
         meta[single_file.SETTINGS_METADATA] = json.dumps(record)
+    meta.update(embed_tokenizers(_tokenizer_folders(model)))
     return meta
+
+
+def _tokenizer_folders(model: ResolvedModel) -> dict[str, Path]:
+    """The source's tokenizer folders, to travel inside the file: a folder's own, or those a single file was given
+    (or carried); none when a single file's are not all at hand."""
+    names = model.family.tokenizers
+    if model.single_file is None:
+        return {name: model.path / name for name in names}
+    return dict(model.tokenizers) if set(model.tokenizers) == set(names) else {}
 
 
 def settings_record(model: ResolvedModel) -> Any:

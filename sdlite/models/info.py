@@ -135,7 +135,7 @@ def _single_file_facts(model: ResolvedModel) -> dict[str, Any]:
         ),
         "native_size_from": sf.size_source,
         "settings_from": sf.conventions,
-        "tokenizer": str(model.tokenizer) if model.tokenizer else "not found (pass --tokenizer to sample or train)",
+        "tokenizer": _tokenizer_text(model),
         "unet": {
             "levels": len(unet["block_out_channels"]),
             "widths": unet["block_out_channels"],
@@ -190,6 +190,12 @@ def _count(files: list[Path]) -> tuple[int, list[str]]:
                 total += tensor.numel()
                 dtypes.add(str(tensor.dtype).removeprefix("torch."))
     return total, sorted(dtypes)
+
+
+def _tokenizer_text(model: ResolvedModel) -> str:
+    if model.tokenizer_embedded:
+        return "carried in the file's metadata (sdlite export): no --tokenizer needed"
+    return str(model.tokenizer) if model.tokenizer else "not found (pass --tokenizer to sample or train)"
 
 
 def _tokenizer_config(folder: Path | None) -> dict[str, Any]:

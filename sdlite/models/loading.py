@@ -42,6 +42,7 @@ class ResolvedModel:
     tokenizer: Path | None = None  # a single file's (first) tokenizer folder (found before any weight is read)
     use_ema: bool = True  # a single file's EMA weights, when it has them
     tokenizers: dict[str, Path] = field(default_factory=dict)  # a single file's tokenizer folder per component
+    tokenizer_embedded: bool = False  # a single file's tokenizers came from its own metadata (sdlite export)
 
     @functools.cached_property
     def family(self) -> Family:
@@ -242,7 +243,7 @@ def _resolve_single_file(
     need_tokenizer: bool,
 ) -> ResolvedModel:
     from sdlite.formats import single_file
-    from sdlite.models.tokenizer import find_tokenizers
+    from sdlite.models.tokenizer import embedded_tokenizers, find_tokenizers
 
     kind = file_format(path)
     if kind == "pickle" and not allow_pickle:
@@ -256,14 +257,15 @@ def _resolve_single_file(
         dtypes = sorted({"pickle"})
     described = single_file.describe(path, shapes, meta, dtypes)
     family = next(f for f in FAMILIES if f.name == described.family)
+    carried = {} if tokenizer else embedded_tokenizers(meta, family, path)  # --tokenizer beats the file's own
     try:
-        found = find_tokenizers(tokenizer, offline, family)
+        found = carried or find_tokenizers(tokenizer, offline, family)
     except ModelError:
         if need_tokenizer or tokenizer:
             raise
         found = {}
     first = found.get(family.tokenizers[0])
-    return ResolvedModel(source, path, (path,), kind == "pickle", described, first, use_ema, found)
+    return ResolvedModel(source, path, (path,), kind == "pickle", described, first, use_ema, found, bool(carried))
 
 
 def _looks_local(source: str) -> bool:

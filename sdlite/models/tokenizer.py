@@ -196,3 +196,99 @@ def load_tokenizer(folder: Path) -> Any:
         return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelError(f"cannot load the tokenizer in {folder}: {str(exc).splitlines()[0]}") from exc
+
+
+# A single file sdlite exports carries its tokenizers in its metadata, so it samples offline on its own (other tools
+# ignore unknown metadata keys). One key per tokenizer component: a base64 gzip of {file name: text}.
+EMBEDDED_PREFIX = "sdlite."
+_EMBEDDED_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
+def embed_tokenizers(folders: dict[str, Path]) -> dict[str, str]:
+    """Metadata entries (`sdlite.tokenizer`, `sdlite.tokenizer_2`) holding each tokenizer folder's files: its
+    vocabulary and merges (or, lacking them, its tokenizer.json) and small configs. About 0.5 MB per real CLIP."""
+    import base64
+    import gzip
+    import json
+
+    entries: dict[str, str] = {}
+    if not all(_holds_tokenizer(folder) for folder in folders.values()):
+        return entries  # all of a family's tokenizers or none: half a set would not load
+    for name, folder in folders.items():
+        names = [f for f in _EMBEDDED_FILES if (folder / f).is_file()]
+        if not {"vocab.json", "merges.txt"} <= set(names):
+            names.append("tokenizer.json")
+        files = {f: (folder / f).read_text(encoding="utf-8") for f in names}
+        packed = gzip.compress(json.dumps(files, sort_keys=True).encode(), mtime=0)  # same files, same bytes
+        entries[EMBEDDED_PREFIX + name] = base64.b64encode(packed).decode("ascii")
+    return entries
+
+
+def embedded_tokenizers(meta: dict[str, str], family: Family, path: Path) -> dict[str, Path]:
+    """The tokenizers a single file carries (all of its family's, or none), unpacked once into sdlite's cache
+    (a folder named by their content) or, when the cache cannot be written, a temporary folder."""
+    import base64
+    import binascii
+    import gzip
+    import hashlib
+    import json
+    import zlib
+
+    from sdlite.errors import ModelError
+
+    keys = [EMBEDDED_PREFIX + name for name in family.tokenizers]
+    if not all(key in meta for key in keys):
+        return {}
+    digest = hashlib.sha256("".join(meta[key] for key in keys).encode()).hexdigest()[:16]
+    root = _unpack_root(digest)
+    found = {}
+    for name, key in zip(family.tokenizers, keys, strict=True):
+        folder = root / name
+        if not _holds_tokenizer(folder):
+            try:
+                files = json.loads(gzip.decompress(base64.b64decode(meta[key], validate=True)))
+                if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+                    raise ValueError("not a table of files")
+            except (binascii.Error, OSError, EOFError, zlib.error, ValueError) as exc:
+                raise ModelError(f"{path}: its embedded {name} ({key}) is damaged ({exc}); pass --tokenizer") from exc
+            _unpack(folder, {Path(f).name: text for f, text in files.items()})
+        found[name] = folder
+    return found
+
+
+def _unpack_root(digest: str) -> Path:
+    import atexit
+    import shutil
+    import tempfile
+
+    from sdlite import filecache
+
+    if filecache.unusable() is None:
+        return filecache.cache_dir() / "tokenizers" / digest
+    folder = Path(tempfile.mkdtemp(prefix="sdlite-tokenizer-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def _unpack(folder: Path, files: dict[str, str]) -> None:
+    """Write the files into `folder` atomically: a concurrent reader sees all of them or none, and of two processes
+    unpacking the same tokenizer at once the first rename wins (the other's equal copy is dropped)."""
+    import os
+    import shutil
+
+    from sdlite.errors import writing
+    from sdlite.staging import new_folder
+
+    with writing(f"tokenizer {folder}"):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = new_folder(folder.parent, f".{folder.name}.")
+        try:
+            for name, text in files.items():
+                (staging / name).write_text(text, encoding="utf-8")
+            try:
+                os.rename(staging, folder)
+            except OSError:
+                if not _holds_tokenizer(folder):  # not another process's copy in the way: a real failure
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -132,6 +132,7 @@ def _single_file_record(model: ResolvedModel) -> dict[str, Any]:
     if model.single_file is None:
         return {}
     return {
-        "tokenizer": str(model.tokenizer.resolve()) if model.tokenizer else None,
+        # one the file carries is found there again: its unpacked copy in the cache is no place to record
+        "tokenizer": str(model.tokenizer.resolve()) if model.tokenizer and not model.tokenizer_embedded else None,
         "ema_weights": model.use_ema and model.single_file.has_ema,
     }
