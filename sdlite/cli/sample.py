@@ -52,7 +52,7 @@ def sample(
         quiet_libraries(config.offline)
         from sdlite.sampling.run import sample as run_sample
 
-        images = len(config.keep_seeds) or sum(g.num_images for g in config.generations)
+        images = len(config.keep_numbers) or sum(g.num_images for g in config.generations)
         with progress_bar(enabled=not quiet and is_main_process(), images=images) as progress:
             run = run_sample(
                 config,

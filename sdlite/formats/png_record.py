@@ -79,6 +79,7 @@ def read_settings(path: Path) -> dict[str, Any]:
     settings["tokenizer"] = model.get("tokenizer")
     settings["ema_weights"] = model.get("ema_weights")
     settings["batch_seeds"] = run.get("batch_seeds")
+    settings["batch_prompts"] = run.get("batch_prompts")
     settings["lora"] = record.get("lora")
     settings["mode"] = run.get("mode", "default")
     settings["inputs"] = record.get("inputs")
@@ -115,6 +116,7 @@ def _a1111_settings(path: Path, parameters: str) -> dict[str, Any]:
         "tokenizer": None,
         "ema_weights": None,
         "batch_seeds": None,
+        "batch_prompts": None,
         "lora": None,
         "mode": "default",
         "inputs": None,

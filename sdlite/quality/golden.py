@@ -358,19 +358,27 @@ def _group_key(replay: SampleConfig) -> tuple[Any, ...]:
 
 
 class _Group:
-    """Goldens made in one `sample` run: each distinct replay generation once, its images matched to the goldens
-    by (generation, seed)."""
+    """Goldens made in one `sample` run: each distinct replay (the generations of one recorded batch) once, as a
+    batch of its own, its images matched to the goldens by (generation, seed)."""
 
     def __init__(self, base: SampleConfig, out: Path) -> None:
         self.base, self.out = base, out
-        self.generations: dict[Any, int] = {}  # replay generation -> its index in the run
+        self.units: dict[tuple[Any, ...], int] = {}  # a replay's generations -> the index of its first in the run
+        self.generations: list[Any] = []
         self.waiting: dict[tuple[int, int], list[_Golden]] = {}
 
     def add(self, golden: _Golden, replay: SampleConfig) -> None:
-        gen = replay.generations[0]
-        index = self.generations.setdefault(gen, len(self.generations))
-        seed = replay.keep_seeds[0] if replay.keep_seeds else gen.seed
-        self.waiting.setdefault((index, seed), []).append(golden)
+        gens = replay.generations
+        if gens not in self.units:
+            self.units[gens] = len(self.generations)
+            self.generations.extend(gens)
+        own = replay.keep_numbers[0] if replay.keep_numbers else 0  # the golden's image: its place in the batch
+        for index, gen in enumerate(gens, start=self.units[gens]):
+            if own < gen.num_images:
+                self.waiting.setdefault((index, gen.seed + own), []).append(golden)
+                return
+            own -= gen.num_images
+        raise RuntimeError(f"sdlite check: {golden.path} is not among the images of its own batch")
 
     def steps(self) -> int:
         from sdlite.sampling.plan import denoising_steps
@@ -382,14 +390,15 @@ class _Group:
         from sdlite.sampling.run import sample
 
         gens = tuple(self.generations)
-        # One batch per generation: the largest recorded batch as the batch size makes every generation (its
-        # recomputed batch, or a single image) exactly one pipeline call of its own seeds.
+        # One batch per replay: each starts a new batch, and the largest recorded batch as the batch size makes
+        # every replay (its recomputed batch, or a single image) exactly one pipeline call of its own images.
         replay = dataclasses.replace(
             self.base,
             generations=gens,
             out=self.out,
-            batch_size=max(g.num_images for g in gens),
-            keep_seeds=(),
+            batch_size=max(sum(g.num_images for g in unit) for unit in self.units),
+            batch_breaks=tuple(self.units.values()),
+            keep_numbers=(),
             expected_model_hash=None,
             grid=False,
             save_progress=None,

@@ -205,9 +205,12 @@ class SampleConfig:
     grid: Flag = False
     offline: Flag = False
     allow_pickle: Flag = False
-    # When set, only images with these seeds are written. `--from-image` uses it to recompute the
-    # whole batch an image was made in: batched matmuls round differently from single ones.
-    keep_seeds: tuple[Seed, ...] = ()
+    # When set, only the images with these numbers in the run are written. `--from-image` uses it to recompute
+    # the whole batch an image was made in: batched matmuls round differently from single ones.
+    keep_numbers: tuple[NonNegativeInt, ...] = ()
+    # Generations (by index) that start a new batch instead of filling the one before (`check` remakes each
+    # golden's recorded batch on its own).
+    batch_breaks: tuple[NonNegativeInt, ...] = ()
     # The model hash recorded in a `--from-image` source: a different model gets a warning.
     expected_model_hash: Text | None = None
     loras: tuple[InstanceOf[LoraChoice], ...] = ()  # LoRA adapters applied together, each at its own scale

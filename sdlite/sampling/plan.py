@@ -18,13 +18,38 @@ SDXL_KEYS = ("prompt_2", "negative_prompt_2", "original_size", "crops_coords", "
 
 @dataclass(frozen=True)
 class Batch:
-    """One pipeline call: a generation's images with these seeds, numbered in the run from `first_number`."""
+    """One pipeline call: images that share every setting but their prompt and seed, numbered in the run from
+    `first_number`; `gens` holds each image's generation (one per seed), `lines` its index in the run's list."""
 
-    gen: Generation
+    gens: tuple[Generation, ...]
     height: int
     width: int
     seeds: tuple[int, ...]
     first_number: int
+    lines: tuple[int, ...]
+
+    @property
+    def gen(self) -> Generation:
+        """The settings every image of the batch shares (its first image's generation)."""
+        return self.gens[0]
+
+    @property
+    def mixed(self) -> bool:
+        """Whether the batch holds images of more than one generation (prompts-file lines filling a batch)."""
+        return len(set(self.lines)) > 1
+
+    def record(self) -> dict[str, Any]:
+        """What each of its images records about the batch, so `--from-image` and `check` remake it exactly:
+        its seeds, and when it mixes generations their prompts too."""
+        record: dict[str, Any] = {"batch_seeds": list(self.seeds)}
+        if self.mixed:
+            record["batch_prompts"] = [g.prompt for g in self.gens]
+        return record
+
+
+def batch_key(gen: Generation, size: tuple[int, int]) -> tuple[Any, ...]:
+    """What images must share to be denoised in one pipeline call: everything but the prompt and the seed."""
+    return (dataclasses.replace(gen, prompt="", seed=0, num_images=1), size)
 
 
 @dataclass(frozen=True)
@@ -34,7 +59,7 @@ class Job:
     number: int
     image: Any = None
     settings: dict[str, Any] | None = None
-    batch: tuple[int, ...] = ()
+    batch: dict[str, Any] = dataclasses.field(default_factory=dict)  # Batch.record(): what it records of its batch
     task: dict[str, Any] | None = None
     inputs: dict[str, Any] | None = None
     strip: Any = None
@@ -44,12 +69,32 @@ class Job:
 
 
 def plan_batches(config: SampleConfig, sizes: list[tuple[int, int]]) -> list[Batch]:
-    batches, number = [], 0
-    for gen, (height, width) in zip(config.generations, sizes, strict=True):
-        for start in range(0, gen.num_images, config.batch_size):
-            seeds = tuple(range(gen.seed + start, gen.seed + min(gen.num_images, start + config.batch_size)))
-            batches.append(Batch(gen, height, width, seeds, number))
-            number += len(seeds)
+    """The run's pipeline calls, in order: consecutive images that can share a call (the same settings but prompt
+    and seed; a prompts file's lines usually can) fill batches of up to --batch-size. A generation listed in
+    `config.batch_breaks` starts a new batch (`check` remakes each golden's recorded batch alone)."""
+    batches: list[Batch] = []
+    pending: list[tuple[int, int]] = []  # (generation, seed) of the batch being filled
+    key: Any = None
+    breaks = set(config.batch_breaks)
+
+    def close() -> None:
+        if pending:
+            gens = tuple(config.generations[line] for line, _ in pending)
+            height, width = sizes[pending[0][0]]
+            first = batches[-1].first_number + len(batches[-1].seeds) if batches else 0
+            seeds, lines = tuple(seed for _, seed in pending), tuple(line for line, _ in pending)
+            batches.append(Batch(gens, height, width, seeds, first, lines))
+            pending.clear()
+
+    for line, (gen, size) in enumerate(zip(config.generations, sizes, strict=True)):
+        if batch_key(gen, size) != key or line in breaks:
+            close()
+            key = batch_key(gen, size)
+        for seed in range(gen.seed, gen.seed + gen.num_images):
+            pending.append((line, seed))
+            if len(pending) == config.batch_size:
+                close()
+    close()
     return batches
 
 

@@ -4,6 +4,8 @@ planned before any is made.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,44 @@ from sdlite.sampling.results import ModelFacts, SampleResult
 def await_remote(
     out: Path, index: int, job: Job, facts: ModelFacts, with_strip: bool, poll: float = 0.05
 ) -> SampleResult:
-    """Wait until another process has linked this image (and its strip) into place, whole, then describe it."""
+    """Wait until another process has linked this image (and its strip) into place, whole, then describe it. When
+    another run took its planned index (the claim names another image), the process wrote it at the next free
+    one: it is found by its seed, its place in the run and its settings."""
     settings = job.remote or {}
     path = out / f"{index:05d}-{settings['seed']}.png"
-    strip = path.with_name(f"{path.stem}-progress.png")
-    while not path.exists() or (with_strip and not strip.exists()):
+    for waited in itertools.count(1):
+        strip = path.with_name(f"{path.stem}-progress.png")
+        if path.exists() and (not with_strip or strip.exists()):
+            return on_disk(path, index, settings, facts)
         time.sleep(poll)
-    return on_disk(path, index, settings, facts)
+        if waited % 20 == 0 and _claimed_by_another(out, index, path.stem):  # looked for about once a second
+            moved = _moved(out, job.number, settings)
+            if moved is not None:
+                path, index = moved
+
+
+def _claimed_by_another(out: Path, index: int, stem: str) -> bool:
+    from sdlite.sampling.outputs import CLAIMS
+
+    try:
+        return (out / CLAIMS / f"{index:05d}").read_text() != stem
+    except OSError:
+        return False
+
+
+def _moved(out: Path, number: int, settings: dict[str, Any]) -> tuple[Path, int] | None:
+    """The image of this run's `number` with these settings, written past its planned index."""
+    from sdlite.formats.png_record import read_record
+
+    for candidate in out.glob(f"*-{settings['seed']}.png"):
+        match = NAME.match(candidate.name)
+        if match is None:
+            continue
+        with contextlib.suppress(Exception):  # a foreign or half-visible PNG is not it
+            record = read_record(candidate)
+            if record["run"]["number"] == number and record["settings"] == settings:
+                return candidate, int(match.group(1))
+    return None
 
 
 def plan_indices(batches: list[Batch], existing: dict[int, SampleResult], numbering: Numbering) -> dict[int, int]:
@@ -85,7 +118,7 @@ def kept_images(
     with the same settings, place in the run, model, LoRAs, mode, device, precision and input files' bytes."""
     expected = []
     for batch in batches:
-        gen = batch.gen
+        gen = batch.gen  # inputs and every setting but prompt and seed are the batch's
         inputs = {
             key: user_images.read(path).sha256
             for key, path in (("init_image", gen.init_image), ("mask", gen.mask))
@@ -93,8 +126,8 @@ def kept_images(
         }
         for i, seed in enumerate(batch.seeds):
             wanted = {
-                "settings": image_settings(gen, seed, batch.height, batch.width, facts.micro_conditioning),
-                "batch": list(batch.seeds),
+                "settings": image_settings(batch.gens[i], seed, batch.height, batch.width, facts.micro_conditioning),
+                "batch": batch.record(),
                 "number": batch.first_number + i,
                 "inputs": inputs,
             }
@@ -105,7 +138,8 @@ def kept_images(
         inputs = {key: item.get("sha256") for key, item in record.get("inputs", {}).items()}
         return (
             record.get("settings") == wanted["settings"]
-            and run.get("batch_seeds") == wanted["batch"]
+            and all(run.get(k) == v for k, v in wanted["batch"].items())
+            and ("batch_prompts" in run) == ("batch_prompts" in wanted["batch"])
             and run.get("number") == wanted["number"]
             and run.get("mode") == facts.mode
             and run.get("device") == facts.device

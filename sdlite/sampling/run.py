@@ -299,11 +299,7 @@ def _denoise(run: _Run, writer: BackgroundWriter) -> None:
     for number_of_batch, batch in enumerate(run.batches):
         run.stop.check()
         gen, numbers = batch.gen, range(batch.first_number, batch.first_number + len(batch.seeds))
-        wanted = [
-            n
-            for n, seed in zip(numbers, batch.seeds, strict=True)
-            if not config.keep_seeds or seed in config.keep_seeds
-        ]
+        wanted = [n for n in numbers if not config.keep_numbers or n in config.keep_numbers]
         if not world.mine(number_of_batch):
             if world.rank == 0:
                 _report_others(run, batch, wanted, writer)
@@ -313,17 +309,18 @@ def _denoise(run: _Run, writer: BackgroundWriter) -> None:
             for n in wanted:
                 writer.put(Job(n, kept=existing[n]))
             continue
-        if prepared is None or prepared[0] is not gen:
-            warning = _truncation_warning(run.pipelines.text_to_image.tokenizer, gen.prompt)
-            if warning:
+        for prompt in dict.fromkeys(g.prompt for g in batch.gens):
+            warning = _truncation_warning(run.pipelines.text_to_image.tokenizer, prompt)
+            if warning and warning not in run.warnings:
                 _warn(run.warnings, warning)
+        if prepared is None or prepared[0] is not gen:
             given = run.user_images.prepare(gen, batch.height, batch.width)
             prepared = (gen, given, task_record(gen, given, run.pipelines.inpainting_model))
         _, given, task = prepared
         runner = run.pipelines.for_task(gen.task)
         runner.scheduler = make_scheduler(gen.scheduler, run.base_scheduler_config)
         recorder = X0Recorder() if config.save_progress else None
-        pixels = _generate(runner, gen, list(batch.seeds), batch.height, batch.width, run.counter, given, recorder)
+        pixels = _generate(runner, batch, run.counter, given, recorder)
         strips = recorder.strips(runner.vae, runner.image_processor, config.save_progress) if recorder else []
         for i, (seed, image) in enumerate(zip(batch.seeds, runner.numpy_to_pil(pixels), strict=True)):
             number = batch.first_number + i
@@ -335,13 +332,13 @@ def _denoise(run: _Run, writer: BackgroundWriter) -> None:
                 continue
             if given is not None and given.mask is not None:  # the known region: the original's own pixels
                 image = runner.image_processor.apply_overlay(given.mask, given.image, image)
-            settings = image_settings(gen, seed, batch.height, batch.width, run.facts.micro_conditioning)
+            settings = image_settings(batch.gens[i], seed, batch.height, batch.width, run.facts.micro_conditioning)
             writer.put(
                 Job(
                     number,
                     image,
                     settings,
-                    batch.seeds,
+                    batch.record(),
                     task,
                     given.record() if given else None,
                     strips[i] if strips else None,
@@ -352,14 +349,13 @@ def _denoise(run: _Run, writer: BackgroundWriter) -> None:
 def _report_others(run: _Run, batch: Batch, wanted: list[int], writer: BackgroundWriter) -> None:
     """The first process queues, in order, the images another process makes (or an earlier run kept)."""
     for n in wanted:
-        settings = image_settings(
-            batch.gen, batch.seeds[n - batch.first_number], batch.height, batch.width, run.facts.micro_conditioning
-        )
+        gen, seed = batch.gens[n - batch.first_number], batch.seeds[n - batch.first_number]
+        settings = image_settings(gen, seed, batch.height, batch.width, run.facts.micro_conditioning)
         kept = run.existing.get(n)
         if kept is not None and is_whole(kept, run.config):
             writer.put(Job(n, kept=kept), heavy=False)
         else:
-            writer.put(Job(n, remote=settings, remote_gen=batch.gen), heavy=False)
+            writer.put(Job(n, remote=settings, remote_gen=gen), heavy=False)
 
 
 class _Pipelines:
@@ -411,7 +407,7 @@ def _save(out: Path, numbering: Numbering, job: Job, facts: ModelFacts, index: i
         "settings": job.settings,
         "model": facts.record(),
         "run": {
-            "batch_seeds": list(job.batch),
+            **job.batch,
             "number": job.number,
             "device": facts.device,
             "dtype": facts.dtype,
@@ -435,19 +431,14 @@ def _save(out: Path, numbering: Numbering, job: Job, facts: ModelFacts, index: i
 
 
 def _generate(
-    pipe: Any,
-    gen: Generation,
-    seeds: list[int],
-    height: int,
-    width: int,
-    counter: StepCounter,
-    given: Given | None = None,
-    recorder: X0Recorder | None = None,
+    pipe: Any, batch: Batch, counter: StepCounter, given: Given | None = None, recorder: X0Recorder | None = None
 ) -> Any:
-    """One pipeline call for one batch; returns float pixels in [0, 1], refusing NaN/inf results."""
+    """One pipeline call for one batch (each image with its own prompt and seed, every other setting shared);
+    returns float pixels in [0, 1], refusing NaN/inf results."""
     import numpy as np
     import torch
 
+    gen, seeds, height, width = batch.gen, list(batch.seeds), batch.height, batch.width
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     extra: dict[str, Any] = {"eta": gen.eta} if SCHEDULERS[gen.scheduler].accepts_eta else {}
     if given is not None:
@@ -476,7 +467,7 @@ def _generate(
             # diffusers' SDXL pipelines upcast an fp16 VAE through their own deprecated method, warning each batch
             warnings_module.filterwarnings("ignore", message="`upcast_vae` is deprecated", category=FutureWarning)
             output = pipe(
-                prompt=[gen.prompt] * len(seeds),
+                prompt=[g.prompt for g in batch.gens],
                 negative_prompt=[gen.negative_prompt] * len(seeds) if gen.negative_prompt else None,
                 num_inference_steps=gen.steps,
                 guidance_scale=gen.guidance,

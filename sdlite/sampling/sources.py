@@ -33,6 +33,7 @@ from sdlite.schema import (
     Flag,
     PathText,
     PredictionType,
+    Prompt,
     Seed,
     Source,
     Text,
@@ -161,8 +162,8 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
     rows: list[tuple[dict[str, Any], Source]] = [({"prompt": p}, COMMAND_LINE) for p in opts.prompts]
     if opts.prompts_file is not None:
         rows += prompt_rows(Path(opts.prompts_file))
-    if not rows and replay.image is not None:
-        rows = [({}, replay.image)]
+    if not rows and replay.image is not None:  # its own settings, or its whole batch's images
+        rows = [(member, replay.image) for member in replay.members] or [({}, replay.image)]
     return SampleConfig(
         model=model,
         generations=_generations(rows, base, origins, cli, replay.image),
@@ -173,7 +174,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         grid=opts.grid,
         offline=opts.offline,
         allow_pickle=opts.allow_pickle,
-        keep_seeds=replay.keep_seeds,
+        keep_numbers=replay.keep_numbers,
         expected_model_hash=replay.expected_hash,
         loras=lora_choices(replay.lora, replay.lora_scale),
         mode=replay.mode or "default",
@@ -200,7 +201,8 @@ class _Replay:
     recorded: dict[str, Any] = field(default_factory=dict)  # the PNG's generation settings
     image: Source | None = None
     expected_hash: str | None = None
-    keep_seeds: tuple[int, ...] = ()
+    keep_numbers: tuple[int, ...] = ()
+    members: list[dict[str, Any]] = field(default_factory=list)  # a mixed batch's images: prompt and seed each
 
 
 def _replay_image(replay: _Replay, opts: SampleOverrides, cli: dict[str, Any]) -> None:
@@ -222,15 +224,22 @@ def _replay_image(replay: _Replay, opts: SampleOverrides, cli: dict[str, Any]) -
         replay.lora = tuple(r["source"] for r in used)
         replay.lora_scale = replay.lora_scale or tuple(r["scale"] for r in used)
     own_seed = replay.recorded.get("seed")
-    batch = recorded.get("batch_seeds") or [own_seed]
+    batch, prompts = recorded.get("batch_seeds") or [own_seed], recorded.get("batch_prompts")
     remake_batch = not (
         {"seed", "num_images"} & set(cli) or opts.prompts or opts.prompts_file or replay.batch_size is not None
     )
-    if remake_batch and len(batch) > 1 and own_seed is not None:
+    if remake_batch and prompts is not None and own_seed is not None:  # prompts-file lines that filled a batch
+        own_prompt = replay.recorded.get("prompt")
+        mine = [i for i, member in enumerate(zip(batch, prompts, strict=False)) if member == (own_seed, own_prompt)]
+        if len(prompts) != len(batch) or not mine:
+            raise image.fail(f"its sdlite metadata records seed {own_seed} and its prompt outside its batch")
+        replay.members = [{"prompt": p, "seed": s} for s, p in zip(batch, prompts, strict=True)]
+        replay.batch_size, replay.keep_numbers = len(batch), (mine[0],)
+    elif remake_batch and len(batch) > 1 and own_seed is not None:
         if own_seed not in range(batch[0], batch[0] + len(batch)):
             raise image.fail(f"its sdlite metadata records seed {own_seed} outside its batch {show(batch)}")
         replay.recorded.update(seed=batch[0], num_images=len(batch))
-        replay.batch_size, replay.keep_seeds = len(batch), (own_seed,)
+        replay.batch_size, replay.keep_numbers = len(batch), (own_seed - batch[0],)
 
 
 def _generations(
@@ -297,6 +306,7 @@ def _read_image_settings(path: Path) -> tuple[dict[str, Any], Source]:
         ("ema_weights", Flag | None),
         ("model_hash", Text | None),
         ("batch_seeds", list[Seed] | None),
+        ("batch_prompts", list[Prompt] | None),
         ("mode", Mode | None),
         ("prediction_type", PredictionType | None),
     ):

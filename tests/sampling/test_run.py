@@ -73,7 +73,7 @@ def test_from_image_round_trip(tiny_model: Path, tmp_path: Path) -> None:
     assert config.model == str(tiny_model.resolve())
     # The image was made in a batch of two, so the batch is recomputed and only seed 8 is written.
     assert config.generations[0].seed == 7 and config.generations[0].num_images == 2
-    assert config.batch_size == 2 and config.keep_seeds == (8,)
+    assert config.batch_size == 2 and config.keep_numbers == (1,)  # seed 8 is the second image
     again = [r.path for r in sample(config).images]
     assert len(again) == 1
     np.testing.assert_array_equal(pixels(again[0]), pixels(second))
