@@ -26,7 +26,8 @@ def init(**options: Any) -> None:
 
 @config_options(InfoConfig)
 def info(json_out: JsonOut = False, **options: Any) -> None:
-    """Show a model's components, parameter counts, dtypes, scheduler and the tensor shapes of its flow."""
+    """Show a model's components, parameter counts, dtypes, scheduler and the tensor shapes of its flow; or a LoRA's
+    layout, rank, alpha and which tools (A1111, Forge, ComfyUI, diffusers) load it."""
     with one_line_errors():
         from sdlite.models.source import resolve_model_source
 

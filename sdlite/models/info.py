@@ -26,7 +26,12 @@ _DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "
 
 
 def describe(config: InfoConfig) -> dict[str, Any]:
-    """Components (class, parameters, dtypes), scheduler, and the flow's shapes at the chosen size."""
+    """Components (class, parameters, dtypes), scheduler, and the flow's shapes at the chosen size; for a LoRA
+    adapter its layout, what it adapts and which tools load it (sdlite/formats/lora_info.py)."""
+    from sdlite.formats import lora, lora_info
+
+    if lora.is_lora_source(config.model):
+        return lora_info.describe_lora(config.model)
     model = resolve_model(
         config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights, need_tokenizer=False
     )
@@ -206,6 +211,10 @@ def _tokenizer_config(folder: Path | None) -> dict[str, Any]:
 
 
 def format_info(info: dict[str, Any]) -> str:
+    if info.get("kind") == "lora":
+        from sdlite.formats.lora_info import format_lora_info
+
+        return format_lora_info(info)
     """The human-readable report `sdlite info` prints."""
     kind = ", inpainting: 9 input channels" if info["inpainting"] else ""
     lines = [f"model      {info['model']}  ({info['pipeline']}{kind})"]
