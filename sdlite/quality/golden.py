@@ -54,7 +54,7 @@ from sdlite.models.source import DEFAULT_MODEL
 from sdlite.quality.config import DEFAULT_MAX_CHANGED, DEFAULT_TOLERANCE, CheckConfig
 from sdlite.sampling.config import SampleConfig
 from sdlite.sampling.sources import SampleOverrides, build_sample_config
-from sdlite.staging import staged_file
+from sdlite.staging import check_output_place, staged_file
 
 Status = Literal["passed", "failed", "skipped", "error"]
 ProgressFn = Callable[[int, int], None]
@@ -201,6 +201,11 @@ def check(
     from sdlite.models.loading import resolve_model
 
     started = time.perf_counter()
+    # Report places first: a device, a file or a read-only folder fails before any golden is regenerated.
+    if config.diff_dir is not None:
+        check_output_place(config.diff_dir, "--diff")
+    if config.junit is not None:
+        check_output_place(config.junit, "--junit", "file")
     emit = _Emitter(on_result)
     found = _find_pngs(config.paths)
     if not found:

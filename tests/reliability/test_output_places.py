@@ -69,3 +69,23 @@ def test_a_read_only_place_says_so_before_the_model_loads(
     assert result.exit_code == 5
     out = tmp_path / "new" / "out"
     assert result.stderr == f"error: cannot write to output folder {out}: {tmp_path} is read-only for this user\n"
+
+
+@pytest.mark.parametrize(
+    ("flag", "place", "code", "words"),
+    [("--diff", "fifo", 2, "--diff {p} is a FIFO (pipe), not a folder"), ("--diff", "file", 2, "is a file, not a folder"),
+     ("--junit", "device", 2, "--junit {p} is a character device: give a file name"),
+     ("--junit", "under-file", 5, "cannot write {p}: {p.parent} is a file, not a folder")],
+)  # fmt: skip
+def test_check_reports_are_placed_before_any_golden_is_regenerated(
+    tiny_model: Path, places: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    flag: str, place: str, code: int, words: str,
+) -> None:  # fmt: skip
+    import sdlite.quality.golden as golden
+
+    goldens = tmp_path / "goldens"
+    assert invoke("sample", "x", "--model", str(tiny_model), "--steps", "1", "--out", str(goldens)).exit_code == 0
+    monkeypatch.setattr(golden, "_find_pngs", lambda paths: pytest.fail("goldens were read"))
+    result = invoke("check", str(goldens), flag, str(places[place]))
+    assert result.exit_code == code, result.output
+    assert words.format(p=places[place]) in result.stderr
