@@ -161,7 +161,7 @@ def unwritable(folder: Path) -> str | None:
     while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        return "Not a directory" if existing != folder else f"{folder} is {_what(existing)}, not a folder"
+        return f"{existing} is {_what(existing)}, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is read-only for this user"
     return None

@@ -83,7 +83,8 @@ def claim(out: Path, index: int, stem: str) -> bool:
     with writing(f"to output folder {out}"):
         marker.parent.mkdir(exist_ok=True)
     try:
-        _create(marker, stem.encode())  # whole or not at all: a claim never reads half-written
+        # whole or not at all: a claim never reads half-written; a failure names the image it was for
+        _create(marker, stem.encode(), str(out / f"{stem}.png"))
     except FileExistsError:
         try:
             return marker.read_text() == stem
@@ -92,13 +93,13 @@ def claim(out: Path, index: int, stem: str) -> bool:
     return True
 
 
-def _create(path: Path, data: bytes) -> None:
+def _create(path: Path, data: bytes, what: str | None = None) -> None:
     """Create `path` holding `data`: written to a hidden temporary file, then hard-linked into place (which
     fails with FileExistsError if the name exists). Where hard links are not supported, exclusive creation
     and a direct write, removed again if the write fails."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
     try:
-        with writing(str(path)):
+        with writing(what or str(path)):
             temp.write_bytes(data)
         try:
             os.link(temp, path)
@@ -112,9 +113,9 @@ def _create(path: Path, data: bytes) -> None:
         except FileExistsError:
             raise  # the caller takes another name
         except OSError:
-            with writing(str(path)):
+            with writing(what or str(path)):
                 raise
-        with file, writing(str(path)):
+        with file, writing(what or str(path)):
             try:
                 file.write(data)
             except OSError:

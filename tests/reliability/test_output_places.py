@@ -51,9 +51,9 @@ def test_noise_and_export_check_their_files_first(tiny_model: Path, places: dict
     result = invoke("noise", str(tmp_path / "in.png"), "--model", str(tiny_model), "--out", str(places["fifo"]))
     assert result.exit_code == 2 and "is a FIFO (pipe): give a file name" in result.stderr
     result = invoke("noise", str(tmp_path / "in.png"), "--out", str(places["under-file"] / "n.png"))
-    assert result.exit_code == 5 and "Not a directory" in result.stderr
+    assert result.exit_code == 5 and f"{places['file']} is a file, not a folder" in result.stderr
     result = invoke("export", str(tiny_model), str(places["under-file"] / "m.safetensors"))
-    assert result.exit_code == 5 and "Not a directory" in result.stderr
+    assert result.exit_code == 5 and f"{places['file']} is a file, not a folder" in result.stderr
 
 
 def test_a_read_only_place_says_so_before_the_model_loads(
