@@ -1,0 +1,77 @@
+"""A1111's long prompts: a weighted prompt cut into 75-token chunks, each encoded on its own as 77 tokens.
+
+The rules are AUTOMATIC1111's (`modules/sd_hijack_clip.py`, `tokenize_line`, v1.10), re-implemented: the pieces of
+`parse_emphasis` are tokenized without special tokens, every token keeps its piece's weight; a chunk is full at 75
+tokens, and when it fills within `backtrack` (20) tokens after a comma, what follows the comma moves to the next
+chunk; `BREAK` closes the chunk at once. A chunk is padded to 75 with the end token (weight 1) and framed by the
+start and end tokens. `token_count` is what A1111 reports: 75 per closed chunk plus the last chunk's own tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sdlite.prompts.emphasis import BREAK
+
+CHUNK = 75  # prompt tokens per chunk; with the start and end tokens, the text encoder's 77
+BACKTRACK = 20  # A1111's comma_padding_backtrack default
+
+
+@dataclass
+class Chunk:
+    """77 token ids and the weight of each."""
+
+    tokens: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+
+    def ids(self, end: int, pad: int) -> list[int]:
+        """The ids to encode: after the first end token, the padding token (OpenCLIP's `!`, where it differs)."""
+        first_end = self.tokens.index(end, 1)
+        return self.tokens[: first_end + 1] + [pad] * (len(self.tokens) - first_end - 1)
+
+
+def chunk_prompt(
+    pieces: Sequence[tuple[str, float]],
+    tokenize: Callable[[list[str]], list[list[int]]],
+    start: int,
+    end: int,
+    comma: int | None,
+    backtrack: int = BACKTRACK,
+) -> tuple[list[Chunk], int]:
+    """The chunks of a prompt's (text, weight) pieces, and its token count as A1111 reports it."""
+    chunks: list[Chunk] = []
+    chunk = Chunk()
+    count = 0
+    last_comma = -1
+
+    def close(is_last: bool = False) -> None:
+        nonlocal chunk, count, last_comma
+        count += len(chunk.tokens) if is_last else CHUNK
+        missing = CHUNK - len(chunk.tokens)
+        chunk.tokens += [end] * missing
+        chunk.weights += [1.0] * missing
+        chunk.tokens = [start, *chunk.tokens, end]
+        chunk.weights = [1.0, *chunk.weights, 1.0]
+        chunks.append(chunk)
+        chunk, last_comma = Chunk(), -1
+
+    for tokens, (text, weight) in zip(tokenize([text for text, _ in pieces]), pieces, strict=True):
+        if (text, weight) == BREAK:
+            close()
+            continue
+        for token in tokens:
+            if token == comma:
+                last_comma = len(chunk.tokens)
+            elif backtrack and len(chunk.tokens) == CHUNK and last_comma != -1 and CHUNK - last_comma <= backtrack:
+                moved = Chunk(chunk.tokens[last_comma + 1 :], chunk.weights[last_comma + 1 :])
+                chunk.tokens, chunk.weights = chunk.tokens[: last_comma + 1], chunk.weights[: last_comma + 1]
+                close()
+                chunk = moved
+            if len(chunk.tokens) == CHUNK:
+                close()
+            chunk.tokens.append(token)
+            chunk.weights.append(weight)
+    if chunk.tokens or not chunks:
+        close(is_last=True)
+    return chunks, count
