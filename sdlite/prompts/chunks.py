@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sdlite.prompts.emphasis import BREAK
 
@@ -75,3 +76,34 @@ def chunk_prompt(
     if chunk.tokens or not chunks:
         close(is_last=True)
     return chunks, count
+
+
+def empty_chunk(start: int, end: int) -> Chunk:
+    """What a prompt with fewer chunks than another in its batch is padded with (A1111's empty chunk)."""
+    return Chunk([start] + [end] * (CHUNK + 1), [1.0] * (CHUNK + 2))
+
+
+def encode_chunks(texts: Sequence[list[Chunk]], encode: Callable[[Any], Any], start: int, end: int, pad: int) -> Any:
+    """The hidden states of texts given as chunks, (texts, 77 x chunks, width): chunk i of every text is encoded
+    together by `encode` (token ids -> hidden states), weighted by A1111's "Original" emphasis, and the chunks are
+    joined along the sequence. A text with fewer chunks is padded with empty ones.
+
+    "Original" emphasis multiplies each token's hidden state by its weight, then rescales the whole batch's chunk
+    so its mean is what it was (over every text encoded together: A1111 encodes a prompt's edit variants as one
+    batch). Where the weighted mean is 0 (a text encoder whose final norm has no bias gives mean-0 states) the
+    rescale would divide by zero: the weighted states are kept as they are.
+    """
+    import torch
+
+    count = max(len(chunks) for chunks in texts)
+    joined = []
+    for i in range(count):
+        batch = [chunks[i] if i < len(chunks) else empty_chunk(start, end) for chunks in texts]
+        ids = torch.tensor([chunk.ids(end, pad) for chunk in batch])
+        states = encode(ids)
+        weights = torch.tensor([chunk.weights for chunk in batch], dtype=states.dtype, device=states.device)
+        original_mean = states.mean()
+        weighted = states * weights[..., None]
+        new_mean = weighted.mean()
+        joined.append(weighted if new_mean == 0 else weighted * (original_mean / new_mean))
+    return torch.cat(joined, dim=1)

@@ -66,3 +66,41 @@ def test_padding_after_the_end_token_for_openclip(tokenizer: Any) -> None:
     (chunk,), _ = chunks_of(tokenizer, "a cat")
     ids = chunk.ids(tokenizer.eos_token_id, pad=0)
     assert ids[:4] == chunk.tokens[:4] and ids[4:] == [0] * 73
+
+
+def test_unweighted_chunks_encode_as_the_plain_text_encoder_does(tiny_model: Any) -> None:
+    """One chunk of weight 1 everywhere is exactly what diffusers feeds the UNet for a short prompt."""
+    import torch
+    from transformers import CLIPTextModel
+
+    from sdlite.models.tokenizer import load_tokenizer
+    from sdlite.prompts.chunks import encode_chunks
+
+    tokenizer, encoder = (
+        load_tokenizer(tiny_model / "tokenizer"),
+        CLIPTextModel.from_pretrained(tiny_model / "text_encoder"),
+    )
+    chunks, _ = chunks_of(tokenizer, "a red circle")
+    with torch.no_grad():
+        ours = encode_chunks([chunks], lambda ids: encoder(ids)[0], tokenizer.bos_token_id, tokenizer.eos_token_id,
+                             tokenizer.pad_token_id)  # fmt: skip
+        ids = tokenizer("a red circle", padding="max_length", max_length=77, return_tensors="pt").input_ids
+        plain = encoder(ids)[0]
+    assert ours.shape == (1, 77, encoder.config.hidden_size) and torch.equal(ours, plain)
+
+
+def test_original_emphasis_weights_then_restores_the_mean_over_the_batch() -> None:
+    import torch
+
+    from sdlite.prompts.chunks import Chunk, empty_chunk, encode_chunks
+
+    states = torch.arange(1, 2 * 77 * 3 + 1, dtype=torch.float64).reshape(2, 77, 3)
+    weighted = Chunk(list(empty_chunk(0, 1).tokens), [1.0, 1.5] + [1.0] * 75)
+    two = [[weighted, weighted], [empty_chunk(0, 1)]]  # the second text gets an empty second chunk
+    out = encode_chunks(two, lambda ids: states[: len(ids)], 0, 1, 1)
+    expected = states.clone()
+    expected[0, 1] *= 1.5
+    expected *= states.mean() / expected.mean()  # over both texts of the chunk
+    assert out.shape == (2, 154, 3) and torch.allclose(out[:, :77], expected) and torch.allclose(out[:, 77:], expected)
+    zero = encode_chunks([[weighted]], lambda ids: torch.zeros(1, 77, 3), 0, 1, 1)  # a mean-0 encoder: no 0/0
+    assert torch.isfinite(zero).all()
