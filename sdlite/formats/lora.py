@@ -272,16 +272,32 @@ def model_layer_names(modules: Mapping[str, Any]) -> set[str]:
 CONTEXT_WIDTHS = {768: "SD v1", 1024: "SD 2.x", 2048: "SDXL"}
 
 
+def is_down_key(key: str) -> bool:
+    """Whether `key` is a LoRA down (A) matrix, in any layout: its input width is the adapted layer's."""
+    return key.endswith((".lora_down.weight", ".lora.down.weight", ".lora_A.weight"))
+
+
+def adapts_second_text_encoder(shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """Whether the LoRA adapts SDXL's second text encoder (lora_te2_ / text_encoder_2): only SDXL has one."""
+    return any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in shapes)
+
+
+def cross_attention_widths(shapes: Mapping[str, tuple[int, ...]]) -> list[int]:
+    """The text widths its cross-attention key/value projections read, key by key: the model's context width."""
+    return [shape[1] for key, shape in shapes.items()
+            if is_down_key(key) and re.search(r"attn2[._]to_[kv]", key) and len(shape) == 2]  # fmt: skip
+
+
 def family_mismatch(shapes: Mapping[str, tuple[int, ...]], family_name: str, context_width: int) -> str | None:
     """Why a LoRA cannot be for a model of `family_name` whose UNet attends to `context_width`: it adapts SDXL's
     second text encoder, or its cross-attention key/value projections read another width; None when it may."""
-    second = any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in shapes)
-    if second and family_name != "SDXL":
+    if adapts_second_text_encoder(shapes) and family_name != "SDXL":
         return "it adapts SDXL's second text encoder (lora_te2_ / text_encoder_2): it was made for an SDXL model"
-    for key, shape in shapes.items():
-        down = key.endswith((".lora_down.weight", ".lora.down.weight", ".lora_A.weight"))
-        if down and re.search(r"attn2[._]to_[kv]", key) and len(shape) == 2 and shape[1] != context_width:
-            made_for = CONTEXT_WIDTHS.get(shape[1])
+    for width in cross_attention_widths(shapes):
+        if width != context_width:
+            made_for = CONTEXT_WIDTHS.get(width)
             family = f"an {made_for} model" if made_for else "another model architecture"
-            return f"its cross-attention reads text {shape[1]} wide, this model's {context_width}: it was made for {family}"
+            return (
+                f"its cross-attention reads text {width} wide, this model's {context_width}: it was made for {family}"
+            )
     return None

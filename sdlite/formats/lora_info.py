@@ -7,7 +7,6 @@ tensors) and leave a diffusers-layout file's keys unmapped without an error; dif
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ def describe_lora(source: Path | str) -> dict[str, Any]:
     shapes, metadata = lora.read_shapes(file)
     kind = lora.layout(list(shapes))
     assert kind is not None  # is_lora_source said it is one
-    ranks = sorted({shape[0] for key, shape in shapes.items() if _is_down(key) and shape})
+    ranks = sorted({shape[0] for key, shape in shapes.items() if lora.is_down_key(key) and shape})
     info: dict[str, Any] = {
         "kind": "lora",
         "file": str(file),
@@ -56,24 +55,20 @@ def describe_lora(source: Path | str) -> dict[str, Any]:
     return info
 
 
-def _is_down(key: str) -> bool:
-    return key.endswith((".lora_down.weight", ".lora.down.weight", ".lora_A.weight"))
-
-
 _ARCHITECTURES = {"stable-diffusion-v1": "SD v1", "stable-diffusion-v2": "SD 2.x", "stable-diffusion-xl": "SDXL"}
 
 
 def _family(shapes: dict[str, tuple[int, ...]], architecture: str) -> str:
     """The family it was made for: SDXL when it adapts a second text encoder, else by the width its
     cross-attention key/value projections read, else as its ModelSpec architecture says."""
-    if any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in shapes):
+    if lora.adapts_second_text_encoder(shapes):
         return "SDXL"
     stated = next((name for prefix, name in _ARCHITECTURES.items() if architecture.startswith(prefix)), None)
-    for key, shape in shapes.items():
-        if _is_down(key) and re.search(r"attn2[._]to_[kv]", key) and len(shape) == 2:
-            width = f"cross-attention {shape[1]} wide: not a full-size model's"
-            return lora.CONTEXT_WIDTHS.get(shape[1]) or (f"{stated} ({width})" if stated else f"unknown ({width})")
-    return stated or "unknown (no cross-attention layer adapted)"
+    widths = lora.cross_attention_widths(shapes)
+    if not widths:
+        return stated or "unknown (no cross-attention layer adapted)"
+    note = f"cross-attention {widths[0]} wide: not a full-size model's"
+    return lora.CONTEXT_WIDTHS.get(widths[0]) or (f"{stated} ({note})" if stated else f"unknown ({note})")
 
 
 def _components(shapes: dict[str, tuple[int, ...]], kind: str) -> list[str]:

@@ -86,11 +86,16 @@ def claim(out: Path, index: int, stem: str) -> bool:
         # whole or not at all: a claim never reads half-written; a failure names the image it was for
         _create(marker, stem.encode(), str(out / f"{stem}.png"))
     except FileExistsError:
-        try:
-            return marker.read_text() == stem
-        except OSError:  # unreadable: someone else's
-            return False
+        return claimed_stem(out, index) == stem
     return True
+
+
+def claimed_stem(out: Path, index: int) -> str | None:
+    """The image stem that claimed `index` in `out`, or None when there is no readable claim."""
+    try:
+        return (out / CLAIMS / f"{index:05d}").read_text()
+    except OSError:
+        return None
 
 
 def _create(path: Path, data: bytes, what: str | None = None) -> None:

@@ -87,9 +87,9 @@ def plan_batches(config: SampleConfig, sizes: list[tuple[int, int]]) -> list[Bat
             pending.clear()
 
     for line, (gen, size) in enumerate(zip(config.generations, sizes, strict=True)):
-        if batch_key(gen, size) != key or line in breaks:
+        if (own := batch_key(gen, size)) != key or line in breaks:
             close()
-            key = batch_key(gen, size)
+            key = own
         for seed in range(gen.seed, gen.seed + gen.num_images):
             pending.append((line, seed))
             if len(pending) == config.batch_size:

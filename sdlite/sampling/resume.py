@@ -12,7 +12,7 @@ from typing import Any
 
 from sdlite.sampling.config import SampleConfig
 from sdlite.sampling.init_images import UserImages
-from sdlite.sampling.outputs import NAME, Numbering, find_existing
+from sdlite.sampling.outputs import NAME, Numbering, claimed_stem, find_existing
 from sdlite.sampling.plan import Batch, Job, image_settings
 from sdlite.sampling.results import ModelFacts, SampleResult
 
@@ -30,19 +30,11 @@ def await_remote(
         if path.exists() and (not with_strip or strip.exists()):
             return on_disk(path, index, settings, facts)
         time.sleep(poll)
-        if waited % 20 == 0 and _claimed_by_another(out, index, path.stem):  # looked for about once a second
+        claimed = claimed_stem(out, index) if waited % 20 == 0 else None  # looked at about once a second
+        if claimed is not None and claimed != path.stem:
             moved = _moved(out, job.number, settings)
             if moved is not None:
                 path, index = moved
-
-
-def _claimed_by_another(out: Path, index: int, stem: str) -> bool:
-    from sdlite.sampling.outputs import CLAIMS
-
-    try:
-        return (out / CLAIMS / f"{index:05d}").read_text() != stem
-    except OSError:
-        return False
 
 
 def _moved(out: Path, number: int, settings: dict[str, Any]) -> tuple[Path, int] | None:
@@ -138,8 +130,7 @@ def kept_images(
         inputs = {key: item.get("sha256") for key, item in record.get("inputs", {}).items()}
         return (
             record.get("settings") == wanted["settings"]
-            and all(run.get(k) == v for k, v in wanted["batch"].items())
-            and ("batch_prompts" in run) == ("batch_prompts" in wanted["batch"])
+            and {k: v for k, v in run.items() if k in ("batch_seeds", "batch_prompts")} == wanted["batch"]
             and run.get("number") == wanted["number"]
             and run.get("mode") == facts.mode
             and run.get("device") == facts.device
