@@ -36,6 +36,10 @@ class Family:
     v_prediction_sizes: tuple[int, ...] = ()
     # SDXL's added conditioning: original size, crop top-left and target size go into the UNet.
     micro_conditioning: bool = False
+    # The text encoders' hidden layer the UNet reads, counted from the last (1) at clip skip 1, and whether a layer
+    # before the last goes through the final layer norm (SD v1 and 2.x: yes; SDXL reads its penultimate raw).
+    text_layer: int = 1
+    text_final_norm: bool = True
 
     @property
     def pipeline_classes(self) -> tuple[str, ...]:

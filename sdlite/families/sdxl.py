@@ -58,4 +58,6 @@ SDXL = Family(
     },
     conventions={"unet_head_width": 64, "text_head_width": 64, "norm_groups": 32, "text_act_2": "gelu"},
     micro_conditioning=True,
+    text_layer=2,
+    text_final_norm=False,
 )

@@ -24,7 +24,6 @@ _LEGACY = {"DPM++ 2M Karras": ("DPM++ 2M", "Karras")}
 _AUTOMATIC = {"DPM++ 2M": "Karras", "Euler": "Uniform", "Euler a": "Uniform", "LMS": "Uniform"}
 # Fields that change A1111's pixels and that sdlite does not replay.
 _NOT_REPLAYED = (
-    "Clip skip",
     "Hires upscale",
     "Hires steps",
     "Lora hashes",
@@ -60,6 +59,7 @@ def a1111_parameters(settings: dict[str, Any], spec: SchedulerSpec, model_hash: 
         ("Model hash", model_hash[:10]),
         ("Model", model_name),
         ("Denoising strength", f"{settings['strength']:g}" if settings.get("init_image") else None),
+        ("Clip skip", settings["clip_skip"] if settings.get("clip_skip", 1) > 1 else None),
         ("Mask blur", settings.get("mask_blur") if settings.get("mask") else None),
         ("RNG", "CPU"),
         ("Eta DDIM", f"{settings['eta']:g}" if settings.get("eta") else None),
@@ -121,7 +121,12 @@ def generation_settings(text: str) -> tuple[dict[str, Any], dict[str, str], list
     prompt, negative, pairs = parse_parameters(text)
     settings: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
     notes: list[str] = []
-    for key, field, kind in (("Steps", "steps", int), ("CFG scale", "guidance", float), ("Seed", "seed", int)):
+    for key, field, kind in (
+        ("Steps", "steps", int),
+        ("CFG scale", "guidance", float),
+        ("Seed", "seed", int),
+        ("Clip skip", "clip_skip", int),
+    ):
         if key in pairs:
             try:
                 settings[field] = kind(pairs[key])

@@ -72,6 +72,7 @@ def read_settings(path: Path) -> dict[str, Any]:
     record = _record(path, text)
     settings = dict(record["settings"])
     settings["num_images"] = 1
+    settings.setdefault("prompt_syntax", "plain")  # sdlite read every prompt as plain text before it recorded this
     model = record.get("model") if isinstance(record.get("model"), dict) else {}
     run = record.get("run") if isinstance(record.get("run"), dict) else {}
     settings["model"] = model.get("source")
@@ -105,8 +106,7 @@ def _a1111_settings(path: Path, parameters: str) -> dict[str, Any]:
     )
     logging.getLogger("sdlite").warning(
         f"{path} was not written by sdlite: its A1111 settings are replayed, but the pixels will differ "
-        f"(other samplers' code, noise drawn differently, prompt emphasis syntax){named}"
-        + "".join(f"; {note}" for note in notes)
+        f"(other samplers' code, noise drawn differently){named}" + "".join(f"; {note}" for note in notes)
     )
     return {
         **settings,

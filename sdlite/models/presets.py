@@ -321,6 +321,12 @@ def build_components(preset: str, seed: int, meta: bool = False) -> dict[str, An
             torch.manual_seed(seed + 2 + offset)
             with_projection = name == "text_encoder_2"  # SDXL's bigG: its pooled projection conditions the UNet
             parts[name] = (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
+            # A trained CLIP's final layer norm has a bias, so the mean of its states is far from 0: A1111's emphasis
+            # rescales by that mean, which a zero bias would turn into a ratio of rounding errors.
+            torch.manual_seed(seed + 12 + offset)
+            norm = getattr(parts[name], "final_layer_norm", None) or parts[name].text_model.final_layer_norm
+            with torch.no_grad():
+                norm.bias.normal_(0.0, 0.5)
     schedule = {**family.schedule, "prediction_type": PRESET_PREDICTION.get(preset, family.schedule["prediction_type"])}
     parts["scheduler"] = getattr(diffusers, family.model_index["scheduler"][1]).from_config(schedule)
     return parts

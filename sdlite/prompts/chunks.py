@@ -39,8 +39,11 @@ def chunk_prompt(
     end: int,
     comma: int | None,
     backtrack: int = BACKTRACK,
+    size: int = CHUNK,
 ) -> tuple[list[Chunk], int]:
-    """The chunks of a prompt's (text, weight) pieces, and its token count as A1111 reports it."""
+    """The chunks of a prompt's (text, weight) pieces, and its token count as A1111 reports it. `size` is the
+    prompt tokens per chunk: 75 for every CLIP of SD (77 positions), fewer for a text encoder with fewer positions
+    (sdlite's small built-in model)."""
     chunks: list[Chunk] = []
     chunk = Chunk()
     count = 0
@@ -48,8 +51,8 @@ def chunk_prompt(
 
     def close(is_last: bool = False) -> None:
         nonlocal chunk, count, last_comma
-        count += len(chunk.tokens) if is_last else CHUNK
-        missing = CHUNK - len(chunk.tokens)
+        count += len(chunk.tokens) if is_last else size
+        missing = size - len(chunk.tokens)
         chunk.tokens += [end] * missing
         chunk.weights += [1.0] * missing
         chunk.tokens = [start, *chunk.tokens, end]
@@ -64,12 +67,12 @@ def chunk_prompt(
         for token in tokens:
             if token == comma:
                 last_comma = len(chunk.tokens)
-            elif backtrack and len(chunk.tokens) == CHUNK and last_comma != -1 and CHUNK - last_comma <= backtrack:
+            elif backtrack and len(chunk.tokens) == size and last_comma != -1 and size - last_comma <= backtrack:
                 moved = Chunk(chunk.tokens[last_comma + 1 :], chunk.weights[last_comma + 1 :])
                 chunk.tokens, chunk.weights = chunk.tokens[: last_comma + 1], chunk.weights[: last_comma + 1]
                 close()
                 chunk = moved
-            if len(chunk.tokens) == CHUNK:
+            if len(chunk.tokens) == size:
                 close()
             chunk.tokens.append(token)
             chunk.weights.append(weight)
@@ -78,9 +81,9 @@ def chunk_prompt(
     return chunks, count
 
 
-def empty_chunk(start: int, end: int) -> Chunk:
+def empty_chunk(start: int, end: int, size: int = CHUNK) -> Chunk:
     """What a prompt with fewer chunks than another in its batch is padded with (A1111's empty chunk)."""
-    return Chunk([start] + [end] * (CHUNK + 1), [1.0] * (CHUNK + 2))
+    return Chunk([start] + [end] * (size + 1), [1.0] * (size + 2))
 
 
 def encode_chunks(texts: Sequence[list[Chunk]], encode: Callable[[Any], Any], start: int, end: int, pad: int) -> Any:
@@ -98,7 +101,8 @@ def encode_chunks(texts: Sequence[list[Chunk]], encode: Callable[[Any], Any], st
     count = max(len(chunks) for chunks in texts)
     joined = []
     for i in range(count):
-        batch = [chunks[i] if i < len(chunks) else empty_chunk(start, end) for chunks in texts]
+        size = len(next(chunks[i] for chunks in texts if i < len(chunks)).tokens) - 2
+        batch = [chunks[i] if i < len(chunks) else empty_chunk(start, end, size) for chunks in texts]
         ids = torch.tensor([chunk.ids(end, pad) for chunk in batch])
         states = encode(ids)
         weights = torch.tensor([chunk.weights for chunk in batch], dtype=states.dtype, device=states.device)

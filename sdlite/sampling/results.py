@@ -36,6 +36,8 @@ class SampleResult:
     mask: str | None = None
     mask_blur: int | None = None
     resize: str | None = None
+    prompt_syntax: str = "plain"  # how the prompt was read (images that record none were read as plain text)
+    clip_skip: int = 1
     # SDXL's second prompts and micro-conditioning (None for the other families).
     prompt_2: str | None = None
     negative_prompt_2: str | None = None

@@ -34,6 +34,8 @@ from sdlite.models.loading import (
     resolve_model,
     vae_factor,
 )
+from sdlite.prompts.conditioning import check_clip_skip, text_encoders
+from sdlite.sampling.conditioning import BatchConditioning
 from sdlite.sampling.config import Generation, SampleConfig
 from sdlite.sampling.init_images import (
     REPAINTED_FROM,
@@ -113,6 +115,8 @@ def sample(
 
     # 3. Load the pipeline on the chosen device and precision; note what identifies the model.
     pipe = load_pipeline(model, load_device(config.mode, world.device(device)), dtype, inpainting_ok=inpainting_model)
+    for clip_skip in sorted({gen.clip_skip for gen in config.generations}):
+        check_clip_skip(text_encoders(pipe, model.family, clip_skip), clip_skip)
     loras = load_loras(pipe, config.loras, warnings, model.family)
     applied = apply_mode(pipe, config.mode, device, bool(loras))
     prediction = _prediction(config, model)
@@ -309,10 +313,11 @@ def _denoise(run: _Run, writer: BackgroundWriter) -> None:
             for n in wanted:
                 writer.put(Job(n, kept=existing[n]))
             continue
-        for prompt in dict.fromkeys(g.prompt for g in batch.gens):
-            warning = _truncation_warning(run.pipelines.text_to_image.tokenizer, prompt)
-            if warning and warning not in run.warnings:
-                _warn(run.warnings, warning)
+        if gen.prompt_syntax == "plain":  # A1111's syntax reads prompts of any length in chunks
+            for prompt in dict.fromkeys(g.prompt for g in batch.gens):
+                warning = _truncation_warning(run.pipelines.text_to_image.tokenizer, prompt)
+                if warning and warning not in run.warnings:
+                    _warn(run.warnings, warning)
         if prepared is None or prepared[0] is not gen:
             given = run.user_images.prepare(gen, batch.height, batch.width)
             prepared = (gen, given, task_record(gen, given, run.pipelines.inpainting_model))
@@ -320,7 +325,8 @@ def _denoise(run: _Run, writer: BackgroundWriter) -> None:
         runner = run.pipelines.for_task(gen.task)
         runner.scheduler = make_scheduler(gen.scheduler, run.base_scheduler_config)
         recorder = X0Recorder() if config.save_progress else None
-        pixels = _generate(runner, batch, run.counter, given, recorder)
+        text = _text_conditioning(runner, run.pipelines.family, batch)
+        pixels = _generate(runner, batch, run.counter, given, recorder, text)
         strips = recorder.strips(runner.vae, runner.image_processor, config.save_progress) if recorder else []
         for i, (seed, image) in enumerate(zip(batch.seeds, runner.numpy_to_pil(pixels), strict=True)):
             number = batch.first_number + i
@@ -430,17 +436,50 @@ def _save(out: Path, numbering: Numbering, job: Job, facts: ModelFacts, index: i
     )
 
 
+def _text_conditioning(pipe: Any, family: Family, batch: Batch) -> BatchConditioning | None:
+    """A batch's text conditioning at each step, made by sdlite (A1111's syntax, or clip skip); None where the
+    pipeline reads the prompts itself (plain prompts at clip skip 1, exactly as before either option existed)."""
+    import torch
+
+    gen = batch.gen
+    if gen.prompt_syntax == "plain" and gen.clip_skip == 1:
+        return None
+    encoders = text_encoders(pipe, family, gen.clip_skip, plain=gen.prompt_syntax == "plain")
+    prompts = [(g.prompt, g.prompt_2 or None) for g in batch.gens]  # diffusers: an empty second prompt is the first
+    negatives = [(gen.negative_prompt, gen.negative_prompt_2 or None)] * len(prompts)
+    zero = bool(pipe.config.get("force_zeros_for_empty_prompt", False))  # SDXL: an empty negative prompt is zeros
+    with torch.no_grad():
+        return BatchConditioning(encoders, prompts, negatives, gen.steps, zero)
+
+
 def _generate(
-    pipe: Any, batch: Batch, counter: StepCounter, given: Given | None = None, recorder: X0Recorder | None = None
+    pipe: Any,
+    batch: Batch,
+    counter: StepCounter,
+    given: Given | None = None,
+    recorder: X0Recorder | None = None,
+    text: BatchConditioning | None = None,
 ) -> Any:
     """One pipeline call for one batch (each image with its own prompt and seed, every other setting shared);
-    returns float pixels in [0, 1], refusing NaN/inf results."""
+    returns float pixels in [0, 1], refusing NaN/inf results. With `text`, the pipeline reads sdlite's conditioning
+    (swapped at the steps where prompt editing changes it) instead of the prompts."""
     import numpy as np
     import torch
 
     gen, seeds, height, width = batch.gen, list(batch.seeds), batch.height, batch.width
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     extra: dict[str, Any] = {"eta": gen.eta} if SCHEDULERS[gen.scheduler].accepts_eta else {}
+    callback: Any = counter
+    if text is None:
+        extra.update(
+            prompt=[g.prompt for g in batch.gens],
+            negative_prompt=[gen.negative_prompt] * len(seeds) if gen.negative_prompt else None,
+        )
+    else:
+        extra.update(text.arguments())
+        if text.changes:
+            callback = text.swapping(counter)
+            extra["callback_on_step_end_tensor_inputs"] = ["latents", *text.tensor_inputs()]
     if given is not None:
         extra.update(image=[given.image] * len(seeds), strength=gen.strength)
         if "mask_image" in inspect.signature(pipe.__call__).parameters:  # inpainting (an inpainting model's too)
@@ -452,9 +491,12 @@ def _generate(
         extra.update(height=height, width=width)
     if "original_size" in inspect.signature(pipe.__call__).parameters:  # SDXL: second prompts, micro-conditioning
         micro = micro_conditioning(gen, height, width)
+        if text is None:
+            extra.update(
+                prompt_2=[gen.prompt_2] * len(seeds) if gen.prompt_2 is not None else None,
+                negative_prompt_2=[gen.negative_prompt_2] * len(seeds) if gen.negative_prompt_2 is not None else None,
+            )
         extra.update(
-            prompt_2=[gen.prompt_2] * len(seeds) if gen.prompt_2 is not None else None,
-            negative_prompt_2=[gen.negative_prompt_2] * len(seeds) if gen.negative_prompt_2 is not None else None,
             original_size=tuple(micro["original_size"]),
             crops_coords_top_left=tuple(micro["crops_coords"]),
             target_size=tuple(micro["target_size"]),
@@ -467,13 +509,11 @@ def _generate(
             # diffusers' SDXL pipelines upcast an fp16 VAE through their own deprecated method, warning each batch
             warnings_module.filterwarnings("ignore", message="`upcast_vae` is deprecated", category=FutureWarning)
             output = pipe(
-                prompt=[g.prompt for g in batch.gens],
-                negative_prompt=[gen.negative_prompt] * len(seeds) if gen.negative_prompt else None,
                 num_inference_steps=gen.steps,
                 guidance_scale=gen.guidance,
                 generator=generators,
                 output_type="np",
-                callback_on_step_end=counter,
+                callback_on_step_end=callback,
                 **extra,
             )
     except torch.OutOfMemoryError as exc:

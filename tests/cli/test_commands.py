@@ -241,8 +241,9 @@ def test_python_dash_m() -> None:
 def test_long_prompt_warning_on_stderr(tiny_model: Path, tmp_path: Path) -> None:
     prompt = " ".join(["blue"] * 75) + " purple elephant"  # 77 = BOS + 75 words + EOS
     result = invoke(
-        "sample", prompt, "--model", str(tiny_model), "--steps", "1", "--seed", "0", "--out", str(tmp_path), "--json"
-    )
+        "sample", prompt, "--model", str(tiny_model), "--steps", "1", "--seed", "0", "--out", str(tmp_path), "--json",
+        "--prompt-syntax", "plain",
+    )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert "warning: prompt is longer than 77 tokens; these words are ignored: 'purple elephant'" in result.stderr
     assert len(result.stdout.splitlines()) == 1  # stdout stays pure JSON

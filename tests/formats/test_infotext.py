@@ -311,9 +311,9 @@ def test_a_real_a1111_infotext_is_read_with_notes() -> None:
     settings, model, notes = generation_settings(text)
     assert settings == {"prompt": "masterpiece, a castle on a hill, <lora:castles:0.8>",
                         "negative_prompt": "lowres, bad anatomy", "steps": 28, "guidance": 7.0, "seed": 1234567890,
-                        "width": 512, "height": 768, "scheduler": "dpm++2m-karras"}  # fmt: skip
+                        "width": 512, "height": 768, "scheduler": "dpm++2m-karras", "clip_skip": 2}  # fmt: skip
     assert model == {"name": "v1-5-pruned-emaonly", "hash": "6ce0161689"}
-    assert "not replayed: Clip skip, Lora hashes" in notes and any("--lora" in n for n in notes)
+    assert "not replayed: Lora hashes" in notes and any("--lora" in n for n in notes)
     # A1111's "Automatic" schedule: Karras for DPM++ 2M, the model's own spacing for Euler a.
     assert generation_settings("x\nSteps: 20, Sampler: DPM++ 2M, Seed: 1")[0]["scheduler"] == "dpm++2m-karras"
     assert generation_settings("x\nSteps: 20, Sampler: Euler a, Seed: 1")[0]["scheduler"] == "euler-a"

@@ -115,6 +115,8 @@ def test_png_metadata(tiny_model: Path, tmp_path: Path) -> None:
         "seed": 3,
         "height": 64,
         "width": 64,
+        "prompt_syntax": "a1111",
+        "clip_skip": 1,
     }
     assert {"torch", "diffusers", "transformers", "sdlite"} <= set(record["versions"])
 
@@ -149,14 +151,17 @@ def test_each_setting_changes_the_image(tiny_model: Path, tmp_path: Path, change
 
 
 def test_long_prompt_warns_with_dropped_words(tiny_model: Path, tmp_path: Path) -> None:
+    """Read as plain text, CLIP sees only the first 77 tokens; A1111's syntax reads every word, in chunks."""
     prompt = " ".join(["red"] * 80) + " zebra giraffe"
-    config = SampleConfig(model=str(tiny_model), generations=(Generation(prompt, seed=0, steps=1),), out=tmp_path)
-    result = sample(config)
+    gen = Generation(prompt, seed=0, steps=1, prompt_syntax="plain")
+    result = sample(SampleConfig(model=str(tiny_model), generations=(gen,), out=tmp_path))
     assert len(result.warnings) == 1
     assert "longer than 77 tokens" in result.warnings[0]
     assert "zebra giraffe" in result.warnings[0]
     short = SampleConfig(model=str(tiny_model), generations=(Generation("red", seed=0, steps=1),), out=tmp_path)
     assert sample(short).warnings == ()
+    chunked = SampleConfig(model=str(tiny_model), generations=(Generation(prompt, seed=0, steps=1),), out=tmp_path)
+    assert sample(chunked).warnings == ()
 
 
 def test_grid_shows_every_image(tiny_model: Path, tmp_path: Path) -> None:
