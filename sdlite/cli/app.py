@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from sdlite import __version__
-from sdlite.cli import data, models, noise, quality, sample, train
+from sdlite.cli import data, models, noise, prompt, quality, sample, train
 from sdlite.cli.failures import DEBUG_ENV, one_line_usage_errors
 from sdlite.errors import EXIT_CODES, ResourceError
 
@@ -100,6 +100,9 @@ app.command()(models.init)
 
 
 app.command()(sample.sample)
+
+
+app.command()(prompt.prompt)
 
 
 app.command()(train.train)

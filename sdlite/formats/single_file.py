@@ -490,9 +490,12 @@ def use_ema_weights(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_components(sf: SingleFile, state: dict[str, Any], use_ema: bool, tokenizers: dict[str, Any]) -> dict[str, Any]:
-    """UNet, VAE and text encoders from an original-layout state dict, through diffusers' own single-file
-    conversion, with the configs read from the shapes (written to a temporary folder for diffusers)."""
+def load_components(
+    sf: SingleFile, state: dict[str, Any], use_ema: bool, tokenizers: dict[str, Any], text_only: bool = False
+) -> dict[str, Any]:
+    """UNet, VAE and text encoders (`text_only`: the text encoders alone) from an original-layout state dict,
+    through diffusers' own single-file conversion, with the configs read from the shapes (written to a temporary
+    folder for diffusers)."""
     import tempfile
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -509,10 +512,10 @@ def load_components(sf: SingleFile, state: dict[str, Any], use_ema: bool, tokeni
             config = {"_class_name": cls.__name__, **sf.configs[name]}
             (Path(tmp) / name / "config.json").write_text(json.dumps(config))
         common = {"config": tmp, "local_files_only": True}
-        parts = {
-            "unet": UNet2DConditionModel.from_single_file(state, subfolder="unet", **common),
-            "vae": AutoencoderKL.from_single_file(state, subfolder="vae", **common),
-        }
+        parts = {}
+        if not text_only:
+            parts["unet"] = UNet2DConditionModel.from_single_file(state, subfolder="unet", **common)
+            parts["vae"] = AutoencoderKL.from_single_file(state, subfolder="vae", **common)
         for name, tokenizer_name in zip(family.text_encoders, family.tokenizers, strict=True):
             text = dict(sf.configs[name])
             tokenizer = tokenizers.get(tokenizer_name)

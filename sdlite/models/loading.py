@@ -368,9 +368,41 @@ def load_pipeline(model: ResolvedModel, device: str, dtype: Any, inpainting_ok: 
     return pipe.to(device)
 
 
-def load_single_file(model: ResolvedModel) -> dict[str, Any]:
+def load_text_encoders(model: ResolvedModel, device: str, dtype: Any) -> dict[str, Any]:
+    """Each text encoder and tokenizer of the model, by component name, without its UNet or VAE (`sdlite prompt`),
+    and `force_zeros_for_empty_prompt` (SDXL's rule for an empty negative prompt)."""
+    import transformers
+
+    from sdlite.models.tokenizer import load_tokenizer
+
+    silence_library_progress()
+    family = model.family
+    if model.single_file is not None:
+        parts = load_single_file(model, text_only=True)
+        zeros = family.model_index.get("force_zeros_for_empty_prompt", False)
+    else:
+        index = read_json(model.path / "model_index.json")
+        zeros = index.get("force_zeros_for_empty_prompt", False)
+        parts = {}
+        try:
+            for encoder, tokenizer in zip(family.text_encoders, family.tokenizers, strict=True):
+                cls = getattr(transformers, index.get(encoder, [None, "CLIPTextModel"])[1])
+                parts[encoder] = cls.from_pretrained(
+                    model.path / encoder, use_safetensors=None if model.uses_pickle else True, local_files_only=True
+                )
+                parts[tokenizer] = load_tokenizer(model.path / tokenizer)
+        except (OSError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
+            raise ModelError(
+                f"cannot load the text encoders of {model.source} ({model.path}): {_first_line(exc)}"
+            ) from exc
+    for encoder in family.text_encoders:
+        parts[encoder] = parts[encoder].to(device, dtype).eval()
+    return {**parts, "force_zeros_for_empty_prompt": bool(zeros)}
+
+
+def load_single_file(model: ResolvedModel, text_only: bool = False) -> dict[str, Any]:
     """The components of a single-file model (weights in the file's dtype): unet, vae, each text encoder and
-    tokenizer, scheduler.
+    tokenizer, scheduler (`text_only`: the text encoders and tokenizers alone).
 
     A tokenizer is None when none was found and the caller said it needs none (`export --format single-file`).
     """
@@ -394,9 +426,11 @@ def load_single_file(model: ResolvedModel) -> dict[str, Any]:
         tokenizers[name] = tokenizer
     state = single_file.read_state(model.path, model.uses_pickle)
     try:
-        parts = single_file.load_components(model.single_file, state, model.use_ema, tokenizers)
+        parts = single_file.load_components(model.single_file, state, model.use_ema, tokenizers, text_only)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"cannot load single file {model.path}: {_first_line(exc)}") from exc
+    if text_only:
+        return {**parts, **tokenizers}
     schedule = dict(model.single_file.scheduler)
     scheduler_class = getattr(diffusers, schedule.pop("_class_name", "DDIMScheduler"))
     return {**parts, **tokenizers, "scheduler": scheduler_class.from_config(schedule)}

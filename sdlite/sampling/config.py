@@ -11,6 +11,7 @@ from annotated_types import Ge, Gt, Le
 from pydantic import AllowInfNan, InstanceOf, Strict
 
 from sdlite.errors import UsageError
+from sdlite.prompts.config import CLIP_SKIP_HELP, PROMPT_SYNTAX_HELP, PromptSyntax
 from sdlite.sampling.modes import MODES
 from sdlite.schedulers import SCHEDULERS
 from sdlite.schema import (
@@ -52,19 +53,6 @@ Mode = one_of(MODES)
 # Image-to-image: the share of the schedule re-run from the user's image (1 = from (almost) pure noise).
 Strength = Annotated[float, Strict(), AllowInfNan(False), Gt(0), Le(1)]
 ResizeRule = Literal["crop", "fit", "stretch"]
-PromptSyntax = Literal["a1111", "plain"]
-PROMPT_SYNTAX_HELP = (
-    "How prompts are read. a1111: AUTOMATIC1111's syntax: (word) x1.1, ((word)), [word] /1.1, (word:1.3), \\( \\) "
-    "for brackets, BREAK, prompt editing [from:to:when] / [to:when] / [from::when] (when: a step, or a fraction of "
-    "the steps under 1), alternation [a|b], and prompts of any length in 75-token chunks. plain: the text as CLIP "
-    "reads it, cut at 77 tokens, as sdlite read every prompt before this option (images that record no syntax replay plain)."
-)
-CLIP_SKIP_HELP = (
-    "Read the text encoder's N-th layer from the end (A1111's Clip skip). SD v1: A1111's meaning, 2 = the "
-    "penultimate layer through the final layer norm (diffusers' clip_skip 1). SD 2.x: counted the same way from its "
-    "encoder's own last layer, which is already OpenCLIP's penultimate (A1111 ignores clip skip for SD 2.x). SDXL: "
-    "1 = both encoders' penultimate layer as trained, N moves both N - 1 layers earlier (diffusers' clip_skip N - 1)."
-)
 RESIZE_RULES: tuple[str, ...] = get_args(ResizeRule)
 DEFAULT_STRENGTH = 0.75
 

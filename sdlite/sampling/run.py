@@ -35,7 +35,7 @@ from sdlite.models.loading import (
     vae_factor,
 )
 from sdlite.prompts.conditioning import check_clip_skip, text_encoders
-from sdlite.sampling.conditioning import BatchConditioning
+from sdlite.prompts.per_step import BatchConditioning
 from sdlite.sampling.config import Generation, SampleConfig
 from sdlite.sampling.init_images import (
     REPAINTED_FROM,

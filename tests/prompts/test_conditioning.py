@@ -15,7 +15,7 @@ from sdlite.families.sd1 import SD1
 from sdlite.families.sd2 import SD2
 from sdlite.families.sdxl import SDXL
 from sdlite.prompts.conditioning import check_clip_skip, encode, text_encoders
-from sdlite.sampling.conditioning import BatchConditioning
+from sdlite.prompts.per_step import BatchConditioning
 
 FAMILIES = {"sd1": SD1, "sd2": SD2, "sdxl": SDXL}
 

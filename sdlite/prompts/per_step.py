@@ -17,7 +17,7 @@ from sdlite.prompts.conditioning import Conditioning, Encoder, empty, encode, pa
 from sdlite.prompts.editing import schedule
 
 
-class _Schedule:
+class PromptSchedule:
     """One prompt's variants (with SDXL's second prompt, if any) and the last step each is read at."""
 
     def __init__(self, encoders: Sequence[Encoder], text: str, text_2: str | None, steps: int) -> None:
@@ -27,7 +27,7 @@ class _Schedule:
         self.ends = sorted({end for end, _ in first} | {end for end, _ in second or []})
         texts = [_text_at(first, end) for end in self.ends]
         texts_2 = [_text_at(second, end) for end in self.ends] if second is not None else None
-        self.texts = texts
+        self.texts, self.texts_2 = texts, texts_2
         self.cond = encode(encoders, texts, texts_2)
 
     def index(self, step: int) -> int:
@@ -50,11 +50,11 @@ class BatchConditioning:
         zero_empty_negative: bool,
     ) -> None:
         self.encoders, self.sdxl = encoders, any(enc.pooled for enc in encoders)
-        cache: dict[tuple[str, str | None], _Schedule] = {}
+        cache: dict[tuple[str, str | None], PromptSchedule] = {}
 
-        def scheduled(text: str, text_2: str | None) -> _Schedule:
+        def scheduled(text: str, text_2: str | None) -> PromptSchedule:
             if (text, text_2) not in cache:
-                cache[(text, text_2)] = _Schedule(encoders, text, text_2, steps)
+                cache[(text, text_2)] = PromptSchedule(encoders, text, text_2, steps)
             return cache[(text, text_2)]
 
         self.positive = [scheduled(*p) for p in prompts]
