@@ -16,7 +16,8 @@ def print_result(result: Any, json_out: bool, progress: Any = None) -> None:
     from tqdm import tqdm
 
     with tqdm.external_write_mode():  # lift a progress bar out of the way instead of printing over it
-        typer.echo(json.dumps(result.to_dict()) if json_out else f"{result.path}  seed {result.seed}")
+        variation = f"  subseed {result.subseed} x{result.subseed_strength:g}" if result.subseed_strength else ""
+        typer.echo(json.dumps(result.to_dict()) if json_out else f"{result.path}  seed {result.seed}{variation}")
     if progress is not None:
         progress.image_done()
 

@@ -28,7 +28,6 @@ _NOT_REPLAYED = (
     "Hires steps",
     "Lora hashes",
     "VAE",
-    "Variation seed",
     "Face restoration",
     "Refiner",
     "ENSD",
@@ -36,7 +35,13 @@ _NOT_REPLAYED = (
 )
 
 
-def a1111_parameters(settings: dict[str, Any], spec: SchedulerSpec, model_hash: str, model_name: str) -> str:
+def a1111_parameters(
+    settings: dict[str, Any],
+    spec: SchedulerSpec,
+    model_hash: str,
+    model_name: str,
+    vae: dict[str, str] | None = None,
+) -> str:
     """The `parameters` text A1111, ComfyUI and civitai parse: prompt, negative prompt, then key: value pairs.
 
     Keys, their order and the quoting of values follow A1111's own writer (`create_infotext`), so its
@@ -58,6 +63,11 @@ def a1111_parameters(settings: dict[str, Any], spec: SchedulerSpec, model_hash: 
         ("Size", f"{settings['width']}x{settings['height']}"),
         ("Model hash", model_hash[:10]),
         ("Model", model_name),
+        ("VAE hash", vae["sha256"][:10] if vae else None),
+        ("VAE", vae["name"] if vae else None),
+        ("Variation seed", settings.get("subseed") if settings.get("subseed_strength") else None),
+        ("Variation seed strength", f"{settings['subseed_strength']:g}" if settings.get("subseed_strength") else None),
+        ("Seed resize from", _size_text(settings.get("seed_resize_from"))),
         ("Denoising strength", f"{settings['strength']:g}" if settings.get("init_image") else None),
         ("Clip skip", settings["clip_skip"] if settings.get("clip_skip", 1) > 1 else None),
         ("Mask blur", settings.get("mask_blur") if settings.get("mask") else None),
@@ -67,6 +77,11 @@ def a1111_parameters(settings: dict[str, Any], spec: SchedulerSpec, model_hash: 
     ]
     lines.append(", ".join(f"{key}: {quote_value(value)}" for key, value in pairs if value is not None))
     return "\n".join(lines)
+
+
+def _size_text(size: Any) -> str | None:
+    """A (height, width) pair as A1111 writes a size: WIDTHxHEIGHT."""
+    return None if not size else f"{size[1]}x{size[0]}"
 
 
 def quote_value(value: Any) -> str:
@@ -126,6 +141,8 @@ def generation_settings(text: str) -> tuple[dict[str, Any], dict[str, str], list
         ("CFG scale", "guidance", float),
         ("Seed", "seed", int),
         ("Clip skip", "clip_skip", int),
+        ("Variation seed", "subseed", int),
+        ("Variation seed strength", "subseed_strength", float),
     ):
         if key in pairs:
             try:
@@ -135,6 +152,12 @@ def generation_settings(text: str) -> tuple[dict[str, Any], dict[str, str], list
     size = _SIZE.match(pairs.get("Size", ""))
     if size:
         settings["width"], settings["height"] = int(size.group(1)), int(size.group(2))
+    if not settings.get("subseed_strength"):  # a variation seed at strength 0 changes nothing
+        settings.pop("subseed", None)
+        settings.pop("subseed_strength", None)
+    resized = _SIZE.match(pairs.get("Seed resize from", ""))
+    if resized and int(resized.group(1)) > 0 and int(resized.group(2)) > 0:  # A1111 writes -1x-1 for "off"
+        settings["seed_resize_from"] = (int(resized.group(2)), int(resized.group(1)))
     if "Sampler" in pairs:
         name = scheduler_for(pairs["Sampler"], pairs.get("Schedule type"))
         if name:

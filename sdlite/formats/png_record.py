@@ -82,6 +82,7 @@ def read_settings(path: Path) -> dict[str, Any]:
     settings["batch_seeds"] = run.get("batch_seeds")
     settings["batch_prompts"] = run.get("batch_prompts")
     settings["lora"] = record.get("lora")
+    settings["vae"] = model.get("vae")
     settings["mode"] = run.get("mode", "default")
     settings["inputs"] = record.get("inputs")
     # A prediction type the command line chose is replayed; one the model said is the model's again.
@@ -118,6 +119,7 @@ def _a1111_settings(path: Path, parameters: str) -> dict[str, Any]:
         "batch_seeds": None,
         "batch_prompts": None,
         "lora": None,
+        "vae": None,
         "mode": "default",
         "inputs": None,
         "prediction_type": None,

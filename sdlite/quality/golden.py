@@ -359,6 +359,7 @@ def _group_key(replay: SampleConfig) -> tuple[Any, ...]:
         replay.ema_weights,
         replay.offline,
         replay.allow_pickle,
+        replay.vae,
     )
 
 

@@ -52,6 +52,7 @@ Mode = one_of(MODES)
 
 # Image-to-image: the share of the schedule re-run from the user's image (1 = from (almost) pure noise).
 Strength = Annotated[float, Strict(), AllowInfNan(False), Gt(0), Le(1)]
+Fraction = Annotated[float, Strict(), AllowInfNan(False), Ge(0), Le(1)]
 ResizeRule = Literal["crop", "fit", "stretch"]
 RESIZE_RULES: tuple[str, ...] = get_args(ResizeRule)
 DEFAULT_STRENGTH = 0.75
@@ -142,6 +143,22 @@ class Generation:
 
     prompt_syntax: PromptSyntax = option("a1111", PROMPT_SYNTAX_HELP)
     clip_skip: PositiveInt = option(1, CLIP_SKIP_HELP, metavar="N")
+    subseed: Seed | None = option(
+        None,
+        "Text-to-image: a variation seed (A1111's), whose noise --subseed-strength mixes into each image's own by "
+        "spherical interpolation as A1111 mixes them; every image of the prompt shares it. -1 draws one.",
+        shown="random when --subseed-strength is given",
+        metavar="N",
+    )
+    subseed_strength: Fraction = option(
+        0.0, "How much of --subseed's noise: 0 = the seed's own image, 1 = the subseed's.", metavar="S"
+    )
+    seed_resize_from: SizePair | None = option(
+        None,
+        "Text-to-image: draw the seed's noise at this size and centre it in the image's (A1111's Seed resize from), "
+        "so a seed keeps its composition at another size.",
+        metavar="WxH",
+    )
 
     _option_names: ClassVar[dict[str, str]] = {"prompt": "PROMPT"}
 
@@ -226,6 +243,7 @@ class SampleConfig:
     # Keep the images an interrupted run of the same command wrote into `out`; make only the missing ones.
     resume: Flag = False
     prediction_type: PredictionType | None = None  # what the model predicts, when it says wrong or nothing
+    vae: PathText | None = None  # another VAE instead of the model's own (a diffusers folder or a single file)
 
     _option_names: ClassVar[dict[str, str]] = {
         "generations": "PROMPT",
@@ -302,6 +320,11 @@ def validate_generation(gen: Generation) -> None:
         for key in ("strength", "mask", "resize"):
             if getattr(gen, key) is not None:
                 fail(key, f"{name(Generation, key)} needs {name(Generation, 'init_image')} (an image to start from)")
+    for key in ("subseed_strength", "seed_resize_from"):
+        if gen.init_image is not None and getattr(gen, key):
+            fail(key, f"{name(Generation, key)} is for text-to-image; {name(Generation, 'init_image')} was given")
+    if gen.subseed is not None and not gen.subseed_strength:
+        fail("subseed", f"{name(Generation, 'subseed')} needs {name(Generation, 'subseed_strength')} (how much of it)")
     if gen.mask is None and gen.mask_blur is not None:
         fail("mask_blur", f"{name(Generation, 'mask_blur')} needs {name(Generation, 'mask')} (what to repaint)")
     if gen.eta > 0 and not SCHEDULERS[gen.scheduler].accepts_eta:

@@ -14,6 +14,8 @@ from sdlite.sampling.results import SampleResult
 IMAGE_TO_IMAGE_KEYS = ("init_image", "strength", "mask", "mask_blur", "resize")
 # SDXL's: its second text encoder's prompts and its micro-conditioning.
 SDXL_KEYS = ("prompt_2", "negative_prompt_2", "original_size", "crops_coords", "target_size")
+# Variation seeds (A1111's): recorded only where they change the noise.
+VARIATION_KEYS = ("subseed", "subseed_strength", "seed_resize_from")
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,10 @@ def image_settings(gen: Generation, seed: int, height: int, width: int, micro: b
         settings.update(micro_conditioning(gen, height, width))
     else:  # the other families record exactly what they always did
         settings = {k: v for k, v in settings.items() if k not in SDXL_KEYS}
+    if not gen.subseed_strength and gen.seed_resize_from is None:
+        settings = {k: v for k, v in settings.items() if k not in VARIATION_KEYS}
+    elif gen.seed_resize_from is not None:
+        settings["seed_resize_from"] = list(gen.seed_resize_from)
     if gen.init_image is None:  # text-to-image records exactly what it always did
         return {k: v for k, v in settings.items() if k not in IMAGE_TO_IMAGE_KEYS}
     settings["init_image"] = str(Path(gen.init_image).expanduser().resolve())

@@ -38,6 +38,9 @@ class SampleResult:
     resize: str | None = None
     prompt_syntax: str = "plain"  # how the prompt was read (images that record none were read as plain text)
     clip_skip: int = 1
+    subseed: int | None = None  # variation seed, its strength, and the size the seed's noise was drawn at
+    subseed_strength: float = 0.0
+    seed_resize_from: list[int] | None = None
     # SDXL's second prompts and micro-conditioning (None for the other families).
     prompt_2: str | None = None
     negative_prompt_2: str | None = None
@@ -86,6 +89,7 @@ class ModelFacts:
     family: str = "SD v1"
     prediction: tuple[str, str] = ("epsilon", "scheduler config")  # what the model predicts, and who said so
     micro_conditioning: bool = False  # SDXL: each image records its original size, crop and target size
+    vae: dict[str, str] | None = None  # --vae: the VAE used instead of the model's (source, name, sha256)
 
     def record(self) -> dict[str, Any]:
         """The `model` part of an image's sdlite record."""
@@ -97,6 +101,7 @@ class ModelFacts:
             "prediction_type": self.prediction[0],
             "prediction_type_from": self.prediction[1],
             **self.single_file,
+            **({"vae": self.vae} if self.vae else {}),
         }
 
 

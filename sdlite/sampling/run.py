@@ -34,6 +34,7 @@ from sdlite.models.loading import (
     resolve_model,
     vae_factor,
 )
+from sdlite.models.vae import find_vae, load_vae
 from sdlite.prompts.conditioning import check_clip_skip, text_encoders
 from sdlite.prompts.per_step import BatchConditioning
 from sdlite.sampling.config import Generation, SampleConfig
@@ -63,6 +64,7 @@ from sdlite.sampling.plan import (
 from sdlite.sampling.previews import X0Recorder
 from sdlite.sampling.results import ModelFacts, SampleResult, SampleRun, model_facts
 from sdlite.sampling.resume import await_remote, is_whole, kept_images, plan_indices
+from sdlite.sampling.variation import initial_noise
 from sdlite.sampling.world import World
 from sdlite.schedulers import SCHEDULERS, make_scheduler
 from sdlite.schema import PREDICTIONS, validate_size
@@ -94,6 +96,7 @@ def sample(
     config = world.share(config)  # one run: the first process's seeds, also the random ones it drew
     model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights)
     _check_family_settings(config, model)
+    vae_file = find_vae(config.vae, config.allow_pickle) if config.vae else None
     user_images = UserImages()  # each init image and mask is read and hashed once per run
     warnings: list[str] = []
     sizes = _sizes(config, model, user_images, warnings)
@@ -115,12 +118,17 @@ def sample(
 
     # 3. Load the pipeline on the chosen device and precision; note what identifies the model.
     pipe = load_pipeline(model, load_device(config.mode, world.device(device)), dtype, inpainting_ok=inpainting_model)
+    if vae_file is not None:  # --vae: the model's own VAE replaced before any mode or pipeline uses it
+        vae = load_vae(vae_file, model.configs()["vae"], model.family)
+        pipe.register_modules(vae=vae.to(pipe.device, pipe.vae.dtype))
     for clip_skip in sorted({gen.clip_skip for gen in config.generations}):
         check_clip_skip(text_encoders(pipe, model.family, clip_skip), clip_skip)
     loras = load_loras(pipe, config.loras, warnings, model.family)
     applied = apply_mode(pipe, config.mode, device, bool(loras))
     prediction = _prediction(config, model)
     facts = model_facts(config.model, model, device, str(pipe.unet.dtype), loras or None, config.mode, prediction)
+    if vae_file is not None:
+        facts = dataclasses.replace(facts, vae=vae_file.record())
     expected = (config.expected_model_hash or "").lower()
     if expected and not facts.model_hash.startswith(expected):  # A1111 records only the first 10 hex digits
         _warn(
@@ -426,7 +434,9 @@ def _save(out: Path, numbering: Numbering, job: Job, facts: ModelFacts, index: i
     if job.inputs:
         record["inputs"] = job.inputs  # each file the image was made from: path and sha256
     spec = SCHEDULERS[job.settings["scheduler"]]
-    info = png_record.png_info(png_record.a1111_parameters(job.settings, spec, facts.model_hash, facts.name), record)
+    info = png_record.png_info(
+        png_record.a1111_parameters(job.settings, spec, facts.model_hash, facts.name, facts.vae), record
+    )
     path, index = write_png(out, numbering, job.settings["seed"], job.image, info, index)
     progress = None
     if job.strip is not None:
@@ -489,6 +499,11 @@ def _generate(
             extra.update(mask_image=[mask] * len(seeds), height=height, width=width)
     else:
         extra.update(height=height, width=width)
+        if gen.subseed_strength or gen.seed_resize_from is not None:  # A1111's variation noise, drawn by sdlite
+            factor = pipe.vae_scale_factor
+            shape = (pipe.unet.config.in_channels, height // factor, width // factor)
+            noise = initial_noise(shape, generators, gen.subseed, gen.subseed_strength, gen.seed_resize_from, factor)
+            extra["latents"] = noise.to(pipe.unet.dtype)
     if "original_size" in inspect.signature(pipe.__call__).parameters:  # SDXL: second prompts, micro-conditioning
         micro = micro_conditioning(gen, height, width)
         if text is None:

@@ -107,6 +107,14 @@ class SampleOverrides:
         "v_pred marker); recorded with each image.",
         shown="the model's scheduler config or file metadata, else its family's convention",
     )
+    vae: str | None = option(
+        None,
+        "Decode (and, for image-to-image, encode) with this VAE instead of the model's: a diffusers VAE folder or a "
+        "single file (.safetensors, original or diffusers keys; .pt/.ckpt with --allow-pickle), e.g. SD v1's "
+        "vae-ft-mse. It must fit the model's VAE (same family and latent width). Recorded as A1111's VAE and VAE hash.",
+        shown="the model's own",
+        metavar="FILE|DIR",
+    )
     resume: bool = option(
         False,
         "Continue an interrupted run of this same command in --out: images it already wrote (checked from their "
@@ -129,6 +137,8 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
     unknown = set(cli) - set(GENERATION_KEYS)
     if unknown:
         raise UsageError(f"unknown sample settings: {', '.join(sorted(unknown))}")
+    if cli.get("subseed") == -1:  # A1111's "random": drawn here, so the config (and each image) says which
+        cli["subseed"] = secrets.randbelow(MAX_SEED + 1)
     check(Generation, cli, COMMAND_LINE)
     given = {
         "batch_size": opts.batch_size,
@@ -149,6 +159,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         tokenizer=opts.tokenizer,
         ema_weights=opts.ema_weights,
         prediction_type=opts.prediction_type,
+        vae=opts.vae,
     )
     if opts.from_image is not None:
         _replay_image(replay, opts, cli)
@@ -183,6 +194,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         save_progress=opts.save_progress,
         resume=opts.resume,
         prediction_type=replay.prediction_type,
+        vae=replay.vae,
     )
 
 
@@ -198,6 +210,7 @@ class _Replay:
     tokenizer: str | None
     ema_weights: bool | None
     prediction_type: str | None
+    vae: str | None
     recorded: dict[str, Any] = field(default_factory=dict)  # the PNG's generation settings
     image: Source | None = None
     expected_hash: str | None = None
@@ -219,6 +232,8 @@ def _replay_image(replay: _Replay, opts: SampleOverrides, cli: dict[str, Any]) -
     replay.expected_hash = recorded.get("model_hash")
     replay.mode = replay.mode or recorded.get("mode")
     replay.prediction_type = replay.prediction_type or recorded.get("prediction_type")
+    if recorded.get("vae") and not replay.vae:  # the recorded VAE, found again unchanged
+        replay.vae = _recorded_vae(recorded["vae"], image)
     if recorded.get("lora") and not replay.lora:  # the recorded LoRAs; --lora-scale may still change their scales
         used = _recorded_loras(recorded["lora"], image)
         replay.lora = tuple(r["source"] for r in used)
@@ -256,6 +271,7 @@ def _generations(
         first_seed = secrets.randbelow(MAX_SEED + 1)
     generations = []
     next_seed = first_seed
+    subseed: int | None = None
     for number, (row, row_source) in enumerate(rows, start=1):
         merged = {**base, **row, **{k: v for k, v in cli.items() if k != "seed"}}
         sources = {**origins, **{k: row_source for k in row}, **{k: COMMAND_LINE for k in cli}}
@@ -267,6 +283,9 @@ def _generations(
                     "give a smaller --seed, or that prompt its own seed"
                 )
             merged["seed"] = next_seed
+        if merged.get("subseed_strength") and merged.get("subseed") is None:  # a variation seed drawn for the run
+            subseed = subseed if subseed is not None else secrets.randbelow(MAX_SEED + 1)
+            merged["subseed"] = subseed
         if "prompt" not in merged:
             if image is not None and row_source is image:
                 raise image.fail('its sdlite metadata records no "prompt"')
@@ -309,6 +328,7 @@ def _read_image_settings(path: Path) -> tuple[dict[str, Any], Source]:
         ("batch_prompts", list[Prompt] | None),
         ("mode", Mode | None),
         ("prediction_type", PredictionType | None),
+        ("vae", dict[str, str] | None),
     ):
         check_value(hint, recorded.get(key), f'its sdlite metadata field "{key}"', image)
     return recorded, image
@@ -357,6 +377,24 @@ def _find_inputs(recorded: dict[str, Any], inputs: Any, cli: dict[str, Any], ima
             recorded.pop(key, None)
     if recorded.get("mask") is None and "mask" not in cli:
         recorded.pop("mask_blur", None)
+
+
+def _recorded_vae(value: Any, image: Source) -> str:
+    """The VAE a PNG was decoded with: its recorded path, which must still hold the same bytes."""
+    from sdlite.filecache import sha256_uncached
+
+    if not isinstance(value, dict) or not isinstance(value.get("source"), str):
+        raise image.fail("its sdlite metadata has a malformed vae record")
+    source = value["source"]
+    path = Path(source)
+    weights = path / "diffusion_pytorch_model.safetensors" if path.is_dir() else path
+    try:
+        digest = sha256_uncached(weights)
+    except OSError as exc:
+        raise image.fail(f"it was decoded with VAE {source}, which is missing: pass that VAE with --vae") from exc
+    if value.get("sha256") and digest != value["sha256"]:
+        raise image.fail(f"its VAE {source} has changed since (sha256 {digest[:12]}...): pass the original with --vae")
+    return source
 
 
 def _recorded_loras(value: Any, image: Source) -> list[dict[str, Any]]:
