@@ -13,6 +13,7 @@ import json
 import re
 from typing import Any
 
+from sdlite.sampling.hires import A1111_NAMES
 from sdlite.schedulers import SCHEDULERS, SchedulerSpec
 
 # A1111's pair pattern: a key of word characters, spaces, '-' and '/', then a quoted or a plain value.
@@ -24,8 +25,6 @@ _LEGACY = {"DPM++ 2M Karras": ("DPM++ 2M", "Karras")}
 _AUTOMATIC = {"DPM++ 2M": "Karras", "Euler": "Uniform", "Euler a": "Uniform", "LMS": "Uniform"}
 # Fields that change A1111's pixels and that sdlite does not replay.
 _NOT_REPLAYED = (
-    "Hires upscale",
-    "Hires steps",
     "Lora hashes",
     "VAE",
     "Face restoration",
@@ -68,15 +67,35 @@ def a1111_parameters(
         ("Variation seed", settings.get("subseed") if settings.get("subseed_strength") else None),
         ("Variation seed strength", f"{settings['subseed_strength']:g}" if settings.get("subseed_strength") else None),
         ("Seed resize from", _size_text(settings.get("seed_resize_from"))),
-        ("Denoising strength", f"{settings['strength']:g}" if settings.get("init_image") else None),
+        ("Denoising strength", _strength(settings)),
         ("Clip skip", settings["clip_skip"] if settings.get("clip_skip", 1) > 1 else None),
         ("Mask blur", settings.get("mask_blur") if settings.get("mask") else None),
+        ("Hires upscale", f"{settings['hires_scale']:g}" if settings.get("hires_scale") else None),
+        ("Hires resize", _hires_resize(settings)),
+        ("Hires steps", settings.get("hires_steps") or None),
+        ("Hires upscaler", A1111_NAMES.get(settings.get("hires_upscaler") or "")),
         ("RNG", "CPU"),
         ("Eta DDIM", f"{settings['eta']:g}" if settings.get("eta") else None),
         ("Version", f"sdlite {__version__}"),
     ]
     lines.append(", ".join(f"{key}: {quote_value(value)}" for key, value in pairs if value is not None))
     return "\n".join(lines)
+
+
+def _strength(settings: dict[str, Any]) -> str | None:
+    """A1111's `Denoising strength`: image-to-image's strength, or the hires fix's second pass's."""
+    if settings.get("init_image"):
+        return f"{settings['strength']:g}"
+    if settings.get("hires_strength") is not None:
+        return f"{settings['hires_strength']:g}"
+    return None
+
+
+def _hires_resize(settings: dict[str, Any]) -> str | None:
+    """A1111's `Hires resize: WxH` (0 for a side left to the aspect ratio)."""
+    if not settings.get("hires_width") and not settings.get("hires_height"):
+        return None
+    return f"{settings.get('hires_width') or 0}x{settings.get('hires_height') or 0}"
 
 
 def _size_text(size: Any) -> str | None:
@@ -115,6 +134,36 @@ def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:
                 value = json.loads(value)
         pairs[key] = value
     return "\n".join(prompt), "\n".join(negative), pairs
+
+
+def _hires_settings(pairs: dict[str, str], settings: dict[str, Any]) -> list[str]:
+    """A hires fix's settings from A1111's keys into `settings`; notes on what cannot be replayed."""
+    notes = []
+    try:
+        if "Hires upscale" in pairs:
+            settings["hires_scale"] = float(pairs["Hires upscale"])
+        resize = re.match(r"^(\d+)x(\d+)$", pairs.get("Hires resize", ""))
+        if resize and "hires_scale" not in settings:
+            settings["hires_width"] = int(resize.group(1)) or None
+            settings["hires_height"] = int(resize.group(2)) or None
+        if "Hires steps" in pairs:
+            settings["hires_steps"] = int(pairs["Hires steps"])
+        if "Denoising strength" in pairs:
+            settings["hires_strength"] = float(pairs["Denoising strength"])
+    except ValueError:
+        notes.append("its hires fix settings are not numbers: not replayed")
+        for key in ("hires_scale", "hires_width", "hires_height", "hires_steps", "hires_strength"):
+            settings.pop(key, None)
+        return notes
+    if not any(settings.get(k) for k in ("hires_scale", "hires_width", "hires_height")):
+        settings["hires_scale"] = 2.0  # A1111's default upscale, when only the upscaler is written
+    name = pairs.get("Hires upscaler", "Latent")
+    upscaler = next((key for key, label in A1111_NAMES.items() if label == name), None)
+    if upscaler is None:
+        notes.append(f"hires upscaler {name!r} is a model sdlite does not have: replayed with lanczos")
+        upscaler = "lanczos"
+    settings["hires_upscaler"] = upscaler
+    return notes
 
 
 def scheduler_for(sampler: str, schedule_type: str | None) -> str | None:
@@ -170,7 +219,10 @@ def generation_settings(text: str) -> tuple[dict[str, Any], dict[str, str], list
             settings["eta"] = float(pairs["Eta DDIM"])
         except ValueError:
             notes.append(f"Eta DDIM {pairs['Eta DDIM']!r} is not a number; 0 is used")
-    if "Denoising strength" in pairs and "Hires upscale" not in pairs:  # an img2img image (hires fix writes it too)
+    hires = "Hires upscale" in pairs or "Hires resize" in pairs or "Hires upscaler" in pairs
+    if hires:
+        notes += _hires_settings(pairs, settings)
+    elif "Denoising strength" in pairs:  # an img2img image (hires fix writes it too)
         try:
             settings["strength"] = float(pairs["Denoising strength"])
             if "Mask blur" in pairs:

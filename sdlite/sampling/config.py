@@ -12,6 +12,7 @@ from pydantic import AllowInfNan, InstanceOf, Strict
 
 from sdlite.errors import UsageError
 from sdlite.prompts.config import CLIP_SKIP_HELP, PROMPT_SYNTAX_HELP, PromptSyntax
+from sdlite.sampling.hires import Upscaler
 from sdlite.sampling.modes import MODES
 from sdlite.schedulers import SCHEDULERS
 from sdlite.schema import (
@@ -30,6 +31,7 @@ from sdlite.schema import (
     Number,
     PathText,
     PositiveInt,
+    PositiveNumber,
     PredictionType,
     Prompt,
     Seed,
@@ -56,6 +58,7 @@ Fraction = Annotated[float, Strict(), AllowInfNan(False), Ge(0), Le(1)]
 ResizeRule = Literal["crop", "fit", "stretch"]
 RESIZE_RULES: tuple[str, ...] = get_args(ResizeRule)
 DEFAULT_STRENGTH = 0.75
+DEFAULT_HIRES_STRENGTH = 0.7  # A1111's default Denoising strength for the hires pass
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,31 @@ class Generation:
     subseed_strength: Fraction = option(
         0.0, "How much of --subseed's noise: 0 = the seed's own image, 1 = the subseed's.", metavar="S"
     )
+    hires_scale: PositiveNumber | None = option(
+        None,
+        "Hires fix (A1111's), text-to-image: make the image at --width x --height, upscale it by this factor, then "
+        "re-run --hires-strength of a --hires-steps schedule on it at the larger size, from the same seed.",
+        metavar="S",
+    )
+    hires_width: ImageSize | None = option(
+        None,
+        "Hires fix to this width instead of --hires-scale (with --hires-height too: cover that size, the overflow "
+        "cut evenly; alone: the first pass's aspect ratio kept).",
+    )
+    hires_height: ImageSize | None = option(None, "Hires fix to this height (see --hires-width).")
+    hires_upscaler: Upscaler | None = option(
+        None,
+        "How the first pass is enlarged: latent (bilinear), latent-antialiased, latent-bicubic, "
+        "latent-bicubic-antialiased, latent-nearest, latent-nearest-exact (the latents, as A1111's Latent modes), "
+        "lanczos or nearest (the decoded picture).",
+        shown="latent",
+    )
+    hires_steps: NonNegativeInt | None = option(
+        None, "Steps of the second pass's schedule (0 = --steps); it runs int(steps x --hires-strength).", shown="0"
+    )
+    hires_strength: Strength | None = option(
+        None, "How much of the second pass's schedule re-runs (A1111's Denoising strength).", shown="0.7"
+    )
     seed_resize_from: SizePair | None = option(
         None,
         "Text-to-image: draw the seed's noise at this size and centre it in the image's (A1111's Seed resize from), "
@@ -170,6 +198,16 @@ class Generation:
             for key, value in defaults.items():
                 if getattr(self, key) is None:
                     object.__setattr__(self, key, value)
+        if self.hires:  # hires fix: the defaults of its own settings
+            defaults = {"hires_upscaler": "latent", "hires_steps": 0, "hires_strength": DEFAULT_HIRES_STRENGTH}
+            for key, value in defaults.items():
+                if getattr(self, key) is None:
+                    object.__setattr__(self, key, value)
+
+    @property
+    def hires(self) -> bool:
+        """Whether a hires-fix second pass follows (a target scale or size is given)."""
+        return bool(self.hires_scale or self.hires_width or self.hires_height)
 
     @property
     def task(self) -> str:
@@ -259,6 +297,8 @@ class SampleConfig:
         validate_fields(self)
         if not self.generations:
             raise UsageError("no prompt given: pass PROMPT arguments, --prompts-file or --from-image")
+        if self.save_progress and any(gen.hires for gen in self.generations):
+            raise UsageError("--save-progress does not follow a hires fix's second pass yet: leave one of them out")
 
 
 @dataclass(frozen=True)
@@ -320,6 +360,21 @@ def validate_generation(gen: Generation) -> None:
         for key in ("strength", "mask", "resize"):
             if getattr(gen, key) is not None:
                 fail(key, f"{name(Generation, key)} needs {name(Generation, 'init_image')} (an image to start from)")
+    hires_keys = ("hires_upscaler", "hires_steps", "hires_strength")
+    if not gen.hires and any(getattr(gen, key) is not None for key in hires_keys):
+        key = next(key for key in hires_keys if getattr(gen, key) is not None)
+        fail(key, f"{name(Generation, key)} needs {name(Generation, 'hires_scale')} or {name(Generation, 'hires_width')}"
+             f"/{name(Generation, 'hires_height')} (the size to upscale to)")  # fmt: skip
+    if gen.hires_scale and (gen.hires_width or gen.hires_height):
+        fail("hires_scale", f"give {name(Generation, 'hires_scale')} or a hires size, not both")
+    if gen.hires and gen.init_image is not None:
+        fail("hires_scale", f"hires fix is for text-to-image; {name(Generation, 'init_image')} was given")
+    if gen.hires and gen.hires_strength is not None and int((gen.hires_steps or gen.steps) * gen.hires_strength) < 1:
+        fail(
+            "hires_strength",
+            f"{name(Generation, 'hires_strength')} {gen.hires_strength} of {gen.hires_steps or gen.steps} steps runs "
+            "no step of the second pass: raise it or the steps",
+        )
     for key in ("subseed_strength", "seed_resize_from"):
         if gen.init_image is not None and getattr(gen, key):
             fail(key, f"{name(Generation, key)} is for text-to-image; {name(Generation, 'init_image')} was given")

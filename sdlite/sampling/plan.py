@@ -16,6 +16,8 @@ IMAGE_TO_IMAGE_KEYS = ("init_image", "strength", "mask", "mask_blur", "resize")
 SDXL_KEYS = ("prompt_2", "negative_prompt_2", "original_size", "crops_coords", "target_size")
 # Variation seeds (A1111's): recorded only where they change the noise.
 VARIATION_KEYS = ("subseed", "subseed_strength", "seed_resize_from")
+# Hires fix (A1111's): recorded only for an image that has its second pass.
+HIRES_KEYS = ("hires_scale", "hires_width", "hires_height", "hires_upscaler", "hires_steps", "hires_strength")
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,8 @@ def image_settings(gen: Generation, seed: int, height: int, width: int, micro: b
         settings.update(micro_conditioning(gen, height, width))
     else:  # the other families record exactly what they always did
         settings = {k: v for k, v in settings.items() if k not in SDXL_KEYS}
+    if not gen.hires:
+        settings = {k: v for k, v in settings.items() if k not in HIRES_KEYS}
     if not gen.subseed_strength and gen.seed_resize_from is None:
         settings = {k: v for k, v in settings.items() if k not in VARIATION_KEYS}
     elif gen.seed_resize_from is not None:
@@ -133,6 +137,10 @@ def micro_conditioning(gen: Generation, height: int, width: int) -> dict[str, li
 def denoising_steps(gen: Generation) -> int:
     """Steps a generation actually runs: image-to-image re-runs only the last `strength` of the schedule
     (diffusers' rule: int(steps * strength)); 0 means the image only makes the VAE round trip."""
+    if gen.hires:  # the first pass, then the hires pass's share of its own schedule
+        assert gen.hires_strength is not None
+        hires = gen.hires_steps or gen.steps
+        return gen.steps + min(int(hires * gen.hires_strength), hires)
     if gen.init_image is None or gen.strength is None:
         return gen.steps
     return min(int(gen.steps * gen.strength), gen.steps)

@@ -41,6 +41,12 @@ class SampleResult:
     subseed: int | None = None  # variation seed, its strength, and the size the seed's noise was drawn at
     subseed_strength: float = 0.0
     seed_resize_from: list[int] | None = None
+    hires_scale: float | None = None  # hires fix: the target scale or size, the upscaler, the second pass
+    hires_width: int | None = None
+    hires_height: int | None = None
+    hires_upscaler: str | None = None
+    hires_steps: int | None = None
+    hires_strength: float | None = None
     # SDXL's second prompts and micro-conditioning (None for the other families).
     prompt_2: str | None = None
     negative_prompt_2: str | None = None

@@ -38,6 +38,7 @@ from sdlite.models.vae import find_vae, load_vae
 from sdlite.prompts.conditioning import check_clip_skip, text_encoders
 from sdlite.prompts.per_step import BatchConditioning
 from sdlite.sampling.config import Generation, SampleConfig
+from sdlite.sampling.hires import hires_size, is_latent, upscale
 from sdlite.sampling.init_images import (
     REPAINTED_FROM,
     Given,
@@ -110,7 +111,7 @@ def sample(
     # 2. Check the memory the requested sizes and batches need against the device's, before spending any.
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
-    memory.check_sample(model, config, device, str(dtype).removeprefix("torch."), sizes)
+    memory.check_sample(model, config, device, str(dtype).removeprefix("torch."), _largest_sizes(config, sizes, model))
     native = model.native_size()
     for height, width in dict.fromkeys(sizes):
         if max(height, width) > FAR_ABOVE_NATIVE * native:
@@ -236,6 +237,19 @@ def _sizes(
     return sizes
 
 
+def _largest_sizes(config: SampleConfig, sizes: list[tuple[int, int]], model: ResolvedModel) -> list[tuple[int, int]]:
+    """Each generation's largest denoised size: a hires fix's second pass is larger than its first."""
+    factor = vae_factor(model.configs()["vae"])
+    largest = []
+    for gen, (height, width) in zip(config.generations, sizes, strict=True):
+        if gen.hires:
+            height, width = hires_size(
+                height, width, gen.hires_scale, gen.hires_width, gen.hires_height, factor
+            ).upscaled
+        largest.append((height, width))
+    return largest
+
+
 def _check_coverage(user_images: UserImages, gen: Generation, size: tuple[int, int], warnings: list[str]) -> None:
     """A mask whose white part (after fitting and blur, as the pipeline binarizes it) is empty would run the whole
     schedule to return the input unchanged: refused. One that is all white ignores the init image's pixels."""
@@ -333,8 +347,11 @@ def _denoise(run: _Run, writer: BackgroundWriter) -> None:
         runner = run.pipelines.for_task(gen.task)
         runner.scheduler = make_scheduler(gen.scheduler, run.base_scheduler_config)
         recorder = X0Recorder() if config.save_progress else None
-        text = _text_conditioning(runner, run.pipelines.family, batch)
-        pixels = _generate(runner, batch, run.counter, given, recorder, text)
+        text = _text_conditioning(runner, run.pipelines.family, batch, gen.steps)
+        if gen.hires:
+            pixels = _hires_fix(run, runner, batch, text)
+        else:
+            pixels = _generate(runner, batch, run.counter, given, recorder, text)
         strips = recorder.strips(runner.vae, runner.image_processor, config.save_progress) if recorder else []
         for i, (seed, image) in enumerate(zip(batch.seeds, runner.numpy_to_pil(pixels), strict=True)):
             number = batch.first_number + i
@@ -446,9 +463,36 @@ def _save(out: Path, numbering: Numbering, job: Job, facts: ModelFacts, index: i
     )
 
 
-def _text_conditioning(pipe: Any, family: Family, batch: Batch) -> BatchConditioning | None:
-    """A batch's text conditioning at each step, made by sdlite (A1111's syntax, or clip skip); None where the
-    pipeline reads the prompts itself (plain prompts at clip skip 1, exactly as before either option existed)."""
+def _hires_fix(run: _Run, pipe: Any, batch: Batch, text: BatchConditioning | None) -> Any:
+    """A1111's hires fix for one batch: the first pass at the batch's size, the upscale, then the image-to-image
+    pass at the larger size from each image's own seed again; returns the second pass's pixels."""
+    gen, factor = batch.gen, pipe.vae_scale_factor
+    assert gen.hires_upscaler is not None and gen.hires_strength is not None
+    size = hires_size(batch.height, batch.width, gen.hires_scale, gen.hires_width, gen.hires_height, factor)
+    latent = is_latent(gen.hires_upscaler)
+    first = _generate(pipe, batch, run.counter, text=text, output_type="latent" if latent else "pil")
+    images = upscale(first, gen.hires_upscaler, size, factor)
+    second = run.pipelines.for_task("image-to-image")
+    second.scheduler = make_scheduler(gen.scheduler, run.base_scheduler_config)
+    steps = gen.hires_steps or gen.steps
+    larger = dataclasses.replace(batch, height=size.final[0], width=size.final[1])
+    text = _text_conditioning(second, run.pipelines.family, larger, steps)
+    return _generate(second, larger, run.counter, text=text, second=_SecondPass(images, steps, gen.hires_strength))
+
+
+@dataclass(frozen=True)
+class _SecondPass:
+    """A hires fix's image-to-image pass: the upscaled first pass (latents or pictures), its schedule and strength."""
+
+    images: Any
+    steps: int
+    strength: float
+
+
+def _text_conditioning(pipe: Any, family: Family, batch: Batch, steps: int) -> BatchConditioning | None:
+    """A batch's text conditioning at each of `steps` steps, made by sdlite (A1111's syntax, or clip skip); None
+    where the pipeline reads the prompts itself (plain prompts at clip skip 1, exactly as before either option
+    existed)."""
     import torch
 
     gen = batch.gen
@@ -459,7 +503,7 @@ def _text_conditioning(pipe: Any, family: Family, batch: Batch) -> BatchConditio
     negatives = [(gen.negative_prompt, gen.negative_prompt_2 or None)] * len(prompts)
     zero = bool(pipe.config.get("force_zeros_for_empty_prompt", False))  # SDXL: an empty negative prompt is zeros
     with torch.no_grad():
-        return BatchConditioning(encoders, prompts, negatives, gen.steps, zero)
+        return BatchConditioning(encoders, prompts, negatives, steps, zero)
 
 
 def _generate(
@@ -469,10 +513,13 @@ def _generate(
     given: Given | None = None,
     recorder: X0Recorder | None = None,
     text: BatchConditioning | None = None,
+    output_type: str = "np",
+    second: _SecondPass | None = None,
 ) -> Any:
     """One pipeline call for one batch (each image with its own prompt and seed, every other setting shared);
-    returns float pixels in [0, 1], refusing NaN/inf results. With `text`, the pipeline reads sdlite's conditioning
-    (swapped at the steps where prompt editing changes it) instead of the prompts."""
+    returns float pixels in [0, 1], refusing NaN/inf results (or, for a hires fix's first pass, the latents or
+    pictures `output_type` names). With `text`, the pipeline reads sdlite's conditioning (swapped at the steps where
+    prompt editing changes it) instead of the prompts; with `second`, it is a hires fix's second pass."""
     import numpy as np
     import torch
 
@@ -490,7 +537,10 @@ def _generate(
         if text.changes:
             callback = text.swapping(counter)
             extra["callback_on_step_end_tensor_inputs"] = ["latents", *text.tensor_inputs()]
-    if given is not None:
+    steps = second.steps if second is not None else gen.steps
+    if second is not None:
+        extra.update(image=second.images, strength=second.strength)
+    elif given is not None:
         extra.update(image=[given.image] * len(seeds), strength=gen.strength)
         if "mask_image" in inspect.signature(pipe.__call__).parameters:  # inpainting (an inpainting model's too)
             from PIL import Image
@@ -524,10 +574,10 @@ def _generate(
             # diffusers' SDXL pipelines upcast an fp16 VAE through their own deprecated method, warning each batch
             warnings_module.filterwarnings("ignore", message="`upcast_vae` is deprecated", category=FutureWarning)
             output = pipe(
-                num_inference_steps=gen.steps,
+                num_inference_steps=steps,
                 guidance_scale=gen.guidance,
                 generator=generators,
-                output_type="np",
+                output_type=output_type,
                 callback_on_step_end=callback,
                 **extra,
             )
@@ -541,6 +591,8 @@ def _generate(
             "(fp16 overflow? try --dtype fp32 or bf16); nothing was saved for them"
         ) from None
     pixels = output.images
+    if output_type != "np":  # a hires fix's first pass: its latents (checked at the last step) or pictures
+        return pixels
     if not np.isfinite(pixels).all():  # the latents were finite (checked at the last step): the decoder failed
         raise NumericalError(
             f"the VAE decoded NaN/inf pixels from finite latents for seeds {seeds[0]}..{seeds[-1]}: "
