@@ -27,6 +27,11 @@ class SchedulerSpec:
     accepts_eta: bool = False
     schedule_type: str | None = None
 
+    @property
+    def ancestral(self) -> bool:
+        """Whether it adds fresh noise at every step (A1111's ENSD offsets that noise's seed)."""
+        return "Ancestral" in self.class_name
+
 
 SCHEDULERS: dict[str, SchedulerSpec] = {
     "ddim": SchedulerSpec("DDIMScheduler", "DDIM", accepts_eta=True),

@@ -26,11 +26,48 @@ _AUTOMATIC = {"DPM++ 2M": "Karras", "Euler": "Uniform", "Euler a": "Uniform", "L
 # Fields that change A1111's pixels and that sdlite does not replay.
 _NOT_REPLAYED = (
     "Lora hashes",
-    "VAE",
     "Face restoration",
     "Refiner",
+    "Refiner switch at",
     "ENSD",
     "Eta",
+    "Hires prompt",
+    "Hires negative prompt",
+    "Hires sampler",
+    "Hires schedule type",
+    "Hires CFG Scale",
+    "Token merging ratio",
+    "NGMS",
+    "Pad conds",
+    "Tiling",
+    "Noise multiplier",
+)
+# Keys sdlite replays (or that only describe the image: Version, the model's name and hash).
+_REPLAYED = (
+    "Steps",
+    "Sampler",
+    "Schedule type",
+    "CFG scale",
+    "Seed",
+    "Size",
+    "Model hash",
+    "Model",
+    "VAE hash",
+    "VAE",
+    "Variation seed",
+    "Variation seed strength",
+    "Seed resize from",
+    "Denoising strength",
+    "Mask blur",
+    "Clip skip",
+    "TI hashes",
+    "Hires upscale",
+    "Hires resize",
+    "Hires steps",
+    "Hires upscaler",
+    "RNG",
+    "Eta DDIM",
+    "Version",
 )
 
 
@@ -40,6 +77,7 @@ def a1111_parameters(
     model_hash: str,
     model_name: str,
     vae: dict[str, str] | None = None,
+    ti_hashes: str | None = None,
 ) -> str:
     """The `parameters` text A1111, ComfyUI and civitai parse: prompt, negative prompt, then key: value pairs.
 
@@ -70,6 +108,7 @@ def a1111_parameters(
         ("Denoising strength", _strength(settings)),
         ("Clip skip", settings["clip_skip"] if settings.get("clip_skip", 1) > 1 else None),
         ("Mask blur", settings.get("mask_blur") if settings.get("mask") else None),
+        ("TI hashes", ti_hashes),
         ("Hires upscale", f"{settings['hires_scale']:g}" if settings.get("hires_scale") else None),
         ("Hires resize", _hires_resize(settings)),
         ("Hires steps", settings.get("hires_steps") or None),
@@ -166,6 +205,26 @@ def _hires_settings(pairs: dict[str, str], settings: dict[str, Any]) -> list[str
     return notes
 
 
+def _unreplayable(pairs: dict[str, str], scheduler: str | None) -> list[str]:
+    """What in an infotext sdlite cannot do, each named: A1111's GPU noise, ENSD with an ancestral sampler, emphasis
+    modes other than Original, the keys it does not replay, and extensions' keys."""
+    notes = []
+    rng = pairs.get("RNG", "GPU")  # A1111 writes no RNG for its default, the GPU
+    if rng != "CPU":
+        notes.append(f"A1111 drew its noise with RNG: {rng}; sdlite draws it on the CPU (A1111's RNG: CPU)")
+    if pairs.get("ENSD", "0") not in ("0", "") and scheduler is not None and SCHEDULERS[scheduler].ancestral:
+        notes.append(f"ENSD {pairs['ENSD']} offsets the noise of A1111's ancestral samplers, which sdlite's do not")
+    if pairs.get("Emphasis", "Original") != "Original":
+        notes.append(f"Emphasis: {pairs['Emphasis']} is not replayed (sdlite applies A1111's Original emphasis)")
+    ignored = [key for key in _NOT_REPLAYED if key in pairs and not (key == "ENSD" and notes and "ENSD" in notes[-1])]
+    if ignored:
+        notes.append(f"not replayed: {', '.join(ignored)}")
+    foreign = [key for key in pairs if key not in _REPLAYED and key not in _NOT_REPLAYED and key != "Emphasis"]
+    if foreign:
+        notes.append(f"settings of other scripts or extensions not replayed: {', '.join(foreign)}")
+    return notes
+
+
 def scheduler_for(sampler: str, schedule_type: str | None) -> str | None:
     """The sdlite scheduler an A1111 sampler (and schedule type) names; None when sdlite has no equivalent."""
     sampler, schedule_type = _LEGACY.get(sampler, (sampler, schedule_type))
@@ -233,9 +292,11 @@ def generation_settings(text: str) -> tuple[dict[str, Any], dict[str, str], list
             )
         except ValueError:
             notes.append(f"Denoising strength {pairs['Denoising strength']!r} is not a number; not replayed")
-    ignored = [key for key in _NOT_REPLAYED if key in pairs]
-    if ignored:
-        notes.append(f"not replayed: {', '.join(ignored)}")
+    notes += _unreplayable(pairs, settings.get("scheduler"))
     if "<lora:" in prompt:
         notes.append("A1111 LoRA tags (<lora:...>) in the prompt are read as text: pass the LoRA with --lora")
-    return settings, {"name": pairs.get("Model", ""), "hash": pairs.get("Model hash", "")}, notes
+    model = {"name": pairs.get("Model", ""), "hash": pairs.get("Model hash", "")}
+    for key in ("TI hashes", "VAE", "VAE hash"):
+        if key in pairs:
+            model[key] = pairs[key]
+    return settings, model, notes

@@ -83,6 +83,7 @@ def read_settings(path: Path) -> dict[str, Any]:
     settings["batch_prompts"] = run.get("batch_prompts")
     settings["lora"] = record.get("lora")
     settings["vae"] = model.get("vae")
+    settings["embeddings"] = model.get("embeddings")
     settings["mode"] = run.get("mode", "default")
     settings["inputs"] = record.get("inputs")
     # A prediction type the command line chose is replayed; one the model said is the model's again.
@@ -96,19 +97,15 @@ def _a1111_settings(path: Path, parameters: str) -> dict[str, Any]:
     import logging
 
     from sdlite.formats.infotext import generation_settings
+    from sdlite.prompts.embeddings import parse_ti_hashes
 
     settings, model, notes = generation_settings(parameters)
     if not settings["prompt"]:
         raise DataError(f"{path}: its `parameters` text holds no prompt")
-    named = (
-        f" (it names model {model['name']!r}, hash {model['hash']}: pass that model with --model)"
-        if model["name"] or model["hash"]
-        else ""
-    )
-    logging.getLogger("sdlite").warning(
-        f"{path} was not written by sdlite: its A1111 settings are replayed, but the pixels will differ "
-        f"(other samplers' code, noise drawn differently){named}" + "".join(f"; {note}" for note in notes)
-    )
+    if notes:  # only what sdlite cannot do: every key it replays is replayed silently
+        logging.getLogger("sdlite").warning(
+            f"{path} was made by another tool; what sdlite cannot replay: " + "; ".join(notes)
+        )
     return {
         **settings,
         "num_images": 1,
@@ -120,6 +117,9 @@ def _a1111_settings(path: Path, parameters: str) -> dict[str, Any]:
         "batch_prompts": None,
         "lora": None,
         "vae": None,
+        "embeddings": None,
+        "a1111_vae": {"name": model["VAE"], "hash": model.get("VAE hash", "")} if "VAE" in model else None,
+        "ti_hashes": parse_ti_hashes(model["TI hashes"]) if "TI hashes" in model else None,
         "mode": "default",
         "inputs": None,
         "prediction_type": None,

@@ -40,10 +40,12 @@ def chunk_prompt(
     comma: int | None,
     backtrack: int = BACKTRACK,
     size: int = CHUNK,
+    units: dict[int, list[int]] | None = None,
 ) -> tuple[list[Chunk], int]:
     """The chunks of a prompt's (text, weight) pieces, and its token count as A1111 reports it. `size` is the
     prompt tokens per chunk: 75 for every CLIP of SD (77 positions), fewer for a text encoder with fewer positions
-    (sdlite's small built-in model)."""
+    (sdlite's small built-in model). `units` maps a multi-vector embedding's first token to all of its tokens: they
+    go into one chunk together (A1111 starts a new chunk for an embedding that does not fit)."""
     chunks: list[Chunk] = []
     chunk = Chunk()
     count = 0
@@ -74,8 +76,11 @@ def chunk_prompt(
                 chunk = moved
             if len(chunk.tokens) == size:
                 close()
-            chunk.tokens.append(token)
-            chunk.weights.append(weight)
+            unit = units.get(token, [token]) if units else [token]
+            if len(chunk.tokens) + len(unit) > size:
+                close()
+            chunk.tokens += unit
+            chunk.weights += [weight] * len(unit)
     if chunk.tokens or not chunks:
         close(is_last=True)
     return chunks, count

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sdlite.prompts.chunks import Chunk, chunk_prompt, encode_chunks
+from sdlite.prompts.embeddings import Embedding, expansions
 from sdlite.prompts.emphasis import parse_emphasis
 
 
@@ -43,6 +44,7 @@ class Encoder:
     final_norm: bool  # whether an earlier layer goes through the final layer norm too
     pooled: bool  # SDXL's second encoder: its pooled projection conditions the UNet too
     plain: bool = False  # `--prompt-syntax plain`: the text as it is, cut after 75 tokens as diffusers cuts it
+    units: dict[int, list[int]] = field(default_factory=dict)  # a multi-vector embedding's tokens, by its first
 
     @property
     def special(self) -> tuple[int, int, int]:
@@ -64,9 +66,10 @@ class Encoder:
         """A1111's chunks of `text` and its token count (plain: the first chunk of the text as it is)."""
         start, end, _ = self.special
         if self.plain:
-            chunks, count = chunk_prompt([(text, 1.0)], self._tokenize, start, end, None, 0, self.size)
+            chunks, count = chunk_prompt([(text, 1.0)], self._tokenize, start, end, None, 0, self.size, self.units)
             return chunks[:1], count
-        return chunk_prompt(parse_emphasis(text), self._tokenize, start, end, self.comma, size=self.size)
+        return chunk_prompt(parse_emphasis(text), self._tokenize, start, end, self.comma, size=self.size,
+                            units=self.units)  # fmt: skip
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"] if texts else []
@@ -94,9 +97,11 @@ def _final_norm(model: Any) -> Any:
     return norm if norm is not None else model.text_model.final_layer_norm
 
 
-def text_encoders(pipe: Any, family: Any, clip_skip: int = 1, plain: bool = False) -> tuple[Encoder, ...]:
+def text_encoders(
+    pipe: Any, family: Any, clip_skip: int = 1, plain: bool = False, embeddings: Sequence[Embedding] = ()
+) -> tuple[Encoder, ...]:
     """The pipeline's text encoders, each reading the layer `clip_skip` chooses by its family's rule (`plain`: the
-    prompt's text as it is, without A1111's syntax)."""
+    prompt's text as it is, without A1111's syntax), with the tokens of the `embeddings` loaded into them."""
     count = len(family.text_encoders)
     return tuple(
         Encoder(
@@ -106,6 +111,7 @@ def text_encoders(pipe: Any, family: Any, clip_skip: int = 1, plain: bool = Fals
             family.text_final_norm,
             pooled=family.micro_conditioning and number == count - 1,
             plain=plain,
+            units=expansions(getattr(pipe, tokenizer), embeddings),
         )
         for number, (encoder, tokenizer) in enumerate(zip(family.text_encoders, family.tokenizers, strict=True))
     )

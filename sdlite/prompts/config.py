@@ -56,6 +56,13 @@ class PromptConfig:
     negative_prompt_2: Prompt | None = option(
         None, "SDXL: the negative prompt its second text encoder reads.", shown="the negative prompt"
     )
+    embeddings: tuple[PathText, ...] = option(
+        (), "A textual-inversion embedding, read by its file name in prompts (as in `sdlite sample`).",
+        flag="--embedding", metavar="FILE",
+    )  # fmt: skip
+    embeddings_dirs: tuple[PathText, ...] = option(
+        (), "Load every embedding file in this folder.", flag="--embeddings-dir", metavar="DIR"
+    )
     save_conditioning: FilePath | None = option(
         None,
         "Also write the tensors the UNet would be given to this .safetensors file: `prompt.I` and "

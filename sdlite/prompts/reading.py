@@ -17,6 +17,7 @@ from sdlite.errors import writing
 from sdlite.prompts.conditioning import Conditioning, Encoder, check_clip_skip, pad_with, text_encoders
 from sdlite.prompts.config import PromptConfig
 from sdlite.prompts.editing import schedule
+from sdlite.prompts.embeddings import add_embeddings, embedding_files
 from sdlite.prompts.emphasis import parse_emphasis
 from sdlite.prompts.per_step import BatchConditioning, PromptSchedule
 
@@ -32,9 +33,11 @@ def read_prompt(config: PromptConfig) -> dict[str, Any]:
     family = model.family
     steps = config.steps or model_defaults(config.model).get("steps", 50)
     device = pick_device(config.device)
+    paths, _ = embedding_files(config.embeddings, config.embeddings_dirs, config.allow_pickle)
     parts = load_text_encoders(model, device, pick_dtype(config.dtype, device))
+    embeddings = add_embeddings(paths, parts, family.text_encoders)
     plain = config.prompt_syntax == "plain"
-    encoders = text_encoders(SimpleNamespace(**parts), family, config.clip_skip, plain)
+    encoders = text_encoders(SimpleNamespace(**parts), family, config.clip_skip, plain, embeddings)
     check_clip_skip(encoders, config.clip_skip)
     with torch.no_grad():
         batch = BatchConditioning(
@@ -50,6 +53,7 @@ def read_prompt(config: PromptConfig) -> dict[str, Any]:
         "steps": steps,
         "prompt_syntax": config.prompt_syntax,
         "clip_skip": config.clip_skip,
+        "embeddings": [e.record() for e in embeddings],
         "prompt": _describe(config.prompt, batch.positive[0], encoders, steps, plain),
     }
     if batch.zero_negative:

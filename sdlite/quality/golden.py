@@ -360,6 +360,8 @@ def _group_key(replay: SampleConfig) -> tuple[Any, ...]:
         replay.offline,
         replay.allow_pickle,
         replay.vae,
+        replay.embeddings,
+        replay.embeddings_dirs,
     )
 
 

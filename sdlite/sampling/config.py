@@ -282,6 +282,8 @@ class SampleConfig:
     resume: Flag = False
     prediction_type: PredictionType | None = None  # what the model predicts, when it says wrong or nothing
     vae: PathText | None = None  # another VAE instead of the model's own (a diffusers folder or a single file)
+    embeddings: tuple[PathText, ...] = ()  # textual-inversion files, used in prompts by their names
+    embeddings_dirs: tuple[PathText, ...] = ()  # folders whose every embedding file is loaded
 
     _option_names: ClassVar[dict[str, str]] = {
         "generations": "PROMPT",

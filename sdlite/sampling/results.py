@@ -96,6 +96,7 @@ class ModelFacts:
     prediction: tuple[str, str] = ("epsilon", "scheduler config")  # what the model predicts, and who said so
     micro_conditioning: bool = False  # SDXL: each image records its original size, crop and target size
     vae: dict[str, str] | None = None  # --vae: the VAE used instead of the model's (source, name, sha256)
+    embeddings: tuple[dict[str, str], ...] = ()  # each textual-inversion embedding loaded (name, source, sha256)
 
     def record(self) -> dict[str, Any]:
         """The `model` part of an image's sdlite record."""
@@ -108,6 +109,7 @@ class ModelFacts:
             "prediction_type_from": self.prediction[1],
             **self.single_file,
             **({"vae": self.vae} if self.vae else {}),
+            **({"embeddings": list(self.embeddings)} if self.embeddings else {}),
         }
 
 

@@ -36,6 +36,7 @@ from sdlite.models.loading import (
 )
 from sdlite.models.vae import find_vae, load_vae
 from sdlite.prompts.conditioning import check_clip_skip, text_encoders
+from sdlite.prompts.embeddings import Embedding, add_embeddings, embedding_files, ti_hashes
 from sdlite.prompts.per_step import BatchConditioning
 from sdlite.sampling.config import Generation, SampleConfig
 from sdlite.sampling.hires import hires_size, is_latent, upscale
@@ -98,8 +99,11 @@ def sample(
     model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights)
     _check_family_settings(config, model)
     vae_file = find_vae(config.vae, config.allow_pickle) if config.vae else None
+    embedding_paths, notes = embedding_files(config.embeddings, config.embeddings_dirs, config.allow_pickle)
     user_images = UserImages()  # each init image and mask is read and hashed once per run
     warnings: list[str] = []
+    for note in notes:
+        _warn(warnings, note)
     sizes = _sizes(config, model, user_images, warnings)
     inpainting_model = is_inpainting(model)
     if inpainting_model and any(gen.init_image is None for gen in config.generations):
@@ -122,6 +126,7 @@ def sample(
     if vae_file is not None:  # --vae: the model's own VAE replaced before any mode or pipeline uses it
         vae = load_vae(vae_file, model.configs()["vae"], model.family)
         pipe.register_modules(vae=vae.to(pipe.device, pipe.vae.dtype))
+    embeddings = add_embeddings(embedding_paths, pipe.components, model.family.text_encoders)
     for clip_skip in sorted({gen.clip_skip for gen in config.generations}):
         check_clip_skip(text_encoders(pipe, model.family, clip_skip), clip_skip)
     loras = load_loras(pipe, config.loras, warnings, model.family)
@@ -130,6 +135,7 @@ def sample(
     facts = model_facts(config.model, model, device, str(pipe.unet.dtype), loras or None, config.mode, prediction)
     if vae_file is not None:
         facts = dataclasses.replace(facts, vae=vae_file.record())
+    facts = dataclasses.replace(facts, embeddings=tuple(e.record() for e in embeddings))
     expected = (config.expected_model_hash or "").lower()
     if expected and not facts.model_hash.startswith(expected):  # A1111 records only the first 10 hex digits
         _warn(
@@ -147,7 +153,7 @@ def sample(
     run = _Run(
         config,
         world,
-        _Pipelines(pipe, inpainting_model, model.family),
+        _Pipelines(pipe, inpainting_model, model.family, tuple(embeddings)),
         {**pipe.scheduler.config, "prediction_type": prediction[0]},
         user_images,
         facts,
@@ -347,7 +353,7 @@ def _denoise(run: _Run, writer: BackgroundWriter) -> None:
         runner = run.pipelines.for_task(gen.task)
         runner.scheduler = make_scheduler(gen.scheduler, run.base_scheduler_config)
         recorder = X0Recorder() if config.save_progress else None
-        text = _text_conditioning(runner, run.pipelines.family, batch, gen.steps)
+        text = _text_conditioning(runner, run.pipelines, batch, gen.steps)
         if gen.hires:
             pixels = _hires_fix(run, runner, batch, text)
         else:
@@ -393,8 +399,9 @@ class _Pipelines:
     """diffusers' text-to-image, image-to-image and inpainting pipelines of the model's family over the same
     loaded components."""
 
-    def __init__(self, pipe: Any, inpainting_model: bool, family: Family) -> None:
+    def __init__(self, pipe: Any, inpainting_model: bool, family: Family, embeddings: tuple[Embedding, ...]) -> None:
         self.text_to_image, self.inpainting_model, self.family = pipe, inpainting_model, family
+        self.embeddings = embeddings  # textual inversion: loaded into the text encoders, read by name
         self.made: dict[str, Any] = {}
 
     def for_task(self, task: str) -> Any:
@@ -451,9 +458,11 @@ def _save(out: Path, numbering: Numbering, job: Job, facts: ModelFacts, index: i
     if job.inputs:
         record["inputs"] = job.inputs  # each file the image was made from: path and sha256
     spec = SCHEDULERS[job.settings["scheduler"]]
-    info = png_record.png_info(
-        png_record.a1111_parameters(job.settings, spec, facts.model_hash, facts.name, facts.vae), record
-    )
+    settings = job.settings
+    texts = [settings[k] for k in ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2") if k in settings]
+    hashes = ti_hashes(facts.embeddings, texts)
+    parameters = png_record.a1111_parameters(settings, spec, facts.model_hash, facts.name, facts.vae, hashes)
+    info = png_record.png_info(parameters, record)
     path, index = write_png(out, numbering, job.settings["seed"], job.image, info, index)
     progress = None
     if job.strip is not None:
@@ -476,7 +485,7 @@ def _hires_fix(run: _Run, pipe: Any, batch: Batch, text: BatchConditioning | Non
     second.scheduler = make_scheduler(gen.scheduler, run.base_scheduler_config)
     steps = gen.hires_steps or gen.steps
     larger = dataclasses.replace(batch, height=size.final[0], width=size.final[1])
-    text = _text_conditioning(second, run.pipelines.family, larger, steps)
+    text = _text_conditioning(second, run.pipelines, larger, steps)
     return _generate(second, larger, run.counter, text=text, second=_SecondPass(images, steps, gen.hires_strength))
 
 
@@ -489,7 +498,7 @@ class _SecondPass:
     strength: float
 
 
-def _text_conditioning(pipe: Any, family: Family, batch: Batch, steps: int) -> BatchConditioning | None:
+def _text_conditioning(pipe: Any, pipelines: _Pipelines, batch: Batch, steps: int) -> BatchConditioning | None:
     """A batch's text conditioning at each of `steps` steps, made by sdlite (A1111's syntax, or clip skip); None
     where the pipeline reads the prompts itself (plain prompts at clip skip 1, exactly as before either option
     existed)."""
@@ -498,7 +507,8 @@ def _text_conditioning(pipe: Any, family: Family, batch: Batch, steps: int) -> B
     gen = batch.gen
     if gen.prompt_syntax == "plain" and gen.clip_skip == 1:
         return None
-    encoders = text_encoders(pipe, family, gen.clip_skip, plain=gen.prompt_syntax == "plain")
+    plain = gen.prompt_syntax == "plain"
+    encoders = text_encoders(pipe, pipelines.family, gen.clip_skip, plain, pipelines.embeddings)
     prompts = [(g.prompt, g.prompt_2 or None) for g in batch.gens]  # diffusers: an empty second prompt is the first
     negatives = [(gen.negative_prompt, gen.negative_prompt_2 or None)] * len(prompts)
     zero = bool(pipe.config.get("force_zeros_for_empty_prompt", False))  # SDXL: an empty negative prompt is zeros

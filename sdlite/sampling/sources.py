@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -115,6 +116,16 @@ class SampleOverrides:
         shown="the model's own",
         metavar="FILE|DIR",
     )
+    embedding: tuple[str, ...] = option(
+        (),
+        "A textual-inversion embedding (A1111 .pt/.safetensors, diffusers learned_embeds, SDXL clip_l/clip_g), used "
+        "in prompts by its file name without the extension (--embedding easynegative.safetensors, then "
+        "--negative-prompt easynegative). Repeat for several; .pt/.bin need --allow-pickle.",
+        metavar="FILE",
+    )
+    embeddings_dir: tuple[str, ...] = option(
+        (), "Load every embedding file in this folder (as --embedding does each); repeatable.", metavar="DIR"
+    )
     resume: bool = option(
         False,
         "Continue an interrupted run of this same command in --out: images it already wrote (checked from their "
@@ -160,6 +171,8 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         ema_weights=opts.ema_weights,
         prediction_type=opts.prediction_type,
         vae=opts.vae,
+        embeddings=_as_tuple(opts.embedding),
+        embeddings_dirs=_as_tuple(opts.embeddings_dir),
     )
     if opts.from_image is not None:
         _replay_image(replay, opts, cli)
@@ -195,6 +208,8 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         resume=opts.resume,
         prediction_type=replay.prediction_type,
         vae=replay.vae,
+        embeddings=replay.embeddings,
+        embeddings_dirs=replay.embeddings_dirs,
     )
 
 
@@ -211,6 +226,8 @@ class _Replay:
     ema_weights: bool | None
     prediction_type: str | None
     vae: str | None
+    embeddings: tuple[str, ...]
+    embeddings_dirs: tuple[str, ...]
     recorded: dict[str, Any] = field(default_factory=dict)  # the PNG's generation settings
     image: Source | None = None
     expected_hash: str | None = None
@@ -234,6 +251,16 @@ def _replay_image(replay: _Replay, opts: SampleOverrides, cli: dict[str, Any]) -
     replay.prediction_type = replay.prediction_type or recorded.get("prediction_type")
     if recorded.get("vae") and not replay.vae:  # the recorded VAE, found again unchanged
         replay.vae = _recorded_vae(recorded["vae"], image)
+    if recorded.get("embeddings") and not (replay.embeddings or replay.embeddings_dirs):
+        replay.embeddings = _recorded_embeddings(recorded["embeddings"], image)
+    if recorded.get("ti_hashes"):  # an A1111 image: each embedding it used must be given, by name
+        _check_ti_hashes(recorded["ti_hashes"], replay, image)
+    if recorded.get("a1111_vae") and not replay.vae:
+        vae = recorded["a1111_vae"]
+        logging.getLogger("sdlite").warning(
+            f"{image.where} was decoded with VAE {vae['name']} (hash {vae['hash'] or 'not written'}): pass it with "
+            "--vae, else the model's own VAE decodes"
+        )
     if recorded.get("lora") and not replay.lora:  # the recorded LoRAs; --lora-scale may still change their scales
         used = _recorded_loras(recorded["lora"], image)
         replay.lora = tuple(r["source"] for r in used)
@@ -329,6 +356,7 @@ def _read_image_settings(path: Path) -> tuple[dict[str, Any], Source]:
         ("mode", Mode | None),
         ("prediction_type", PredictionType | None),
         ("vae", dict[str, str] | None),
+        ("embeddings", list[dict[str, str]] | None),
     ):
         check_value(hint, recorded.get(key), f'its sdlite metadata field "{key}"', image)
     return recorded, image
@@ -395,6 +423,48 @@ def _recorded_vae(value: Any, image: Source) -> str:
     if value.get("sha256") and digest != value["sha256"]:
         raise image.fail(f"its VAE {source} has changed since (sha256 {digest[:12]}...): pass the original with --vae")
     return source
+
+
+def _recorded_embeddings(value: Any, image: Source) -> tuple[str, ...]:
+    """The embeddings a PNG's run loaded: each recorded file, which must still hold the same bytes."""
+    from sdlite.filecache import sha256_uncached
+
+    if not isinstance(value, list) or not all(isinstance(e, dict) and isinstance(e.get("source"), str) for e in value):
+        raise image.fail("its sdlite metadata has a malformed embeddings record")
+    sources = []
+    for entry in value:
+        try:
+            digest = sha256_uncached(Path(entry["source"]))
+        except OSError as exc:
+            raise image.fail(
+                f"it used embedding {entry['source']}, which is missing: pass it with --embedding"
+            ) from exc
+        if entry.get("sha256") and digest != entry["sha256"]:
+            raise image.fail(f"its embedding {entry['source']} has changed since: pass the original with --embedding")
+        sources.append(entry["source"])
+    return tuple(sources)
+
+
+def _check_ti_hashes(hashes: dict[str, str], replay: _Replay, image: Source) -> None:
+    """Every embedding an A1111 image names in `TI hashes` must be among those given (by file name); one with
+    another hash is warned about."""
+    from sdlite.filecache import sha256_uncached
+    from sdlite.prompts.embeddings import embedding_files
+
+    given, _ = embedding_files(replay.embeddings, replay.embeddings_dirs, allow_pickle=True)
+    by_name = {path.stem.replace(":", "").replace(",", ""): path for path in given}
+    missing = [f"{name} (hash {short})" for name, short in hashes.items() if name not in by_name]
+    if missing:
+        raise image.fail(
+            f"it uses textual-inversion embedding(s) {', '.join(missing)}: pass each file with --embedding (or its "
+            "folder with --embeddings-dir)"
+        )
+    for name, short in hashes.items():
+        if not sha256_uncached(by_name[name]).startswith(short):
+            logging.getLogger("sdlite").warning(
+                f"embedding {by_name[name]} is not the {name} {image.where} was made with (hash {short}): the pixels "
+                "will differ"
+            )
 
 
 def _recorded_loras(value: Any, image: Source) -> list[dict[str, Any]]:
