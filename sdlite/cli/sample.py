@@ -60,7 +60,7 @@ def sample(
                 on_image=partial(print_result, json_out=json_out, progress=progress),
                 interrupt_grace=INTERRUPT_GRACE,
             )
-        if run.grid:
-            typer.echo(json.dumps({"grid": str(run.grid)}) if json_out else f"{run.grid}  grid")
+        for grid in run.grids or ((run.grid,) if run.grid else ()):
+            typer.echo(json.dumps({"grid": str(grid)}) if json_out else f"{grid}  grid")
         if run.speedups and not quiet and is_main_process():
             typer.echo(f"{config.mode}: {', '.join(run.speedups)}", err=True)

@@ -14,6 +14,7 @@ from sdlite.errors import UsageError
 from sdlite.prompts.config import CLIP_SKIP_HELP, PROMPT_SYNTAX_HELP, PromptSyntax
 from sdlite.sampling.hires import Upscaler
 from sdlite.sampling.modes import MODES
+from sdlite.sampling.sweeps import Axis
 from sdlite.schedulers import SCHEDULERS
 from sdlite.schema import (
     DEVICES,
@@ -188,7 +189,10 @@ class Generation:
         metavar="WxH",
     )
 
-    _option_names: ClassVar[dict[str, str]] = {"prompt": "PROMPT"}
+    # A sweep's `lora-scale`: every --lora at this scale for this image (None: each at its own --lora-scale).
+    image_lora_scale: Number | None = None
+
+    _option_names: ClassVar[dict[str, str]] = {"prompt": "PROMPT", "image_lora_scale": "--sweep lora-scale"}
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -282,6 +286,8 @@ class SampleConfig:
     resume: Flag = False
     prediction_type: PredictionType | None = None  # what the model predicts, when it says wrong or nothing
     vae: PathText | None = None  # another VAE instead of the model's own (a diffusers folder or a single file)
+    # --sweep: the axes every prompt's generations were made from (cells in order, X fastest), for the grid.
+    sweep_axes: tuple[InstanceOf[Axis], ...] = ()
     embeddings: tuple[PathText, ...] = ()  # textual-inversion files, used in prompts by their names
     embeddings_dirs: tuple[PathText, ...] = ()  # folders whose every embedding file is loaded
 
@@ -299,6 +305,8 @@ class SampleConfig:
         validate_fields(self)
         if not self.generations:
             raise UsageError("no prompt given: pass PROMPT arguments, --prompts-file or --from-image")
+        if not self.loras and any(gen.image_lora_scale is not None for gen in self.generations):
+            raise UsageError("--sweep lora-scale needs a --lora to scale")
         if self.save_progress and any(gen.hires for gen in self.generations):
             raise UsageError("--save-progress does not follow a hires fix's second pass yet: leave one of them out")
 

@@ -31,7 +31,7 @@ def load_loras(pipe: Any, loras: tuple[LoraChoice, ...], warnings: list[str], fa
     """
     records, names = [], []
     for i, choice in enumerate(loras):
-        name = f"lora{i}"
+        name = _adapter(i)
         file = _load_one_lora(pipe, choice.source, name, warnings, family)
         records.append({"source": str(file.resolve()), "hash": filecache.file_sha256(file), "scale": choice.scale})
         names.append(name)
@@ -142,3 +142,13 @@ def _library_logs() -> Iterator[None]:
 def _warn(warnings: list[str], message: str) -> None:
     log.warning(message)
     warnings.append(message)
+
+
+def _adapter(number: int) -> str:
+    return f"lora{number}"
+
+
+def set_scales(pipe: Any, loras: tuple[LoraChoice, ...], scale: float | None) -> None:
+    """Every loaded LoRA at `scale` (a sweep's `lora-scale`), or at its own --lora-scale when None."""
+    weights = [choice.scale if scale is None else scale for choice in loras]
+    pipe.set_adapters([_adapter(i) for i in range(len(loras))], adapter_weights=weights)

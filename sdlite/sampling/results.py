@@ -47,6 +47,7 @@ class SampleResult:
     hires_upscaler: str | None = None
     hires_steps: int | None = None
     hires_strength: float | None = None
+    image_lora_scale: float | None = None  # a sweep's lora-scale: every LoRA at this scale for this image
     # SDXL's second prompts and micro-conditioning (None for the other families).
     prompt_2: str | None = None
     negative_prompt_2: str | None = None
@@ -76,6 +77,7 @@ class SampleRun:
     grid: Path | None
     warnings: tuple[str, ...]
     speedups: tuple[str, ...] = ()  # what --fast / --low-memory switched on
+    grids: tuple[Path, ...] = ()  # every grid written: one, or with --sweep one per prompt (`grid` is the first)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from sdlite.sampling.init_images import (
     mask_coverage,
 )
 from sdlite.sampling.interrupt import NonFiniteLatents, ProgressFn, StepCounter, StopRequest
-from sdlite.sampling.loras import load_loras
+from sdlite.sampling.loras import load_loras, set_scales
 from sdlite.sampling.modes import apply_mode, load_device
 from sdlite.sampling.outputs import BackgroundWriter, Numbering, write_grid_png, write_png
 from sdlite.sampling.plan import (
@@ -66,6 +66,7 @@ from sdlite.sampling.plan import (
 from sdlite.sampling.previews import X0Recorder
 from sdlite.sampling.results import ModelFacts, SampleResult, SampleRun, model_facts
 from sdlite.sampling.resume import await_remote, is_whole, kept_images, plan_indices
+from sdlite.sampling.sweeps import cells
 from sdlite.sampling.variation import initial_noise
 from sdlite.sampling.world import World
 from sdlite.schedulers import SCHEDULERS, make_scheduler
@@ -168,7 +169,8 @@ def sample(
 
     # 5. Denoise in batches; a background writer saves each image while the next batch denoises.
     results = _denoise_and_write(run, on_image)
-    return SampleRun(tuple(results), run.grid, tuple(warnings), tuple(applied))
+    grid = run.grids[0] if run.grids else None
+    return SampleRun(tuple(results), grid, tuple(warnings), tuple(applied), run.grids)
 
 
 @dataclass
@@ -190,7 +192,7 @@ class _Run:
     warnings: list[str]
     existing: dict[int, SampleResult] = field(default_factory=dict)  # kept images, by number in the run
     indices: dict[int, int] = field(default_factory=dict)  # every image's index in OUT, by number in the run
-    grid: Path | None = None
+    grids: tuple[Path, ...] = ()
 
 
 def _check_family_settings(config: SampleConfig, model: ResolvedModel) -> None:
@@ -316,7 +318,7 @@ def _denoise_and_write(run: _Run, on_image: Callable[[SampleResult], None] | Non
             stop.check()  # interrupted during the last batch: no grid, exit 130 like any other interruption
             with stop.writing():
                 if config.grid and run.world.rank == 0:
-                    run.grid = _write_grid(out, results, run.numbering)
+                    run.grids = _write_grids(config, out, results, run.numbering)
     finally:
         writer.close(raise_error=False)  # what finished before a failure or Ctrl-C is still written
         run.world.close()
@@ -328,6 +330,7 @@ def _denoise(run: _Run, writer: BackgroundWriter) -> None:
     are kept; the first process also queues, in order, reports of the images the others make)."""
     config, existing, world = run.config, run.existing, run.world
     prepared: tuple[Generation, Any, dict[str, Any]] | None = None
+    lora_scale: float | None = None  # the scale the LoRAs are set at (None: each its own --lora-scale)
     for number_of_batch, batch in enumerate(run.batches):
         run.stop.check()
         gen, numbers = batch.gen, range(batch.first_number, batch.first_number + len(batch.seeds))
@@ -350,6 +353,9 @@ def _denoise(run: _Run, writer: BackgroundWriter) -> None:
             given = run.user_images.prepare(gen, batch.height, batch.width)
             prepared = (gen, given, task_record(gen, given, run.pipelines.inpainting_model))
         _, given, task = prepared
+        if config.loras and gen.image_lora_scale != lora_scale:  # a sweep over the LoRAs' scale
+            set_scales(run.pipelines.text_to_image, config.loras, gen.image_lora_scale)
+            lora_scale = gen.image_lora_scale
         runner = run.pipelines.for_task(gen.task)
         runner.scheduler = make_scheduler(gen.scheduler, run.base_scheduler_config)
         recorder = X0Recorder() if config.save_progress else None
@@ -662,9 +668,24 @@ def _prepare_out(out: Path) -> Path:
     return out
 
 
-def _write_grid(out: Path, results: list[SampleResult], numbering: Numbering) -> Path:
-    """A contact sheet of every image with its prompt and seed underneath, saved as grid-INDEX.png."""
-    from sdlite.sampling.grid import contact_sheet
+def _write_grids(
+    config: SampleConfig, out: Path, results: list[SampleResult], numbering: Numbering
+) -> tuple[Path, ...]:
+    """A contact sheet of every image with its prompt and seed underneath, saved as grid-INDEX.png; for a sweep,
+    one sheet per prompt laid out by the axes (the first image of each cell)."""
+    from sdlite.sampling.grid import contact_sheet, sweep_sheet
 
-    sheet = contact_sheet([(r.path, f"{r.prompt} | seed {r.seed}") for r in results])
-    return write_grid_png(out, results[0].index if results else numbering.take(), sheet)
+    first = results[0].index if results else numbering.take()
+    counts = [gen.num_images for gen in config.generations]
+    if not config.sweep_axes or len(results) != sum(counts):  # a plain run, or one that kept only some images
+        sheet = contact_sheet([(r.path, f"{r.prompt} | seed {r.seed}") for r in results])
+        return (write_grid_png(out, first, sheet),)
+    combos = cells(config.sweep_axes)
+    axes = [(axis.title, list(axis.labels)) for axis in config.sweep_axes]
+    starts = [sum(counts[:g]) for g in range(len(counts))]  # each generation's first image in the run
+    grids = []
+    for prompt in range(len(config.generations) // len(combos)):
+        images = {combo: results[starts[prompt * len(combos) + c]].path for c, combo in enumerate(combos)}
+        index = results[starts[prompt * len(combos)]].index
+        grids.append(write_grid_png(out, index, sweep_sheet(images, axes)))
+    return tuple(grids)

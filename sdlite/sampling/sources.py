@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from sdlite.sampling.config import (
 )
 from sdlite.sampling.modes import FAST_SETTINGS
 from sdlite.sampling.prompts_file import prompt_rows
+from sdlite.sampling.sweeps import Axis, as_fields, cells, check_axes, parse_axis, swept
 from sdlite.schema import (
     COMMAND_LINE,
     DEVICES,
@@ -126,6 +129,14 @@ class SampleOverrides:
     embeddings_dir: tuple[str, ...] = option(
         (), "Load every embedding file in this folder (as --embedding does each); repeatable.", metavar="DIR"
     )
+    sweep: tuple[str, ...] = option(
+        (),
+        "A1111's X/Y/Z plot: make every prompt once per value of KEY (any per-image setting: steps, guidance, "
+        "scheduler, seed, strength, clip-skip, hires-strength, lora-scale...; or S/R=find,repl1,repl2 to replace "
+        "text in the prompts). Up to three times (X, Y, Z): every combination, each image with its own settings and "
+        "the same seed; with --grid, one sheet per prompt labelled with the axes.",
+        metavar="KEY=V1,V2,...",
+    )
     resume: bool = option(
         False,
         "Continue an interrupted run of this same command in --out: images it already wrote (checked from their "
@@ -188,9 +199,15 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         rows += prompt_rows(Path(opts.prompts_file))
     if not rows and replay.image is not None:  # its own settings, or its whole batch's images
         rows = [(member, replay.image) for member in replay.members] or [({}, replay.image)]
+    hints = typing.get_type_hints(Generation, include_extras=True)
+    fields = {f.name: hints[f.name] for f in dataclasses.fields(Generation)}
+    axes = tuple(parse_axis(text, fields) for text in opts.sweep)
+    check_axes(axes)
+    generations = _generations(rows, base, origins, cli, replay.image)
     return SampleConfig(
         model=model,
-        generations=_generations(rows, base, origins, cli, replay.image),
+        generations=_swept(generations, axes) if axes else generations,
+        sweep_axes=axes,
         out=opts.out or Path("outputs"),
         batch_size=1 if replay.batch_size is None else replay.batch_size,
         dtype=opts.dtype or "auto",
@@ -322,6 +339,16 @@ def _generations(
         generations.append(gen)
         next_seed = gen.seed + gen.num_images
     return tuple(generations)
+
+
+def _swept(generations: tuple[Generation, ...], axes: tuple[Axis, ...]) -> tuple[Generation, ...]:
+    """Each generation once per cell of the sweep, X fastest, every cell with the generation's own seed."""
+    out = []
+    for gen in generations:
+        for combo in cells(axes):
+            with origin({axis.key: Source(where=f"--sweep {axis.title}") for axis in axes}):
+                out.append(Generation(**swept(as_fields(gen), axes, combo)))
+    return tuple(out)
 
 
 def _same_file(model: str, recorded: str | None) -> bool:
