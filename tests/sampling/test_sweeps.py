@@ -42,7 +42,7 @@ def test_a_3x2_sweep_makes_6_images_with_their_settings_and_a_labelled_grid(tiny
     tile = MIN_TILE
     left = sheet.shape[1] - 3 * (tile + PAD) - PAD  # the row labels' column
     top = PAD + 2 * 12 + PAD  # the column labels' lines
-    assert sheet.shape[0] == top + 2 * (tile + PAD) + PAD  # two rows, no Z block
+    assert sheet.shape[0] == top + 2 * (tile + PAD)  # two rows, no Z block
     for n, image in enumerate(images):
         x, y = n % 3, n // 3
         cell = sheet[top + y * (tile + PAD) : top + y * (tile + PAD) + tile, left + x * (tile + PAD) :][:, :tile]
