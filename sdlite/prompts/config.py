@@ -27,8 +27,8 @@ from sdlite.schema import (
 PromptSyntax = Literal["a1111", "plain"]
 PROMPT_SYNTAX_HELP = (
     "How prompts are read. a1111: AUTOMATIC1111's syntax: (word) x1.1, ((word)), [word] /1.1, (word:1.3), \\( \\) "
-    "for brackets, BREAK, prompt editing [from:to:when] / [to:when] / [from::when] (when: a step, or a fraction of "
-    "the steps under 1), alternation [a|b], and prompts of any length in 75-token chunks. plain: the text as CLIP "
+    "for brackets, BREAK, prompt editing [from:to:when] / [to:when] / [from::when] (when: a step number, or with a decimal "
+    "point a fraction of the steps), alternation [a|b], and prompts of any length in 75-token chunks. plain: the text as CLIP "
     "reads it, cut at 77 tokens, as sdlite read every prompt before this option (images that record no syntax "
     "replay plain)."
 )

@@ -2,8 +2,10 @@
 
 The grammar is AUTOMATIC1111's (`modules/prompt_parser.py`, v1.10), parsed here by recursive descent:
 
-    [to:when]  [from:to:when]  [from::when]   the text changes after step `when` (a fraction of the steps when
-                                             under 1, then rounded down; never past the last step)
+    [to:when]  [from:to:when]  [from::when]   the text changes after step `when`: a whole number is a step, a
+                                             number with a decimal point a fraction of the steps (rounded down;
+                                             1.0 = never); a switch before step 1 is dropped
+                                             (A1111 v1.10 without its "old scheduling" option)
     [a|b|c]                                   alternation: a at step 1, b at 2, c at 3, a at 4, ...
     (x)  (x:w)  [x]                           emphasis, kept as written (sdlite/prompts/emphasis.py weighs it)
 
@@ -26,7 +28,7 @@ _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 class _Scheduled:
     before: list[_Node]
     after: list[_Node]
-    when: float
+    when: str  # the number as written: a decimal point makes it a fraction
 
 
 @dataclass(frozen=True)
@@ -44,48 +46,57 @@ class _Emphasized:
 _Node = Union[str, _Scheduled, _Alternate, _Emphasized]  # noqa: UP007 (a recursive alias needs the old form)
 
 
-def schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
+def schedule(prompt: str, steps: int, first_pass: int | None = None) -> list[tuple[int, str]]:
     """(last step, text) pairs: the text the model is given up to and including that step, as A1111's
-    `get_learned_conditioning_prompt_schedules` gives them (the last pair ends at `steps`)."""
+    `get_learned_conditioning_prompt_schedules` gives them (the last pair ends at `steps`).
+
+    For a hires fix's second pass of `steps` steps after a first pass of `first_pass`, a step number counts from
+    the first pass's start and a fraction runs from 1.0 (the first pass's end) to 2.0, as A1111 schedules it.
+    """
     nodes = _Parser(prompt).top()
     if nodes is None:
         return [(steps, prompt)]
+    offsets = (0, 0.0) if first_pass is None else (first_pass, 1.0)
     ends = {steps}
-    _collect(nodes, steps, ends)
-    return [(end, _render(nodes, end, steps)) for end in sorted(ends)]
+    _collect(nodes, steps, offsets, ends)
+    return [(end, _render(nodes, end, steps, offsets)) for end in sorted(ends)]
 
 
-def _when(node: _Scheduled, steps: int) -> int:
-    when = node.when * steps if node.when < 1 else node.when
-    return min(steps, int(when))
+def _when(node: _Scheduled, steps: int, offsets: tuple[int, float]) -> int:
+    value = float(node.when)
+    value = (value - offsets[1]) * steps if "." in node.when else value - offsets[0]
+    return min(steps, int(value))
 
 
-def _collect(nodes: list[_Node], steps: int, ends: set[int]) -> None:
+def _collect(nodes: list[_Node], steps: int, offsets: tuple[int, float], ends: set[int]) -> None:
     for node in nodes:
         if isinstance(node, _Scheduled):
-            ends.add(_when(node, steps))
-            _collect(node.before, steps, ends)
-            _collect(node.after, steps, ends)
+            when = _when(node, steps, offsets)
+            if when >= 1:  # a switch before the first step is no switch
+                ends.add(when)
+            _collect(node.before, steps, offsets, ends)
+            _collect(node.after, steps, offsets, ends)
         elif isinstance(node, _Alternate):
             ends.update(range(1, steps + 1))
             for option in node.options:
-                _collect(option, steps, ends)
+                _collect(option, steps, offsets, ends)
         elif isinstance(node, _Emphasized):
             for part in node.parts:
-                _collect(part, steps, ends)
+                _collect(part, steps, offsets, ends)
 
 
-def _render(nodes: list[_Node], step: int, steps: int) -> str:
+def _render(nodes: list[_Node], step: int, steps: int, offsets: tuple[int, float]) -> str:
     out = []
     for node in nodes:
         if isinstance(node, str):
             out.append(node)
         elif isinstance(node, _Scheduled):
-            out.append(_render(node.before if step <= _when(node, steps) else node.after, step, steps))
+            chosen = node.before if step <= _when(node, steps, offsets) else node.after
+            out.append(_render(chosen, step, steps, offsets))
         elif isinstance(node, _Alternate):
-            out.append(_render(node.options[(step - 1) % len(node.options)], step, steps))
+            out.append(_render(node.options[(step - 1) % len(node.options)], step, steps, offsets))
         else:
-            inner = ":".join(_render(part, step, steps) for part in node.parts)
+            inner = ":".join(_render(part, step, steps, offsets) for part in node.parts)
             out.append(node.opener + inner + node.closer)
     return "".join(out)
 
@@ -153,15 +164,20 @@ class _Parser:
             return True
         return False
 
-    def _when(self) -> float | None:
-        """`[WHITESPACE] NUMBER ]` at the cursor, consumed; else None with the cursor unmoved."""
+    def _when(self) -> str | None:
+        """`[WHITESPACE] NUMBER [WHITESPACE] ]` at the cursor, consumed, the number as written; else None with the
+        cursor unmoved."""
         start = self.at
         if space := _SPACE.match(self.text, self.at):
             self.at = space.end()
         number = _NUMBER.match(self.text, self.at)
-        if number and self.text.startswith("]", number.end()):
-            self.at = number.end() + 1
-            return float(number.group())
+        if number:
+            end = number.end()
+            if space := _SPACE.match(self.text, end):
+                end = space.end()
+            if self.text.startswith("]", end):
+                self.at = end + 1
+                return number.group()
         self.at = start
         return None
 

@@ -1,7 +1,7 @@
 """A1111's emphasis syntax: which parts of a prompt are weighted, and by how much.
 
 The rules are AUTOMATIC1111's (`modules/prompt_parser.py`, `parse_prompt_attention`, v1.10), re-implemented:
-`(text)` multiplies the weight of what it encloses by 1.1, `[text]` by 1 / 1.1, `(text:1.3)` by 1.3; they nest by
+`(text)` multiplies the weight of what it encloses by 1.1, `[text]` by 1 / 1.1, `(text:1.3)` (spaces allowed around the number) by 1.3; they nest by
 multiplication, and brackets left open at the end apply to everything after them (round ones first, then square
 ones). `\\(`, `\\)`, `\\[`, `\\]` and `\\\\` are literal characters; a bracket that closes nothing, and a `:` outside
 `(text:w)`, is plain text. `BREAK` (a whole word) ends the current 75-token chunk: it comes out as the piece
@@ -12,6 +12,8 @@ weights are the same floats (`((house:1.3))` is 1.5730000000000004).
 from __future__ import annotations
 
 import re
+
+from sdlite.errors import UsageError
 
 ROUND = 1.1
 SQUARE = 1 / 1.1
@@ -24,7 +26,7 @@ _TOKEN = re.compile(
     \\\( | \\\) | \\\[ | \\\] | \\\\ | \\
     | \(
     | \[
-    | :([+-]?[.\d]+)\)
+    | :\s*([+-]?[.\d]+)\s*\)
     | \)
     | \]
     | [^\\()\[\]:]+
@@ -54,7 +56,11 @@ def parse_emphasis(text: str) -> list[tuple[str, float]]:
         elif token == "[":
             squares.append(len(pieces))
         elif weight is not None and rounds:
-            multiply(rounds.pop(), float(weight))
+            try:
+                factor = float(weight)
+            except ValueError:  # A1111 fails on it too
+                raise UsageError(f"prompt weight {token!r} is not a number: write it like (word:1.2)") from None
+            multiply(rounds.pop(), factor)
         elif token == ")" and rounds:
             multiply(rounds.pop(), ROUND)
         elif token == "]" and squares:

@@ -20,10 +20,12 @@ from sdlite.prompts.editing import schedule
 class PromptSchedule:
     """One prompt's variants (with SDXL's second prompt, if any) and the last step each is read at."""
 
-    def __init__(self, encoders: Sequence[Encoder], text: str, text_2: str | None, steps: int) -> None:
+    def __init__(
+        self, encoders: Sequence[Encoder], text: str, text_2: str | None, steps: int, first_pass: int | None = None
+    ) -> None:
         plain = encoders[0].plain  # the text as it is: no prompt editing either
-        first = [(steps, text)] if plain else schedule(text, steps)
-        second = None if text_2 is None else [(steps, text_2)] if plain else schedule(text_2, steps)
+        first = [(steps, text)] if plain else schedule(text, steps, first_pass)
+        second = None if text_2 is None else [(steps, text_2)] if plain else schedule(text_2, steps, first_pass)
         self.ends = sorted({end for end, _ in first} | {end for end, _ in second or []})
         texts = [_text_at(first, end) for end in self.ends]
         texts_2 = [_text_at(second, end) for end in self.ends] if second is not None else None
@@ -48,13 +50,16 @@ class BatchConditioning:
         negatives: Sequence[tuple[str, str | None]],
         steps: int,
         zero_empty_negative: bool,
+        first_pass: int | None = None,
     ) -> None:
+        """`first_pass`: for a hires fix's second pass, the first pass's steps (A1111 schedules prompt editing over
+        both passes)."""
         self.encoders, self.sdxl = encoders, any(enc.pooled for enc in encoders)
         cache: dict[tuple[str, str | None], PromptSchedule] = {}
 
         def scheduled(text: str, text_2: str | None) -> PromptSchedule:
             if (text, text_2) not in cache:
-                cache[(text, text_2)] = PromptSchedule(encoders, text, text_2, steps)
+                cache[(text, text_2)] = PromptSchedule(encoders, text, text_2, steps, first_pass)
             return cache[(text, text_2)]
 
         self.positive = [scheduled(*p) for p in prompts]

@@ -491,7 +491,7 @@ def _hires_fix(run: _Run, pipe: Any, batch: Batch, text: BatchConditioning | Non
     second.scheduler = make_scheduler(gen.scheduler, run.base_scheduler_config)
     steps = gen.hires_steps or gen.steps
     larger = dataclasses.replace(batch, height=size.final[0], width=size.final[1])
-    text = _text_conditioning(second, run.pipelines, larger, steps)
+    text = _text_conditioning(second, run.pipelines, larger, steps, first_pass=gen.steps)
     return _generate(second, larger, run.counter, text=text, second=_SecondPass(images, steps, gen.hires_strength))
 
 
@@ -504,7 +504,9 @@ class _SecondPass:
     strength: float
 
 
-def _text_conditioning(pipe: Any, pipelines: _Pipelines, batch: Batch, steps: int) -> BatchConditioning | None:
+def _text_conditioning(
+    pipe: Any, pipelines: _Pipelines, batch: Batch, steps: int, first_pass: int | None = None
+) -> BatchConditioning | None:
     """A batch's text conditioning at each of `steps` steps, made by sdlite (A1111's syntax, or clip skip); None
     where the pipeline reads the prompts itself (plain prompts at clip skip 1, exactly as before either option
     existed)."""
@@ -519,7 +521,7 @@ def _text_conditioning(pipe: Any, pipelines: _Pipelines, batch: Batch, steps: in
     negatives = [(gen.negative_prompt, gen.negative_prompt_2 or None)] * len(prompts)
     zero = bool(pipe.config.get("force_zeros_for_empty_prompt", False))  # SDXL: an empty negative prompt is zeros
     with torch.no_grad():
-        return BatchConditioning(encoders, prompts, negatives, steps, zero)
+        return BatchConditioning(encoders, prompts, negatives, steps, zero, first_pass)
 
 
 def _generate(

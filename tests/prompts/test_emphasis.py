@@ -46,3 +46,12 @@ def test_weights_follow_a1111(text: str, pieces: list[tuple[str, float]]) -> Non
 def test_break_ends_a_chunk_and_takes_its_spaces() -> None:
     assert parse_emphasis("a cat BREAK (a dog)") == [("a cat", 1.0), ("BREAK", -1.0), ("", 1.0), ("a dog", 1.1)]
     assert parse_emphasis("BREAKING news") == [("BREAKING news", 1.0)]  # only the whole word
+
+
+def test_spaces_around_a_weight_and_a_weight_that_is_no_number() -> None:
+    from sdlite.errors import UsageError
+
+    assert parse_emphasis("(weight:1.2 )") == [("weight", 1.2)]
+    assert parse_emphasis("(weight: 0.5)") == [("weight", 0.5)]
+    with pytest.raises(UsageError, match="is not a number"):
+        parse_emphasis("(word:1.2.3)")
