@@ -30,6 +30,53 @@ def png_info(parameters: str, record: dict[str, Any]) -> Any:
     return info
 
 
+# Image formats sdlite writes, by --image-format, and their file extensions.
+EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+# JPEG and WebP carry the texts in EXIF, as A1111 stores them: `parameters` as the Exif IFD's UserComment (UTF-16
+# big-endian after the 8-byte "UNICODE" prefix, piexif's encoding), sdlite's record as IFD0's ImageDescription
+# (ASCII JSON).
+_EXIF_IFD, _USER_COMMENT, _IMAGE_DESCRIPTION = 0x8769, 0x9286, 0x010E
+_UNICODE = b"UNICODE\x00"
+_CHARSETS = {_UNICODE: "utf-16-be", b"ASCII\x00\x00\x00": "ascii", b"JIS\x00\x00\x00\x00\x00": "shift_jis"}
+
+
+def encode_image(image: Any, image_format: str, quality: int, parameters: str, record: dict[str, Any]) -> bytes:
+    """The file's bytes: a PNG with both text chunks, or a JPEG/WebP at `quality` with both texts in EXIF."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    if image_format == "png":
+        image.save(buffer, format="PNG", pnginfo=png_info(parameters, record))
+        return buffer.getvalue()
+    exif = Image.Exif()
+    exif[_IMAGE_DESCRIPTION] = json.dumps(record, sort_keys=True)  # ASCII: non-ASCII characters escaped
+    exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = _UNICODE + parameters.encode("utf-16-be")
+    try:
+        image.save(buffer, format=image_format.upper(), quality=quality, exif=exif)
+    except ValueError as exc:  # JPEG's EXIF segment holds at most 64 KiB
+        raise DataError(f"the image's metadata does not fit in a {image_format.upper()} file ({exc}): use png") from exc
+    return buffer.getvalue()
+
+
+def _exif_text(image: Any) -> dict[str, str]:
+    """A JPEG's or WebP's `parameters` (EXIF UserComment) and `sdlite` record (ImageDescription), where present."""
+    exif = image.getexif()
+    text: dict[str, str] = {}
+    comment = exif.get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    if isinstance(comment, bytes) and len(comment) >= 8:
+        charset = _CHARSETS.get(comment[:8])
+        if charset:
+            text[A1111_CHUNK] = comment[8:].decode(charset, errors="replace")
+    elif isinstance(comment, str):
+        text[A1111_CHUNK] = comment
+    description = exif.get(_IMAGE_DESCRIPTION)
+    if isinstance(description, str) and description.startswith("{"):
+        text[CHUNK] = description
+    return text
+
+
 def read_record(path: Path) -> dict[str, Any]:
     """The `sdlite` JSON chunk of a PNG sdlite wrote; DataError when absent or unreadable."""
     return _record(path, png_text(path))
@@ -41,6 +88,8 @@ def png_text(path: Path) -> dict[str, str]:
 
     try:
         with Image.open(path) as image:
+            if image.format in ("JPEG", "WEBP", "MPO"):
+                return _exif_text(image)
             return dict(getattr(image, "text", {}) or {})
     except FileNotFoundError as exc:
         raise DataError(f"{path} does not exist") from exc
@@ -83,6 +132,8 @@ def read_settings(path: Path) -> dict[str, Any]:
     settings["batch_prompts"] = run.get("batch_prompts")
     settings["lora"] = record.get("lora")
     settings["vae"] = model.get("vae")
+    settings["image_format"] = run.get("image_format")
+    settings["quality"] = run.get("quality")
     settings["embeddings"] = model.get("embeddings")
     settings["mode"] = run.get("mode", "default")
     settings["inputs"] = record.get("inputs")

@@ -58,6 +58,7 @@ from sdlite.staging import check_output_place, staged_file
 
 Status = Literal["passed", "failed", "skipped", "error"]
 ProgressFn = Callable[[int, int], None]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what `sdlite sample --image-format` writes
 _GRID = re.compile(r"^grid-\d+(?:-\d+)?\.png$", re.IGNORECASE)
 _PROGRESS = re.compile(r"-progress\.png$", re.IGNORECASE)
 
@@ -282,7 +283,7 @@ def _find_pngs(paths: Iterable[str]) -> list[tuple[Path, str]]:
     for given in paths:
         path = Path(given).expanduser()
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() == ".png" and p.is_file())
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             for file in files:
                 found.setdefault(file.resolve(), file.relative_to(path).as_posix())
         elif path.is_file():
@@ -362,6 +363,8 @@ def _group_key(replay: SampleConfig) -> tuple[Any, ...]:
         replay.vae,
         replay.embeddings,
         replay.embeddings_dirs,
+        replay.image_format,
+        replay.quality,
     )
 
 

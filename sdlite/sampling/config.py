@@ -59,7 +59,9 @@ Fraction = Annotated[float, Strict(), AllowInfNan(False), Ge(0), Le(1)]
 ResizeRule = Literal["crop", "fit", "stretch"]
 RESIZE_RULES: tuple[str, ...] = get_args(ResizeRule)
 DEFAULT_STRENGTH = 0.75
-DEFAULT_HIRES_STRENGTH = 0.7  # A1111's default Denoising strength for the hires pass
+DEFAULT_HIRES_STRENGTH = 0.7
+ImageFormat = Literal["png", "jpeg", "webp"]
+DEFAULT_QUALITY = 80  # A1111's default JPEG/WebP quality  # A1111's default Denoising strength for the hires pass
 
 
 @dataclass(frozen=True)
@@ -286,6 +288,8 @@ class SampleConfig:
     resume: Flag = False
     prediction_type: PredictionType | None = None  # what the model predicts, when it says wrong or nothing
     vae: PathText | None = None  # another VAE instead of the model's own (a diffusers folder or a single file)
+    image_format: ImageFormat = "png"  # jpeg and webp carry A1111's parameters in EXIF UserComment
+    quality: Annotated[int, Strict(), Ge(1), Le(100)] = DEFAULT_QUALITY  # JPEG and WebP only
     # --sweep: the axes every prompt's generations were made from (cells in order, X fastest), for the grid.
     sweep_axes: tuple[InstanceOf[Axis], ...] = ()
     embeddings: tuple[PathText, ...] = ()  # textual-inversion files, used in prompts by their names

@@ -26,7 +26,7 @@ from typing import Any
 
 from sdlite.errors import writing
 
-NAME = re.compile(r"^(\d{5,})-(\d+)\.png$")
+NAME = re.compile(r"^(\d{5,})-(\d+)\.(?:png|jpg|webp)$")
 CLAIMS = ".sdlite-claims"  # hidden folder of index claims inside an output folder
 GRID = re.compile(r"^grid-(\d{5,})(?:-\d+)?\.png$")
 
@@ -59,7 +59,14 @@ def write_png(
     """Write `INDEX-SEED{suffix}.png` at `index` (or the next free one), whole or not at all; never overwrite."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
-    data = buffer.getvalue()
+    return write_image(out, numbering, seed, buffer.getvalue(), ".png", index, suffix)
+
+
+def write_image(
+    out: Path, numbering: Numbering, seed: int, data: bytes, extension: str, index: int | None = None, suffix: str = ""
+) -> tuple[Path, int]:
+    """Write the encoded image `data` as `INDEX-SEED{suffix}{extension}` at `index` (or the next free one), whole or
+    not at all; never overwrite."""
     while True:
         if index is None:
             index = numbering.take()
@@ -68,7 +75,7 @@ def write_png(
         if not claim(out, index, stem):  # another run's image has (or will have) this index
             index = None
             continue
-        path = out / f"{stem}{suffix}.png"
+        path = out / f"{stem}{suffix}{extension}"
         try:
             _create(path, data)
             return path, index

@@ -18,13 +18,13 @@ from sdlite.sampling.results import ModelFacts, SampleResult
 
 
 def await_remote(
-    out: Path, index: int, job: Job, facts: ModelFacts, with_strip: bool, poll: float = 0.05
+    out: Path, index: int, job: Job, facts: ModelFacts, with_strip: bool, extension: str = ".png", poll: float = 0.05
 ) -> SampleResult:
     """Wait until another process has linked this image (and its strip) into place, whole, then describe it. When
     another run took its planned index (the claim names another image), the process wrote it at the next free
     one: it is found by its seed, its place in the run and its settings."""
     settings = job.remote or {}
-    path = out / f"{index:05d}-{settings['seed']}.png"
+    path = out / f"{index:05d}-{settings['seed']}{extension}"
     for waited in itertools.count(1):
         strip = path.with_name(f"{path.stem}-progress.png")
         if path.exists() and (not with_strip or strip.exists()):
@@ -41,7 +41,7 @@ def _moved(out: Path, number: int, settings: dict[str, Any]) -> tuple[Path, int]
     """The image of this run's `number` with these settings, written past its planned index."""
     from sdlite.formats.png_record import read_record
 
-    for candidate in out.glob(f"*-{settings['seed']}.png"):
+    for candidate in out.glob(f"*-{settings['seed']}.*"):
         match = NAME.match(candidate.name)
         if match is None:
             continue

@@ -52,7 +52,7 @@ from sdlite.sampling.init_images import (
 from sdlite.sampling.interrupt import NonFiniteLatents, ProgressFn, StepCounter, StopRequest
 from sdlite.sampling.loras import load_loras, set_scales
 from sdlite.sampling.modes import apply_mode, load_device
-from sdlite.sampling.outputs import BackgroundWriter, Numbering, write_grid_png, write_png
+from sdlite.sampling.outputs import BackgroundWriter, Numbering, write_grid_png, write_image, write_png
 from sdlite.sampling.plan import (
     SDXL_KEYS,
     Batch,
@@ -297,14 +297,17 @@ def _denoise_and_write(run: _Run, on_image: Callable[[SampleResult], None] | Non
 
     def write(job: Job) -> None:
         if job.remote is not None and job.remote_gen is not None:  # another process writes it: report it once whole
-            kept = await_remote(out, run.indices[job.number], job, run.facts, bool(config.save_progress))
+            extension = png_record.EXTENSIONS[config.image_format]
+            kept = await_remote(out, run.indices[job.number], job, run.facts, bool(config.save_progress), extension)
             run.counter.skip(denoising_steps(job.remote_gen))
             job = Job(job.number, kept=kept)
         with stop.writing():  # a hard stop after Ctrl-C waits for this image and its report
             if job.kept is not None and job.strip is not None:  # a kept image whose progress strip was lost
                 result = _save_strip(out, run.numbering, job.kept, job.strip)
             else:
-                result = job.kept or _save(out, run.numbering, job, run.facts, run.indices[job.number])
+                result = job.kept or _save(
+                    out, run.numbering, job, run.facts, run.indices[job.number], config.image_format, config.quality
+                )
             results.append(result)
             if on_image:
                 on_image(result)
@@ -443,8 +446,10 @@ def _save_strip(out: Path, numbering: Numbering, kept: SampleResult, strip: Any)
     return dataclasses.replace(kept, progress=progress)
 
 
-def _save(out: Path, numbering: Numbering, job: Job, facts: ModelFacts, index: int) -> SampleResult:
-    """Write one PNG with both metadata chunks (and its progress strip, if any) and describe it."""
+def _save(
+    out: Path, numbering: Numbering, job: Job, facts: ModelFacts, index: int, image_format: str, quality: int
+) -> SampleResult:
+    """Write one image with both metadata texts (and its progress strip, if any) and describe it."""
     assert job.settings is not None
     record = {
         "format": png_record.FORMAT_VERSION,
@@ -468,8 +473,11 @@ def _save(out: Path, numbering: Numbering, job: Job, facts: ModelFacts, index: i
     texts = [settings[k] for k in ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2") if k in settings]
     hashes = ti_hashes(facts.embeddings, texts)
     parameters = png_record.a1111_parameters(settings, spec, facts.model_hash, facts.name, facts.vae, hashes)
-    info = png_record.png_info(parameters, record)
-    path, index = write_png(out, numbering, job.settings["seed"], job.image, info, index)
+    if image_format != "png":  # how to write it again (--from-image, check)
+        record["run"] |= {"image_format": image_format, "quality": quality}
+    data = png_record.encode_image(job.image, image_format, quality, parameters, record)
+    extension = png_record.EXTENSIONS[image_format]
+    path, index = write_image(out, numbering, job.settings["seed"], data, extension, index)
     progress = None
     if job.strip is not None:
         progress, _ = write_png(out, numbering, job.settings["seed"], job.strip, None, index, suffix="-progress")

@@ -11,14 +11,19 @@ import secrets
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from annotated_types import Ge, Le
+from pydantic import Strict
 
 from sdlite.errors import DataError, UsageError
 from sdlite.models.source import model_settings_record, resolve_model_source
 from sdlite.sampling.config import (
+    DEFAULT_QUALITY,
     GENERATION_KEYS,
     INPUT_KEYS,
     Generation,
+    ImageFormat,
     LoraChoice,
     Mode,
     SampleConfig,
@@ -129,6 +134,14 @@ class SampleOverrides:
     embeddings_dir: tuple[str, ...] = option(
         (), "Load every embedding file in this folder (as --embedding does each); repeatable.", metavar="DIR"
     )
+    image_format: str | None = option(
+        None,
+        "png, jpeg or webp (.jpg/.webp files carry A1111's parameters in EXIF UserComment, where A1111 and civitai "
+        "read them, and sdlite's record in ImageDescription; --from-image and check read all three).",
+        shown="png",
+        metavar="FORMAT",
+    )
+    quality: int | None = option(None, "JPEG/WebP quality, 1-100.", shown="80, as A1111")
     sweep: tuple[str, ...] = option(
         (),
         "A1111's X/Y/Z plot: make every prompt once per value of KEY (any per-image setting: steps, guidance, "
@@ -184,6 +197,8 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         vae=opts.vae,
         embeddings=_as_tuple(opts.embedding),
         embeddings_dirs=_as_tuple(opts.embeddings_dir),
+        image_format=opts.image_format,
+        quality=opts.quality,
     )
     if opts.from_image is not None:
         _replay_image(replay, opts, cli)
@@ -227,6 +242,8 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         vae=replay.vae,
         embeddings=replay.embeddings,
         embeddings_dirs=replay.embeddings_dirs,
+        image_format=replay.image_format or "png",
+        quality=DEFAULT_QUALITY if replay.quality is None else replay.quality,
     )
 
 
@@ -245,6 +262,8 @@ class _Replay:
     vae: str | None
     embeddings: tuple[str, ...]
     embeddings_dirs: tuple[str, ...]
+    image_format: str | None
+    quality: int | None
     recorded: dict[str, Any] = field(default_factory=dict)  # the PNG's generation settings
     image: Source | None = None
     expected_hash: str | None = None
@@ -266,6 +285,8 @@ def _replay_image(replay: _Replay, opts: SampleOverrides, cli: dict[str, Any]) -
     replay.expected_hash = recorded.get("model_hash")
     replay.mode = replay.mode or recorded.get("mode")
     replay.prediction_type = replay.prediction_type or recorded.get("prediction_type")
+    replay.image_format = replay.image_format or recorded.get("image_format")  # written again the same way
+    replay.quality = recorded.get("quality") if replay.quality is None else replay.quality
     if recorded.get("vae") and not replay.vae:  # the recorded VAE, found again unchanged
         replay.vae = _recorded_vae(recorded["vae"], image)
     if recorded.get("embeddings") and not (replay.embeddings or replay.embeddings_dirs):
@@ -384,6 +405,8 @@ def _read_image_settings(path: Path) -> tuple[dict[str, Any], Source]:
         ("prediction_type", PredictionType | None),
         ("vae", dict[str, str] | None),
         ("embeddings", list[dict[str, str]] | None),
+        ("image_format", ImageFormat | None),
+        ("quality", Annotated[int, Strict(), Ge(1), Le(100)] | None),
     ):
         check_value(hint, recorded.get(key), f'its sdlite metadata field "{key}"', image)
     return recorded, image
