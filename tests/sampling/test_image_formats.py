@@ -42,6 +42,7 @@ def test_lossy_formats_carry_both_texts_where_a1111_reads_them(
     assert comment[:8] == b"UNICODE\x00"  # piexif's UNICODE prefix, then UTF-16 big-endian (A1111 reads it so)
     parameters = comment[8:].decode("utf-16-be")
     settings, _, notes = generation_settings(parameters)
+    assert notes == []  # RNG: CPU, every key replayed
     assert (settings["prompt"], settings["negative_prompt"], settings["seed"]) == ("a (red:1.2) circle, ünïcode",
                                                                                  "blue", 4)  # fmt: skip
     assert read_record(path)["run"]["image_format"] == image_format
