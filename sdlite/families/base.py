@@ -40,6 +40,7 @@ class Family:
     # before the last goes through the final layer norm (SD v1 and 2.x: yes; SDXL reads its penultimate raw).
     text_layer: int = 1
     text_final_norm: bool = True
+    a1111_clip_skip: bool = True  # whether A1111 applies its Clip skip setting to the family (not SD 2.x, SDXL)
 
     @property
     def pipeline_classes(self) -> tuple[str, ...]:

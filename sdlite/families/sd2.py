@@ -39,4 +39,5 @@ SD2 = Family(
     # What shapes cannot tell: 64-wide heads in the UNet and the text tower, 32 norm groups, OpenCLIP's GELU.
     conventions={"unet_head_width": 64, "text_head_width": 64, "norm_groups": 32, "text_act": "gelu"},
     v_prediction_sizes=(768,),
+    a1111_clip_skip=False,
 )

@@ -60,4 +60,5 @@ SDXL = Family(
     micro_conditioning=True,
     text_layer=2,
     text_final_norm=False,
+    a1111_clip_skip=False,
 )

@@ -159,6 +159,7 @@ def _a1111_settings(path: Path, parameters: str) -> dict[str, Any]:
         )
     return {
         **settings,
+        "a1111": True,  # another tool's infotext: its rules apply where they differ from sdlite's
         "num_images": 1,
         "model": None,
         "model_hash": model["hash"] or None,

@@ -278,6 +278,9 @@ class SampleConfig:
     batch_breaks: tuple[NonNegativeInt, ...] = ()
     # The model hash recorded in a `--from-image` source: a different model gets a warning.
     expected_model_hash: Text | None = None
+    # The settings came from another tool's infotext (an A1111 PNG): A1111's own rules apply where sdlite's differ
+    # (A1111 ignores `Clip skip` for SD 2.x and SDXL).
+    from_a1111: Flag = False
     loras: tuple[InstanceOf[LoraChoice], ...] = ()  # LoRA adapters applied together, each at its own scale
     mode: Mode = "default"  # "fast" or "low-memory": see sdlite/sampling/modes.py
     tokenizer: PathText | None = None  # a single-file model's tokenizer (folder or hub id); default: found

@@ -99,6 +99,11 @@ def sample(
     config = world.share(config)  # one run: the first process's seeds, also the random ones it drew
     model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights)
     _check_family_settings(config, model)
+    if config.from_a1111 and not model.family.a1111_clip_skip:
+        # A1111 reads SD 2.x's and SDXL's own layer whatever its Clip skip says: replayed as it made the image
+        config = dataclasses.replace(
+            config, generations=tuple(dataclasses.replace(g, clip_skip=1) for g in config.generations)
+        )
     vae_file = find_vae(config.vae, config.allow_pickle) if config.vae else None
     embedding_paths, notes = embedding_files(config.embeddings, config.embeddings_dirs, config.allow_pickle)
     user_images = UserImages()  # each init image and mask is read and hashed once per run

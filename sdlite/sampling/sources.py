@@ -232,6 +232,7 @@ def build_sample_config(opts: SampleOverrides, env: dict[str, str] | None = None
         allow_pickle=opts.allow_pickle,
         keep_numbers=replay.keep_numbers,
         expected_model_hash=replay.expected_hash,
+        from_a1111=replay.from_a1111,
         loras=lora_choices(replay.lora, replay.lora_scale),
         mode=replay.mode or "default",
         tokenizer=replay.tokenizer,
@@ -264,6 +265,7 @@ class _Replay:
     embeddings_dirs: tuple[str, ...]
     image_format: str | None
     quality: int | None
+    from_a1111: bool = False  # the PNG holds only another tool's infotext
     recorded: dict[str, Any] = field(default_factory=dict)  # the PNG's generation settings
     image: Source | None = None
     expected_hash: str | None = None
@@ -285,6 +287,7 @@ def _replay_image(replay: _Replay, opts: SampleOverrides, cli: dict[str, Any]) -
     replay.expected_hash = recorded.get("model_hash")
     replay.mode = replay.mode or recorded.get("mode")
     replay.prediction_type = replay.prediction_type or recorded.get("prediction_type")
+    replay.from_a1111 = bool(recorded.get("a1111"))
     replay.image_format = replay.image_format or recorded.get("image_format")  # written again the same way
     replay.quality = recorded.get("quality") if replay.quality is None else replay.quality
     if recorded.get("vae") and not replay.vae:  # the recorded VAE, found again unchanged

@@ -141,3 +141,18 @@ def test_an_image_recording_no_syntax_replays_as_plain_text(tiny_model: Path, tm
     assert config.generations[0].prompt_syntax == "plain" and config.generations[0].clip_skip == 1
     again = build_sample_config(SampleOverrides(from_image=path, out=tmp_path / "again"))
     assert again.generations[0].prompt_syntax == "a1111"
+
+
+def test_an_a1111_sdxl_image_replays_clip_skip_as_a1111_applies_it(sdxl_tiny_model: Path, tmp_path: Path) -> None:
+    """A1111 writes `Clip skip: 2` for SDXL images but reads SDXL's own layer regardless: replayed at 1."""
+    gen = Generation("a red circle", steps=2, seed=3, height=64, width=64)
+    path = made(sdxl_tiny_model, tmp_path / "a", gen)
+    image = Image.open(path)
+    info = PngInfo()
+    info.add_text("parameters", image.text["parameters"].replace("Seed: 3,", "Seed: 3, Clip skip: 2,"))
+    a1111 = tmp_path / "a1111.png"
+    image.save(a1111, pnginfo=info)
+    config = build_sample_config(SampleOverrides(from_image=a1111, model=str(sdxl_tiny_model), out=tmp_path / "b"))
+    assert config.from_a1111 and config.generations[0].clip_skip == 2
+    (again,) = sample(config).images
+    assert again.clip_skip == 1 and np.array_equal(pixels(again.path), pixels(path))
