@@ -140,7 +140,8 @@ def encode(encoders: Sequence[Encoder], texts: Sequence[str], texts_2: Sequence[
         return parts[0]
     length = max(part.length for part in parts)
     states = [
-        pad_with(part, encoder.encode([""]), length).states for part, encoder in zip(parts, encoders, strict=True)
+        part.states if part.length == length else pad_with(part, encoder.encode([""]), length).states
+        for part, encoder in zip(parts, encoders, strict=True)
     ]
     return Conditioning(torch.cat(states, dim=-1), parts[-1].pooled)
 

@@ -65,8 +65,18 @@ class BatchConditioning:
         self.positive = [scheduled(*p) for p in prompts]
         self.zero_negative = zero_empty_negative and all(not n and not n2 for n, n2 in negatives)
         self.negative = [] if self.zero_negative else [scheduled(*n) for n in negatives]
-        self.empty = empty(encoders) if not self.zero_negative else None
+        self._empty: Conditioning | None = None  # the empty prompt's, encoded when first needed
         self._made: dict[tuple[int, ...], tuple[Conditioning, Conditioning]] = {}
+
+    @property
+    def empty(self) -> Conditioning:
+        """The empty prompt's conditioning: what the shorter of prompt and negative prompt is evened with."""
+        if self._empty is None:
+            import torch
+
+            with torch.no_grad():
+                self._empty = empty(self.encoders)
+        return self._empty
 
     @property
     def changes(self) -> bool:
@@ -84,11 +94,11 @@ class BatchConditioning:
                 pooled = None if positive.pooled is None else torch.zeros_like(positive.pooled)
                 negative = Conditioning(torch.zeros_like(positive.states), pooled)
             else:
-                assert self.empty is not None
                 picks = key[len(self.positive) :]
                 negative = stack([s.cond[i : i + 1] for s, i in zip(self.negative, picks, strict=True)])
-                length = max(positive.length, negative.length)
-                positive, negative = pad_with(positive, self.empty, length), pad_with(negative, self.empty, length)
+                if positive.length != negative.length:
+                    length = max(positive.length, negative.length)
+                    positive, negative = pad_with(positive, self.empty, length), pad_with(negative, self.empty, length)
             self._made[key] = (positive, negative)
         return self._made[key]
 

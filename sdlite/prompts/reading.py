@@ -115,9 +115,9 @@ def _save(path: Path, batch: BatchConditioning, reading: dict[str, Any]) -> dict
     else:
         negative = [batch.negative[0].cond[i : i + 1] for i in range(len(batch.negative[0].ends))]
         length = max(c.length for c in positive + negative)
-        assert batch.empty is not None
-        positive = [pad_with(c, batch.empty, length) for c in positive]
-        negative = [pad_with(c, batch.empty, length) for c in negative]
+        if any(c.length != length for c in positive + negative):
+            positive = [pad_with(c, batch.empty, length) for c in positive]
+            negative = [pad_with(c, batch.empty, length) for c in negative]
     tensors: dict[str, Any] = {}
     for name, conds in (("prompt", positive), ("negative_prompt", negative)):
         for i, cond in enumerate(conds):
