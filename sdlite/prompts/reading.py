@@ -96,8 +96,11 @@ def _describe(
                 }
             )
         variants.append(entry)
+    reading: dict[str, Any] = {"text": text}
+    if not plain:  # A1111's parse_prompt_attention of the text as given (each variant's is below)
+        reading["attention"] = [[piece, weight] for piece, weight in parse_emphasis(text)]
     return {
-        "text": text,
+        **reading,
         "schedule": [[end, variant] for end, variant in ([(steps, text)] if plain else schedule(text, steps))],
         "per_step": [scheduled.index(step) for step in range(steps)],
         "variants": variants,

@@ -32,6 +32,8 @@ def test_json_gives_a1111s_schedule_pieces_and_chunks(tiny_model: Path) -> None:
     prompt = reading["prompt"]
     assert prompt["schedule"] == [[2, "a (red:1.3) cat cat, BREAK sun"], [4, "a (red:1.3) dog cat, BREAK sun"]]
     assert prompt["per_step"] == [0, 0, 0, 1]  # A1111 reads a variant while step <= its last step
+    assert prompt["attention"] == [["a ", 1.0], ["red", 1.3], [" ", 1.0], ["cat:dog:2", 1 / 1.1], [" cat,", 1.0],
+                                   ["BREAK", -1.0], ["sun", 1.0]]  # A1111's own output for the text as given  # fmt: skip
     first = prompt["variants"][0]
     assert first["attention"] == [["a ", 1.0], ["red", 1.3], [" cat cat,", 1.0], ["BREAK", -1.0], ["sun", 1.0]]
     (encoder,) = first["encoders"]
