@@ -39,6 +39,7 @@ COMMANDS = [
 NOT_OPTIONS = {
     (Generation, "prompt"): "the PROMPTS argument (SampleOverrides.prompts), a prompts-file line or a PNG's record",
     (SampleOverrides, "settings"): "the Generation options, gathered",
+    (Generation, "image_lora_scale"): "--sweep lora-scale=...",
 }
 FIELDS = [
     (words, config, f)
