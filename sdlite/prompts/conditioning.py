@@ -117,16 +117,18 @@ def text_encoders(
     )
 
 
-def check_clip_skip(encoders: Sequence[Encoder], clip_skip: int) -> None:
-    """A clip skip past the first layer is a usage error naming how many the model has."""
+def check_clip_skip(family: Any, configs: dict[str, dict[str, Any]], clip_skip: int) -> None:
+    """A clip skip past an encoder's first layer (by the model's configs, before any weight loads) is a usage error
+    naming how many layers it has."""
     from sdlite.errors import UsageError
 
-    for encoder in encoders:
-        layers = encoder.model.config.num_hidden_layers
-        if encoder.layer > layers:
+    for name in family.text_encoders:
+        layers = configs[name]["num_hidden_layers"]
+        layer = family.text_layer + clip_skip - 1
+        if layer > layers:
             raise UsageError(
-                f"--clip-skip {clip_skip} reads layer {layers - encoder.layer + 1} of a text encoder with {layers} "
-                f"layers: use at most {clip_skip - (encoder.layer - layers)}"
+                f"--clip-skip {clip_skip} reads layer {layers - layer + 1} of a text encoder with {layers} layers: "
+                f"use at most {clip_skip - (layer - layers)}"
             )
 
 

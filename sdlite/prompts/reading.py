@@ -33,12 +33,12 @@ def read_prompt(config: PromptConfig) -> dict[str, Any]:
     family = model.family
     steps = config.steps or model_defaults(config.model).get("steps", 50)
     device = pick_device(config.device)
+    check_clip_skip(family, model.configs(), config.clip_skip)
     paths, _ = embedding_files(config.embeddings, config.embeddings_dirs, config.allow_pickle)
     parts = load_text_encoders(model, device, pick_dtype(config.dtype, device))
     embeddings = add_embeddings(paths, parts, family.text_encoders)
     plain = config.prompt_syntax == "plain"
     encoders = text_encoders(SimpleNamespace(**parts), family, config.clip_skip, plain, embeddings)
-    check_clip_skip(encoders, config.clip_skip)
     with torch.no_grad():
         batch = BatchConditioning(
             encoders,

@@ -104,6 +104,8 @@ def sample(
         config = dataclasses.replace(
             config, generations=tuple(dataclasses.replace(g, clip_skip=1) for g in config.generations)
         )
+    for clip_skip in sorted({gen.clip_skip for gen in config.generations}):
+        check_clip_skip(model.family, model.configs(), clip_skip)
     vae_file = find_vae(config.vae, config.allow_pickle) if config.vae else None
     embedding_paths, notes = embedding_files(config.embeddings, config.embeddings_dirs, config.allow_pickle)
     user_images = UserImages()  # each init image and mask is read and hashed once per run
@@ -133,8 +135,6 @@ def sample(
         vae = load_vae(vae_file, model.configs()["vae"], model.family)
         pipe.register_modules(vae=vae.to(pipe.device, pipe.vae.dtype))
     embeddings = add_embeddings(embedding_paths, pipe.components, model.family.text_encoders)
-    for clip_skip in sorted({gen.clip_skip for gen in config.generations}):
-        check_clip_skip(text_encoders(pipe, model.family, clip_skip), clip_skip)
     loras = load_loras(pipe, config.loras, warnings, model.family)
     applied = apply_mode(pipe, config.mode, device, bool(loras))
     prediction = _prediction(config, model)

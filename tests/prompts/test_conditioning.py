@@ -107,10 +107,11 @@ def test_clip_skip_reads_the_layer_each_family_names(pipes: dict[str, Any]) -> N
 
 
 def test_a_clip_skip_past_the_first_layer_is_a_usage_error(pipes: dict[str, Any]) -> None:
-    layers = pipes["sd1"].text_encoder.config.num_hidden_layers
-    check_clip_skip(text_encoders(pipes["sd1"], SD1, layers), layers)
+    configs = {"text_encoder": pipes["sd1"].text_encoder.config.to_dict()}
+    layers = configs["text_encoder"]["num_hidden_layers"]
+    check_clip_skip(SD1, configs, layers)
     with pytest.raises(UsageError, match=f"use at most {layers}"):
-        check_clip_skip(text_encoders(pipes["sd1"], SD1, layers + 1), layers + 1)
+        check_clip_skip(SD1, configs, layers + 1)
 
 
 def test_the_shorter_of_prompt_and_negative_is_padded_with_the_empty_prompt(pipes: dict[str, Any]) -> None:
