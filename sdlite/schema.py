@@ -172,6 +172,7 @@ def option(
     argument: str | None = None,
     required: bool = False,
     metavar: str | None = None,
+    aliases: tuple[str, ...] = (),
 ) -> Any:
     """A config field that the command line sets, declared once: its default, its `--help` text, its flag when
     the field's name does not give it (`--center-crop/--random-crop`), `shown`, the default in words when it is
@@ -185,6 +186,7 @@ def option(
         "argument": argument,
         "required": required,
         "metavar": metavar,
+        "aliases": aliases,  # older spellings of the flag, still accepted
     }
     return dataclasses.field(default=default, metadata=metadata)
 

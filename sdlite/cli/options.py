@@ -131,6 +131,7 @@ def _option_of(field: dataclasses.Field[Any], hint: Any) -> Any:
     if argument:
         return Annotated[base | None, typer.Argument(help=text, metavar=argument, show_default=False)]
     flags = [flag] if flag else ["--" + field.name.replace("_", "-")] if base is bool else []
+    flags += list(field.metadata.get("aliases", ()))
     metavar = field.metadata.get("metavar")
     return Annotated[base | None, typer.Option(*flags, help=text, metavar=metavar, show_default=False)]
 

@@ -145,6 +145,8 @@ def train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
                 + (f" against a {event['peak_tflops']:.0f} TFLOP/s peak" if event.get("peak_tflops") else ""),
                 err=True,
             )
+            if event.get("optimizer"):
+                typer.echo(f"optimizer: {event['optimizer']}", err=True)
             if event.get("memory_gib"):
                 typer.echo(
                     f"memory: about {event['memory_gib']:.3g} GiB per process at batch {event['batch_size']}"

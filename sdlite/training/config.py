@@ -42,12 +42,14 @@ from sdlite.schema import (
     tokenizer_option,
     validate_fields,
 )
+from sdlite.training.optimizers import OPTIMIZERS, SCHEDULES
 
 Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio"]
 TRACKERS: tuple[str, ...] = get_args(Tracker)
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+LR_SCHEDULERS = (*SCHEDULES, "constant_with_warmup", "cosine_with_restarts")  # both spellings
 PRECISIONS = ("no", "fp16", "bf16")
 LrScheduler = one_of(LR_SCHEDULERS)
+Optimizer = one_of(OPTIMIZERS)
 Precision = one_of(PRECISIONS)
 
 
@@ -80,9 +82,24 @@ class TrainConfig:
     random_flip: Flag = option(False, "Flip images horizontally at random.")
     batch_size: PositiveInt = option(1, "Images per process per micro-batch.")
     grad_accum: PositiveInt = option(1, "Micro-batches per optimizer step.")
-    lr: PositiveNumber = option(1e-5, "Learning rate (AdamW).")
-    lr_scheduler: LrScheduler = option("constant", f"{', '.join(LR_SCHEDULERS)}.")
-    warmup_steps: NonNegativeInt = option(0, "LR warm-up steps.")
+    lr: PositiveNumber = option(1e-5, "Learning rate (Prodigy: its multiplier, usually 1).")
+    optimizer: Optimizer = option(
+        "adamw",
+        "adamw (fused), adamw8bit (bitsandbytes, CUDA), adafactor (transformers, fixed LR), prodigy (extra "
+        "'prodigy'), lion (extra 'lion') or sgd.",
+    )
+    optimizer_args: tuple[str, ...] = option(
+        (), "More keyword arguments for the optimizer, NAME=VALUE, repeatable: betas=0.9,0.99, eps=1e-8, momentum=0.9.",
+        metavar="NAME=VALUE",
+    )  # fmt: skip
+    weight_decay: NonNegativeNumber = option(1e-2, "Weight decay.")
+    lr_scheduler: LrScheduler = option(
+        "constant", f"{', '.join(SCHEDULES)} (diffusers' own; underscores accepted too)."
+    )
+    warmup_steps: NonNegativeInt = option(0, "LR warm-up steps.", flag="--lr-warmup-steps", aliases=("--warmup-steps",))
+    lr_cycles: PositiveInt | None = option(
+        None, "cosine-with-restarts: how many cosine cycles (hard restarts) over the run.", shown="1"
+    )
     max_steps: PositiveInt | None = option(None, "Optimizer steps to train (or --epochs).")
     epochs: Annotated[float, Strict(), AllowInfNan(False), Ge(1)] | None = option(
         None, "Passes over the data, fractions allowed: 1.5 (or --max-steps)."
@@ -212,6 +229,8 @@ class TrainConfig:
         def n(key: str) -> str:
             return name(TrainConfig, key)
 
+        if self.lr_cycles is not None and self.lr_scheduler.replace("_", "-") != "cosine-with-restarts":
+            fail("lr_cycles", f"{n('lr_cycles')} is for {n('lr_scheduler')} cosine-with-restarts")
         if self.component == "vae":
             unet_only = {
                 "lora": self.lora,
@@ -311,10 +330,14 @@ class TrainConfig:
             "compile",
             "channels_last",
         }
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(self).items() if k not in ignored}
+        values = {k: _jsonable(v) for k, v in dataclasses.asdict(self).items() if k not in ignored}
+        # Settings added after checkpoints were first written: left out at their defaults, so a checkpoint of an
+        # earlier sdlite (which trained with exactly those) still resumes.
+        return {k: v for k, v in values.items() if k not in ADDED_LATER or v != ADDED_LATER[k]}
 
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+ADDED_LATER = {"optimizer": "adamw", "optimizer_args": [], "weight_decay": 0.01, "lr_cycles": None}
 
 
 def build_train_config(

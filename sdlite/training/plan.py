@@ -16,6 +16,7 @@ from sdlite.models import memory
 from sdlite.models.loading import ResolvedModel, resolve_model, vae_factor
 from sdlite.schema import validate_size
 from sdlite.training.config import TrainConfig
+from sdlite.training.optimizers import describe
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class TrainPlan:
     # SDXL: what each image tells the model besides its pixels: its original size ("WxH": images), how its crop's
     # top-left corner is chosen, and that the target size is its bucket.
     micro_conditioning: dict[str, Any] = dataclasses.field(default_factory=dict)
+    optimizer: str = ""  # the optimizer, its settings and the learning-rate schedule, in words
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -133,7 +135,11 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
         largest_batch=fit.largest_batch,
         memory_limit=f"{memory.size_text(fit.limit.bytes)} ({fit.limit.source})" if fit.limit else "",
         micro_conditioning=_micro_conditioning(dataset, config) if model.family.micro_conditioning else {},
-    )
+        optimizer=describe(
+            config.optimizer, config.lr, config.weight_decay, config.optimizer_args, config.lr_scheduler,
+            config.warmup_steps,
+        ),
+    )  # fmt: skip
     return plan, dataset, model, layout
 
 

@@ -1,5 +1,4 @@
-"""The parts of an optimizer step both trainers share: the micro-batches and their seeds, the optimizer, and
-the guard that stops a run whose loss stops being finite.
+"""The parts of an optimizer step both trainers share: the micro-batches and their seeds, and the guard that stops a run whose loss stops being finite.
 
 Every random draw comes from a generator seeded by (seed, optimizer step, position in the global batch),
 and the data order from a permutation seeded by (seed, epoch). Nothing depends on hidden RNG state, so a
@@ -23,15 +22,6 @@ from sdlite.training.reporting import Emitter
 
 LossHook = Callable[[int, Any], Any]  # (global step, loss) -> loss; lets tests inject faults
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
-
-
-def make_optimizer(params: list[Any], lr: float, torch: Any) -> tuple[Any, str]:
-    """AdamW with the fused kernel (all tensors in one pass) where torch has it for these tensors,
-    else the foreach one; the per-tensor loop is never used."""
-    try:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=True), "fused AdamW"
-    except (RuntimeError, ValueError):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, foreach=True), "foreach AdamW"
 
 
 @dataclass(frozen=True)

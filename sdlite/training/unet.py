@@ -31,10 +31,11 @@ from sdlite.staging import new_folder
 from sdlite.training import checkpoints
 from sdlite.training.conditioning import encode, time_ids, token_ids
 from sdlite.training.config import TrainConfig
+from sdlite.training.optimizers import check_optimizer, make_optimizer, make_schedule
 from sdlite.training.out_folder import check_out, prepare_out, write_run_record
 from sdlite.training.plan import TrainPlan, make_plan, with_flops
 from sdlite.training.reporting import Emitter, EventFn, LossLog, Pace, TrainResult
-from sdlite.training.steps import FiniteGuard, LossHook, MicroBatch, make_optimizer
+from sdlite.training.steps import FiniteGuard, LossHook, MicroBatch
 
 VALIDATION_STEPS = 25
 LORA_TARGETS = list(SD1.lora_targets)
@@ -170,6 +171,7 @@ def _plan(config: TrainConfig, accelerator: Any, emit: Emitter, torch: Any) -> t
     settings."""
     check_out(config)
     plan, dataset, model, layout = make_plan(config, accelerator.num_processes)
+    check_optimizer(config.optimizer, config.lr, config.weight_decay, config.optimizer_args, accelerator.device.type)
     if config.class_prompt is not None and config.class_data is None and (problem := filecache.unusable()):
         raise ResourceError(
             f"prior preservation keeps its class images in sdlite's cache folder, which cannot be used ({problem}): "
@@ -209,7 +211,9 @@ def _build(run: _Run) -> None:
     if too_long:
         run.emit("warning", message=too_long)
     run.params = [p for m in run.parts.trained for p in m.parameters() if p.requires_grad]
-    run.optimizer, kind = make_optimizer(run.params, config.lr, torch)
+    run.optimizer, kind = make_optimizer(
+        run.params, config.optimizer, config.lr, config.weight_decay, config.optimizer_args, torch
+    )
     run.emit(
         "speedups",
         applied=[
@@ -220,10 +224,8 @@ def _build(run: _Run) -> None:
             *(["torch.compile (Inductor)"] if config.compile else []),
         ],
     )
-    from diffusers.optimization import get_scheduler
-
-    run.lr_schedule = get_scheduler(
-        config.lr_scheduler, run.optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=run.plan.steps
+    run.lr_schedule = make_schedule(
+        config.lr_scheduler, run.optimizer, config.warmup_steps, run.plan.steps, config.lr_cycles
     )
     if config.ema:
         from diffusers.training_utils import EMAModel

@@ -21,31 +21,32 @@ from sdlite.models.source import MODEL_DEFAULTS_FILE
 from sdlite.seeds import mix
 from sdlite.training import checkpoints
 from sdlite.training.config import TrainConfig
+from sdlite.training.optimizers import check_optimizer, make_optimizer, make_schedule
 from sdlite.training.out_folder import check_out, prepare_out, write_run_record
 from sdlite.training.plan import make_plan
 from sdlite.training.reporting import Emitter, LossLog, Pace, TrainResult
-from sdlite.training.steps import FiniteGuard, MicroBatch, make_optimizer
+from sdlite.training.steps import FiniteGuard, MicroBatch
 
 SCALE_SAMPLES = 256  # images used to measure the latent std
 
 
 def train_vae(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Any) -> TrainResult:
     from diffusers import AutoencoderKL
-    from diffusers.optimization import get_scheduler
 
     check_out(config)
     plan, dataset, model, layout = make_plan(config, accelerator.num_processes)
+    check_optimizer(config.optimizer, config.lr, config.weight_decay, config.optimizer_args, accelerator.device.type)
     emit("plan", **plan.to_dict())
     prepare_out(config, accelerator, fresh=True)
     for note in plan.data_warnings:
         emit("warning", message=note)
     vae = AutoencoderKL.from_pretrained(model.path / "vae", use_safetensors=not model.uses_pickle or None)
     vae.train()
-    optimizer, kind = make_optimizer(list(vae.parameters()), config.lr, torch)
-    emit("speedups", applied=[kind])
-    schedule = get_scheduler(
-        config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=plan.steps
+    optimizer, kind = make_optimizer(
+        list(vae.parameters()), config.optimizer, config.lr, config.weight_decay, config.optimizer_args, torch
     )
+    emit("speedups", applied=[kind])
+    schedule = make_schedule(config.lr_scheduler, optimizer, config.warmup_steps, plan.steps, config.lr_cycles)
     model_step, optimizer = accelerator.prepare(Reconstruction(vae), optimizer)
 
     log = LossLog(config.out, 0, accelerator.is_main_process)
