@@ -159,6 +159,12 @@ class Generation:
     subseed_strength: Fraction = option(
         0.0, "How much of --subseed's noise: 0 = the seed's own image, 1 = the subseed's.", metavar="S"
     )
+    guidance_rescale: Fraction = option(
+        0.0,
+        "Rescale the guided prediction toward the conditional one's spread (Lin et al. 2024; 0.7 for a model trained "
+        "with --zero-terminal-snr). Text-to-image, and SDXL's image-to-image.",
+        metavar="R",
+    )
     hires_scale: PositiveNumber | None = option(
         None,
         "Hires fix (A1111's), text-to-image: make the image at --width x --height, upscale it by this factor, then "

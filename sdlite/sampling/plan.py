@@ -115,6 +115,8 @@ def image_settings(gen: Generation, seed: int, height: int, width: int, micro: b
         settings = {k: v for k, v in settings.items() if k not in HIRES_KEYS}
     if gen.image_lora_scale is None:
         settings.pop("image_lora_scale")
+    if not gen.guidance_rescale:
+        settings.pop("guidance_rescale")
     if not gen.subseed_strength and gen.seed_resize_from is None:
         settings = {k: v for k, v in settings.items() if k not in VARIATION_KEYS}
     elif gen.seed_resize_from is not None:

@@ -48,6 +48,7 @@ class SampleResult:
     hires_steps: int | None = None
     hires_strength: float | None = None
     image_lora_scale: float | None = None  # a sweep's lora-scale: every LoRA at this scale for this image
+    guidance_rescale: float = 0.0
     # SDXL's second prompts and micro-conditioning (None for the other families).
     prompt_2: str | None = None
     negative_prompt_2: str | None = None

@@ -202,8 +202,13 @@ class _Run:
 
 def _check_family_settings(config: SampleConfig, model: ResolvedModel) -> None:
     """SDXL's own settings (second prompts, micro-conditioning) given for a model of another family are an error,
-    not silently ignored."""
+    not silently ignored; so is a guidance rescale where the family's pipeline for the task has none."""
     family = model.family
+    for gen in config.generations:  # diffusers' SD image-to-image pipelines have no guidance rescale
+        if gen.guidance_rescale and (gen.init_image or gen.hires) and not family.micro_conditioning:
+            raise UsageError(
+                f"--guidance-rescale works for {family.name} in text-to-image only (no image-to-image pass, no hires fix)"
+            )
     if family.micro_conditioning:
         return
     for gen in config.generations:
@@ -557,6 +562,8 @@ def _generate(
     gen, seeds, height, width = batch.gen, list(batch.seeds), batch.height, batch.width
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     extra: dict[str, Any] = {"eta": gen.eta} if SCHEDULERS[gen.scheduler].accepts_eta else {}
+    if gen.guidance_rescale:
+        extra["guidance_rescale"] = gen.guidance_rescale
     callback: Any = counter
     if text is None:
         extra.update(

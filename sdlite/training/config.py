@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from annotated_types import Ge, Gt, Lt
+from annotated_types import Ge, Gt, Le, Lt
 from pydantic import AllowInfNan, Strict
 
 from sdlite.errors import UsageError
@@ -42,6 +42,7 @@ from sdlite.schema import (
     tokenizer_option,
     validate_fields,
 )
+from sdlite.training.losses import HUBER_SCHEDULES, LOSSES
 from sdlite.training.optimizers import OPTIMIZERS, SCHEDULES
 
 Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio"]
@@ -49,6 +50,8 @@ TRACKERS: tuple[str, ...] = get_args(Tracker)
 LR_SCHEDULERS = (*SCHEDULES, "constant_with_warmup", "cosine_with_restarts")  # both spellings
 PRECISIONS = ("no", "fp16", "bf16")
 LrScheduler = one_of(LR_SCHEDULERS)
+LossKind = one_of(LOSSES)
+HuberSchedule = one_of(HUBER_SCHEDULES)
 Optimizer = one_of(OPTIMIZERS)
 Precision = one_of(PRECISIONS)
 
@@ -111,6 +114,24 @@ class TrainConfig:
     ema_decay: Annotated[float, Strict(), AllowInfNan(False), Gt(0), Lt(1)] = option(0.9999, "EMA decay.")
     snr_gamma: PositiveNumber | None = option(None, "Min-SNR-gamma loss weighting (5 is typical).", shown="off")
     noise_offset: NonNegativeNumber = option(0.0, "Noise offset (0.05-0.1 typical).")
+    loss: LossKind = option(
+        "l2", "The denoising loss: l2 (squared error), huber or smooth-l1 (pseudo-Huber, kohya's, robust to outliers)."
+    )
+    huber_c: Annotated[float, Strict(), AllowInfNan(False), Gt(0), Le(1)] = option(
+        0.1, "huber/smooth-l1: the threshold c (at the last timestep with --huber-schedule snr or exponential)."
+    )
+    huber_schedule: HuberSchedule = option(
+        "snr", "huber/smooth-l1: c by timestep: snr (from 1 at clean to c at noise, kohya's default), exponential, "
+        "constant.",
+    )  # fmt: skip
+    input_perturbation: NonNegativeNumber = option(
+        0.0, "Noise the latents with noise + P x N(0,1) but predict the noise (0.1 typical; Ning et al. 2023)."
+    )
+    zero_terminal_snr: Flag = option(
+        False,
+        "Rescale the betas so the last timestep is pure noise (Lin et al. 2024); the model's scheduler config says so "
+        "(trailing timesteps). Train v-prediction with it, and sample with --guidance-rescale 0.7.",
+    )
     prediction_type: PredictionType | None = option(
         None, f"{PREDICTION_HELP} Saved in OUT's scheduler config.", shown="the model's"
     )
@@ -239,6 +260,9 @@ class TrainConfig:
                 "cache": self.cache,
                 "snr_gamma": self.snr_gamma is not None,
                 "noise_offset": self.noise_offset > 0,
+                "loss": self.loss != "l2",
+                "input_perturbation": self.input_perturbation > 0,
+                "zero_terminal_snr": self.zero_terminal_snr,
                 "prediction_type": self.prediction_type is not None,
                 "caption_dropout": self.caption_dropout > 0,
                 "checkpoint_every": self.checkpoint_every is not None,
@@ -337,7 +361,17 @@ class TrainConfig:
 
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-ADDED_LATER = {"optimizer": "adamw", "optimizer_args": [], "weight_decay": 0.01, "lr_cycles": None}
+ADDED_LATER = {
+    "optimizer": "adamw",
+    "optimizer_args": [],
+    "weight_decay": 0.01,
+    "lr_cycles": None,
+    "loss": "l2",
+    "huber_c": 0.1,
+    "huber_schedule": "snr",
+    "input_perturbation": 0.0,
+    "zero_terminal_snr": False,
+}
 
 
 def build_train_config(

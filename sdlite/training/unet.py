@@ -31,6 +31,7 @@ from sdlite.staging import new_folder
 from sdlite.training import checkpoints
 from sdlite.training.conditioning import encode, time_ids, token_ids
 from sdlite.training.config import TrainConfig
+from sdlite.training.losses import elementwise_loss, huber_threshold
 from sdlite.training.optimizers import check_optimizer, make_optimizer, make_schedule
 from sdlite.training.out_folder import check_out, prepare_out, write_run_record
 from sdlite.training.plan import TrainPlan, make_plan, with_flops
@@ -472,6 +473,8 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
     scheduler_config = model.configs()["scheduler"]
     if config.prediction_type:
         scheduler_config["prediction_type"] = PREDICTIONS[config.prediction_type]
+    if config.zero_terminal_snr:  # betas rescaled so the last timestep is pure noise (Lin et al. 2024)
+        scheduler_config |= ZERO_TERMINAL_SNR
     noise_scheduler = DDPMScheduler.from_config(scheduler_config)
 
     from diffusers.models.attention_processor import AttnProcessor2_0
@@ -613,7 +616,11 @@ def _draw(
     )
     latents = (mean + std * sample_noise) * parts.vae.config.scaling_factor
     text, pooled, ids = _text(run, captions)
-    noisy = parts.noise_scheduler.add_noise(latents, noise, timesteps)
+    noised_with = noise
+    if config.input_perturbation:  # the noise the latents get differs a little from the one to predict
+        wobble = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens])
+        noised_with = noise + config.input_perturbation * to_device(wobble, device)
+    noisy = parts.noise_scheduler.add_noise(latents, noised_with, timesteps)
     if parts.noise_scheduler.config.prediction_type == "v_prediction":
         target = parts.noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
@@ -689,8 +696,16 @@ def _denoising_loss(run: _Run, inputs: _Inputs) -> Any:
             "time_ids": inputs.time_ids.to(noisy.dtype),
         }
     prediction = run.unet(noisy, inputs.timesteps, encoder_hidden_states=text.to(dtype=noisy.dtype), **added).sample
-    per_example = torch.nn.functional.mse_loss(prediction.float(), inputs.target.float(), reduction="none")
-    return per_example.mean(dim=(1, 2, 3)) * loss_weights(scheduler, inputs.timesteps, run.config.snr_gamma)
+    config = run.config
+    threshold = None
+    if config.loss != "l2":
+        threshold = huber_threshold(scheduler, inputs.timesteps, config.huber_c, config.huber_schedule)
+    per_element = elementwise_loss(prediction, inputs.target, config.loss, threshold)
+    return per_element.mean(dim=(1, 2, 3)) * loss_weights(scheduler, inputs.timesteps, config.snr_gamma)
+
+
+# Zero terminal SNR: the rescaled betas, and trailing timesteps so sampling starts at the pure-noise step.
+ZERO_TERMINAL_SNR = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
 
 
 def to_device(tensor: Any, device: Any, dtype: Any = None) -> Any:
@@ -762,6 +777,8 @@ def _assemble(run: _Run, folder: Path) -> None:
     (folder / "scheduler").mkdir()
     scheduler_config = model.configs()["scheduler"]
     scheduler_config["prediction_type"] = parts.noise_scheduler.config.prediction_type
+    if config.zero_terminal_snr:  # samplers read the rescaled schedule, from its last (pure-noise) timestep
+        scheduler_config |= ZERO_TERMINAL_SNR
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2))
     settings, _ = model_settings_record(str(model.path))
     if settings is not None:  # the base's recommended sampling settings (sdlite.json) stay with its fine-tune
@@ -916,7 +933,9 @@ def _validate(run: _Run, step: int) -> Path | None:
 
     raw_unet = _unwrapped(accelerator, run.unet)
     scheduler = DDIMScheduler.from_config(
-        run.model.configs()["scheduler"], prediction_type=parts.noise_scheduler.config.prediction_type
+        run.model.configs()["scheduler"],
+        prediction_type=parts.noise_scheduler.config.prediction_type,
+        **(ZERO_TERMINAL_SNR if config.zero_terminal_snr else {}),
     )
     family = parts.family
     pipe = family.pipeline_class("text-to-image")(
