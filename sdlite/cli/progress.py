@@ -147,6 +147,8 @@ def train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
             )
             if event.get("optimizer"):
                 typer.echo(f"optimizer: {event['optimizer']}", err=True)
+            if event.get("validation_images"):
+                typer.echo(f"validation loss: {event['validation_images']} held-out images", err=True)
             if event.get("memory_gib"):
                 typer.echo(
                     f"memory: about {event['memory_gib']:.3g} GiB per process at batch {event['batch_size']}"
@@ -175,6 +177,12 @@ def train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
             )
         elif event["event"] == "speedups" and not quiet:
             typer.echo(f"speed-ups: {', '.join(event['applied'])}", err=True)
+        elif event["event"] == "validation_loss" and not quiet:
+            typer.echo(
+                f"validation loss {event['loss']:.6g} at step {event['step']} (best {event['best_loss']:.6g} at step "
+                f"{event['best_step']})",
+                err=True,
+            )
         elif event["event"] in ("checkpoint", "validation", "resume"):
             typer.echo(
                 f"{event['event']}: {event.get('path') or event.get('checkpoint')} (step {event['step']})", err=True

@@ -42,6 +42,7 @@ class Dataset:
     source: str  # "metadata.jsonl", "metadata.csv", "sidecar", "parquet", "arrow" or "hub:ORG/NAME"
     skipped: tuple[str, ...] = ()  # "PATH: reason" lines for the end-of-run summary
     notes: tuple[str, ...] = ()  # what was changed on the way in (control characters removed), warned at the start
+    validation: tuple[Example, ...] = ()  # held-out images scored for the validation loss, never trained on
 
 
 def discover(

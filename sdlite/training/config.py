@@ -176,7 +176,19 @@ class TrainConfig:
     validation_prompts: tuple[Prompt, ...] = option(
         (), "Prompt sampled for validation grids (repeatable).", flag="--validation-prompt"
     )
-    validate_every: PositiveInt | None = option(None, "Save a validation grid every N steps (and at the end).")
+    validate_every: PositiveInt | None = option(
+        None, "Every N steps (and at the end): save a validation grid, and score the validation loss."
+    )
+    validation_data: FilePath | None = option(
+        None,
+        "Held-out captioned images (any --data layout) whose denoising loss is scored with noise and timesteps fixed "
+        "once, so the values move only because the weights do: OUT/validation_loss.csv, events, trackers, "
+        "loss.png; the best step is reported.",
+        metavar="DIR",
+    )
+    validation_split: Annotated[float, Strict(), AllowInfNan(False), Gt(0), Lt(0.5)] | None = option(
+        None, "Hold out this share of --data (chosen by --seed) as the validation images instead.", metavar="F"
+    )
     caption_column: NonEmptyText = option("text", "Caption column in metadata.jsonl/csv.")
     skip_bad_images: Flag = option(False, "Skip unreadable images (listed at the end) instead of stopping.")
     allow_missing_captions: Flag = option(False, "Train images without a caption on an empty one.")
@@ -250,6 +262,8 @@ class TrainConfig:
         def n(key: str) -> str:
             return name(TrainConfig, key)
 
+        if self.validation_data is not None and self.validation_split is not None:
+            fail("validation_split", f"give {n('validation_data')} or {n('validation_split')}, not both")
         if self.lr_cycles is not None and self.lr_scheduler.replace("_", "-") != "cosine-with-restarts":
             fail("lr_cycles", f"{n('lr_cycles')} is for {n('lr_scheduler')} cosine-with-restarts")
         if self.component == "vae":
@@ -260,6 +274,8 @@ class TrainConfig:
                 "cache": self.cache,
                 "snr_gamma": self.snr_gamma is not None,
                 "noise_offset": self.noise_offset > 0,
+                "validation_data": self.validation_data is not None,
+                "validation_split": self.validation_split is not None,
                 "loss": self.loss != "l2",
                 "input_perturbation": self.input_perturbation > 0,
                 "zero_terminal_snr": self.zero_terminal_snr,
@@ -294,8 +310,13 @@ class TrainConfig:
                 "cache",
                 "--cache needs a fixed augmentation: drop --random-crop / --random-flip, or pass --no-cache",
             )
-        if self.validate_every is not None and not self.validation_prompts:
-            fail("validate_every", f"{n('validate_every')} needs at least one {n('validation_prompts')}")
+        validating = self.validation_prompts or self.validation_data is not None or self.validation_split is not None
+        if self.validate_every is not None and not validating:
+            fail(
+                "validate_every",
+                f"{n('validate_every')} needs at least one {n('validation_prompts')}, or {n('validation_data')} / "
+                f"{n('validation_split')}",
+            )
         if self.class_prompt is not None and self.instance_prompt is None:
             fail("class_prompt", f"{n('class_prompt')} (prior preservation) needs {n('instance_prompt')}")
         for key in ("class_data",):
@@ -343,6 +364,7 @@ class TrainConfig:
             "gradient_checkpointing",
             "validation_prompts",
             "validate_every",
+            "validation_data",
             "offline",
             "allow_pickle",
             "skip_bad_images",
@@ -362,6 +384,7 @@ class TrainConfig:
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 ADDED_LATER = {
+    "validation_split": None,  # it changes which images train
     "optimizer": "adamw",
     "optimizer_args": [],
     "weight_decay": 0.01,

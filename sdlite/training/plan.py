@@ -52,9 +52,38 @@ class TrainPlan:
     # top-left corner is chosen, and that the target size is its bucket.
     micro_conditioning: dict[str, Any] = dataclasses.field(default_factory=dict)
     optimizer: str = ""  # the optimizer, its settings and the learning-rate schedule, in words
+    validation_images: int = 0  # held-out images whose loss is scored (--validation-data / --validation-split)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _hold_out(dataset: Any, config: TrainConfig) -> Any:
+    """The dataset with its validation images: those of --validation-data, or --validation-split's share of the
+    training images (chosen by --seed, taken out of training)."""
+    import random
+
+    from sdlite.data.examples import discover
+    from sdlite.data.images import check_images
+
+    if config.validation_data is not None:
+        held = check_images(
+            discover(config.validation_data, config.caption_column, config.allow_missing_captions,
+                     image_column=config.image_column, offline=config.offline, strict=config.strict_data),
+            config.skip_bad_images,
+        )  # fmt: skip
+        return dataclasses.replace(dataset, validation=held.examples)
+    if config.validation_split is None:
+        return dataset
+    count = len(dataset.examples)
+    chosen = set(random.Random(config.seed).sample(range(count), max(1, round(count * config.validation_split))))
+    if len(chosen) >= count:
+        raise UsageError(f"--validation-split {config.validation_split} of {count} images leaves none to train on")
+    return dataclasses.replace(
+        dataset,
+        examples=tuple(e for i, e in enumerate(dataset.examples) if i not in chosen),
+        validation=tuple(e for i, e in enumerate(dataset.examples) if i in chosen),
+    )
 
 
 def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, Any, ResolvedModel, Layout]:
@@ -91,6 +120,7 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
             examples=examples,
             skipped=tuple(n for n in dataset.skipped if not n.endswith("missing caption (empty caption used)")),
         )
+    dataset = _hold_out(dataset, config)
     per_micro = config.batch_size * num_processes
     effective = per_micro * config.grad_accum
     layout = _layout(dataset, resolution, effective, config, configs)
@@ -135,6 +165,7 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
         largest_batch=fit.largest_batch,
         memory_limit=f"{memory.size_text(fit.limit.bytes)} ({fit.limit.source})" if fit.limit else "",
         micro_conditioning=_micro_conditioning(dataset, config) if model.family.micro_conditioning else {},
+        validation_images=len(dataset.validation),
         optimizer=describe(
             config.optimizer, config.lr, config.weight_decay, config.optimizer_args, config.lr_scheduler,
             config.warmup_steps,

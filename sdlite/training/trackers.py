@@ -107,6 +107,10 @@ class Trackers:
             values = {"train/loss": loss, "train/lr": lr, "train/images_per_s": images_per_s}
             self.accelerator.log(values, step=step)
 
+    def log_validation_loss(self, step: int, loss: float) -> None:
+        if self.accelerator is not None:
+            self.accelerator.log({"validation/loss": loss}, step=step)
+
     def log_grid(self, step: int, png_path: str | Path) -> None:
         """The validation grid to every tracker that shows images (MLflow keeps the PNG as an artifact)."""
         if self.accelerator is None:

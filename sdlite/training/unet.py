@@ -37,6 +37,7 @@ from sdlite.training.out_folder import check_out, prepare_out, write_run_record
 from sdlite.training.plan import TrainPlan, make_plan, with_flops
 from sdlite.training.reporting import Emitter, EventFn, LossLog, Pace, TrainResult
 from sdlite.training.steps import FiniteGuard, LossHook, MicroBatch
+from sdlite.training.validation_loss import ValidationLog, fixed_draws
 
 VALIDATION_STEPS = 25
 LORA_TARGETS = list(SD1.lora_targets)
@@ -108,6 +109,8 @@ class _Run:
     parts: _Parts | None = None  # type: ignore[assignment]
     optimizer: Any = None
     lr_schedule: Any = None
+    validation_log: ValidationLog | None = None  # the held-out images' losses (--validation-data/-split)
+    validation_inputs: list[Any] | None = None  # their fixed inputs, made at the first validation
     ema: Any = None
     wrapped: list[Any] = field(default_factory=list)  # the trained modules as prepared (DDP, compile), UNet first
     params: list[Any] = field(default_factory=list)  # what the optimizer updates (and the gradient clip sees)
@@ -143,12 +146,14 @@ def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Loss
     trackers.start(accelerator, config, run.plan.to_dict(), start_step)
     # 4. The loop: one optimizer step per `grad_accum` micro-batches on every process.
     log = LossLog(config.out, start_step, accelerator.is_main_process)
+    run.validation_log = ValidationLog(config.out, start_step, accelerator.is_main_process)
     guard, pace, saved = FiniteGuard(emit), Pace(), []
     last_loss = _loop(run, start_step, log, guard, pace, saved, trackers, loss_hook)
     # 5. Output: the trained model (EMA weights with --ema), the last validation grid, the loss log and its curve.
     _save_output(run)
     plan = run.plan
-    if config.validation_prompts and not (config.validate_every and plan.steps % config.validate_every == 0):
+    validating = config.validation_prompts or run.dataset.validation
+    if validating and not (config.validate_every and plan.steps % config.validate_every == 0):
         _validate_and_report(run, plan.steps, trackers)
     log.close(plot=True)
     trackers.finish()
@@ -163,6 +168,7 @@ def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Loss
         bad_steps=guard.total,
         images_per_s=rate,
         **mfu,
+        **_best_validation(run),
     )
     return TrainResult(config.out, plan.steps, last_loss, tuple(saved), plan.skipped, guard.total, rate, mfu.get("mfu"))
 
@@ -371,6 +377,68 @@ def _validate_and_report(run: _Run, step: int, trackers: Any) -> None:
     if grid:
         run.emit("validation", step=step, path=str(grid))
         trackers.log_grid(step, grid)
+    if run.dataset.validation and run.validation_log is not None:
+        loss = _validation_loss(run)
+        run.validation_log.add(step, loss)
+        best = run.validation_log.best
+        run.emit("validation_loss", step=step, loss=loss, best_step=best.step, best_loss=best.loss)
+        trackers.log_validation_loss(step, loss)
+
+
+def _best_validation(run: _Run) -> dict[str, Any]:
+    """The lowest validation loss of the run and its step, for the end-of-run report."""
+    best = run.validation_log.best if run.validation_log is not None else None
+    if best is None or best.step is None:
+        return {}
+    return {"best_validation_step": best.step, "best_validation_loss": best.loss}
+
+
+def _validation_loss(run: _Run) -> float:
+    """The mean denoising loss of the held-out images at their fixed timesteps and noise (inputs made once)."""
+    torch = run.torch
+    if run.validation_inputs is None:
+        run.validation_inputs = _validation_inputs(run)
+    losses = []
+    with torch.no_grad(), run.accelerator.autocast():
+        for inputs in run.validation_inputs:
+            losses.append(_denoising_loss(run, inputs).float())
+    return float(torch.cat(losses).mean())
+
+
+def _validation_inputs(run: _Run) -> list[_Inputs]:
+    """Each validation image's noised latents at the fixed timesteps, targets and text: one batch per image."""
+    from sdlite.data.images import crop_of, load_example, preprocess
+
+    config, torch, parts, device = run.config, run.torch, run.parts, run.accelerator.device
+    size = (run.plan.resolution, run.plan.resolution)
+    steps = parts.noise_scheduler.config.num_train_timesteps
+    made = []
+    for number, example in enumerate(run.dataset.validation):
+        image = load_example(example)
+        pixels = preprocess(image, size, "center", False, 0)[None]
+        numbers = crop_of(image.size, size, "center", False, 0).micro_conditioning()
+        with torch.no_grad():
+            dist = parts.vae.encode(to_device(pixels, parts.vae.device, parts.weight_dtype)).latent_dist
+        mean, std = dist.mean.float(), dist.std.float()
+        draws = fixed_draws(config.seed, number, steps, tuple(mean.shape[1:]))
+        timesteps = to_device(torch.tensor([t for t, _, _ in draws]), device)
+        sample_noise = to_device(torch.stack([d[1] for d in draws]), device)
+        noise = to_device(torch.stack([d[2] for d in draws]), device)
+        latents = (mean + std * sample_noise) * parts.vae.config.scaling_factor
+        noisy = parts.noise_scheduler.add_noise(latents, noise, timesteps)
+        if parts.noise_scheduler.config.prediction_type == "v_prediction":
+            target = parts.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        ids = [to_device(t, device) for t in token_ids(parts.tokenizers, [example.caption] * len(draws))]
+        text = pooled = None
+        if not config.train_text_encoder:  # frozen: encoded once (the cache holds only the training captions)
+            with torch.no_grad():
+                text, pooled = encode(parts.family, run.text_encoders, ids)
+            ids = None
+        times = to_device(time_ids([numbers] * len(draws)), device) if parts.family.micro_conditioning else None
+        made.append(_Inputs(noisy, timesteps, target, text, ids, pooled, times))
+    return made
 
 
 def _mfu(plan: TrainPlan, images_per_s: float) -> dict[str, float]:
