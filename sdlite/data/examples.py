@@ -52,6 +52,7 @@ def discover(
     image_column: str = "image",
     offline: bool = False,
     strict: bool = False,
+    masks: bool = False,
 ) -> Dataset:
     """Find the examples of `data_dir`: a folder of images, or a table dataset (see below).
 
@@ -67,7 +68,7 @@ def discover(
     A missing caption is an error unless `allow_missing_captions`, which trains the image with "" and
     notes it in `skipped`. Captions are stripped of surrounding whitespace, and of control characters (NUL, ESC;
     not tab or newline), noted once with their count; with `strict` (--strict-data) the first is a DataError naming
-    its file or line.
+    its file or line. With `masks` (--masked-loss), an image's `NAME_mask.png` is its loss mask, not an example.
     """
     from sdlite.data import tables
 
@@ -90,6 +91,11 @@ def discover(
             "or Parquet shards, or a `datasets` save_to_disk folder)"
         )
 
+    if masks:  # --masked-loss: an image's NAME_mask.png beside it is its mask, not a training image
+        from sdlite.data.masks import mask_path
+
+        mask_files = {mask_path(path) for path, _, _ in rows}
+        rows = [row for row in rows if row[0] not in mask_files]
     missing = [(path, where) for path, caption, where in rows if caption is None]
     _refuse_missing(missing, allow_missing_captions)
     located = [(path, caption, str(path.with_suffix(".txt") if kind == "sidecar" else folder / where))

@@ -124,6 +124,12 @@ class TrainConfig:
         "snr", "huber/smooth-l1: c by timestep: snr (from 1 at clean to c at noise, kohya's default), exponential, "
         "constant.",
     )  # fmt: skip
+    masked_loss: Flag = option(
+        False,
+        "Weight the loss by a mask per image: NAME_mask.png beside NAME.ext (white counts, black not at all), moved "
+        "with the image's resize, crop and flip and averaged down to the latent grid (kohya's masked loss).",
+    )
+    alpha_mask: Flag = option(False, "--masked-loss: take each image's alpha channel as its mask (opaque counts).")
     input_perturbation: NonNegativeNumber = option(
         0.0, "Noise the latents with noise + P x N(0,1) but predict the noise (0.1 typical; Ning et al. 2023)."
     )
@@ -262,6 +268,8 @@ class TrainConfig:
         def n(key: str) -> str:
             return name(TrainConfig, key)
 
+        if self.alpha_mask and not self.masked_loss:
+            fail("alpha_mask", f"{n('alpha_mask')} says where {n('masked_loss')}'s masks are: give both")
         if self.validation_data is not None and self.validation_split is not None:
             fail("validation_split", f"give {n('validation_data')} or {n('validation_split')}, not both")
         if self.lr_cycles is not None and self.lr_scheduler.replace("_", "-") != "cosine-with-restarts":
@@ -275,6 +283,7 @@ class TrainConfig:
                 "snr_gamma": self.snr_gamma is not None,
                 "noise_offset": self.noise_offset > 0,
                 "validation_data": self.validation_data is not None,
+                "masked_loss": self.masked_loss,
                 "validation_split": self.validation_split is not None,
                 "loss": self.loss != "l2",
                 "input_perturbation": self.input_perturbation > 0,
@@ -384,6 +393,8 @@ class TrainConfig:
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 ADDED_LATER = {
+    "masked_loss": False,
+    "alpha_mask": False,
     "validation_split": None,  # it changes which images train
     "optimizer": "adamw",
     "optimizer_args": [],

@@ -11,6 +11,7 @@ from typing import Any
 
 from sdlite import filecache
 from sdlite.data.buckets import Layout, make_layout
+from sdlite.data.masks import check_masks
 from sdlite.errors import DataError, UsageError
 from sdlite.models import memory
 from sdlite.models.loading import ResolvedModel, resolve_model, vae_factor
@@ -69,7 +70,8 @@ def _hold_out(dataset: Any, config: TrainConfig) -> Any:
     if config.validation_data is not None:
         held = check_images(
             discover(config.validation_data, config.caption_column, config.allow_missing_captions,
-                     image_column=config.image_column, offline=config.offline, strict=config.strict_data),
+                     image_column=config.image_column, offline=config.offline, strict=config.strict_data,
+                     masks=config.masked_loss and not config.alpha_mask),
             config.skip_bad_images,
         )  # fmt: skip
         return dataclasses.replace(dataset, validation=held.examples)
@@ -110,9 +112,12 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
             image_column=config.image_column,
             offline=config.offline,
             strict=config.strict_data,
+            masks=config.masked_loss and not config.alpha_mask,
         ),
         config.skip_bad_images,
     )
+    if config.masked_loss:
+        check_masks(dataset.examples, config.alpha_mask)
     if config.instance_prompt is not None:  # DreamBooth: one prompt for every image, captions or not
         examples = tuple(dataclasses.replace(e, caption=config.instance_prompt) for e in dataset.examples)
         dataset = dataclasses.replace(

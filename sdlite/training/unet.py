@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlite import filecache
+from sdlite.data.masks import latent_mask, load_mask
 from sdlite.errors import STOP_SIGNALS, Interrupted, ResourceError, UsageError, sigint_to, signal_name, writing
 from sdlite.families.base import Family
 from sdlite.families.sd1 import SD1
@@ -632,6 +633,7 @@ class _Inputs:
     ids: Any  # token ids for the trained text encoders (one tensor each), else None
     pooled: Any = None  # SDXL: the pooled caption embedding, when no gradient flows through it
     time_ids: Any = None  # SDXL: each image's original size, crop top-left and target size
+    mask: Any = None  # --masked-loss: each image's loss mask on the latent grid, (batch, 1, h, w)
 
 
 def _draw_micro(run: _Run, m: int) -> tuple[_Inputs, _Inputs | None]:
@@ -694,7 +696,25 @@ def _draw(
     else:
         target = noise
     times = to_device(time_ids(cuts), device) if parts.family.micro_conditioning else None
-    return _Inputs(noisy, timesteps, target, text, ids, pooled, times)
+    mask = None
+    if config.masked_loss and augment:  # the training images' masks (class images count everywhere)
+        mask = to_device(_masks(run, examples, indices, size, batch, mean.shape[-1]), device)
+    return _Inputs(noisy, timesteps, target, text, ids, pooled, times, mask)
+
+
+def _masks(run: _Run, examples: list[Any], indices: Any, size: tuple[int, int], batch: MicroBatch, width: int) -> Any:
+    """Each example's loss mask, cut by the same resize, crop and flip as its image (`_latent_distribution`'s seeds),
+    on the latent grid (`width` latent pixels across)."""
+    from sdlite.data.images import load_example
+
+    config, torch = run.config, run.torch
+    masks = []
+    for example, i in zip(examples, indices, strict=True):
+        mask = load_mask(example, config.alpha_mask)
+        image_size = example.size or load_example(example).size
+        seed = mix(config.seed, batch.epoch, i)
+        masks.append(latent_mask(mask, image_size, size, config.crop, config.random_flip, seed, size[0] // width))
+    return torch.stack(masks)
 
 
 def _captions(run: _Run, examples: list[Any], gens: list[Any], batch: MicroBatch) -> list[str]:
@@ -769,6 +789,8 @@ def _denoising_loss(run: _Run, inputs: _Inputs) -> Any:
     if config.loss != "l2":
         threshold = huber_threshold(scheduler, inputs.timesteps, config.huber_c, config.huber_schedule)
     per_element = elementwise_loss(prediction, inputs.target, config.loss, threshold)
+    if inputs.mask is not None:  # --masked-loss: what the mask leaves out adds nothing (kohya: not renormalised)
+        per_element = per_element * inputs.mask
     return per_element.mean(dim=(1, 2, 3)) * loss_weights(scheduler, inputs.timesteps, config.snr_gamma)
 
 

@@ -1,0 +1,70 @@
+"""Masked loss: a mask moves with its image's resize, crop and flip; what it leaves out adds no loss and no
+gradient (an all-black mask trains nothing); masks are found beside their images or in the alpha channel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.training import losses, max_diff, run, unet_weights
+from PIL import Image
+
+from sdlite.data.images import preprocess
+from sdlite.data.masks import latent_mask
+from sdlite.errors import DataError
+from sdlite.testing import make_shapes_dataset
+
+
+def with_masks(folder: Path, colour: int | None = None) -> Path:
+    """Give every image of `folder` a NAME_mask.png: black left half, white right half (or all `colour`)."""
+    for image in sorted(folder.glob("*.png")):
+        with Image.open(image) as opened:
+            width, height = opened.size
+        mask = Image.new("L", (width, height), 255 if colour is None else colour)
+        if colour is None:
+            mask.paste(0, (0, 0, width // 2, height))
+        mask.save(image.with_name(f"{image.stem}_mask.png"))
+    return folder
+
+
+def test_a_mask_moves_with_its_image() -> None:
+    """Left half red with a black mask there: after a random crop and flip, the mask is 0 exactly where red is."""
+    image = Image.new("RGB", (96, 64), "blue")
+    image.paste((255, 0, 0), (0, 0, 48, 64))
+    mask = Image.new("L", (96, 64), 255)
+    mask.paste(0, (0, 0, 48, 64))
+    for seed in range(6):  # both flips come up
+        pixels = preprocess(image, (64, 64), "random", True, seed)
+        red = (pixels[0] > 0).float()  # (64, 64): where the red half landed
+        expected = torch.nn.functional.avg_pool2d((1 - red)[None, None], 8)[0]
+        assert torch.allclose(latent_mask(mask, (96, 64), (64, 64), "random", True, seed, 8), expected, atol=0.02)
+
+
+def test_an_all_black_mask_trains_nothing(tiny_model: Path, tmp_path: Path) -> None:
+    data = with_masks(make_shapes_dataset(tmp_path / "data", n=4), colour=0)
+    _, events = run(tiny_model, data, tmp_path / "o", max_steps=2, masked_loss=True, weight_decay=0.0)
+    assert losses(events) == [0.0, 0.0]
+    assert max_diff(unet_weights(tmp_path / "o"), unet_weights(tiny_model)) == 0.0  # no gradient anywhere
+    plan = next(e for e in events if e["event"] == "plan")
+    assert plan["images"] == 4  # the mask files are not training images
+
+
+def test_half_masks_train_and_weigh_the_loss(tiny_model: Path, tmp_path: Path) -> None:
+    data = with_masks(make_shapes_dataset(tmp_path / "data", n=4))
+    _, masked = run(tiny_model, data, tmp_path / "m", max_steps=1, masked_loss=True)
+    _, plain = run(tiny_model, data, tmp_path / "p", max_steps=1)
+    assert 0 < losses(masked)[0] < losses(plain)[0]
+    assert max_diff(unet_weights(tmp_path / "m"), unet_weights(tmp_path / "p")) > 0
+
+
+def test_alpha_masks_and_missing_masks(tiny_model: Path, tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "data", n=4)
+    with pytest.raises(DataError, match=r"has no mask \(.*_mask.png beside it\); 3 more"):
+        run(tiny_model, data, tmp_path / "x", masked_loss=True)
+    for image in data.glob("*.png"):  # transparent everywhere: nothing counts
+        rgba = Image.open(image).convert("RGBA")
+        rgba.putalpha(0)
+        rgba.save(image)
+    _, events = run(tiny_model, data, tmp_path / "a", max_steps=1, masked_loss=True, alpha_mask=True)
+    assert losses(events) == [0.0]
