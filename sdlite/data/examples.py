@@ -45,6 +45,11 @@ class Dataset:
     validation: tuple[Example, ...] = ()  # held-out images scored for the validation loss, never trained on
 
 
+def mask_path(image: Path) -> Path:
+    """Where `--masked-loss` finds an image's mask: NAME_mask.png beside NAME.ext."""
+    return image.with_name(f"{image.stem}_mask.png")
+
+
 def discover(
     data_dir: Path | str,
     caption_column: str = "text",
@@ -92,8 +97,6 @@ def discover(
         )
 
     if masks:  # --masked-loss: an image's NAME_mask.png beside it is its mask, not a training image
-        from sdlite.data.masks import mask_path
-
         mask_files = {mask_path(path) for path, _, _ in rows}
         rows = [row for row in rows if row[0] not in mask_files]
     missing = [(path, where) for path, caption, where in rows if caption is None]

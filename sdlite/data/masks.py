@@ -10,22 +10,10 @@ half).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from sdlite.data.examples import mask_path
 from sdlite.errors import DataError
-
-SUFFIX = "_mask"
-
-
-def mask_path(image: Path) -> Path:
-    return image.with_name(f"{image.stem}{SUFFIX}.png")
-
-
-def without_masks(examples: Sequence[Any]) -> tuple[Any, ...]:
-    """The examples that are not themselves another example's mask file (a folder holding both)."""
-    masks = {mask_path(e.path) for e in examples if e.row is None}
-    return tuple(e for e in examples if e.row is not None or e.path not in masks)
 
 
 def check_masks(examples: Sequence[Any], alpha: bool) -> None:
