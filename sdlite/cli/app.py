@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from sdlite import __version__
-from sdlite.cli import data, models, noise, prompt, quality, sample, train
+from sdlite.cli import data, lora, models, noise, prompt, quality, sample, train
 from sdlite.cli.failures import DEBUG_ENV, one_line_usage_errors
 from sdlite.errors import EXIT_CODES, ResourceError
 
@@ -121,6 +121,9 @@ app.command()(quality.check)
 
 
 app.add_typer(data.data_app, name="data")
+
+
+app.add_typer(lora.lora_app, name="lora")
 
 
 app.add_typer(quality.eval_app, name="eval")

@@ -1,0 +1,33 @@
+"""`sdlite lora`: tools over LoRA files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from sdlite.cli.failures import one_line_errors
+from sdlite.cli.options import build_config, config_options, config_values
+from sdlite.cli.output import quiet_libraries
+from sdlite.loras.merge import MergeConfig
+
+lora_app = typer.Typer(help="Tools over LoRA files: bake them into a model.", no_args_is_help=True)
+
+
+@lora_app.command("merge")
+@config_options(MergeConfig)
+def lora_merge(**options: Any) -> None:
+    """Bake LoRAs into MODEL's weights (diffusers' fuse_lora, in fp32) and write the merged model: a single file
+    for A1111/ComfyUI, or a diffusers folder.
+
+    Example: sdlite lora merge sd15.safetensors style.safetensors detail.safetensors --scales 0.8 --scales 0.5 --out merged.safetensors
+    """
+    with one_line_errors():
+        config = build_config(MergeConfig, config_values(MergeConfig, options))
+        quiet_libraries(config.offline)
+        from sdlite.loras.merge import merge
+
+        path, warnings = merge(config)
+        for warning in warnings:
+            typer.echo(f"warning: {warning}", err=True)
+        typer.echo(str(path))

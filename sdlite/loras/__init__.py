@@ -1,0 +1,1 @@
+"""`sdlite lora`: tools over LoRA files (bake into a model)."""
