@@ -10,8 +10,9 @@ from sdlite.cli.failures import one_line_errors
 from sdlite.cli.options import build_config, config_options, config_values
 from sdlite.cli.output import quiet_libraries
 from sdlite.loras.merge import MergeConfig
+from sdlite.loras.resize import ResizeConfig
 
-lora_app = typer.Typer(help="Tools over LoRA files: bake them into a model.", no_args_is_help=True)
+lora_app = typer.Typer(help="Tools over LoRA files: bake them into a model, change their rank.", no_args_is_help=True)
 
 
 @lora_app.command("merge")
@@ -31,3 +32,25 @@ def lora_merge(**options: Any) -> None:
         for warning in warnings:
             typer.echo(f"warning: {warning}", err=True)
         typer.echo(str(path))
+
+
+@lora_app.command("resize")
+@config_options(ResizeConfig)
+def lora_resize(**options: Any) -> None:
+    """Bring LORA to rank R by the singular values of each module's update (the best rank-R approximation), report
+    the energy kept, and write it in the kohya layout (A1111, ComfyUI and diffusers load it).
+
+    Example: sdlite lora resize big.safetensors --rank 16 --out small.safetensors
+    """
+    with one_line_errors():
+        config = build_config(ResizeConfig, config_values(ResizeConfig, options))
+        from sdlite.loras.resize import resize
+
+        report = resize(config)
+        worst = min(report.modules.items(), key=lambda item: item[1], default=("", 1.0))
+        typer.echo(
+            f"{len(report.modules)} modules, rank {report.ranks[0]} -> {report.ranks[1]}: kept {report.kept:.2%} of "
+            f"the energy (least: {worst[1]:.2%} in {worst[0]})",
+            err=True,
+        )
+        typer.echo(str(report.path))

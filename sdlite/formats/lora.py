@@ -227,7 +227,7 @@ def export_lora(source: Path | str, out: Path | str, fmt: str, metadata: Mapping
         if out.exists() and not out.is_dir():
             raise UsageError(f"{out} is a file; --format diffusers writes a folder")
         target = out / LORA_FILE
-        _atomic_save(tensors, metadata, target)
+        save_atomically(tensors, metadata, target)
         return out
     if out.suffix != ".safetensors" or out.is_dir():
         raise UsageError(f"--format kohya writes one .safetensors file; got {out}")
@@ -236,11 +236,11 @@ def export_lora(source: Path | str, out: Path | str, fmt: str, metadata: Mapping
     else:
         kohya = to_kohya(tensors, component_configs(metadata))
         meta = {"format": "pt", **kohya_metadata(kohya)}
-    _atomic_save(kohya, {**meta, **(extra or {})}, out)
+    save_atomically(kohya, {**meta, **(extra or {})}, out)
     return out
 
 
-def _atomic_save(tensors: Mapping[str, Any], metadata: Mapping[str, str], target: Path) -> None:
+def save_atomically(tensors: Mapping[str, Any], metadata: Mapping[str, str], target: Path) -> None:
     from safetensors.torch import save_file
 
     from sdlite.staging import staged_file
