@@ -147,6 +147,12 @@ def train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
             )
             if event.get("optimizer"):
                 typer.echo(f"optimizer: {event['optimizer']}", err=True)
+            for part in event.get("datasets") or []:
+                typer.echo(
+                    f"dataset {part['path']}: {part['images']} images x{part['repeats']} ({part['share']:.0%} of the "
+                    "steps)",
+                    err=True,
+                )
             if event.get("validation_images"):
                 typer.echo(f"validation loss: {event['validation_images']} held-out images", err=True)
             if event.get("memory_gib"):

@@ -29,6 +29,8 @@ class Example:
     # (width, height) upright, once check_images has read it; derived, so not part of equality
     size: tuple[int, int] | None = field(default=None, compare=False)
     image_column: str = "image"  # the table column that holds the image (rows only)
+    captions: Any = None  # its dataset's CaptionOptions ([[datasets]]), else the run's settings
+    dataset: int = 0  # which [[datasets]] table it came from
 
     def __str__(self) -> str:
         return str(self.path) if self.row is None else f"{self.path} row {self.row}"

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import AllowInfNan, Strict
+from pydantic import AllowInfNan, InstanceOf, Strict
 
+from sdlite.data.specs import DatasetSpec, dataset_specs
 from sdlite.errors import UsageError
 from sdlite.models.source import resolve_model_source
 from sdlite.schema import (
@@ -72,6 +73,9 @@ class TrainConfig:
         "shards, a `datasets` save_to_disk folder, or a hub dataset id (needs the `datasets` extra)."
     )
     out: FilePath = option(help="Output folder: the trained model, checkpoints/, validation/, loss.csv, loss.png.")
+    # `[[datasets]]` in a --config TOML: several folders, each with its repeats and caption options (then `data`
+    # is the first one's path).
+    datasets: tuple[InstanceOf[DatasetSpec], ...] = ()
     component: Literal["unet", "vae"] = option(
         "unet",
         "What to train: unet (the denoiser, the usual) or vae (the autoencoder, starting from the model's VAE; "
@@ -393,6 +397,7 @@ class TrainConfig:
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 ADDED_LATER = {
+    "datasets": [],
     "masked_loss": False,
     "alpha_mask": False,
     "validation_split": None,  # it changes which images train
@@ -428,6 +433,8 @@ def build_train_config(
         sources = dict.fromkeys(from_file, toml)
     merged = {**from_file, **given}
     sources.update(dict.fromkeys(given, COMMAND_LINE))
+    if merged.get("datasets") and not merged.get("data"):  # the first dataset stands for --data where one is named
+        merged["data"] = merged["datasets"][0].path
     merged["model"] = resolve_model_source(merged.get("model"), env)
     for required in ("data", "out"):
         if not merged.get(required):
@@ -460,6 +467,8 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], Source]:
         raise UsageError(f"config file {path}: unknown options {', '.join(unknown)}")
     if isinstance(options.get("validation_prompts"), str):
         options["validation_prompts"] = (options["validation_prompts"],)
+    if "datasets" in options:
+        options["datasets"] = dataset_specs(options["datasets"], str(path))
     source = Source(where=str(path), style="toml", error=UsageError, spelling=spelling)
     check(TrainConfig, options, source)
     return options, source
@@ -468,6 +477,8 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], Source]:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
-    if isinstance(value, tuple):
-        return list(value)
+    if isinstance(value, tuple | list):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):  # a [[datasets]] table
+        return {key: _jsonable(item) for key, item in value.items()}
     return value

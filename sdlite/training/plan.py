@@ -54,9 +54,51 @@ class TrainPlan:
     micro_conditioning: dict[str, Any] = dataclasses.field(default_factory=dict)
     optimizer: str = ""  # the optimizer, its settings and the learning-rate schedule, in words
     validation_images: int = 0  # held-out images whose loss is scored (--validation-data / --validation-split)
+    datasets: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # [[datasets]]: images, repeats, share
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _several(config: TrainConfig) -> Any:
+    """The examples of every [[datasets]] table, each repeated `repeats` times (in its table's order, which the
+    seeded batch order then shuffles), with its caption options and DreamBooth prompt."""
+    from sdlite.data.examples import Dataset, discover
+    from sdlite.data.images import check_images
+
+    examples: list[Any] = []
+    skipped: list[str] = []
+    notes: list[str] = []
+    for number, spec in enumerate(config.datasets):
+        found = check_images(
+            discover(spec.path, config.caption_column,
+                     config.allow_missing_captions or bool(spec.instance_prompt or config.instance_prompt),
+                     image_column=config.image_column, offline=config.offline, strict=config.strict_data,
+                     masks=config.masked_loss and not config.alpha_mask),
+            config.skip_bad_images,
+        )  # fmt: skip
+        prompt = spec.instance_prompt if spec.instance_prompt is not None else config.instance_prompt
+        own = tuple(
+            dataclasses.replace(e, captions=spec.captions, dataset=number,
+                                caption=prompt if prompt is not None else e.caption)
+            for e in found.examples
+        )  # fmt: skip
+        examples += list(own) * spec.repeats
+        skipped += list(found.skipped)
+        notes += list(found.notes)
+    return Dataset(tuple(examples), "datasets", tuple(skipped), tuple(notes))
+
+
+def dataset_shares(config: TrainConfig, dataset: Any) -> list[dict[str, Any]]:
+    """Each [[datasets]] table's images, repeats and share of the training examples (so of the steps)."""
+    counts = [0] * len(config.datasets)
+    for example in dataset.examples:
+        counts[example.dataset] += 1
+    total = sum(counts) or 1
+    return [
+        {"path": str(spec.path), "images": count // spec.repeats, "repeats": spec.repeats, "share": count / total}
+        for spec, count in zip(config.datasets, counts, strict=True)
+    ]
 
 
 def _hold_out(dataset: Any, config: TrainConfig) -> Any:
@@ -104,21 +146,26 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
     resolution = config.resolution or model.native_size()
     validate_size(resolution, None, factor, names=("--resolution",))
     fit = memory.check_train(model, config, resolution, num_processes)  # before any image is read or weight loaded
-    dataset = check_images(
-        discover(
-            config.data,
-            config.caption_column,
-            config.allow_missing_captions or bool(config.instance_prompt),
-            image_column=config.image_column,
-            offline=config.offline,
-            strict=config.strict_data,
-            masks=config.masked_loss and not config.alpha_mask,
-        ),
-        config.skip_bad_images,
-    )
+    if config.datasets:  # [[datasets]]: several folders, each with its repeats and caption options
+        dataset = _several(config)
+    else:
+        dataset = check_images(
+            discover(
+                config.data,
+                config.caption_column,
+                config.allow_missing_captions or bool(config.instance_prompt),
+                image_column=config.image_column,
+                offline=config.offline,
+                strict=config.strict_data,
+                masks=config.masked_loss and not config.alpha_mask,
+            ),
+            config.skip_bad_images,
+        )
     if config.masked_loss:
         check_masks(dataset.examples, config.alpha_mask)
-    if config.instance_prompt is not None:  # DreamBooth: one prompt for every image, captions or not
+    if (
+        config.instance_prompt is not None and not config.datasets
+    ):  # DreamBooth: one prompt for every image, captions or not
         examples = tuple(dataclasses.replace(e, caption=config.instance_prompt) for e in dataset.examples)
         dataset = dataclasses.replace(
             dataset,
@@ -171,6 +218,7 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
         memory_limit=f"{memory.size_text(fit.limit.bytes)} ({fit.limit.source})" if fit.limit else "",
         micro_conditioning=_micro_conditioning(dataset, config) if model.family.micro_conditioning else {},
         validation_images=len(dataset.validation),
+        datasets=dataset_shares(config, dataset) if config.datasets else [],
         optimizer=describe(
             config.optimizer, config.lr, config.weight_decay, config.optimizer_args, config.lr_scheduler,
             config.warmup_steps,

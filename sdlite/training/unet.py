@@ -262,7 +262,8 @@ def _fill_cache(run: _Run) -> Any:
     from sdlite.training.encoding_cache import CacheUnwritable, EncodingCache
 
     config, accelerator, torch = run.config, run.accelerator, run.torch
-    cache = EncodingCache(run.parts, run.model, not config.train_text_encoder and not config.shuffle_captions)
+    shuffled = config.shuffle_captions or any(spec.shuffle_captions for spec in config.datasets)
+    cache = EncodingCache(run.parts, run.model, not config.train_text_encoder and not shuffled)
     counts, failed = {}, 0
     with accelerator.main_process_first():
         try:
@@ -720,16 +721,31 @@ def _masks(run: _Run, examples: list[Any], indices: Any, size: tuple[int, int], 
 def _captions(run: _Run, examples: list[Any], gens: list[Any], batch: MicroBatch) -> list[str]:
     """The examples' captions as this step trains them: dropped (for guidance) and tag-shuffled as configured."""
     config, torch = run.config, run.torch
-    drop = [config.caption_dropout > 0 and torch.rand((), generator=g).item() < config.caption_dropout for g in gens]
+    settings = [_caption_settings(config, e) for e in examples]  # a [[datasets]] table's own, else the run's
+    drop = [
+        rate > 0 and torch.rand((), generator=g).item() < rate for (rate, _, _), g in zip(settings, gens, strict=True)
+    ]
     captions = ["" if d else e.caption for d, e in zip(drop, examples, strict=True)]
-    if not config.shuffle_captions:
+    if not any(shuffle for _, shuffle, _ in settings):
         return captions
     from sdlite.data.captions import shuffle_tags
 
     return [
-        shuffle_tags(c, config.keep_tokens, mix(config.seed, batch.step, p, 2)) if c else c
-        for c, p in zip(captions, batch.positions, strict=True)
+        shuffle_tags(c, keep, mix(config.seed, batch.step, p, 2)) if c and shuffle else c
+        for c, p, (_, shuffle, keep) in zip(captions, batch.positions, settings, strict=True)
     ]
+
+
+def _caption_settings(config: TrainConfig, example: Any) -> tuple[float, bool, int]:
+    """(caption dropout, shuffle, keep tokens) for one example: its dataset's where the table sets them."""
+    own = example.captions
+    if own is None:
+        return config.caption_dropout, config.shuffle_captions, config.keep_tokens
+    return (
+        config.caption_dropout if own.caption_dropout is None else own.caption_dropout,
+        config.shuffle_captions if own.shuffle_captions is None else own.shuffle_captions,
+        config.keep_tokens if own.keep_tokens is None else own.keep_tokens,
+    )
 
 
 def _latent_distribution(

@@ -40,6 +40,7 @@ NOT_OPTIONS = {
     (Generation, "prompt"): "the PROMPTS argument (SampleOverrides.prompts), a prompts-file line or a PNG's record",
     (SampleOverrides, "settings"): "the Generation options, gathered",
     (Generation, "image_lora_scale"): "--sweep lora-scale=...",
+    (TrainConfig, "datasets"): "[[datasets]] tables in the --config TOML file",
 }
 FIELDS = [
     (words, config, f)

@@ -1,0 +1,62 @@
+"""Several datasets in one run (`[[datasets]]` in a --config TOML, kohya's dataset config as the model): each its own
+folder, `repeats` (its images per epoch, times), caption options and DreamBooth prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from annotated_types import Ge, Lt
+from pydantic import AllowInfNan, Strict
+
+from sdlite.schema import FilePath, Flag, NonNegativeInt, PositiveInt, Prompt, validate_fields
+
+KEYS = ("path", "repeats", "shuffle_captions", "keep_tokens", "caption_dropout", "instance_prompt")
+
+
+@dataclass(frozen=True)
+class CaptionOptions:
+    """How one dataset's captions are trained (None: the run's own setting)."""
+
+    shuffle_captions: bool | None = None
+    keep_tokens: int | None = None
+    caption_dropout: float | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One `[[datasets]]` table: a folder (any --data layout), its repeats and its caption options."""
+
+    path: FilePath
+    repeats: PositiveInt = 1
+    shuffle_captions: Flag | None = None
+    keep_tokens: NonNegativeInt | None = None
+    caption_dropout: Annotated[float, Strict(), AllowInfNan(False), Ge(0), Lt(1)] | None = None
+    instance_prompt: Prompt | None = None  # DreamBooth: this one prompt for every image of the dataset
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+    @property
+    def captions(self) -> CaptionOptions:
+        return CaptionOptions(self.shuffle_captions, self.keep_tokens, self.caption_dropout)
+
+
+def dataset_specs(value: Any, where: str) -> tuple[DatasetSpec, ...]:
+    """The `[[datasets]]` array of a TOML file as specs; a usage error naming the table and key."""
+    from sdlite.errors import SdliteError, UsageError
+
+    if not isinstance(value, list) or not all(isinstance(table, dict) for table in value):
+        raise UsageError(f"{where}: datasets must be an array of tables ([[datasets]] with path = ...)")
+    specs = []
+    for number, table in enumerate(value, start=1):
+        table = {key.replace("-", "_"): item for key, item in table.items()}
+        unknown = sorted(set(table) - set(KEYS))
+        if unknown or "path" not in table:
+            problem = f"unknown keys {', '.join(unknown)}" if unknown else "no path"
+            raise UsageError(f"{where}: [[datasets]] {number}: {problem} (keys: {', '.join(KEYS)})")
+        try:
+            specs.append(DatasetSpec(**table))
+        except SdliteError as exc:  # a value its field refuses: name the table
+            raise UsageError(f"{where}: [[datasets]] {number}: {str(exc).splitlines()[0]}") from None
+    return tuple(specs)

@@ -1,0 +1,81 @@
+"""Several datasets (`[[datasets]]` in --config): each with its repeats, caption options and DreamBooth prompt;
+the plan's shares and an epoch's draws follow the repeats; bad tables are usage errors naming them."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from sdlite.cli.app import app
+from sdlite.errors import UsageError
+from sdlite.testing import make_shapes_dataset
+from sdlite.training.config import build_train_config
+from sdlite.training.plan import make_plan
+
+
+def toml(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "train.toml"
+    path.write_text(body)
+    return path
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("sets")
+    return make_shapes_dataset(root / "a", n=4, seed=1), make_shapes_dataset(root / "b", n=4, seed=2)
+
+
+def config_for(tiny_model: Path, tmp_path: Path, two: tuple[Path, Path], extra: str = "") -> Any:
+    body = f"""
+model = "{tiny_model}"
+out = "{tmp_path / "out"}"
+batch-size = 4
+max-steps = 4
+[[datasets]]
+path = "{two[0]}"
+repeats = 1
+[[datasets]]
+path = "{two[1]}"
+repeats = 3
+instance-prompt = "a photo of sks shape"
+caption-dropout = 0.5
+{extra}"""
+    return build_train_config({}, toml(tmp_path, body))
+
+
+def test_shares_and_an_epochs_draws_follow_the_repeats(
+    tiny_model: Path, tmp_path: Path, two: tuple[Path, Path]
+) -> None:
+    config = config_for(tiny_model, tmp_path, two)
+    plan, dataset, _, layout = make_plan(config)
+    assert plan.images == 16 and plan.steps_per_epoch == 4
+    assert [(d["images"], d["repeats"], d["share"]) for d in plan.datasets] == [(4, 1, 0.25), (4, 3, 0.75)]
+    drawn = collections.Counter()
+    for step in range(4):  # one epoch
+        for index in layout.order.batch(step, config.seed):
+            drawn[dataset.examples[index].dataset] += 1
+    assert drawn == {0: 4, 1: 12}
+    assert {e.caption for e in dataset.examples if e.dataset == 1} == {"a photo of sks shape"}
+    assert all(e.captions.caption_dropout == 0.5 for e in dataset.examples if e.dataset == 1)
+
+
+def test_a_run_trains_and_records_its_datasets(tiny_model: Path, tmp_path: Path, two: tuple[Path, Path]) -> None:
+    config = config_for(tiny_model, tmp_path, two)
+    result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "train.toml"), "--json-events"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout.splitlines()[0])
+    assert plan["event"] == "plan" and len(plan["datasets"]) == 2
+    record = json.loads((config.out / "sdlite-train.json").read_text())
+    assert record["config"]["datasets"][1]["repeats"] == 3
+
+
+def test_bad_tables_name_themselves(tiny_model: Path, tmp_path: Path, two: tuple[Path, Path]) -> None:
+    with pytest.raises(UsageError, match=r"\[\[datasets\]\] 3: unknown keys colour"):
+        config_for(tiny_model, tmp_path, two, f'[[datasets]]\npath = "{two[0]}"\ncolour = 1\n')
+    with pytest.raises(UsageError, match=r"\[\[datasets\]\] 3: .*repeats"):
+        config_for(tiny_model, tmp_path, two, f'[[datasets]]\npath = "{two[0]}"\nrepeats = 0\n')
