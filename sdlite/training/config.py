@@ -189,6 +189,14 @@ class TrainConfig:
     validate_every: PositiveInt | None = option(
         None, "Every N steps (and at the end): save a validation grid, and score the validation loss."
     )
+    sample_prompts: FilePath | None = option(
+        None,
+        "Sample these prompts (a prompts file: one per line, or JSON lines with their own seed, steps, guidance, size, "
+        "negative prompt, scheduler) at every checkpoint and at the end, by `sdlite sample` itself: "
+        "OUT/samples/<checkpoint>/, each PNG replayable with --from-image.",
+        metavar="FILE",
+    )
+    sample_at_start: Flag = option(False, "--sample-prompts: also sample the base model before training.")
     validation_data: FilePath | None = option(
         None,
         "Held-out captioned images (any --data layout) whose denoising loss is scored with noise and timesteps fixed "
@@ -272,6 +280,8 @@ class TrainConfig:
         def n(key: str) -> str:
             return name(TrainConfig, key)
 
+        if self.sample_at_start and self.sample_prompts is None:
+            fail("sample_at_start", f"{n('sample_at_start')} needs {n('sample_prompts')}")
         if self.alpha_mask and not self.masked_loss:
             fail("alpha_mask", f"{n('alpha_mask')} says where {n('masked_loss')}'s masks are: give both")
         if self.validation_data is not None and self.validation_split is not None:
@@ -287,6 +297,7 @@ class TrainConfig:
                 "snr_gamma": self.snr_gamma is not None,
                 "noise_offset": self.noise_offset > 0,
                 "validation_data": self.validation_data is not None,
+                "sample_prompts": self.sample_prompts is not None,
                 "masked_loss": self.masked_loss,
                 "validation_split": self.validation_split is not None,
                 "loss": self.loss != "l2",
@@ -378,6 +389,8 @@ class TrainConfig:
             "validation_prompts",
             "validate_every",
             "validation_data",
+            "sample_prompts",
+            "sample_at_start",
             "offline",
             "allow_pickle",
             "skip_bad_images",

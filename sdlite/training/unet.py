@@ -37,6 +37,7 @@ from sdlite.training.optimizers import check_optimizer, make_optimizer, make_sch
 from sdlite.training.out_folder import check_out, prepare_out, write_run_record
 from sdlite.training.plan import TrainPlan, make_plan, with_flops
 from sdlite.training.reporting import Emitter, EventFn, LossLog, Pace, TrainResult
+from sdlite.training.samples import check_sample_prompts, sample_point
 from sdlite.training.steps import FiniteGuard, LossHook, MicroBatch
 from sdlite.training.validation_loss import ValidationLog, fixed_draws
 
@@ -145,6 +146,8 @@ def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Loss
 
     trackers = Trackers()
     trackers.start(accelerator, config, run.plan.to_dict(), start_step)
+    if config.sample_at_start and start_step == 0:
+        _samples(run, 0, config.model, None, "start")
     # 4. The loop: one optimizer step per `grad_accum` micro-batches on every process.
     log = LossLog(config.out, start_step, accelerator.is_main_process)
     run.validation_log = ValidationLog(config.out, start_step, accelerator.is_main_process)
@@ -152,6 +155,8 @@ def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Loss
     last_loss = _loop(run, start_step, log, guard, pace, saved, trackers, loss_hook)
     # 5. Output: the trained model (EMA weights with --ema), the last validation grid, the loss log and its curve.
     _save_output(run)
+    if config.sample_prompts is not None:
+        _samples(run, run.plan.steps, *_sampled_as(config, config.out), "final")
     plan = run.plan
     validating = config.validation_prompts or run.dataset.validation
     if validating and not (config.validate_every and plan.steps % config.validate_every == 0):
@@ -180,6 +185,7 @@ def _plan(config: TrainConfig, accelerator: Any, emit: Emitter, torch: Any) -> t
     check_out(config)
     plan, dataset, model, layout = make_plan(config, accelerator.num_processes)
     check_optimizer(config.optimizer, config.lr, config.weight_decay, config.optimizer_args, accelerator.device.type)
+    check_sample_prompts(config, accelerator.num_processes)
     if config.class_prompt is not None and config.class_data is None and (problem := filecache.unusable()):
         raise ResourceError(
             f"prior preservation keeps its class images in sdlite's cache folder, which cannot be used ({problem}): "
@@ -370,8 +376,22 @@ def _after_step(run: _Run, done: int, stop: int, guard: FiniteGuard, saved: list
         path = _save_checkpoint(run, done)
         saved.append(path)
         run.emit("checkpoint", step=done, path=str(path))
+        if config.sample_prompts is not None:
+            _samples(run, done, *_sampled_as(config, path), path.name)
     if config.validate_every and done % config.validate_every == 0:
         _validate_and_report(run, done, trackers)
+
+
+def _sampled_as(config: TrainConfig, folder: Path) -> tuple[str, Path | None]:
+    """How a checkpoint or OUT is sampled: as the model it is, or (a LoRA) the base model with it."""
+    return (config.model, folder) if config.lora else (str(folder), None)
+
+
+def _samples(run: _Run, step: int, model: str, lora: Path | None, label: str) -> None:
+    """--sample-prompts at one point of the run, by `sdlite sample` itself (main process)."""
+    if run.accelerator.is_main_process:
+        paths = sample_point(run.config, model, lora, label)
+        run.emit("samples", step=step, paths=[str(p) for p in paths])
 
 
 def _validate_and_report(run: _Run, step: int, trackers: Any) -> None:
