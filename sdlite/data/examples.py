@@ -30,6 +30,7 @@ class Example:
     size: tuple[int, int] | None = field(default=None, compare=False)
     image_column: str = "image"  # the table column that holds the image (rows only)
     captions: Any = None  # its dataset's CaptionOptions ([[datasets]]), else the run's settings
+    mask: Path | None = None  # --masked-loss: the mask a metadata file's `mask` column names for it
     dataset: int = 0  # which [[datasets]] table it came from
 
     def __str__(self) -> str:
@@ -106,8 +107,9 @@ def discover(
     located = [(path, caption, str(path.with_suffix(".txt") if kind == "sidecar" else folder / where))
                for path, caption, where in rows]  # fmt: skip
     rows, cleaned = _without_control_characters(located, strict)
+    named = _mask_column(folder / kind, folder) if masks and kind in (_JSONL, _CSV) else {}
     examples = sorted(
-        (Example(path, "" if caption is None else caption) for path, caption, _ in rows),
+        (Example(path, "" if caption is None else caption, mask=named.get(path)) for path, caption, _ in rows),
         key=lambda example: example.path.parts,
     )
     notes = tuple(f"{path}: missing caption (empty caption used)" for path, _ in sorted(missing, key=_path_parts))
@@ -231,6 +233,28 @@ def _metadata_row(meta: Path, number: int, folder: Path, record: dict[str, Any],
         columns = ", ".join(str(key) for key in record)
         return path, None, f"{meta.name}:{number} has no {caption_column!r} column; it has: {columns}"
     return path, (value if isinstance(value, str) else str(value)).strip(), f"{meta.name}:{number}"
+
+
+def _mask_column(meta: Path, folder: Path) -> dict[Path, Path]:
+    """--masked-loss: the `mask` column of a metadata file (a path inside the folder, like `file_name`), by image."""
+    if meta.suffix == ".jsonl":
+        with _open_text(meta) as lines:
+            records = [(n, json.loads(line)) for n, line in _numbered(meta, lines) if line.strip()]
+    else:
+        with _open_text(meta) as lines:
+            reader = csv.DictReader(lines)
+            records = [(reader.line_num, dict(record)) for record in reader]
+    found = {}
+    for number, record in records:
+        name = record.get("mask")
+        if not isinstance(name, str) or not name.strip():
+            continue
+        relative = Path(name)
+        mask = folder / relative
+        if relative.is_absolute() or ".." in relative.parts or not mask.is_file():
+            raise DataError(f"{meta}:{number}: mask {name!r} is not a file inside {folder}")
+        found[folder / str(record.get(_FILE_COLUMN))] = mask
+    return found
 
 
 def _read_sidecars(folder: Path) -> list[_Row]:

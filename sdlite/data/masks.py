@@ -1,8 +1,8 @@
 """Loss masks (`sdlite train --masked-loss`): which parts of a training image the loss counts, as kohya's masked
 loss does. White counts fully, black not at all, grey in between.
 
-A mask is `NAME_mask.png` beside the image `NAME.ext`, or with `--alpha-mask` the image's own alpha channel (opaque
-counts). It goes through the image's own resize, crop and flip (`crop_of`, the same seed), then is averaged down to
+A mask is the file a metadata table's `mask` column names, else `NAME_mask.png` beside the image `NAME.ext`, or with
+`--alpha-mask` the image's own alpha channel (opaque counts). It goes through the image's own resize, crop and flip (`crop_of`, the same seed), then is averaged down to
 the latent grid, where it multiplies the per-element loss (not renormalised, as kohya: a half-masked image weighs
 half).
 """
@@ -21,7 +21,7 @@ def check_masks(examples: Sequence[Any], alpha: bool) -> None:
     A missing one is a data error naming the first and the count."""
     if alpha:
         return
-    missing = [e for e in examples if e.row is not None or not mask_path(e.path).is_file()]
+    missing = [e for e in examples if e.mask is None and (e.row is not None or not mask_path(e.path).is_file())]
     if missing:
         first = missing[0]
         where = (
@@ -36,7 +36,7 @@ def load_mask(example: Any, alpha: bool) -> Any:
     """The example's mask as an 8-bit grey PIL image the size of the (upright) picture."""
     from PIL import Image, ImageOps
 
-    source = example.path if alpha else mask_path(example.path)
+    source = example.path if alpha else example.mask or mask_path(example.path)
     try:
         with Image.open(source) as opened:
             upright = ImageOps.exif_transpose(opened)

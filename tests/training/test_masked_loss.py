@@ -68,3 +68,22 @@ def test_alpha_masks_and_missing_masks(tiny_model: Path, tmp_path: Path) -> None
         rgba.save(image)
     _, events = run(tiny_model, data, tmp_path / "a", max_steps=1, masked_loss=True, alpha_mask=True)
     assert losses(events) == [0.0]
+
+
+def test_a_metadata_mask_column(tiny_model: Path, tmp_path: Path) -> None:
+    """metadata.jsonl rows may name their mask (`mask`, a path inside the folder like `file_name`)."""
+    import json
+
+    data = make_shapes_dataset(tmp_path / "data", n=4)  # a metadata.jsonl folder
+    rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
+    (data / "masks").mkdir()
+    for row in rows:
+        Image.new("L", Image.open(data / row["file_name"]).size, 0).save(data / "masks" / Path(row["file_name"]).name)
+        row["mask"] = f"masks/{Path(row['file_name']).name}"
+    (data / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, events = run(tiny_model, data, tmp_path / "o", max_steps=1, masked_loss=True)
+    assert losses(events) == [0.0]
+    rows[0]["mask"] = "masks/nope.png"
+    (data / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"metadata\.jsonl:1: mask 'masks/nope.png' is not a file"):
+        run(tiny_model, data, tmp_path / "x", masked_loss=True)
