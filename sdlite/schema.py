@@ -102,7 +102,19 @@ def _file_stem(value: str) -> str:
     return value
 
 
-FileStem = Annotated[str, Strict(), MinLen(1), AfterValidator(_file_stem)]  # a name for a file made in a folder
+FileStem = Annotated[str, Strict(), MinLen(1), AfterValidator(_file_stem)]
+
+
+def _extension(value: str) -> str:
+    if not value.startswith(".") or len(value) < 2 or any(c in value for c in "/\\\0 "):
+        reason = f"must be a file extension such as .txt or .caption, got {show(value)}"
+        raise PydanticCustomError("reason", "{reason}", {"reason": reason})
+    return value
+
+
+CaptionExtension = Annotated[
+    str, Strict(), AfterValidator(_extension)
+]  # sidecar captions: .txt, .caption  # a name for a file made in a folder
 Flag = Annotated[bool, Strict()]
 PathText = Annotated[str, Strict(), BeforeValidator(_fspath)]  # a path or hub id, kept as given
 FilePath = Annotated[Path, BeforeValidator(_fspath)]  # a str or os.PathLike, stored as a Path

@@ -61,13 +61,14 @@ def discover(
     offline: bool = False,
     strict: bool = False,
     masks: bool = False,
+    caption_extension: str = ".txt",
 ) -> Dataset:
     """Find the examples of `data_dir`: a folder of images, or a table dataset (see below).
 
     In a folder: `metadata.jsonl`, else `metadata.csv`, else `.txt` sidecars. Metadata follows the
     Hugging Face imagefolder layout (`file_name` relative to the folder plus a caption column); images
     it does not list are ignored. Without metadata every image below the folder (hidden files and
-    folders excluded) needs a same-stem `.txt` next to it.
+    folders excluded) needs a same-stem caption file next to it (`caption_extension`, `.txt` by default).
 
     Tables (sdlite/data/tables.py): a `.parquet` file, a folder of Parquet shards (and no images), a
     `datasets` save_to_disk folder or `.arrow` file, or, when online, a hub dataset id. Each row is an
@@ -90,7 +91,7 @@ def discover(
     elif (folder / _CSV).is_file():
         kind, rows = _CSV, _read_csv(folder / _CSV, folder, caption_column)
     else:
-        kind, rows = "sidecar", _read_sidecars(folder)
+        kind, rows = "sidecar", _read_sidecars(folder, caption_extension)
     if not rows:
         where = f"{folder / kind} lists no images" if kind != "sidecar" else f"no images in {folder}"
         raise DataError(
@@ -104,7 +105,7 @@ def discover(
         rows = [row for row in rows if row[0] not in mask_files]
     missing = [(path, where) for path, caption, where in rows if caption is None]
     _refuse_missing(missing, allow_missing_captions)
-    located = [(path, caption, str(path.with_suffix(".txt") if kind == "sidecar" else folder / where))
+    located = [(path, caption, str(path.with_suffix(caption_extension) if kind == "sidecar" else folder / where))
                for path, caption, where in rows]  # fmt: skip
     rows, cleaned = _without_control_characters(located, strict)
     named = _mask_column(folder / kind, folder) if masks and kind in (_JSONL, _CSV) else {}
@@ -257,7 +258,7 @@ def _mask_column(meta: Path, folder: Path) -> dict[Path, Path]:
     return found
 
 
-def _read_sidecars(folder: Path) -> list[_Row]:
+def _read_sidecars(folder: Path, extension: str = ".txt") -> list[_Row]:
     rows: list[_Row] = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # .git, .ipynb_checkpoints, ...
@@ -265,7 +266,7 @@ def _read_sidecars(folder: Path) -> list[_Row]:
             if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
                 continue  # dot-files include macOS "._x.png" resource forks, which are not images
             path = Path(root) / name
-            sidecar = path.with_suffix(".txt")
+            sidecar = path.with_suffix(extension)
             if not sidecar.is_file():
                 rows.append((path, None, f"no {sidecar.name} next to it"))
                 continue

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 from annotated_types import Ge, Lt
 from pydantic import AllowInfNan, Strict
 
-from sdlite.schema import FilePath, Flag, NonNegativeInt, PositiveInt, Prompt, validate_fields
+from sdlite.schema import CaptionExtension, FilePath, Flag, NonNegativeInt, PositiveInt, Prompt, validate_fields
 
-KEYS = ("path", "repeats", "shuffle_captions", "keep_tokens", "caption_dropout", "instance_prompt")
+KEYS = ("path", "repeats", "caption_extension", "shuffle_captions", "keep_tokens", "caption_dropout", "instance_prompt")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class DatasetSpec:
 
     path: FilePath
     repeats: PositiveInt = 1
+    caption_extension: CaptionExtension | None = None  # sidecar captions: NAME.EXT beside each image
     shuffle_captions: Flag | None = None
     keep_tokens: NonNegativeInt | None = None
     caption_dropout: Annotated[float, Strict(), AllowInfNan(False), Ge(0), Lt(1)] | None = None

@@ -17,6 +17,7 @@ from sdlite.schema import (
     COMMAND_LINE,
     MODEL_HELP,
     PREDICTION_HELP,
+    CaptionExtension,
     FilePath,
     FileStem,
     Flag,
@@ -208,6 +209,9 @@ class TrainConfig:
         None, "Hold out this share of --data (chosen by --seed) as the validation images instead.", metavar="F"
     )
     caption_column: NonEmptyText = option("text", "Caption column in metadata.jsonl/csv.")
+    caption_extension: CaptionExtension = option(
+        ".txt", "Sidecar captions: the extension of NAME.EXT beside each image."
+    )
     skip_bad_images: Flag = option(False, "Skip unreadable images (listed at the end) instead of stopping.")
     allow_missing_captions: Flag = option(False, "Train images without a caption on an empty one.")
     strict_data: Flag = option(
@@ -410,6 +414,7 @@ class TrainConfig:
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 ADDED_LATER = {
+    "caption_extension": ".txt",
     "datasets": [],
     "masked_loss": False,
     "alpha_mask": False,

@@ -74,7 +74,8 @@ def _several(config: TrainConfig) -> Any:
             discover(spec.path, config.caption_column,
                      config.allow_missing_captions or bool(spec.instance_prompt or config.instance_prompt),
                      image_column=config.image_column, offline=config.offline, strict=config.strict_data,
-                     masks=config.masked_loss and not config.alpha_mask),
+                     masks=config.masked_loss and not config.alpha_mask,
+                     caption_extension=spec.caption_extension or config.caption_extension),
             config.skip_bad_images,
         )  # fmt: skip
         prompt = spec.instance_prompt if spec.instance_prompt is not None else config.instance_prompt
@@ -113,7 +114,8 @@ def _hold_out(dataset: Any, config: TrainConfig) -> Any:
         held = check_images(
             discover(config.validation_data, config.caption_column, config.allow_missing_captions,
                      image_column=config.image_column, offline=config.offline, strict=config.strict_data,
-                     masks=config.masked_loss and not config.alpha_mask),
+                     masks=config.masked_loss and not config.alpha_mask,
+                     caption_extension=config.caption_extension),
             config.skip_bad_images,
         )  # fmt: skip
         return dataclasses.replace(dataset, validation=held.examples)
@@ -158,6 +160,7 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
                 offline=config.offline,
                 strict=config.strict_data,
                 masks=config.masked_loss and not config.alpha_mask,
+                caption_extension=config.caption_extension,
             ),
             config.skip_bad_images,
         )

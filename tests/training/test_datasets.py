@@ -79,3 +79,20 @@ def test_bad_tables_name_themselves(tiny_model: Path, tmp_path: Path, two: tuple
         config_for(tiny_model, tmp_path, two, f'[[datasets]]\npath = "{two[0]}"\ncolour = 1\n')
     with pytest.raises(UsageError, match=r"\[\[datasets\]\] 3: .*repeats"):
         config_for(tiny_model, tmp_path, two, f'[[datasets]]\npath = "{two[0]}"\nrepeats = 0\n')
+
+
+def test_caption_extensions_per_dataset(tiny_model: Path, tmp_path: Path) -> None:
+    """Sidecar captions: `.txt` by default, --caption-extension for the run, `caption-extension` per table."""
+    from PIL import Image
+
+    folder = tmp_path / "captions"
+    folder.mkdir()
+    for n in range(4):
+        Image.new("RGB", (64, 64), (60 * n, 0, 0)).save(folder / f"{n}.png")
+        (folder / f"{n}.caption").write_text(f"red {n}")
+    body = f'model = "{tiny_model}"\nout = "{tmp_path / "o"}"\nbatch-size = 4\nmax-steps = 1\n'
+    body += f'[[datasets]]\npath = "{folder}"\ncaption-extension = ".caption"\n'
+    _, dataset, _, _ = make_plan(build_train_config({}, toml(tmp_path, body)))
+    assert sorted(e.caption for e in dataset.examples) == ["red 0", "red 1", "red 2", "red 3"]
+    with pytest.raises(UsageError, match="must be a file extension"):
+        build_train_config({}, toml(tmp_path, body.replace('".caption"', '"caption"')))
