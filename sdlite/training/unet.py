@@ -448,10 +448,7 @@ def _validation_inputs(run: _Run) -> list[_Inputs]:
         noise = to_device(torch.stack([d[2] for d in draws]), device)
         latents = (mean + std * sample_noise) * parts.vae.config.scaling_factor
         noisy = parts.noise_scheduler.add_noise(latents, noise, timesteps)
-        if parts.noise_scheduler.config.prediction_type == "v_prediction":
-            target = parts.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
+        target = _target(parts.noise_scheduler, latents, noise, timesteps)
         ids = [to_device(t, device) for t in token_ids(parts.tokenizers, [example.caption] * len(draws))]
         text = pooled = None
         if not config.train_text_encoder:  # frozen: encoded once (the cache holds only the training captions)
@@ -712,10 +709,7 @@ def _draw(
         wobble = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens])
         noised_with = noise + config.input_perturbation * to_device(wobble, device)
     noisy = parts.noise_scheduler.add_noise(latents, noised_with, timesteps)
-    if parts.noise_scheduler.config.prediction_type == "v_prediction":
-        target = parts.noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
+    target = _target(parts.noise_scheduler, latents, noise, timesteps)
     times = to_device(time_ids(cuts), device) if parts.family.micro_conditioning else None
     mask = None
     if config.masked_loss and augment:  # the training images' masks (class images count everywhere)
@@ -736,6 +730,13 @@ def _masks(run: _Run, examples: list[Any], indices: Any, size: tuple[int, int], 
         seed = mix(config.seed, batch.epoch, i)
         masks.append(latent_mask(mask, image_size, size, config.crop, config.random_flip, seed, size[0] // width))
     return torch.stack(masks)
+
+
+def _target(noise_scheduler: Any, latents: Any, noise: Any, timesteps: Any) -> Any:
+    """What the UNet learns to predict: the noise, or v for a v-prediction model."""
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    return noise
 
 
 def _captions(run: _Run, examples: list[Any], gens: list[Any], batch: MicroBatch) -> list[str]:
