@@ -129,6 +129,18 @@ class TrainConfig:
         "snr", "huber/smooth-l1: c by timestep: snr (from 1 at clean to c at noise, kohya's default), exponential, "
         "constant.",
     )  # fmt: skip
+    embedding: FileStem | None = option(
+        None,
+        "Textual inversion: train only a new token TOKEN's vectors (every text encoder of the family); OUT gets "
+        "TOKEN.safetensors (A1111's layout; `sdlite sample --embedding OUT/TOKEN.safetensors`, then TOKEN in a "
+        "prompt) and learned_embeds.safetensors (diffusers' load_textual_inversion). Captions must hold TOKEN "
+        "(--instance-prompt 'a photo of TOKEN' for uncaptioned images).",
+        metavar="TOKEN",
+    )
+    init_token: NonEmptyText | None = option(
+        None, "--embedding: the word whose embedding the new vectors start from (e.g. dog, style).", metavar="WORD"
+    )
+    num_vectors: PositiveInt = option(1, "--embedding: how many vectors the token stands for.", metavar="N")
     masked_loss: Flag = option(
         False,
         "Weight the loss by a mask per image: NAME_mask.png beside NAME.ext (white counts, black not at all), moved "
@@ -284,6 +296,15 @@ class TrainConfig:
         def n(key: str) -> str:
             return name(TrainConfig, key)
 
+        if self.embedding is not None:
+            if self.init_token is None:
+                fail("init_token", f"{n('embedding')} needs {n('init_token')} (the word its vectors start from)")
+            for key in ("lora", "train_text_encoder", "ema", "sample_prompts"):
+                if getattr(self, key):
+                    fail(key, f"{n(key)} does not go with {n('embedding')} (textual inversion trains only the token)")
+        elif self.init_token is not None or self.num_vectors != 1:
+            key = "init_token" if self.init_token is not None else "num_vectors"
+            fail(key, f"{n(key)} is for {n('embedding')} (textual inversion)")
         if self.sample_at_start and self.sample_prompts is None:
             fail("sample_at_start", f"{n('sample_at_start')} needs {n('sample_prompts')}")
         if self.alpha_mask and not self.masked_loss:
@@ -303,6 +324,7 @@ class TrainConfig:
                 "validation_data": self.validation_data is not None,
                 "sample_prompts": self.sample_prompts is not None,
                 "masked_loss": self.masked_loss,
+                "embedding": self.embedding is not None,
                 "validation_split": self.validation_split is not None,
                 "loss": self.loss != "l2",
                 "input_perturbation": self.input_perturbation > 0,
@@ -414,6 +436,9 @@ class TrainConfig:
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 ADDED_LATER = {
+    "embedding": None,
+    "init_token": None,
+    "num_vectors": 1,
     "caption_extension": ".txt",
     "datasets": [],
     "masked_loss": False,

@@ -30,6 +30,7 @@ from sdlite.schema import PREDICTIONS
 from sdlite.seeds import mix
 from sdlite.staging import new_folder
 from sdlite.training import checkpoints
+from sdlite.training import textual_inversion as ti
 from sdlite.training.conditioning import encode, time_ids, token_ids
 from sdlite.training.config import TrainConfig
 from sdlite.training.losses import elementwise_loss, huber_threshold
@@ -120,11 +121,13 @@ class _Run:
 
     @property
     def unet(self) -> Any:
-        return self.wrapped[0] if self.wrapped else self.parts.unet
+        return self.wrapped[0] if self.wrapped and not self.config.embedding else self.parts.unet
 
     @property
     def text_encoders(self) -> list[Any]:
         """The text encoders as the loss calls them (prepared when trained), in the family's order."""
+        if self.config.embedding and self.wrapped:  # textual inversion: only the text encoders are prepared
+            return self.wrapped
         return self.wrapped[1:] if self.config.train_text_encoder and self.wrapped else self.parts.text_encoders
 
 
@@ -150,7 +153,8 @@ def _train(config: TrainConfig, accelerator: Any, emit: Emitter, loss_hook: Loss
         _samples(run, 0, config.model, None, "start")
     # 4. The loop: one optimizer step per `grad_accum` micro-batches on every process.
     log = LossLog(config.out, start_step, accelerator.is_main_process)
-    run.validation_log = ValidationLog(config.out, start_step, accelerator.is_main_process)
+    if run.dataset.validation:
+        run.validation_log = ValidationLog(config.out, start_step, accelerator.is_main_process)
     guard, pace, saved = FiniteGuard(emit), Pace(), []
     last_loss = _loop(run, start_step, log, guard, pace, saved, trackers, loss_hook)
     # 5. Output: the trained model (EMA weights with --ema), the last validation grid, the loss log and its curve.
@@ -269,7 +273,8 @@ def _fill_cache(run: _Run) -> Any:
 
     config, accelerator, torch = run.config, run.accelerator, run.torch
     shuffled = config.shuffle_captions or any(spec.shuffle_captions for spec in config.datasets)
-    cache = EncodingCache(run.parts, run.model, not config.train_text_encoder and not shuffled)
+    text_fixed = not config.train_text_encoder and not shuffled and not config.embedding
+    cache = EncodingCache(run.parts, run.model, text_fixed)
     counts, failed = {}, 0
     with accelerator.main_process_first():
         try:
@@ -313,6 +318,9 @@ def _loop(
                 if config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(run.params, config.max_grad_norm)
                 run.optimizer.step()
+                if config.embedding:  # only the new token's rows change
+                    ti.keep_only([_unwrapped(accelerator, m) for m in run.text_encoders], run.parts.tables,
+                                 run.parts.token_rows)  # fmt: skip
                 if run.ema is not None:
                     run.ema.step(run.parts.unet.parameters())
                 last_loss = step_loss
@@ -451,7 +459,9 @@ def _validation_inputs(run: _Run) -> list[_Inputs]:
         target = _target(parts.noise_scheduler, latents, noise, timesteps)
         ids = [to_device(t, device) for t in token_ids(parts.tokenizers, [example.caption] * len(draws))]
         text = pooled = None
-        if not config.train_text_encoder:  # frozen: encoded once (the cache holds only the training captions)
+        if (
+            not config.train_text_encoder and not config.embedding
+        ):  # frozen: encoded once (the cache holds only the training captions)
             with torch.no_grad():
                 text, pooled = encode(parts.family, run.text_encoders, ids)
             ids = None
@@ -522,6 +532,8 @@ class _Parts:
     noise_scheduler: Any
     trained: list[Any]
     weight_dtype: Any
+    token_rows: list[Any] = field(default_factory=list)  # --embedding: the new token's rows, per text encoder
+    tables: list[Any] = field(default_factory=list)  # --embedding: each embedding table as loaded, to put back
 
     @property
     def tokenizer(self) -> Any:
@@ -539,7 +551,7 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
     root, safe, family = model.path, not model.uses_pickle, model.family
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
     # Frozen components load in the compute precision; trained ones in fp32 (kept so under autocast).
-    text_dtype = torch.float32 if config.train_text_encoder else weight_dtype
+    text_dtype = torch.float32 if config.train_text_encoder or config.embedding else weight_dtype
     if model.single_file is not None:
         loaded = load_single_file(model)
         tokenizers = [loaded[name] for name in family.tokenizers]
@@ -570,8 +582,17 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
     vae.requires_grad_(False)
     for text_encoder in text_encoders:
         text_encoder.requires_grad_(config.train_text_encoder and not config.lora)
-    unet.requires_grad_(not config.lora)
+    unet.requires_grad_(not config.lora and not config.embedding)
     trained = [unet, *text_encoders] if config.train_text_encoder else [unet]
+    token_rows, tables = [], []
+    if config.embedding:  # textual inversion: the new token's embedding rows are all that trains
+        assert config.init_token is not None
+        token_rows = ti.add_token(tokenizers, text_encoders, config.embedding, config.init_token, config.num_vectors)
+        for text_encoder in text_encoders:
+            table = text_encoder.get_input_embeddings().weight
+            table.requires_grad_(True)
+            tables.append(table.detach().clone())
+        trained = list(text_encoders)
     if config.lora:  # only the adapters' weights train; alpha is part of each adapter's config (and saved file)
         # peft draws the adapters' first matrices from torch's global generator: seeded from --seed, so the same
         # command trains the same adapter, and restored after, so nothing else depends on it.
@@ -603,7 +624,10 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
         unet.to(memory_format=torch.channels_last)
     for module in trained:
         module.train()
-    return _Parts(family, tokenizers, text_encoders, vae, unet, noise_scheduler, trained, weight_dtype)
+    tables = [table.to(accelerator.device) for table in tables]
+    return _Parts(
+        family, tokenizers, text_encoders, vae, unet, noise_scheduler, trained, weight_dtype, token_rows, tables
+    )
 
 
 def _lora_config(config: TrainConfig, targets: list[str]) -> Any:
@@ -798,7 +822,7 @@ def _text(run: _Run, captions: list[str]) -> tuple[Any, Any, Any]:
         hidden, pooled = run.cache.text_embeddings(captions)
         return to_device(hidden, device), None if pooled is None else to_device(pooled, device), None
     ids = [to_device(tokens, device) for tokens in token_ids(run.parts.tokenizers, captions)]
-    if run.config.train_text_encoder:
+    if run.config.train_text_encoder or run.config.embedding:
         return None, None, ids
     with run.torch.no_grad():  # frozen: encoded now, ahead of the step
         hidden, pooled = encode(run.parts.family, run.text_encoders, ids)
@@ -887,6 +911,9 @@ def _assemble(run: _Run, folder: Path) -> None:
     )
     if config.lora:
         _save_lora(folder, unet, text_encoders, config, family)
+        return
+    if config.embedding:  # textual inversion: the embedding, in A1111's and diffusers' layouts
+        ti.save(folder, config.embedding, list(text_encoders.values()), parts.token_rows)
         return
     frozen = ("vae", *family.tokenizers, *(() if config.train_text_encoder else family.text_encoders))
     if model.single_file is not None:  # no base folder to link from: save the frozen parts themselves
@@ -988,6 +1015,9 @@ def _load_trained_weights(parts: _Parts, folder: Path, config: TrainConfig, torc
 
         for file, module in _adapter_files(config, parts.family, [parts.unet, *parts.text_encoders]):
             set_peft_model_state_dict(module, load_file(folder / "training" / file), adapter_name=LORA_ADAPTER)
+        return
+    if config.embedding:
+        ti.load(folder, config.embedding, parts.text_encoders, parts.token_rows)
         return
     parts.unet.load_state_dict(_load_folder_weights(folder / "unet", load_file))
     if config.train_text_encoder:
