@@ -175,6 +175,11 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
             examples=examples,
             skipped=tuple(n for n in dataset.skipped if not n.endswith("missing caption (empty caption used)")),
         )
+    if config.embedding and not any(config.embedding in e.caption for e in dataset.examples):
+        raise DataError(
+            f"no caption holds {config.embedding!r}: textual inversion learns the token from the captions that use it "
+            f"(write it into them, or --instance-prompt 'a photo of {config.embedding}')"
+        )
     dataset = _hold_out(dataset, config)
     per_micro = config.batch_size * num_processes
     effective = per_micro * config.grad_accum

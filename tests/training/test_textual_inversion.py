@@ -82,6 +82,10 @@ def test_sdxl_trains_both_encoders(sdxl_tiny_model: Path, shapes: Path, tmp_path
 
 
 def test_what_does_not_go_with_it(tiny_model: Path, shapes: Path, tmp_path: Path) -> None:
+    from sdlite.errors import DataError
+
+    with pytest.raises(DataError, match="no caption holds 'zqxv'"):
+        run(tiny_model, shapes, tmp_path / "x", **{**SETTINGS, "instance_prompt": None})
     for settings, words in (({"embedding": "zqxv"}, "needs --init-token"),
                             ({**SETTINGS, "lora": True}, "does not go with --embedding"),
                             ({"init_token": "dog"}, "is for --embedding")):  # fmt: skip
