@@ -462,40 +462,35 @@ def _find_inputs(recorded: dict[str, Any], inputs: Any, cli: dict[str, Any], ima
 
 def _recorded_vae(value: Any, image: Source) -> str:
     """The VAE a PNG was decoded with: its recorded path, which must still hold the same bytes."""
-    from sdlite.filecache import sha256_uncached
-
     if not isinstance(value, dict) or not isinstance(value.get("source"), str):
         raise image.fail("its sdlite metadata has a malformed vae record")
-    source = value["source"]
-    path = Path(source)
-    weights = path / "diffusion_pytorch_model.safetensors" if path.is_dir() else path
-    try:
-        digest = sha256_uncached(weights)
-    except OSError as exc:
-        raise image.fail(f"it was decoded with VAE {source}, which is missing: pass that VAE with --vae") from exc
-    if value.get("sha256") and digest != value["sha256"]:
-        raise image.fail(f"its VAE {source} has changed since (sha256 {digest[:12]}...): pass the original with --vae")
-    return source
+    path = Path(value["source"])
+    _unchanged(path / "diffusion_pytorch_model.safetensors" if path.is_dir() else path, value["source"],
+               value.get("sha256"), "VAE", "--vae", image)  # fmt: skip
+    return value["source"]
 
 
 def _recorded_embeddings(value: Any, image: Source) -> tuple[str, ...]:
     """The embeddings a PNG's run loaded: each recorded file, which must still hold the same bytes."""
-    from sdlite.filecache import sha256_uncached
-
     if not isinstance(value, list) or not all(isinstance(e, dict) and isinstance(e.get("source"), str) for e in value):
         raise image.fail("its sdlite metadata has a malformed embeddings record")
-    sources = []
     for entry in value:
-        try:
-            digest = sha256_uncached(Path(entry["source"]))
-        except OSError as exc:
-            raise image.fail(
-                f"it used embedding {entry['source']}, which is missing: pass it with --embedding"
-            ) from exc
-        if entry.get("sha256") and digest != entry["sha256"]:
-            raise image.fail(f"its embedding {entry['source']} has changed since: pass the original with --embedding")
-        sources.append(entry["source"])
-    return tuple(sources)
+        _unchanged(Path(entry["source"]), entry["source"], entry.get("sha256"), "embedding", "--embedding", image)
+    return tuple(entry["source"] for entry in value)
+
+
+def _unchanged(file: Path, source: str, sha256: str | None, what: str, flag: str, image: Source) -> None:
+    """A file a PNG records by path and sha256 (its VAE, an embedding) must still be there with the same bytes."""
+    from sdlite.filecache import sha256_uncached
+
+    try:
+        digest = sha256_uncached(file)
+    except OSError as exc:
+        raise image.fail(f"it was made with {what} {source}, which is missing: pass that {what} with {flag}") from exc
+    if sha256 and digest != sha256:
+        raise image.fail(
+            f"its {what} {source} has changed since (sha256 {digest[:12]}...): pass the original with {flag}"
+        )
 
 
 def _check_ti_hashes(hashes: dict[str, str], replay: _Replay, image: Source) -> None:
