@@ -41,6 +41,19 @@ class Family:
     text_layer: int = 1
     text_final_norm: bool = True
     a1111_clip_skip: bool = True  # whether A1111 applies its Clip skip setting to the family (not SD 2.x, SDXL)
+    # The module groups `--lora-targets` and `--lora-conv-rank` add to the attention projections above (diffusers'
+    # UNet and CLIP names, shared by the three families; kohya's LoRA and LoCon cover the same layers).
+    mlp_lora_targets: tuple[str, ...] = ("ff.net.0.proj", "ff.net.2")
+    text_mlp_lora_targets: tuple[str, ...] = ("fc1", "fc2")
+    other_lora_targets: tuple[str, ...] = (
+        "proj_in",
+        "proj_out",
+        "time_emb_proj",
+        "conv_shortcut",
+        "time_embedding.linear_1",
+        "time_embedding.linear_2",
+    )
+    conv_lora_targets: tuple[str, ...] = ("conv1", "conv2", "downsamplers.0.conv", "upsamplers.0.conv")
 
     @property
     def pipeline_classes(self) -> tuple[str, ...]:

@@ -26,8 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from sdlite.errors import ModelError, UsageError
+from sdlite.formats import lycoris
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+# A LoHa or LoKr adapter as peft names it (diffusers' LoRA loader reads neither): `<component>.<module>.hada_w1_a`...,
+# the PEFT configs under METADATA_KEY as in LORA_FILE. sdlite and peft load it; A1111 and ComfyUI load its export.
+PEFT_FILE = "peft_adapter.safetensors"
+ADAPTER_FILES = (LORA_FILE, PEFT_FILE)
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' key for the PEFT configs in the safetensors metadata
 FORMATS = ("kohya", "diffusers")
 KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
@@ -56,13 +61,17 @@ def kohya_name(component: str, module: str, two_text_encoders: bool = False) -> 
 
 
 def split_diffusers_key(key: str) -> tuple[str, str, str]:
-    """(component, module path, "down" or "up") of a diffusers-layout key; ValueError for any other key."""
+    """(component, module path, role) of a diffusers- or peft-layout key: role "down" or "up" (LoRA's pair), or
+    peft's own name of a DoRA magnitude, LoHa or LoKr tensor; ValueError for any other key."""
     component, _, rest = key.partition(".")
     if component in KOHYA_PREFIXES and rest:
         for down, up in DIFFUSERS_PAIRS:
             for role, suffix in (("down", down), ("up", up)):
                 if rest.endswith(suffix):
                     return component, rest[: -len(suffix)], role
+        module, _, role = rest.rpartition(".")
+        if module and role in (lycoris.MAGNITUDE, *lycoris.VARIANT_PARAMS):
+            return component, module, role
     raise ValueError(f"{key!r} is not a diffusers-layout LoRA key of the UNet or a text encoder")
 
 
@@ -70,7 +79,7 @@ def layout(keys: list[str] | tuple[str, ...] | Any) -> str | None:
     """'kohya', 'diffusers', or None when the keys are neither (or not a LoRA at all)."""
     keys = list(keys)
     kohya = ("lora_unet_", "lora_te_", SDXL_TEXT_PREFIX, "lora_te2_")
-    if keys and all(k.startswith(kohya) and k.endswith(KOHYA_SUFFIXES) for k in keys):
+    if keys and all(k.startswith(kohya) and k.endswith(KOHYA_SUFFIXES + lycoris.KOHYA_VARIANT_SUFFIXES) for k in keys):
         return "kohya"
     try:
         if keys and all(split_diffusers_key(k) for k in keys):
@@ -104,63 +113,72 @@ def module_scale(config: Mapping[str, Any] | None, module: str, rank: int) -> fl
     """
     if not config:
         return 1.0
-    alpha = config.get("lora_alpha", rank)
-    for pattern, value in (config.get("alpha_pattern") or {}).items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
-            alpha = value
-            break
-    if config.get("use_dora"):
-        raise UsageError("a DoRA adapter (use_dora) has no kohya LoRA equivalent")
-    return float(alpha) / (math.sqrt(rank) if config.get("use_rslora") else rank)
+    alpha, _ = lycoris.module_alpha_rank(config, module, rank)
+    return alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
 
 
 def to_kohya(
     state_dict: Mapping[str, Any], configs: Mapping[str, Mapping[str, Any]], sdxl: bool = False
 ) -> dict[str, Any]:
-    """A diffusers-layout LoRA state dict -> the kohya layout, one `.alpha` per module.
+    """A diffusers- or peft-layout adapter state dict -> the kohya/LyCORIS layout, one `.alpha` per module.
 
     `configs` maps "unet" / "text_encoder" / "text_encoder_2" to its PEFT config (`component_configs(metadata)`);
     a component without one gets alpha = rank, as diffusers itself applies it. The written alpha is
     strength x rank, so every loader that computes alpha / rank gets the strength the adapter had. An SDXL
     adapter (`sdxl`, or one that adapts the second text encoder) names its first text encoder `lora_te1_`.
+    DoRA's magnitude becomes `dora_scale`; LoHa and LoKr keep their tensors' names (`lycoris.variant_to_kohya`).
     """
     import torch
 
-    pairs: dict[tuple[str, str], dict[str, Any]] = {}
+    modules: dict[tuple[str, str], dict[str, Any]] = {}
     for key, tensor in state_dict.items():
         component, module, role = split_diffusers_key(key)
-        pairs.setdefault((component, module), {})[role] = tensor
-    sdxl = sdxl or any(component == "text_encoder_2" for component, _ in pairs)
+        modules.setdefault((component, module), {})[role] = tensor
+    sdxl = sdxl or any(component == "text_encoder_2" for component, _ in modules)
     out: dict[str, Any] = {}
-    for (component, module), pair in sorted(pairs.items()):
-        if set(pair) != {"down", "up"}:
-            raise ValueError(f"{component}.{module} has a LoRA {next(iter(pair))} matrix without its partner")
-        down, up = pair["down"], pair["up"]
+    for (component, module), roles in sorted(modules.items()):
+        name = kohya_name(component, module, sdxl)
+        if lycoris.variant(roles) in ("loha", "lokr"):
+            out.update(lycoris.variant_to_kohya(name, roles, configs.get(component), module))
+            continue
+        if not {"down", "up"} <= set(roles):
+            raise ValueError(f"{component}.{module} has a LoRA {next(iter(roles))} matrix without its partner")
+        down, up = roles["down"], roles["up"]
         rank = down.shape[0]
         if up.shape[1] != rank:
             raise ValueError(f"{component}.{module}: down has rank {rank}, up has {up.shape[1]}")
-        name = kohya_name(component, module, sdxl)
         out[f"{name}.lora_down.weight"] = down.contiguous()
         out[f"{name}.lora_up.weight"] = up.contiguous()
         out[f"{name}.alpha"] = torch.tensor(module_scale(configs.get(component), module, rank) * rank)
+        if lycoris.MAGNITUDE in roles:
+            out[f"{name}.{lycoris.DORA_SCALE}"] = lycoris.dora_scale(roles[lycoris.MAGNITUDE], up)
     return out
 
 
 def kohya_metadata(kohya: Mapping[str, Any]) -> dict[str, str]:
-    """The sd-scripts training metadata UIs show (network module, dim, alpha); "Dynamic" when modules differ."""
-    ranks = {v.shape[0] for k, v in kohya.items() if k.endswith(".lora_down.weight")}
+    """The sd-scripts training metadata UIs show (network module, dim, alpha, LyCORIS's algorithm); "Dynamic" when
+    modules differ."""
+    ranks = {v.shape[0] for k, v in kohya.items() if k.endswith((".lora_down.weight", ".hada_w1_b"))}
     alphas = {float(v) for k, v in kohya.items() if k.endswith(".alpha")}
 
     def one(values: set[Any]) -> str:
         return f"{next(iter(values)):g}" if len(values) == 1 else "Dynamic"
 
-    return {"ss_network_module": "networks.lora", "ss_network_dim": one(ranks), "ss_network_alpha": one(alphas)}
+    meta = {"ss_network_module": "networks.lora", "ss_network_dim": one(ranks), "ss_network_alpha": one(alphas)}
+    algo = next((a for a, p in (("loha", ".hada_w1_a"), ("lokr", ".lokr_w1")) if any(p in k for k in kohya)), None)
+    if algo:  # LyCORIS's own metadata: its network module and the algorithm
+        meta |= {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps({"algo": algo})}
+    elif any(k.endswith(f".{lycoris.DORA_SCALE}") for k in kohya):
+        meta["ss_network_args"] = json.dumps({"algo": "lora", "dora_wd": "True"})
+    return meta
 
 
 def find_lora_file(source: Path | str) -> Path:
-    """The adapter file of a LoRA source: the file itself, or a folder's (training OUT, a checkpoint) LORA_FILE."""
+    """The adapter file of a LoRA source: the file itself, or a folder's (training OUT, a checkpoint) LORA_FILE
+    (PEFT_FILE for a LoHa or LoKr)."""
     path = Path(source).expanduser()
-    file = path / LORA_FILE if path.is_dir() else path
+    file = next((path / name for name in ADAPTER_FILES if (path / name).is_file()), path / LORA_FILE)
+    file = file if path.is_dir() else path
     if not file.is_file():
         raise ModelError(f"LoRA {source}: no such file (expected a folder with {LORA_FILE}, or the file)")
     return file

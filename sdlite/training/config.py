@@ -44,6 +44,7 @@ from sdlite.schema import (
     tokenizer_option,
     validate_fields,
 )
+from sdlite.training.adapters import ADAPTER_TARGETS, ADAPTER_TYPES
 from sdlite.training.losses import HUBER_SCHEDULES, LOSSES
 from sdlite.training.optimizers import OPTIMIZERS, SCHEDULES
 
@@ -55,6 +56,8 @@ LrScheduler = one_of(LR_SCHEDULERS)
 LossKind = one_of(LOSSES)
 HuberSchedule = one_of(HUBER_SCHEDULES)
 Optimizer = one_of(OPTIMIZERS)
+AdapterType = one_of(ADAPTER_TYPES)
+AdapterTargets = one_of(ADAPTER_TARGETS)
 Precision = one_of(PRECISIONS)
 
 
@@ -172,6 +175,26 @@ class TrainConfig:
     lora_rank: PositiveInt = option(4, "LoRA rank.")
     lora_alpha: PositiveNumber | None = option(
         None, "LoRA alpha; strength = alpha / rank, saved with the adapter.", shown="the rank"
+    )
+    lora_type: AdapterType = option(
+        "lora",
+        "With --lora: lora, dora (LoRA with a learned magnitude per output, Liu et al. 2024), loha (Hadamard product "
+        "of two low-rank pairs) or lokr (Kronecker product), all through peft. See README's table of which tools read "
+        "each.",
+    )
+    lora_targets: AdapterTargets = option(
+        "attention",
+        "With --lora: the layers adapted. attention: the attention projections; attention+mlp: and the feed-forward "
+        "layers (text encoder: its MLP); all: every linear and 1x1 layer of the transformer blocks and resnets too "
+        "(proj_in/out, time embeddings, skip convs).",
+    )
+    lora_conv_rank: PositiveInt | None = option(
+        None,
+        "With --lora: adapt the UNet's 3x3 convolutions too (resnets, down/upsamplers) at this rank (LoCon).",
+        shown="off",
+    )
+    lora_conv_alpha: PositiveNumber | None = option(
+        None, "Alpha of the 3x3 convolutions' adapters (strength = alpha / conv rank).", shown="the conv rank"
     )
     cache: Flag | None = option(
         None,
@@ -353,6 +376,17 @@ class TrainConfig:
             )
         if self.lora and self.ema:
             fail("ema", f"{n('ema')} applies to full fine-tuning; drop it with {n('lora')}")
+        adapter_options = {
+            "lora_type": self.lora_type != "lora",
+            "lora_targets": self.lora_targets != "attention",
+            "lora_conv_rank": self.lora_conv_rank is not None,
+            "lora_conv_alpha": self.lora_conv_alpha is not None,
+        }
+        for key, given in adapter_options.items():
+            if given and not self.lora:
+                fail(key, f"{n(key)} shapes a LoRA adapter: it needs {n('lora')}")
+        if self.lora_conv_alpha is not None and self.lora_conv_rank is None:
+            fail("lora_conv_alpha", f"{n('lora_conv_alpha')} needs {n('lora_conv_rank')}")
         if self.output_name is not None and not self.lora:
             fail("output_name", f"{n('output_name')} names the A1111/ComfyUI copy of a LoRA: it needs {n('lora')}")
         if self.cache and not self.fixed_augmentation:
@@ -453,6 +487,10 @@ ADDED_LATER = {
     "huber_schedule": "snr",
     "input_perturbation": 0.0,
     "zero_terminal_snr": False,
+    "lora_type": "lora",
+    "lora_targets": "attention",
+    "lora_conv_rank": None,
+    "lora_conv_alpha": None,
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlite.errors import UsageError, writing
-from sdlite.formats.lora import LORA_FILE
+from sdlite.formats.lora import LORA_FILE, PEFT_FILE
 from sdlite.models.source import MODEL_DEFAULTS_FILE
 from sdlite.staging import check_output_place
 from sdlite.training import checkpoints
@@ -25,6 +25,7 @@ FINISHED_ENTRIES = (
     "tokenizer",
     "scheduler",
     LORA_FILE,
+    PEFT_FILE,
     MODEL_DEFAULTS_FILE,
 )
 

@@ -22,14 +22,13 @@ from sdlite import filecache
 from sdlite.data.masks import latent_mask, load_mask
 from sdlite.errors import STOP_SIGNALS, Interrupted, ResourceError, UsageError, sigint_to, signal_name, writing
 from sdlite.families.base import Family
-from sdlite.families.sd1 import SD1
 from sdlite.formats import lora as lora_format
 from sdlite.models.loading import ResolvedModel, load_single_file, silence_library_progress
 from sdlite.models.source import MODEL_DEFAULTS_FILE, model_settings_record
 from sdlite.schema import PREDICTIONS
 from sdlite.seeds import mix
 from sdlite.staging import new_folder
-from sdlite.training import checkpoints
+from sdlite.training import adapters, checkpoints
 from sdlite.training import textual_inversion as ti
 from sdlite.training.conditioning import encode, time_ids, token_ids
 from sdlite.training.config import TrainConfig
@@ -43,9 +42,6 @@ from sdlite.training.steps import FiniteGuard, LossHook, MicroBatch
 from sdlite.training.validation_loss import ValidationLog, fixed_draws
 
 VALIDATION_STEPS = 25
-LORA_TARGETS = list(SD1.lora_targets)
-# The CLIP attention projections: the text-encoder LoRA targets of kohya's sd-scripts and diffusers' scripts.
-TEXT_LORA_TARGETS = list(SD1.text_lora_targets)
 LORA_ADAPTER = "default"  # the adapter name training gives its LoRA(s)
 LORA_INIT_SALT = 0x4C6F5241  # "LoRA": the adapters' initial weights, a seed stream of their own
 SAFE = {"safe_serialization": True}
@@ -598,15 +594,14 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
         # command trains the same adapter, and restored after, so nothing else depends on it.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mix(config.seed, LORA_INIT_SALT))
-            unet.add_adapter(_lora_config(config, LORA_TARGETS), adapter_name=LORA_ADAPTER)
+            unet.add_adapter(_lora_config(config, family, "unet"), adapter_name=LORA_ADAPTER)
             if config.train_text_encoder:
                 # peft's own injection: transformers' add_adapter wants a newer peft than diffusers works with
                 from peft import inject_adapter_in_model
 
-                for text_encoder in text_encoders:  # in the family's order: the same adapters from the same seed
-                    inject_adapter_in_model(
-                        _lora_config(config, TEXT_LORA_TARGETS), text_encoder, adapter_name=LORA_ADAPTER
-                    )
+                for name, text_encoder in zip(family.text_encoders, text_encoders, strict=True):
+                    # in the family's order: the same adapters from the same seed
+                    inject_adapter_in_model(_lora_config(config, family, name), text_encoder, adapter_name=LORA_ADAPTER)
     if family.micro_conditioning and config.train_text_encoder:
         # SDXL reads the first encoder's penultimate hidden states: its last layer and final norm take no part in
         # the loss. Frozen, they are left out of the optimizer and of DDP, which fails on parameters with no grad.
@@ -630,14 +625,17 @@ def _load_components(model: ResolvedModel, config: TrainConfig, accelerator: Any
     )
 
 
-def _lora_config(config: TrainConfig, targets: list[str]) -> Any:
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=config.lora_rank,
-        lora_alpha=config.lora_alpha or config.lora_rank,
-        init_lora_weights="gaussian",
-        target_modules=targets,
+def _lora_config(config: TrainConfig, family: Family, component: str) -> Any:
+    """peft's config of `component`'s adapter: --lora-type, its targets and ranks."""
+    targets = adapters.target_modules(family, component, config.lora_targets, config.lora_conv_rank is not None)
+    return adapters.peft_config(
+        config.lora_type,
+        config.lora_rank,
+        config.lora_alpha or config.lora_rank,
+        targets,
+        family.conv_lora_targets,
+        config.lora_conv_rank,
+        config.lora_conv_alpha,
     )
 
 
@@ -950,12 +948,24 @@ def _save_lora(folder: Path, unet: Any, text_encoders: dict[str, Any], config: T
     from peft.utils import get_peft_model_state_dict
 
     parts = {"unet": unet, **(text_encoders if config.train_text_encoder else {})}
-    kwargs: dict[str, Any] = {}
-    for name, module in parts.items():
-        state = get_peft_model_state_dict(module, adapter_name=LORA_ADAPTER)
-        kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(state)
-        kwargs[f"{name}_lora_adapter_metadata"] = module.peft_config[LORA_ADAPTER].to_dict()
-    family.pipeline_class("text-to-image").save_lora_weights(folder, safe_serialization=True, **kwargs)
+    if config.lora_type in adapters.DIFFUSERS_TYPES:
+        kwargs: dict[str, Any] = {}
+        for name, module in parts.items():
+            state = get_peft_model_state_dict(module, adapter_name=LORA_ADAPTER)
+            kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(state)
+            kwargs[f"{name}_lora_adapter_metadata"] = module.peft_config[LORA_ADAPTER].to_dict()
+        family.pipeline_class("text-to-image").save_lora_weights(folder, safe_serialization=True, **kwargs)
+        source = folder / lora_format.LORA_FILE
+    else:  # LoHa, LoKr: peft's names and configs in one file (diffusers' LoRA loader reads neither type)
+        source = folder / lora_format.PEFT_FILE
+        tensors: dict[str, Any] = {}
+        configs: dict[str, Any] = {}
+        for name, module in parts.items():
+            state = get_peft_model_state_dict(module, adapter_name=LORA_ADAPTER)
+            tensors |= {f"{name}.{key}": value.detach().cpu().contiguous() for key, value in state.items()}
+            configs |= {f"{name}.{key}": value for key, value in module.peft_config[LORA_ADAPTER].to_dict().items()}
+        metadata = {lora_format.METADATA_KEY: json.dumps(configs, default=list), "format": "pt"}
+        lora_format.save_atomically(tensors, metadata, source)
     # The same adapter in the layout A1111, Forge and ComfyUI load (kohya names, `.alpha` tensors), named for the run.
     name = config.output_name or Path(config.out).name
     modelspec = {
@@ -964,7 +974,7 @@ def _save_lora(folder: Path, unet: Any, text_encoders: dict[str, Any], config: T
         "modelspec.implementation": "diffusers",
         "modelspec.title": name,
     }
-    lora_format.export_lora(folder / lora_format.LORA_FILE, folder / f"{name}.safetensors", "kohya", modelspec)
+    lora_format.export_lora(source, folder / f"{name}.safetensors", "kohya", modelspec)
 
 
 def _save_checkpoint(run: _Run, step: int) -> Path:

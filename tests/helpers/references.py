@@ -49,12 +49,12 @@ def random_lora_of_every_target(pipe: Any, alpha: float) -> dict[str, Any]:
     from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
 
-    from sdlite.training.unet import LORA_TARGETS, TEXT_LORA_TARGETS
+    from sdlite.families.sd1 import SD1
 
     state: dict[str, Any] = {}
     for name, module, targets in (
-        ("unet", pipe.unet, LORA_TARGETS),
-        ("text_encoder", pipe.text_encoder, TEXT_LORA_TARGETS),
+        ("unet", pipe.unet, list(SD1.lora_targets)),
+        ("text_encoder", pipe.text_encoder, list(SD1.text_lora_targets)),
     ):
         inject_adapter_in_model(LoraConfig(r=2, lora_alpha=alpha, target_modules=targets), module)
         for key, value in convert_state_dict_to_diffusers(get_peft_model_state_dict(module)).items():
