@@ -29,7 +29,8 @@ from sdlite.errors import ModelError, UsageError
 from sdlite.formats import lycoris
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
-# A LoHa or LoKr adapter as peft names it (diffusers' LoRA loader reads neither): `<component>.<module>.hada_w1_a`...,
+# A DoRA, LoHa or LoKr adapter as peft names it (diffusers' LoRA loader does not apply these as trained):
+# `<component>.<module>.hada_w1_a`, `.lora_magnitude_vector`...,
 # the PEFT configs under METADATA_KEY as in LORA_FILE. sdlite and peft load it; A1111 and ComfyUI load its export.
 PEFT_FILE = "peft_adapter.safetensors"
 ADAPTER_FILES = (LORA_FILE, PEFT_FILE)
@@ -175,7 +176,7 @@ def kohya_metadata(kohya: Mapping[str, Any]) -> dict[str, str]:
 
 def find_lora_file(source: Path | str) -> Path:
     """The adapter file of a LoRA source: the file itself, or a folder's (training OUT, a checkpoint) LORA_FILE
-    (PEFT_FILE for a LoHa or LoKr)."""
+    (PEFT_FILE for a DoRA, LoHa or LoKr)."""
     path = Path(source).expanduser()
     file = next((path / name for name in ADAPTER_FILES if (path / name).is_file()), path / LORA_FILE)
     file = file if path.is_dir() else path

@@ -121,3 +121,92 @@ def rank_of(roles: Mapping[str, Any]) -> int:
         if key in roles:
             return int(roles[key].shape[0])
     return 1
+
+
+def needs_peft(keys: Any) -> bool:
+    """Whether an adapter file holds a type diffusers' LoRA loader does not apply as trained: LoHa, LoKr or DoRA
+    (diffusers drops a kohya-layout `dora_scale` and misloads its own DoRA layout)."""
+    return any(key.endswith((*KOHYA_VARIANT_SUFFIXES, f".{MAGNITUDE}")) for key in keys)
+
+
+def from_kohya(
+    tensors: Mapping[str, Any], modules: Mapping[str, tuple[str, str]]
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """A kohya/LyCORIS-layout LoRA, DoRA, LoHa or LoKr -> ({component: peft state dict}, {component: peft config
+    arguments}), the modules found by kohya name in `modules` (kohya name -> (component, module path)).
+
+    Each module's rank and alpha go into the rank and alpha patterns, so peft rebuilds the tensors' shapes. A LoKr
+    without a decomposed matrix gets alpha = rank = the file's alpha (its scale 1, as the LyCORIS readers apply
+    it). A DoRA scale on the input axis (LyCORIS's older default) has no peft equivalent: ValueError.
+    """
+    grouped: dict[str, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        name, _, role = key.partition(".")
+        grouped.setdefault(name, {})[role] = tensor
+    states: dict[str, dict[str, Any]] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    for name, roles in sorted(grouped.items()):
+        if name not in modules:
+            continue  # reported by the caller's by-name check
+        component, module = modules[name]
+        peft_roles, rank, kind = _peft_roles(name, roles)
+        alpha = float(roles["alpha"]) if "alpha" in roles else float(rank)
+        if kind == "lokr" and "lokr_w1_a" not in roles and "lokr_w2_a" not in roles:
+            rank = max(1, round(alpha))  # what peft needs to keep both matrices whole; the scale stays 1
+            alpha = float(rank)
+        state = states.setdefault(component, {})
+        state |= {f"{module}.{role}": value for role, value in peft_roles.items()}
+        config = configs.setdefault(component, {"kind": kind, "targets": [], "rank_pattern": {}, "alpha_pattern": {}})
+        if config["kind"] != kind:
+            raise ValueError(f"mixes {config['kind']} and {kind} modules in one component; sdlite applies one type")
+        config["targets"].append(module)
+        config["rank_pattern"][re.escape(module)] = rank
+        config["alpha_pattern"][re.escape(module)] = alpha
+    return states, configs
+
+
+def _peft_roles(name: str, roles: Mapping[str, Any]) -> tuple[dict[str, Any], int, str]:
+    """(peft's tensors, rank, type) of one kohya/LyCORIS module."""
+    kind = variant({**roles, **({MAGNITUDE: 1} if DORA_SCALE in roles else {})})
+    if kind in ("loha", "lokr"):
+        params = LOHA_PARAMS if kind == "loha" else LOKR_PARAMS
+        found = {p: roles[p] for p in params if p in roles}
+        rank = found["hada_w1_b"].shape[0] if kind == "loha" else _lokr_rank(found)
+        return found, int(rank), kind
+    down, up = roles["lora_down.weight"], roles["lora_up.weight"]
+    found = {"lora_A.weight": down, "lora_B.weight": up}
+    if DORA_SCALE in roles:
+        scale = roles[DORA_SCALE]
+        if scale.shape[0] != up.shape[0] or scale.numel() != up.shape[0]:
+            raise ValueError(
+                f"{name}: its dora_scale {tuple(scale.shape)} normalises each input column (LyCORIS's older DoRA); "
+                "peft's DoRA, which sdlite applies, normalises each output row"
+            )
+        found[MAGNITUDE] = scale.reshape(-1) if down.dim() == 2 else scale.reshape(1, -1, 1, 1)
+    return found, int(down.shape[0]), kind
+
+
+def _lokr_rank(found: Mapping[str, Any]) -> int:
+    for key in ("lokr_w2_b", "lokr_w1_b"):
+        if key in found:
+            return int(found[key].shape[0])
+    return 1
+
+
+def peft_config_of(arguments: Mapping[str, Any]) -> Any:
+    """peft's config from `from_kohya`'s arguments (or a saved config dict with `peft_type`)."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
+
+    if "peft_type" in arguments:  # a config peft saved (sdlite's PEFT file)
+        saved = {k: v for k, v in arguments.items() if k not in ("peft_type", "auto_mapping", "peft_version")}
+        cls = {"LORA": LoraConfig, "LOHA": LoHaConfig, "LOKR": LoKrConfig}[arguments["peft_type"]]
+        fields = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in saved.items() if k in fields})
+    kind, rank = arguments["kind"], 1
+    patterns = {"rank_pattern": arguments["rank_pattern"], "alpha_pattern": arguments["alpha_pattern"]}
+    if kind in ("lora", "dora"):
+        return LoraConfig(
+            r=rank, lora_alpha=rank, target_modules=arguments["targets"], use_dora=kind == "dora", **patterns
+        )
+    cls = LoHaConfig if kind == "loha" else LoKrConfig
+    return cls(r=rank, alpha=rank, target_modules=arguments["targets"], **patterns)

@@ -17,6 +17,7 @@ from typing import Any
 
 from sdlite import filecache
 from sdlite.families.base import Family
+from sdlite.formats import lycoris
 from sdlite.sampling.config import LoraChoice
 
 log = logging.getLogger("sdlite")
@@ -47,7 +48,7 @@ def _load_one_lora(pipe: Any, source: str, name: str, warnings: list[str], famil
     file = lora_format.find_lora_file(source)
     shapes, _ = lora_format.read_shapes(file)  # refuses pickles and damaged files before diffusers reads it
     keys = list(shapes)
-    if not any("lora" in key for key in keys):
+    if not any("lora" in key for key in keys) and not lycoris.needs_peft(keys) and lora_format.layout(keys) is None:
         raise ModelError(f"{file} is not a LoRA adapter (none of its weights is a LoRA weight; a model's file?)")
     mismatch = lora_format.family_mismatch(shapes, family.name, pipe.unet.config.cross_attention_dim)
     if mismatch:
@@ -68,7 +69,10 @@ def _load_one_lora(pipe: Any, source: str, name: str, warnings: list[str], famil
             ignored = f"LoRA {file}: {missing} of its {len(layers)} layers match no layer of this model and are ignored"
     with _library_logs():
         try:
-            pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name)
+            if lycoris.needs_peft(keys):  # LoHa, LoKr, a kohya-layout DoRA: peft applies them, as trained
+                _inject(pipe, file, name)
+            else:
+                pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name)
         except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
             raise ModelError(_lora_load_error(file, exc)) from exc
     if not _adapted_modules(pipe, name):
@@ -76,6 +80,42 @@ def _load_one_lora(pipe: Any, source: str, name: str, warnings: list[str], famil
     if ignored:
         _warn(warnings, ignored)
     return file
+
+
+def _inject(pipe: Any, file: Path, name: str) -> None:
+    """Add the adapter in `file` to the pipeline's components as peft adapter `name`: sdlite's PEFT_FILE (peft's
+    names and configs) or a kohya/LyCORIS-layout file (its modules found by kohya name in this model)."""
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from sdlite.formats import lora as lora_format
+
+    components = _adaptable(pipe)
+    tensors = load_file(file)
+    if lora_format.layout(tensors) == "kohya":
+        modules = {
+            lora_format.kohya_name(component, path, "text_encoder_2" in components): (component, path)
+            for component, module in components.items()
+            for path, _ in module.named_modules()
+            if path
+        }
+        states, arguments = lycoris.from_kohya(tensors, modules)
+    else:
+        arguments = lora_format.component_configs(lora_format.read_header(file)[1])
+        states = {}
+        for key, value in tensors.items():
+            component, _, rest = key.partition(".")
+            states.setdefault(component, {})[rest] = value
+    for component, state in states.items():
+        if component not in components or component not in arguments:
+            raise ValueError(f"it adapts {component}, which this model has no config for")
+        module = components[component]
+        inject_adapter_in_model(lycoris.peft_config_of(arguments[component]), module, adapter_name=name)
+        result = set_peft_model_state_dict(module, state, adapter_name=name)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"{len(unexpected)} of its {component} tensors fit no layer here (e.g. {unexpected[0]})")
+        module._hf_peft_config_loaded = True  # diffusers' set_adapters and unloading treat it as its own
 
 
 def _adapted_modules(pipe: Any, name: str) -> int:

@@ -13,8 +13,10 @@ from sdlite.families.base import Family
 
 ADAPTER_TYPES = ("lora", "dora", "loha", "lokr")
 ADAPTER_TARGETS = ("attention", "attention+mlp", "all")
-# diffusers' LoRA loader reads LoRA and DoRA; LoHa and LoKr are peft-only (and LyCORIS in A1111 and ComfyUI).
-DIFFUSERS_TYPES = ("lora", "dora")
+# The types diffusers' LoRA loader applies as trained. It reads neither LoHa nor LoKr, and diffusers 0.42 misloads
+# a DoRA it saved itself (the UNet's attention pairs come back missing, the text encoders' magnitudes unexpected):
+# those are saved with peft's names, which sdlite and peft load (and A1111/ComfyUI through the LyCORIS export).
+DIFFUSERS_TYPES = ("lora",)
 
 
 def target_modules(family: Family, component: str, targets: str, conv: bool) -> list[str]:
@@ -51,7 +53,7 @@ def peft_config(
             "rank_pattern": dict.fromkeys(conv, conv_rank),
             "alpha_pattern": dict.fromkeys(conv, conv_alpha or conv_rank),
         }
-    if kind in DIFFUSERS_TYPES:
+    if kind in ("lora", "dora"):
         return LoraConfig(
             r=rank,
             lora_alpha=alpha,

@@ -956,7 +956,7 @@ def _save_lora(folder: Path, unet: Any, text_encoders: dict[str, Any], config: T
             kwargs[f"{name}_lora_adapter_metadata"] = module.peft_config[LORA_ADAPTER].to_dict()
         family.pipeline_class("text-to-image").save_lora_weights(folder, safe_serialization=True, **kwargs)
         source = folder / lora_format.LORA_FILE
-    else:  # LoHa, LoKr: peft's names and configs in one file (diffusers' LoRA loader reads neither type)
+    else:  # DoRA, LoHa, LoKr: peft's names and configs in one file (adapters.DIFFUSERS_TYPES says why)
         source = folder / lora_format.PEFT_FILE
         tensors: dict[str, Any] = {}
         configs: dict[str, Any] = {}
