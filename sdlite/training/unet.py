@@ -944,7 +944,6 @@ def _assemble(run: _Run, folder: Path) -> None:
 def _save_lora(folder: Path, unet: Any, text_encoders: dict[str, Any], config: TrainConfig, family: Family) -> None:
     """LORA_FILE with the UNet adapter (and the text encoders' with --train-text-encoder), each saved with
     its PEFT config as diffusers' adapter metadata: loaders then apply the trained alpha, not alpha = rank."""
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     parts = {"unet": unet, **(text_encoders if config.train_text_encoder else {})}
@@ -952,7 +951,9 @@ def _save_lora(folder: Path, unet: Any, text_encoders: dict[str, Any], config: T
         kwargs: dict[str, Any] = {}
         for name, module in parts.items():
             state = get_peft_model_state_dict(module, adapter_name=LORA_ADAPTER)
-            kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(state)
+            # peft's own names (lora_A/lora_B): diffusers' older names exist only for attention layers, and a file
+            # that mixes both loses its attention pairs in diffusers 0.42's loader
+            kwargs[f"{name}_lora_layers"] = state
             kwargs[f"{name}_lora_adapter_metadata"] = module.peft_config[LORA_ADAPTER].to_dict()
         family.pipeline_class("text-to-image").save_lora_weights(folder, safe_serialization=True, **kwargs)
         source = folder / lora_format.LORA_FILE

@@ -17,11 +17,12 @@ def diffusers_reference(
     scheduler: str = "ddim",
     pipeline: str = "StableDiffusionPipeline",
     prediction_type: str | None = None,
+    prepare: Any = None,
     **call: object,
 ) -> np.ndarray:
     """What plain diffusers (`pipeline`, text-to-image by default) makes from the same folder: the parity baseline.
     SDXL pipelines are loaded without the invisible watermark (sdlite adds none), the others without a safety
-    checker; `prediction_type` replaces the scheduler config's."""
+    checker; `prediction_type` replaces the scheduler config's; `prepare(pipe)` runs once loaded (adds an adapter...)."""
     import diffusers
     import torch
 
@@ -33,6 +34,8 @@ def diffusers_reference(
     config = {**pipe.scheduler.config, **({"prediction_type": prediction_type} if prediction_type else {})}
     pipe.scheduler = getattr(diffusers, spec.class_name).from_config(config, **spec.overrides)
     pipe.set_progress_bar_config(disable=True)
+    if prepare is not None:
+        prepare(pipe)
     images = pipe(
         [prompt] * len(seeds),
         generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
