@@ -304,7 +304,8 @@ def adapts_second_text_encoder(shapes: Mapping[str, tuple[int, ...]]) -> bool:
 def cross_attention_widths(shapes: Mapping[str, tuple[int, ...]]) -> list[int]:
     """The text widths its cross-attention key/value projections read, key by key: the model's context width."""
     return [shape[1] for key, shape in shapes.items()
-            if is_down_key(key) and re.search(r"attn2[._]to_[kv]", key) and len(shape) == 2]  # fmt: skip
+            if (is_down_key(key) or key.endswith(".hada_w1_b")) and re.search(r"attn2[._]to_[kv]", key)
+            and len(shape) == 2]  # fmt: skip
 
 
 def family_mismatch(shapes: Mapping[str, tuple[int, ...]], family_name: str, context_width: int) -> str | None:

@@ -24,6 +24,7 @@ LOKR_PARAMS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lok
 MAGNITUDE = "lora_magnitude_vector"  # peft's DoRA magnitude
 DORA_SCALE = "dora_scale"  # its LyCORIS name
 VARIANT_PARAMS = (*LOHA_PARAMS, *LOKR_PARAMS)
+TYPE_LABELS = {"lora": "LoRA", "locon": "LoCon", "dora": "DoRA", "loha": "LoHa", "lokr": "LoKr"}
 # Key endings of the variant tensors in the kohya/LyCORIS layout, beside LoRA's `.lora_down.weight` and friends.
 KOHYA_VARIANT_SUFFIXES = tuple(f".{p}" for p in (*VARIANT_PARAMS, DORA_SCALE))
 
@@ -121,6 +122,17 @@ def rank_of(roles: Mapping[str, Any]) -> int:
         if key in roles:
             return int(roles[key].shape[0])
     return 1
+
+
+def adapter_type(keys: Any) -> str:
+    """What an adapter file holds, from its key names (any layout): "lora", "locon" (LoRA on 3x3 convolutions too,
+    told by their names), "dora", "loha" or "lokr"."""
+    keys = list(keys)
+    for kind, endings in (("loha", LOHA_PARAMS), ("lokr", LOKR_PARAMS), ("dora", (MAGNITUDE, DORA_SCALE))):
+        if any(key.endswith(tuple(f".{e}" for e in endings)) for key in keys):
+            return kind
+    convs = re.compile(r"(resnets[._]\d+[._]conv[12]|(down|up)samplers[._]0[._]conv)[._]")
+    return "locon" if any(convs.search(key) for key in keys) else "lora"
 
 
 def needs_peft(keys: Any) -> bool:

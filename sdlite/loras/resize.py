@@ -62,6 +62,7 @@ def resize(config: ResizeConfig) -> ResizeReport:
     """Write the resized LoRA and report what it kept."""
     import torch
 
+    from sdlite.formats import lycoris
     from sdlite.formats.lora import (
         adapts_second_text_encoder,
         component_configs,
@@ -75,7 +76,13 @@ def resize(config: ResizeConfig) -> ResizeReport:
     out = Path(config.out)
     if out.exists() and not config.force:
         raise UsageError(f"{out} exists: pass --force to replace it")
-    _, tensors, metadata = read_lora(config.lora)
+    file, tensors, metadata = read_lora(config.lora)
+    kind = lycoris.adapter_type(tensors)
+    if kind not in ("lora", "locon"):
+        raise UsageError(
+            f"{file} is a {lycoris.TYPE_LABELS[kind]} adapter: resize truncates a LoRA's low-rank pair, which it has not; merge "
+            "it (`sdlite lora merge`) and extract a LoRA of the merge at the rank you want (`sdlite lora extract`)"
+        )
     if layout(tensors) == "diffusers":
         shapes = {k: tuple(v.shape) for k, v in tensors.items()}
         tensors = to_kohya(tensors, component_configs(metadata), adapts_second_text_encoder(shapes))

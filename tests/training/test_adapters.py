@@ -221,3 +221,38 @@ def test_adapter_options_need_lora(args: list[str], message: str, tmp_path: Path
     result = runner.invoke(app, ["train", "--model", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
                                  "--max-steps", "1", *args])  # fmt: skip
     assert result.exit_code == 2 and message in result.output
+
+
+def test_info_names_the_type_and_its_readers(trained: dict[str, Path]) -> None:
+    from sdlite.formats.lora_info import describe_lora
+
+    loha = describe_lora(trained["loha"])
+    assert (
+        loha["type"] == "loha"
+        and Path(loha["file"]).name == lora.PEFT_FILE
+        and loha["ui_copies"] == ["loha.safetensors"]
+    )
+    assert {t["tool"]: t["loads"] for t in loha["tools"]} == {"A1111 / Forge": False, "ComfyUI": False,
+                                                              "diffusers": False, "sdlite": True}  # fmt: skip
+    copy = describe_lora(trained["dora"] / "dora.safetensors")
+    assert copy["type"] == "dora" and copy["layout"] == "kohya"
+    assert {t["tool"]: t["loads"] for t in copy["tools"]} == {"A1111 / Forge": False, "ComfyUI": True,
+                                                              "diffusers": False, "sdlite": True}  # fmt: skip
+    assert describe_lora(trained["locon"])["type"] == "locon"
+    assert describe_lora(trained["lokr"] / "lokr.safetensors")["type"] == "lokr"
+
+
+def test_resize_refuses_what_is_no_low_rank_pair(trained: dict[str, Path], tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["lora", "resize", str(trained["loha"]), "--rank", "2", "--out", str(tmp_path / "r.safetensors")]
+    )
+    assert result.exit_code == 2 and "is a LoHa adapter" in result.output and not (tmp_path / "r.safetensors").exists()
+
+
+def test_merged_loha_samples_as_the_adapter(trained: dict[str, Path], sd1_tiny_model: Path, tmp_path: Path) -> None:
+    merged = tmp_path / "merged"
+    result = runner.invoke(app, ["lora", "merge", str(sd1_tiny_model), str(trained["loha"]), "--out", str(merged)])
+    assert result.exit_code == 0, result.output
+    ours = _sample(sd1_tiny_model, trained["loha"], tmp_path / "a")
+    plain = _render(_plain_pipeline(merged))
+    assert np.abs(ours - plain).max() <= 1 and np.abs(ours - _render(_plain_pipeline(sd1_tiny_model))).max() > 3
