@@ -150,7 +150,7 @@ def train_reporter(json_events: bool, quiet: bool) -> Iterator[Any]:
             for part in event.get("datasets") or []:
                 typer.echo(
                     f"dataset {part['path']}: {part['images']} images x{part['repeats']} ({part['share']:.0%} of the "
-                    "steps)",
+                    "steps)" + (f" at {part['resolution']}" if part.get("resolution") else ""),
                     err=True,
                 )
             if event.get("validation_images"):

@@ -105,24 +105,31 @@ def make_layout(
     min_side: int | None,
     max_side: int | None,
     max_aspect: float,
+    resolutions: Sequence[int] | None = None,
 ) -> Layout:
     """Assign every image to a bucket (or the square), merge buckets too small for one global batch into
     their nearest neighbours, and build the batch order.
 
-    `choice` None turns buckets on when some image's nearest bucket is not the square one.
+    `choice` None turns buckets on when some image's nearest bucket is not the square one. `resolutions` gives an
+    image its own training resolution ([[datasets]] tables with one of their own); the buckets of each are made
+    for it, and a batch holds one size only.
     """
-    square = (resolution, resolution)
+    own = list(resolutions) if resolutions is not None else [resolution] * len(image_sizes)
+    squares = [(side, side) for side in own]
     if choice is False:
-        return _single(len(image_sizes), square, effective_batch, "off: --no-buckets")
-    sizes = bucket_sizes(resolution, step, min_side or resolution // 2, max_side or resolution * 2, max_aspect)
-    if not sizes:
-        return _single(len(image_sizes), square, effective_batch, "off: no bucket fits these bucket settings")
-    assigned = [nearest(size, sizes) for size in image_sizes]
-    if choice is None and all(size == square for size in assigned):
+        return _squares(squares, effective_batch, "off: --no-buckets")
+    table = {
+        side: bucket_sizes(side, step, min_side or side // 2, max_side or side * 2, max_aspect) for side in set(own)
+    }
+    if not all(table.values()):
+        return _squares(squares, effective_batch, "off: no bucket fits these bucket settings")
+    assigned = [nearest(size, table[side]) for size, side in zip(image_sizes, own, strict=True)]
+    if choice is None and assigned == squares:
+        fits = table.get(resolution) or next(iter(table.values()))
         reason = (
-            "every image is (nearly) square" if len(sizes) > 1 else f"only {label(sizes[0])} fits --bucket-step {step}"
+            "every image is (nearly) square" if len(fits) > 1 else f"only {label(fits[0])} fits --bucket-step {step}"
         )
-        return _single(len(image_sizes), square, effective_batch, f"off: {reason}")
+        return _squares(squares, effective_batch, f"off: {reason}")
     assigned, merged = _merge_small(assigned, effective_batch)
     groups = {size: tuple(i for i, s in enumerate(assigned) if s == size) for size in sorted(set(assigned))}
     note = "on: --buckets" if choice else "on: the images' aspect ratios differ (--no-buckets squares them)"
@@ -131,8 +138,10 @@ def make_layout(
     return Layout(tuple(assigned), BatchOrder(tuple(groups.values()), effective_batch), True, note)
 
 
-def _single(count: int, square: Size, effective_batch: int, note: str) -> Layout:
-    return Layout((square,) * count, BatchOrder((tuple(range(count)),), effective_batch), False, note)
+def _squares(squares: list[Size], effective_batch: int, note: str) -> Layout:
+    """No buckets: each image at its square; one batch group per square size (one, unless datasets differ)."""
+    groups = {size: tuple(i for i, s in enumerate(squares) if s == size) for size in sorted(set(squares))}
+    return Layout(tuple(squares), BatchOrder(tuple(groups.values()), effective_batch), False, note)
 
 
 def _merge_small(assigned: list[Size], effective_batch: int) -> tuple[list[Size], int]:

@@ -1,5 +1,5 @@
 """Several datasets in one run (`[[datasets]]` in a --config TOML, kohya's dataset config as the model): each its own
-folder, `repeats` (its images per epoch, times), caption options and DreamBooth prompt."""
+folder, `repeats` (its images per epoch, times), resolution, caption options and DreamBooth prompt."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ from pydantic import AllowInfNan, Strict
 
 from sdlite.schema import CaptionExtension, FilePath, Flag, NonNegativeInt, PositiveInt, Prompt, validate_fields
 
-KEYS = ("path", "repeats", "caption_extension", "shuffle_captions", "keep_tokens", "caption_dropout", "instance_prompt")
+KEYS = (
+    "path",
+    "repeats",
+    "resolution",
+    "caption_extension",
+    "shuffle_captions",
+    "keep_tokens",
+    "caption_dropout",
+    "instance_prompt",
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,7 @@ class DatasetSpec:
 
     path: FilePath
     repeats: PositiveInt = 1
+    resolution: PositiveInt | None = None  # its images' training side (buckets made for it); None: the run's
     caption_extension: CaptionExtension | None = None  # sidecar captions: NAME.EXT beside each image
     shuffle_captions: Flag | None = None
     keep_tokens: NonNegativeInt | None = None

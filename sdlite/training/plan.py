@@ -98,6 +98,7 @@ def dataset_shares(config: TrainConfig, dataset: Any) -> list[dict[str, Any]]:
     total = sum(counts) or 1
     return [
         {"path": str(spec.path), "images": count // spec.repeats, "repeats": spec.repeats, "share": count / total}
+        | ({"resolution": spec.resolution} if spec.resolution else {})
         for spec, count in zip(config.datasets, counts, strict=True)
     ]
 
@@ -147,7 +148,11 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
     factor = vae_factor(configs["vae"])
     resolution = config.resolution or model.native_size()
     validate_size(resolution, None, factor, names=("--resolution",))
-    fit = memory.check_train(model, config, resolution, num_processes)  # before any image is read or weight loaded
+    for number, spec in enumerate(config.datasets, start=1):
+        if spec.resolution is not None:
+            validate_size(spec.resolution, None, factor, names=(f"[[datasets]] {number} resolution",))
+    largest = max([resolution] + [spec.resolution or 0 for spec in config.datasets])
+    fit = memory.check_train(model, config, largest, num_processes)  # before any image is read or weight loaded
     if config.datasets:  # [[datasets]]: several folders, each with its repeats and caption options
         dataset = _several(config)
     else:
@@ -291,6 +296,7 @@ def _layout(dataset: Any, resolution: int, effective: int, config: TrainConfig, 
             f"--bucket-step {config.bucket_step} must be a multiple of {grid} for this model (VAE factor x UNet "
             "downsampling), or pass --no-buckets"
         )
+    own = [spec.resolution for spec in config.datasets]
     return make_layout(
         [e.size for e in dataset.examples],
         resolution,
@@ -300,6 +306,7 @@ def _layout(dataset: Any, resolution: int, effective: int, config: TrainConfig, 
         config.bucket_min_side,
         config.bucket_max_side,
         config.max_aspect,
+        [own[e.dataset] or resolution for e in dataset.examples] if any(own) else None,
     )
 
 

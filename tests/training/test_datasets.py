@@ -96,3 +96,20 @@ def test_caption_extensions_per_dataset(tiny_model: Path, tmp_path: Path) -> Non
     assert sorted(e.caption for e in dataset.examples) == ["red 0", "red 1", "red 2", "red 3"]
     with pytest.raises(UsageError, match="must be a file extension"):
         build_train_config({}, toml(tmp_path, body.replace('".caption"', '"caption"')))
+
+
+def test_a_dataset_trains_at_its_own_resolution(tiny_model: Path, tmp_path: Path, two: tuple[Path, Path]) -> None:
+    """kohya's per-dataset `resolution`: its images are trained at that side (their buckets made for it), and no
+    batch mixes sizes."""
+    config = config_for(tiny_model, tmp_path, two, "resolution = 32\n")
+    plan, dataset, _, layout = make_plan(config)
+    sizes = {dataset.examples[i].dataset: layout.sizes[i] for i in range(len(dataset.examples))}
+    assert sizes == {0: (64, 64), 1: (32, 32)} and plan.resolution == 64
+    assert [d.get("resolution") for d in plan.datasets] == [None, 32]
+    for step in range(8):
+        assert len({layout.sizes[i] for i in layout.order.batch(step, config.seed)}) == 1
+    result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "train.toml")])
+    assert result.exit_code == 0, result.output
+    assert "images x3 (75% of the steps) at 32" in result.output
+    with pytest.raises(UsageError, match=r"\[\[datasets\]\] 2 resolution"):
+        make_plan(config_for(tiny_model, tmp_path, two, "resolution = 33\n"))
