@@ -17,6 +17,7 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".g
 _JSONL = "metadata.jsonl"
 _CSV = "metadata.csv"
 _FILE_COLUMN = "file_name"  # the Hugging Face imagefolder convention
+_MASK_COLUMN = "mask"  # --masked-loss: a metadata file's mask path, a table's mask image
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Example:
     image_column: str = "image"  # the table column that holds the image (rows only)
     captions: Any = None  # its dataset's CaptionOptions ([[datasets]]), else the run's settings
     mask: Path | None = None  # --masked-loss: the mask a metadata file's `mask` column names for it
+    mask_column: str | None = None  # --masked-loss on a table: the column of its row that holds the mask
     dataset: int = 0  # which [[datasets]] table it came from
 
     def __str__(self) -> str:
@@ -83,7 +85,7 @@ def discover(
 
     source = tables.locate(data_dir, offline, IMAGE_SUFFIXES)
     if source is not None:
-        return _discover_table(source, caption_column, image_column, allow_missing_captions, strict)
+        return _discover_table(source, caption_column, image_column, allow_missing_captions, strict, masks)
     folder = Path(data_dir).expanduser().resolve()
 
     if (folder / _JSONL).is_file():
@@ -144,9 +146,9 @@ def _without_control_characters(rows: list[_Row], strict: bool) -> tuple[list[_R
 
 
 def _discover_table(
-    source: Any, caption_column: str, image_column: str, allow_missing_captions: bool, strict: bool
+    source: Any, caption_column: str, image_column: str, allow_missing_captions: bool, strict: bool, masks: bool
 ) -> Dataset:
-    """One example per row, in file order then row order."""
+    """One example per row, in file order then row order; with `masks`, a `mask` image column is each row's mask."""
     from sdlite.data import tables
 
     rows = tables.caption_rows(source, caption_column, image_column)
@@ -158,10 +160,12 @@ def _discover_table(
     captions, cleaned = _without_control_characters(
         [(row.path, row.caption, f"{row.path} row {row.row}") for row in rows], strict
     )
+    mask_column = _MASK_COLUMN if masks and tables.image_column_of(source, _MASK_COLUMN) else None
     examples = tuple(
-        Example(row.path, "" if caption is None else caption, row=row.row, image_column=image_column)
+        Example(row.path, "" if caption is None else caption, row=row.row, image_column=image_column,
+                mask_column=mask_column)
         for row, (_, caption, _) in zip(rows, captions, strict=True)
-    )
+    )  # fmt: skip
     notes = tuple(f"{name}: missing caption (empty caption used)" for name, _ in missing)
     return Dataset(examples=examples, source=source.label, skipped=notes, notes=cleaned)
 
@@ -247,7 +251,7 @@ def _mask_column(meta: Path, folder: Path) -> dict[Path, Path]:
             records = [(reader.line_num, dict(record)) for record in reader]
     found = {}
     for number, record in records:
-        name = record.get("mask")
+        name = record.get(_MASK_COLUMN)
         if not isinstance(name, str) or not name.strip():
             continue
         relative = Path(name)

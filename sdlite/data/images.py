@@ -39,6 +39,14 @@ def load_example(example: Example) -> Image.Image:
     return decode_image(value if isinstance(value, Path) else io.BytesIO(value), str(example))
 
 
+def image_source(example: Example) -> Path | BinaryIO:
+    """What the example's encoded image is read from: its file, or its table row's file or bytes."""
+    if example.row is None:
+        return example.path
+    value = _row_image(example)
+    return value if isinstance(value, Path) else io.BytesIO(value)
+
+
 def example_sha256(example: Example) -> str:
     """The sha256 of the image's encoded bytes: what the latent cache is keyed by.
 

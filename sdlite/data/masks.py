@@ -10,6 +10,7 @@ half).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sdlite.data.examples import mask_path
@@ -17,15 +18,29 @@ from sdlite.errors import DataError
 
 
 def check_masks(examples: Sequence[Any], alpha: bool) -> None:
-    """Every image has its mask: a sidecar file (or, with `alpha`, any image: no alpha channel counts as opaque).
-    A missing one is a data error naming the first and the count."""
+    """Every image has its mask: a sidecar file, a table row's non-null `mask` cell (or, with `alpha`, any image: no
+    alpha channel counts as opaque). A missing one is a data error naming the first and the count."""
     if alpha:
         return
-    missing = [e for e in examples if e.mask is None and (e.row is not None or not mask_path(e.path).is_file())]
+    from sdlite.data import tables
+
+    nulls = {
+        path: set(tables.null_rows(path, column))
+        for path, column in {(e.path, e.mask_column) for e in examples if e.mask_column}
+    }
+    missing = [
+        e
+        for e in examples
+        if e.mask is None
+        and (
+            (e.row is None and not mask_path(e.path).is_file())
+            or (e.row is not None and (e.mask_column is None or e.row in nulls[e.path]))
+        )
+    ]
     if missing:
         first = missing[0]
         where = (
-            f"{mask_path(first.path).name} beside it" if first.row is None else "a mask file (tables need --alpha-mask)"
+            f"{mask_path(first.path).name} beside it" if first.row is None else "a `mask` image column, or --alpha-mask"
         )
         raise DataError(
             f"--masked-loss: {first} has no mask ({where}){f'; {len(missing) - 1} more' if len(missing) > 1 else ''}"
@@ -36,17 +51,38 @@ def load_mask(example: Any, alpha: bool) -> Any:
     """The example's mask as an 8-bit grey PIL image the size of the (upright) picture."""
     from PIL import Image, ImageOps
 
-    source = example.path if alpha else example.mask or mask_path(example.path)
+    source = _mask_source(example, alpha)
     try:
         with Image.open(source) as opened:
             upright = ImageOps.exif_transpose(opened)
-            if alpha:
-                if "A" in upright.getbands():
-                    return upright.getchannel("A").copy()
-                return Image.new("L", upright.size, 255)
-            return upright.convert("L").copy()
+            return _alpha_of(upright) if alpha else upright.convert("L").copy()
     except OSError as exc:
-        raise DataError(f"--masked-loss: cannot read the mask {source} ({exc})") from exc
+        raise DataError(f"--masked-loss: cannot read the mask of {example} ({exc})") from exc
+
+
+def _mask_source(example: Any, alpha: bool) -> Any:
+    """What holds the mask: the image itself (`alpha`), its sidecar or metadata-named file, or its row's cell."""
+    import io
+
+    from sdlite.data import tables
+    from sdlite.data.images import image_source
+
+    if alpha:
+        return image_source(example)
+    if example.row is None:
+        return example.mask or mask_path(example.path)
+    value = tables.image_value(example.path, example.row, example.mask_column)
+    if value is None:
+        raise DataError(f"--masked-loss: {example} has no mask (its `mask` cell is null)")
+    return value if isinstance(value, Path) else io.BytesIO(value)
+
+
+def _alpha_of(image: Any) -> Any:
+    from PIL import Image
+
+    if "A" in image.getbands():
+        return image.getchannel("A").copy()
+    return Image.new("L", image.size, 255)
 
 
 def latent_mask(mask: Any, image_size: tuple[int, int], size: tuple[int, int], crop: str, flip: bool, seed: int,

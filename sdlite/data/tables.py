@@ -146,6 +146,39 @@ def image_value(path: Path, row: int, image_column: str) -> bytes | Path | None:
     raise DataError(f"{path} row {row}: column {image_column!r} holds {type(value).__name__}, not an image")
 
 
+def image_column_of(source: TableSource, column: str) -> bool:
+    """Whether every file of the table has `column`, of a type that holds images (a loss-mask column, say)."""
+    for path in source.files:
+        schema = _parquet_file(path).schema_arrow if source.kind == "parquet" else _open_arrow(path).schema
+        if column not in schema.names or not _is_image_type(schema.field(column).type):
+            return False
+    return True
+
+
+def null_rows(path: Path, column: str) -> list[int]:
+    """The rows of table file `path` whose `column` is null (reads that column only)."""
+    import pyarrow as pa
+
+    if path.suffix == ".parquet":
+        table = _parquet_file(path)
+        parts = [table.read_row_group(g, columns=[column]).column(0) for g in range(table.num_row_groups)]
+    else:
+        reader = _open_arrow(path)
+        index = reader.schema.get_field_index(column)
+        batches = (
+            (reader.get_batch(i) for i in range(reader.num_record_batches))
+            if isinstance(reader, pa.ipc.RecordBatchFileReader)
+            else iter(reader)
+        )
+        parts = [batch.column(index) for batch in batches]
+    nulls: list[int] = []
+    offset = 0
+    for part in parts:
+        nulls += [offset + i for i, null in enumerate(part.is_null().to_pylist()) if null]
+        offset += len(part)
+    return nulls
+
+
 def clear_readers() -> None:
     """Close the cached readers (tests, and callers that rewrite table files in place)."""
     with _LOCK:

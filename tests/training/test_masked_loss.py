@@ -87,3 +87,53 @@ def test_a_metadata_mask_column(tiny_model: Path, tmp_path: Path) -> None:
     (data / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError, match=r"metadata\.jsonl:1: mask 'masks/nope.png' is not a file"):
         run(tiny_model, data, tmp_path / "x", masked_loss=True)
+
+
+def _table(data: Path, target: Path, mask: int | None, alpha: int | None = None) -> Path:
+    """The folder's images as a Parquet or Arrow table (`image` bytes, `text`), with a `mask` column of all-`mask`
+    PNGs (None: a null cell in row 1), or images with an alpha channel of `alpha`."""
+    import io
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def png(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
+    images, masks = [], []
+    for n, row in enumerate(rows):
+        image = Image.open(data / row["file_name"]).convert("RGBA" if alpha is not None else "RGB")
+        if alpha is not None:
+            image.putalpha(alpha)
+        images.append(png(image))
+        masks.append(None if mask is None and n == 1 else png(Image.new("L", image.size, mask or 0)))
+    table = pa.table({"image": images, "text": [r["text"] for r in rows], "mask": masks})
+    if target.suffix == ".parquet":
+        pq.write_table(table, target)
+    else:
+        with pa.OSFile(str(target), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+    return target
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".arrow"])
+def test_a_table_mask_column(tiny_model: Path, tmp_path: Path, suffix: str) -> None:
+    """A Parquet or Arrow table's `mask` image column holds each row's mask; a null cell is a data error naming
+    the row, before training; --alpha-mask reads a row's own alpha channel."""
+    data = make_shapes_dataset(tmp_path / "data", n=4)
+    black = _table(data, tmp_path / f"black{suffix}", 0)
+    _, events = run(tiny_model, black, tmp_path / "o", max_steps=1, masked_loss=True)
+    assert losses(events) == [0.0]
+    _, events = run(tiny_model, _table(data, tmp_path / f"white{suffix}", 255), tmp_path / "w", max_steps=1,
+                    masked_loss=True)  # fmt: skip
+    assert losses(events)[0] > 0
+    with pytest.raises(DataError, match=r"row 1 has no mask"):
+        run(tiny_model, _table(data, tmp_path / f"null{suffix}", None), tmp_path / "n", masked_loss=True)
+    assert not (tmp_path / "n").exists() or not any((tmp_path / "n").iterdir())
+    clear = _table(data, tmp_path / f"clear{suffix}", 255, alpha=0)
+    _, events = run(tiny_model, clear, tmp_path / "a", max_steps=1, masked_loss=True, alpha_mask=True)
+    assert losses(events) == [0.0]
