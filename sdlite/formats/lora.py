@@ -119,7 +119,10 @@ def module_scale(config: Mapping[str, Any] | None, module: str, rank: int) -> fl
 
 
 def to_kohya(
-    state_dict: Mapping[str, Any], configs: Mapping[str, Mapping[str, Any]], sdxl: bool = False
+    state_dict: Mapping[str, Any],
+    configs: Mapping[str, Mapping[str, Any]],
+    sdxl: bool = False,
+    dora_norms: Mapping[tuple[str, str], Any] | None = None,
 ) -> dict[str, Any]:
     """A diffusers- or peft-layout adapter state dict -> the kohya/LyCORIS layout, one `.alpha` per module.
 
@@ -127,7 +130,9 @@ def to_kohya(
     a component without one gets alpha = rank, as diffusers itself applies it. The written alpha is
     strength x rank, so every loader that computes alpha / rank gets the strength the adapter had. An SDXL
     adapter (`sdxl`, or one that adapts the second text encoder) names its first text encoder `lora_te1_`.
-    DoRA's magnitude becomes `dora_scale`; LoHa and LoKr keep their tensors' names (`lycoris.variant_to_kohya`).
+    DoRA's magnitude becomes `dora_scale` as ComfyUI applies it, which needs |W| / |W + delta| of each adapted row
+    (`dora_norms`, by (component, module): only a run that has the base weights can export a DoRA); LoHa and LoKr
+    keep their tensors' names (`lycoris.variant_to_kohya`).
     """
     import torch
 
@@ -152,7 +157,14 @@ def to_kohya(
         out[f"{name}.lora_up.weight"] = up.contiguous()
         out[f"{name}.alpha"] = torch.tensor(module_scale(configs.get(component), module, rank) * rank)
         if lycoris.MAGNITUDE in roles:
-            out[f"{name}.{lycoris.DORA_SCALE}"] = lycoris.dora_scale(roles[lycoris.MAGNITUDE], up)
+            if dora_norms is None or (component, module) not in dora_norms:
+                raise UsageError(
+                    "a DoRA adapter's kohya/LyCORIS copy needs the base model's weights (ComfyUI normalises by them "
+                    "differently from peft): use the copy `sdlite train` wrote beside it, OUT/NAME.safetensors"
+                )
+            out[f"{name}.{lycoris.DORA_SCALE}"] = lycoris.dora_scale(
+                roles[lycoris.MAGNITUDE], up, dora_norms[(component, module)]
+            )
     return out
 
 
@@ -228,7 +240,13 @@ def read_lora(source: Path | str) -> tuple[Path, dict[str, Any], dict[str, str]]
     return file, load_file(file), metadata
 
 
-def export_lora(source: Path | str, out: Path | str, fmt: str, metadata: Mapping[str, str] | None = None) -> Path:
+def export_lora(
+    source: Path | str,
+    out: Path | str,
+    fmt: str,
+    metadata: Mapping[str, str] | None = None,
+    dora_norms: Mapping[tuple[str, str], Any] | None = None,
+) -> Path:
     """Write the LoRA at `source` (a file, a folder holding LORA_FILE, or a training checkpoint folder)
     in format `fmt`: "kohya" -> the file `out` (.safetensors), with `metadata` added (ModelSpec, from training);
     "diffusers" -> `out`/LORA_FILE, metadata kept.
@@ -253,7 +271,7 @@ def export_lora(source: Path | str, out: Path | str, fmt: str, metadata: Mapping
     if kind == "kohya":
         kohya, meta = tensors, metadata
     else:
-        kohya = to_kohya(tensors, component_configs(metadata))
+        kohya = to_kohya(tensors, component_configs(metadata), dora_norms=dora_norms)
         meta = {"format": "pt", **kohya_metadata(kohya)}
     save_atomically(kohya, {**meta, **(extra or {})}, out)
     return out

@@ -76,52 +76,24 @@ def variant_to_kohya(name: str, roles: Mapping[str, Any], config: Mapping[str, A
     if decomposed:  # the readers divide alpha by the decomposed matrix's rank, which is peft's rank
         inner = roles["lokr_w2_b"].shape[0] if "lokr_w2_b" in roles else roles["lokr_w1_b"].shape[0]
         out[f"{name}.alpha"] = torch.tensor(float(alpha) / rank * inner)
-    else:  # the readers apply kron(w1, w2) at scale 1: peft's scale goes into w1
+    else:  # peft's scale goes into w1, and no alpha: every reader then applies kron(w1, w2) at scale 1 (with an
+        # alpha, ComfyUI's newest LoKr divides it by w2's rows over w1's; its older code and A1111 ignore it)
         out[f"{name}.lokr_w1"] = (roles["lokr_w1"] * (alpha / rank)).contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(rank))
     return out
 
 
-def dora_scale(magnitude: Any, up: Any) -> Any:
+def dora_scale(magnitude: Any, up: Any, norm_ratio: Any) -> Any:
     """peft's DoRA magnitude (one value per output: (out,) for a linear layer, (1, out, 1, 1) for a convolution)
-    as LyCORIS's `dora_scale`: (out, 1), or (out, 1, 1, 1) for a convolution."""
-    return magnitude.reshape(up.shape[0], *[1] * (up.dim() - 1)).contiguous()
+    as the `dora_scale` ComfyUI applies as peft does: shaped (out, 1) or (out, 1, 1, 1), so ComfyUI takes it per
+    output row, and times `norm_ratio` = |W| / |W + delta| per row, as ComfyUI divides by the row norms of the
+    unpatched weight W where peft divides by the patched one's."""
+    shape = (up.shape[0], *[1] * (up.dim() - 1))
+    return (magnitude.reshape(shape) * norm_ratio.reshape(shape).to(magnitude.dtype)).contiguous()
 
 
-def delta_weight(roles: Mapping[str, Any], alpha: float, rank: int, shape: tuple[int, ...]) -> Any:
-    """The weight change of a LoRA, LoHa or LoKr module at strength 1 (peft's formulas), shaped as the layer's
-    weight `shape`; DoRA's renormalisation is not a delta (see `dora_weight`)."""
-    import torch
-
-    scale = alpha / rank
-    kind = variant(roles)
-    if kind == "loha":
-        w1 = roles["hada_w1_a"] @ roles["hada_w1_b"]
-        w2 = roles["hada_w2_a"] @ roles["hada_w2_b"]
-        return (w1 * w2).reshape(shape) * scale
-    if kind == "lokr":
-        w1 = roles["lokr_w1"] if "lokr_w1" in roles else roles["lokr_w1_a"] @ roles["lokr_w1_b"]
-        w2 = roles["lokr_w2"] if "lokr_w2" in roles else roles["lokr_w2_a"] @ roles["lokr_w2_b"]
-        if w2.dim() == 4:
-            w1 = w1[:, :, None, None]
-        return torch.kron(w1, w2).reshape(shape) * scale
-    down, up = roles["down"], roles["up"]
-    return (up.flatten(1) @ down.flatten(1)).reshape(shape) * scale
-
-
-def dora_weight(weight: Any, delta: Any, magnitude: Any) -> Any:
-    """peft's DoRA weight: (W + delta) with each output row rescaled to the learned magnitude."""
-    merged = weight + delta
-    norm = merged.flatten(1).norm(dim=1)
-    return merged * (magnitude / norm).reshape(-1, *[1] * (weight.dim() - 1))
-
-
-def rank_of(roles: Mapping[str, Any]) -> int:
-    """The rank of one module's adapter as its tensors show it (LoKr: its decomposed matrix's, else 1)."""
-    for key in ("down", "hada_w1_b", "lokr_w2_b", "lokr_w1_b"):
-        if key in roles:
-            return int(roles[key].shape[0])
-    return 1
+def norm_ratio(weight: Any, delta: Any) -> Any:
+    """|W| / |W + delta| per output row (DoRA's magnitudes between peft's rule and ComfyUI's)."""
+    return weight.flatten(1).norm(dim=1) / (weight + delta).flatten(1).norm(dim=1)
 
 
 def adapter_type(keys: Any) -> str:
@@ -148,8 +120,11 @@ def from_kohya(
     arguments}), the modules found by kohya name in `modules` (kohya name -> (component, module path)).
 
     Each module's rank and alpha go into the rank and alpha patterns, so peft rebuilds the tensors' shapes. A LoKr
-    without a decomposed matrix gets alpha = rank = the file's alpha (its scale 1, as the LyCORIS readers apply
-    it). A DoRA scale on the input axis (LyCORIS's older default) has no peft equivalent: ValueError.
+    without a decomposed matrix gets a rank that keeps both whole and alpha = rank (scale 1, as A1111 and ComfyUI
+    apply it without an alpha). A DoRA's `dora_scale` becomes the magnitude as it stands: ComfyUI's rule (divided by
+    the unpatched weight's row norms) is turned into peft's by the caller, which has the weights
+    (`from_comfy_magnitude`). A DoRA scale on the input axis (LyCORIS's older default) has no peft equivalent:
+    ValueError.
     """
     grouped: dict[str, dict[str, Any]] = {}
     for key, tensor in tensors.items():
@@ -162,9 +137,9 @@ def from_kohya(
             continue  # reported by the caller's by-name check
         component, module = modules[name]
         peft_roles, rank, kind = _peft_roles(name, roles)
-        alpha = float(roles["alpha"]) if "alpha" in roles else float(rank)
+        alpha = float(roles["alpha"]) if "alpha" in roles else float(rank)  # no alpha: the readers' scale 1
         if kind == "lokr" and "lokr_w1_a" not in roles and "lokr_w2_a" not in roles:
-            rank = max(1, round(alpha))  # what peft needs to keep both matrices whole; the scale stays 1
+            rank = max(roles["lokr_w2"].shape[:2])  # a rank at which peft keeps both matrices whole; scale 1
             alpha = float(rank)
         state = states.setdefault(component, {})
         state |= {f"{module}.{role}": value for role, value in peft_roles.items()}
@@ -203,6 +178,11 @@ def _lokr_rank(found: Mapping[str, Any]) -> int:
         if key in found:
             return int(found[key].shape[0])
     return 1
+
+
+def from_comfy_magnitude(scale: Any, weight: Any, delta: Any) -> Any:
+    """peft's magnitude for a `dora_scale` ComfyUI applies as m x (W + delta) / |W| per row: scale / norm_ratio."""
+    return scale / norm_ratio(weight, delta).reshape(scale.shape).to(scale.dtype)
 
 
 def peft_config_of(arguments: Mapping[str, Any]) -> Any:

@@ -115,7 +115,24 @@ def _inject(pipe: Any, file: Path, name: str) -> None:
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             raise ValueError(f"{len(unexpected)} of its {component} tensors fit no layer here (e.g. {unexpected[0]})")
+        if lora_format.layout(tensors) == "kohya":
+            _comfy_dora_to_peft(module, name)
         module._hf_peft_config_loaded = True  # diffusers' set_adapters and unloading treat it as its own
+
+
+def _comfy_dora_to_peft(module: Any, name: str) -> None:
+    """A kohya/LyCORIS file's `dora_scale` applied as ComfyUI applies it (m x (W + delta) / |W| per row): the
+    magnitudes peft needs for the same weights."""
+    import torch
+
+    with torch.no_grad():
+        for layer in module.modules():
+            magnitudes = getattr(layer, "lora_magnitude_vector", {})
+            if name in magnitudes:
+                weight = layer.get_base_layer().weight.float()
+                delta = layer.get_delta_weight(name).float().reshape(weight.shape)
+                scale = magnitudes[name].weight
+                scale.copy_(lycoris.from_comfy_magnitude(scale.float(), weight, delta).to(scale.dtype))
 
 
 def _adapted_modules(pipe: Any, name: str) -> int:

@@ -975,7 +975,25 @@ def _save_lora(folder: Path, unet: Any, text_encoders: dict[str, Any], config: T
         "modelspec.implementation": "diffusers",
         "modelspec.title": name,
     }
-    lora_format.export_lora(source, folder / f"{name}.safetensors", "kohya", modelspec)
+    norms = _dora_norms(parts) if config.lora_type == "dora" else None
+    lora_format.export_lora(source, folder / f"{name}.safetensors", "kohya", modelspec, norms)
+
+
+def _dora_norms(parts: dict[str, Any]) -> dict[tuple[str, str], Any]:
+    """|W| / |W + delta| per output row of every DoRA layer (what the LyCORIS copy's `dora_scale` needs)."""
+    import torch
+
+    from sdlite.formats import lycoris
+
+    norms = {}
+    with torch.no_grad():
+        for component, module in parts.items():
+            for path, layer in module.named_modules():
+                if LORA_ADAPTER in getattr(layer, "lora_magnitude_vector", {}):
+                    weight = layer.get_base_layer().weight.float()
+                    delta = layer.get_delta_weight(LORA_ADAPTER).float().reshape(weight.shape)
+                    norms[(component, path)] = lycoris.norm_ratio(weight, delta).cpu()
+    return norms
 
 
 def _save_checkpoint(run: _Run, step: int) -> Path:

@@ -4,10 +4,14 @@ peft (or diffusers) with sdlite's pixels, resumes exactly, and its kohya/LyCORIS
 The readers' rules, as ComfyUI (comfy/weight_adapter/lora.py, loha.py, lokr.py) and A1111
 (extensions-builtin/Lora/network_hada.py, network_lokr.py) apply a module at strength 1:
 - LoRA/LoCon: W + up @ down x alpha / rank (rank = down's first dimension; conv: flattened, reshaped).
-- DoRA (ComfyUI; `dora_scale` of shape (out, 1...)): W' = W + delta, each output row scaled to dora_scale / |row|.
+- DoRA (ComfyUI, comfy/weight_adapter/base.py weight_decompose; `dora_scale` of shape (out, 1...)): each output row
+  of W + delta times dora_scale / (|that row of the UNPATCHED W| + eps). peft divides by the patched row's norm.
 - LoHa: W + (w1_a @ w1_b) * (w2_a @ w2_b) x alpha / rank, rank = w1_b's first dimension.
 - LoKr: W + kron(w1, w2) x alpha / rank where rank is a decomposed matrix's first dimension; scale 1 when neither
   w1 nor w2 is decomposed (w1 = w1_a @ w1_b, w2 = w2_a @ w2_b when decomposed; a 4-D w2 takes w1[:, :, None, None]).
+  Without an alpha, every reader uses scale 1 (ComfyUI's newest LoKr divides an alpha of an undecomposed module by
+  w2's rows over w1's, its older code and A1111 ignore it: sdlite writes none there).
+These were measured against the readers' own code outside the test suite (the numbers are in the issue notes).
 """
 
 from __future__ import annotations
@@ -103,8 +107,10 @@ def test_variant_loads_in_plain_peft_with_sdlites_pixels(
     ours = _sample(sd1_tiny_model, out, tmp_path / "ours")
     assert np.array_equal(ours, _render(_with_plain_peft(_plain_pipeline(sd1_tiny_model), out / lora.PEFT_FILE)))
     assert np.abs(ours - _render(_plain_pipeline(sd1_tiny_model))).max() > 3  # the adapter matters
-    # The A1111/ComfyUI copy, read back by sdlite (modules found by kohya name), gives the same pixels.
-    assert np.array_equal(_sample(sd1_tiny_model, out / f"{kind}.safetensors", tmp_path / "kohya"), ours)
+    # The A1111/ComfyUI copy, read back by sdlite (modules found by kohya name), gives the same pixels (DoRA: its
+    # magnitudes go through ComfyUI's rule and back, a float32 rounding apart).
+    copy = _sample(sd1_tiny_model, out / f"{kind}.safetensors", tmp_path / "kohya")
+    assert np.abs(copy - ours).max() <= (1 if kind == "dora" else 0)
 
 
 def test_locon_loads_in_plain_diffusers(trained: dict[str, Path], sd1_tiny_model: Path, tmp_path: Path) -> None:
@@ -123,7 +129,7 @@ def _reader_weight(base: Any, roles: dict[str, Any]) -> Any:
     """The weight a LyCORIS reader makes of `base` and one module's kohya tensors (this file's docstring)."""
     import torch
 
-    alpha = float(roles["alpha"])
+    alpha = float(roles["alpha"]) if "alpha" in roles else None
     if "hada_w1_a" in roles:
         delta = (roles["hada_w1_a"] @ roles["hada_w1_b"]) * (roles["hada_w2_a"] @ roles["hada_w2_b"])
         return base + delta.reshape(base.shape) * alpha / roles["hada_w1_b"].shape[0]
@@ -132,11 +138,13 @@ def _reader_weight(base: Any, roles: dict[str, Any]) -> Any:
         w2 = roles["lokr_w2"] if "lokr_w2" in roles else roles["lokr_w2_a"] @ roles["lokr_w2_b"]
         dim = next((roles[k].shape[0] for k in ("lokr_w2_b", "lokr_w1_b") if k in roles), None)
         w1 = w1[:, :, None, None] if w2.dim() == 4 else w1
+        if dim is None:  # neither matrix decomposed: scale 1, and sdlite writes no alpha that a reader could misuse
+            assert alpha is None
         return base + torch.kron(w1, w2).reshape(base.shape) * (alpha / dim if dim else 1.0)
     down, up = roles["lora_down.weight"], roles["lora_up.weight"]
     merged = base + (up.flatten(1) @ down.flatten(1)).reshape(base.shape) * alpha / down.shape[0]
-    if "dora_scale" in roles:
-        norm = merged.flatten(1).norm(dim=1).reshape(-1, *[1] * (base.dim() - 1))
+    if "dora_scale" in roles:  # ComfyUI's output-axis rule: the unpatched weight's row norms, plus eps
+        norm = base.flatten(1).norm(dim=1).reshape(-1, *[1] * (base.dim() - 1)) + torch.finfo(base.dtype).eps
         merged = merged * roles["dora_scale"] / norm
     return merged
 
