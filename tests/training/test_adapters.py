@@ -264,3 +264,10 @@ def test_merged_loha_samples_as_the_adapter(trained: dict[str, Path], sd1_tiny_m
     ours = _sample(sd1_tiny_model, trained["loha"], tmp_path / "a")
     plain = _render(_plain_pipeline(merged))
     assert np.abs(ours - plain).max() <= 1 and np.abs(ours - _render(_plain_pipeline(sd1_tiny_model))).max() > 3
+
+
+def test_a_dora_alone_is_not_exported_without_its_base(trained: dict[str, Path], tmp_path: Path) -> None:
+    """Its ComfyUI `dora_scale` needs the base weights' norms: the copy training wrote is the one."""
+    result = runner.invoke(app, ["export", str(trained["dora"]), str(tmp_path / "d.safetensors")])
+    assert result.exit_code == 2 and "needs the base model's weights" in result.output
+    assert not (tmp_path / "d.safetensors").exists()
