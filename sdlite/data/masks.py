@@ -77,6 +77,21 @@ def _mask_source(example: Any, alpha: bool) -> Any:
     return value if isinstance(value, Path) else io.BytesIO(value)
 
 
+def mask_sha256(example: Any, alpha: bool) -> str:
+    """What a cached mask is keyed by: the sha256 of the bytes it is read from (the image itself for `alpha`)."""
+    import hashlib
+
+    from sdlite.data.images import example_sha256
+    from sdlite.filecache import file_sha256
+
+    if alpha:
+        return "alpha:" + example_sha256(example)
+    source = _mask_source(example, alpha)
+    if isinstance(source, Path):
+        return file_sha256(source)
+    return hashlib.sha256(source.getvalue()).hexdigest()
+
+
 def _alpha_of(image: Any) -> Any:
     from PIL import Image
 

@@ -31,8 +31,8 @@ class EncodingCache:
     would be 23 GB), and a run starts without loading every entry first.
     """
 
-    def __init__(self, parts: Any, model: ResolvedModel, with_text: bool) -> None:
-        self.parts, self.has_text = parts, with_text
+    def __init__(self, parts: Any, model: ResolvedModel, with_text: bool, masks: str | None = None) -> None:
+        self.parts, self.has_text, self.masks = parts, with_text, masks  # masks: None, "files" or "alpha"
         self.root = cache_dir() / "train-cache"
         dtype, family = str(parts.weight_dtype), parts.family
         self.vae_key = _digest([_component_hash(model, "vae"), dtype, "center-crop"])
@@ -40,16 +40,21 @@ class EncodingCache:
         self.text_key = _digest([*(_component_hash(model, name) for pair in pairs for name in pair), dtype])
         self.latents: dict[tuple[str, tuple[int, int]], Path] = {}
         self.texts: dict[str, Path] = {}
+        self.mask_entries: dict[tuple[str, tuple[int, int]], Path] = {}
 
-    def fill(self, examples: tuple[Any, ...], sizes: tuple[tuple[int, int], ...], compute: bool) -> dict[str, int]:
-        """Find every entry (each example at its (width, height) bucket), computing and storing the missing ones
-        when `compute`; returns counts."""
+    def fill(
+        self, examples: tuple[Any, ...], sizes: tuple[tuple[int, int], ...], compute: bool, masked: bool = True
+    ) -> dict[str, int]:
+        """Find every entry (each example at its (width, height) bucket; its loss mask too when the cache keeps masks
+        and `masked`), computing and storing the missing ones when `compute`; returns counts."""
         import torch
 
         from sdlite.data.images import crop_of, load_example, preprocess
         from sdlite.training.conditioning import encode, token_ids
 
         counts = {"latents_reused": 0, "latents_computed": 0, "texts_reused": 0, "texts_computed": 0}
+        if self.masks and masked:
+            counts |= {"masks_reused": 0, "masks_computed": 0}
         for example, size in zip(examples, sizes, strict=True):
             path = self._latent_path(example, size)
             if compute and not _intact(path, ("mean", "std", "micro_conditioning")):
@@ -64,6 +69,8 @@ class EncodingCache:
             else:
                 counts["latents_reused"] += 1
             self.latents[(str(example), tuple(size))] = path
+            if self.masks and masked:
+                self._fill_mask(example, size, compute, counts)
         if self.has_text:
             for caption in sorted({e.caption for e in examples} | {""}):  # "" serves caption dropout
                 path = self._text_path(caption)
@@ -82,6 +89,31 @@ class EncodingCache:
                     counts["texts_reused"] += 1
                 self.texts[caption] = path
         return counts
+
+    def _fill_mask(self, example: Any, size: tuple[int, int], compute: bool, counts: dict[str, int]) -> None:
+        """--masked-loss: the example's mask on the latent grid, cut as its cached latents are (centre, no flip)."""
+        from sdlite.data.images import load_example
+        from sdlite.data.masks import latent_mask, load_mask
+
+        alpha = self.masks == "alpha"
+        path = self._mask_path(example, size, alpha)
+        if compute and not _intact(path, ("mask",)):
+            image_size = example.size or load_example(example).size
+            factor = 2 ** (len(self.parts.vae.config.block_out_channels) - 1)
+            mask = latent_mask(load_mask(example, alpha), image_size, size, "center", False, 0, factor)
+            _save(path, {"mask": mask})
+            counts["masks_computed"] += 1
+        else:
+            counts["masks_reused"] += 1
+        self.mask_entries[(str(example), tuple(size))] = path
+
+    def loss_masks(self, examples: list[Any], sizes: list[tuple[int, int]]) -> Any:
+        """The examples' cached loss masks at their sizes, (batch, 1, h, w)."""
+        import torch
+
+        return torch.stack(
+            [_load(self.mask_entries[(str(e), tuple(size))])["mask"] for e, size in zip(examples, sizes, strict=True)]
+        )
 
     def latent_stats(self, examples: list[Any], sizes: list[tuple[int, int]]) -> tuple[Any, Any, list[tuple[int, ...]]]:
         """The latent means and stds of the examples at their sizes, and each one's micro-conditioning numbers."""
@@ -105,6 +137,11 @@ class EncodingCache:
         from sdlite.data.images import example_sha256
 
         return self.root / "latents" / f"{_digest([example_sha256(example), self.vae_key, list(size)])}.safetensors"
+
+    def _mask_path(self, example: Any, size: tuple[int, int], alpha: bool) -> Path:
+        from sdlite.data.masks import mask_sha256
+
+        return self.root / "masks" / f"{_digest([mask_sha256(example, alpha), list(size), self.vae_key])}.safetensors"
 
     def _text_path(self, caption: str) -> Path:
         return self.root / "text" / f"{_digest([caption, self.text_key])}.safetensors"

@@ -270,7 +270,8 @@ def _fill_cache(run: _Run) -> Any:
     config, accelerator, torch = run.config, run.accelerator, run.torch
     shuffled = config.shuffle_captions or any(spec.shuffle_captions for spec in config.datasets)
     text_fixed = not config.train_text_encoder and not shuffled and not config.embedding
-    cache = EncodingCache(run.parts, run.model, text_fixed)
+    masks = ("alpha" if config.alpha_mask else "files") if config.masked_loss else None
+    cache = EncodingCache(run.parts, run.model, text_fixed, masks)
     counts, failed = {}, 0
     with accelerator.main_process_first():
         try:
@@ -278,8 +279,8 @@ def _fill_cache(run: _Run) -> Any:
             if run.class_set is not None:
                 square = (run.plan.resolution, run.plan.resolution)
                 examples = run.class_set.examples
-                more = cache.fill(examples, (square,) * len(examples), accelerator.is_main_process)
-                counts = {k: counts[k] + more[k] for k in counts}
+                more = cache.fill(examples, (square,) * len(examples), accelerator.is_main_process, masked=False)
+                counts = {k: counts[k] + more.get(k, 0) for k in counts}
         except CacheUnwritable:  # warned by the cache; the uncached path trains the same way
             failed = 1
     # The main process fills; every process must agree to run uncached when its writes failed.
@@ -745,6 +746,8 @@ def _masks(run: _Run, examples: list[Any], indices: Any, size: tuple[int, int], 
     from sdlite.data.images import load_example
 
     config, torch = run.config, run.torch
+    if run.cache is not None and run.cache.masks:  # cut as the cached latents are (a fixed augmentation)
+        return run.cache.loss_masks(examples, [size] * len(examples))
     masks = []
     for example, i in zip(examples, indices, strict=True):
         mask = load_mask(example, config.alpha_mask)

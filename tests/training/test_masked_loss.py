@@ -137,3 +137,27 @@ def test_a_table_mask_column(tiny_model: Path, tmp_path: Path, suffix: str) -> N
     clear = _table(data, tmp_path / f"clear{suffix}", 255, alpha=0)
     _, events = run(tiny_model, clear, tmp_path / "a", max_steps=1, masked_loss=True, alpha_mask=True)
     assert losses(events) == [0.0]
+
+
+def test_masks_are_cached_with_the_latents(tiny_model: Path, tmp_path: Path) -> None:
+    """With the cache the masks are stored beside the latents (keyed by the mask's bytes): the losses of masks
+    computed each step, reused by the next run, made again when a mask changes."""
+    data = with_masks(make_shapes_dataset(tmp_path / "data", n=4))
+    for n, mask in enumerate(sorted(data.glob("*_mask.png"))):  # four masks of their own (entries are by content)
+        grey = Image.open(mask)
+        grey.paste(201 + n, (0, 0, 3, 3))
+        grey.save(mask)
+    _, cached = run(tiny_model, data, tmp_path / "c", max_steps=2, masked_loss=True, cache=True)
+    _, uncached = run(tiny_model, data, tmp_path / "u", max_steps=2, masked_loss=True, cache=False)
+    assert losses(cached) == pytest.approx(losses(uncached), rel=1e-5)  # the latents' cache rounds in float32
+    event = next(e for e in cached if e["event"] == "cache")
+    assert (event["masks_computed"], event["masks_reused"]) == (4, 0)
+    _, again = run(tiny_model, data, tmp_path / "a", max_steps=1, masked_loss=True, cache=True)
+    assert next(e for e in again if e["event"] == "cache")["masks_reused"] == 4
+    first = sorted(data.glob("*_mask.png"))[0]
+    changed = Image.open(first)
+    changed.paste(222, (0, 0, 8, 8))
+    changed.save(first)
+    _, changed = run(tiny_model, data, tmp_path / "d", max_steps=1, masked_loss=True, cache=True)
+    event = next(e for e in changed if e["event"] == "cache")
+    assert (event["masks_computed"], event["masks_reused"]) == (1, 3)
