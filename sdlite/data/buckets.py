@@ -105,27 +105,28 @@ def make_layout(
     min_side: int | None,
     max_side: int | None,
     max_aspect: float,
-    resolutions: Sequence[int] | None = None,
+    per_image: Sequence[tuple[int, int | None, int | None]] | None = None,
 ) -> Layout:
     """Assign every image to a bucket (or the square), merge buckets too small for one global batch into
     their nearest neighbours, and build the batch order.
 
-    `choice` None turns buckets on when some image's nearest bucket is not the square one. `resolutions` gives an
-    image its own training resolution ([[datasets]] tables with one of their own); the buckets of each are made
-    for it, and a batch holds one size only.
+    `choice` None turns buckets on when some image's nearest bucket is not the square one. `per_image` gives an
+    image its own (resolution, smallest side, largest side) ([[datasets]] tables with their own); the buckets of
+    each are made for those, and a batch holds one size only.
     """
-    own = list(resolutions) if resolutions is not None else [resolution] * len(image_sizes)
-    squares = [(side, side) for side in own]
+    own = list(per_image) if per_image is not None else [(resolution, min_side, max_side)] * len(image_sizes)
+    squares = [(side, side) for side, _, _ in own]
     if choice is False:
         return _squares(squares, effective_batch, "off: --no-buckets")
     table = {
-        side: bucket_sizes(side, step, min_side or side // 2, max_side or side * 2, max_aspect) for side in set(own)
+        (side, low, high): bucket_sizes(side, step, low or side // 2, high or side * 2, max_aspect)
+        for side, low, high in set(own)
     }
     if not all(table.values()):
         return _squares(squares, effective_batch, "off: no bucket fits these bucket settings")
-    assigned = [nearest(size, table[side]) for size, side in zip(image_sizes, own, strict=True)]
+    assigned = [nearest(size, table[bounds]) for size, bounds in zip(image_sizes, own, strict=True)]
     if choice is None and assigned == squares:
-        fits = table.get(resolution) or next(iter(table.values()))
+        fits = table.get((resolution, min_side, max_side)) or next(iter(table.values()))
         reason = (
             "every image is (nearly) square" if len(fits) > 1 else f"only {label(fits[0])} fits --bucket-step {step}"
         )

@@ -15,6 +15,8 @@ KEYS = (
     "path",
     "repeats",
     "resolution",
+    "bucket_min_side",
+    "bucket_max_side",
     "caption_extension",
     "shuffle_captions",
     "keep_tokens",
@@ -39,6 +41,8 @@ class DatasetSpec:
     path: FilePath
     repeats: PositiveInt = 1
     resolution: PositiveInt | None = None  # its images' training side (buckets made for it); None: the run's
+    bucket_min_side: PositiveInt | None = None  # its buckets' smallest and largest sides; None: the run's
+    bucket_max_side: PositiveInt | None = None
     caption_extension: CaptionExtension | None = None  # sidecar captions: NAME.EXT beside each image
     shuffle_captions: Flag | None = None
     keep_tokens: NonNegativeInt | None = None
@@ -47,6 +51,10 @@ class DatasetSpec:
 
     def __post_init__(self) -> None:
         validate_fields(self)
+        if self.bucket_min_side and self.bucket_max_side and self.bucket_min_side > self.bucket_max_side:
+            from sdlite.errors import UsageError
+
+            raise UsageError("bucket-min-side is larger than bucket-max-side")
 
     @property
     def captions(self) -> CaptionOptions:

@@ -296,7 +296,12 @@ def _layout(dataset: Any, resolution: int, effective: int, config: TrainConfig, 
             f"--bucket-step {config.bucket_step} must be a multiple of {grid} for this model (VAE factor x UNet "
             "downsampling), or pass --no-buckets"
         )
-    own = [spec.resolution for spec in config.datasets]
+    own = [
+        (spec.resolution or resolution, spec.bucket_min_side or config.bucket_min_side,
+         spec.bucket_max_side or config.bucket_max_side)
+        for spec in config.datasets
+    ]  # fmt: skip
+    differ = any((s.resolution, s.bucket_min_side, s.bucket_max_side) != (None, None, None) for s in config.datasets)
     return make_layout(
         [e.size for e in dataset.examples],
         resolution,
@@ -306,7 +311,7 @@ def _layout(dataset: Any, resolution: int, effective: int, config: TrainConfig, 
         config.bucket_min_side,
         config.bucket_max_side,
         config.max_aspect,
-        [own[e.dataset] or resolution for e in dataset.examples] if any(own) else None,
+        [own[e.dataset] for e in dataset.examples] if differ else None,
     )
 
 

@@ -66,3 +66,17 @@ def test_side_limits_and_aspect_limit_bound_the_buckets() -> None:
     assert layout.histogram() == {"768x320": 4}  # ratio 2.4 is nearest 3; with max aspect 2 it is 640x384
     layout = make_layout([(300, 100)] * 4, 512, 2, None, 64, None, None, 2.0)
     assert layout.histogram() == {"640x384": 4}
+
+
+def test_each_image_may_have_its_own_resolution_and_bucket_sides() -> None:
+    """[[datasets]] with their own resolution / bucket sides: buckets made for each, batches of one size."""
+    wide = [(128, 64)] * 4
+    layout = make_layout(wide * 2, 64, 2, True, 16, None, None, 4.0,
+                         [(64, None, None)] * 4 + [(64, None, 64)] * 2 + [(32, None, None)] * 2)  # fmt: skip
+    first, capped, small = layout.sizes[0], layout.sizes[4], layout.sizes[6]
+    assert first[0] > 64 and max(capped) <= 64 and first != capped
+    assert small[0] * small[1] <= 32 * 32 < first[0] * first[1]
+    for step in range(4):
+        assert len({layout.sizes[i] for i in layout.order.batch(step, 0)}) == 1
+    off = make_layout(wide * 2, 64, 2, False, 16, None, None, 4.0, [(64, None, None)] * 4 + [(32, None, None)] * 4)
+    assert set(off.sizes) == {(64, 64), (32, 32)} and not off.bucketed
