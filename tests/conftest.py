@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The same isolation for module- and session-scoped fixtures, which run before any test's own fixtures: a
+    training fixture would otherwise fill (and reuse stale entries of) the user's own cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SDLITE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sdlite-cache"))
+    patch.delenv("SDLITE_MODEL", raising=False)
+    yield
+    patch.undo()
 
 
 @pytest.fixture(autouse=True)

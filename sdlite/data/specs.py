@@ -22,6 +22,8 @@ KEYS = (
     "keep_tokens",
     "caption_dropout",
     "instance_prompt",
+    "class_prompt",
+    "class_data",
 )
 
 
@@ -48,6 +50,8 @@ class DatasetSpec:
     keep_tokens: NonNegativeInt | None = None
     caption_dropout: Annotated[float, Strict(), AllowInfNan(False), Ge(0), Lt(1)] | None = None
     instance_prompt: Prompt | None = None  # DreamBooth: this one prompt for every image of the dataset
+    class_prompt: Prompt | None = None  # prior preservation for this dataset: its class images' prompt
+    class_data: FilePath | None = None  # and their folder (made there, or in sdlite's cache, when missing)
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -55,6 +59,10 @@ class DatasetSpec:
             from sdlite.errors import UsageError
 
             raise UsageError("bucket-min-side is larger than bucket-max-side")
+        if self.class_data is not None and self.class_prompt is None:
+            from sdlite.errors import UsageError
+
+            raise UsageError("class-data needs class-prompt (the prompt its images show)")
 
     @property
     def captions(self) -> CaptionOptions:

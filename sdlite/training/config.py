@@ -401,8 +401,12 @@ class TrainConfig:
                 f"{n('validate_every')} needs at least one {n('validation_prompts')}, or {n('validation_data')} / "
                 f"{n('validation_split')}",
             )
-        if self.class_prompt is not None and self.instance_prompt is None:
+        if self.class_prompt is not None and self.instance_prompt is None and not self.datasets:
             fail("class_prompt", f"{n('class_prompt')} (prior preservation) needs {n('instance_prompt')}")
+        for number, spec in enumerate(self.datasets, start=1):
+            prompted = spec.instance_prompt is not None or self.instance_prompt is not None
+            if (spec.class_prompt is not None or self.class_prompt is not None) and not prompted:
+                fail("datasets", f"[[datasets]] {number}: a class prompt (prior preservation) needs an instance-prompt")
         for key in ("class_data",):
             if getattr(self, key) is not None and self.class_prompt is None:
                 fail(key, f"{n(key)} needs {n('class_prompt')} (the prompt its images show)")

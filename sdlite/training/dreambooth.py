@@ -30,8 +30,12 @@ _GENERATED = re.compile(r"^\d{5,}-(\d+)\.png$")  # sampling's `INDEX-SEED.png`
 _SAMPLER_KEYS = ("negative_prompt", "steps", "guidance", "scheduler", "eta")
 
 
-def class_images(config: TrainConfig, on_event: EmitFn | None = None) -> list[Example]:
+def class_images(
+    config: TrainConfig, on_event: EmitFn | None = None, source: tuple[str, Path | None] | None = None
+) -> list[Example]:
     """The first `config.num_class_images` class images (sorted by name), generating the missing ones first.
+
+    `source` is a [[datasets]] table's own (class prompt, class-data folder or None), instead of the run's.
 
     Any PNG/JPG/WEBP already in the folder counts, the user's own photos included; only the shortfall is
     generated, with seeds that continue after those already used, so raising the count adds new images.
@@ -42,36 +46,37 @@ def class_images(config: TrainConfig, on_event: EmitFn | None = None) -> list[Ex
     the others then find every image in place and generate nothing. Call it before the training model is
     loaded: sampling loads its own pipeline, freed when this returns.
     """
-    if config.class_prompt is None:
+    prompt, data = source if source is not None else (config.class_prompt, config.class_data)
+    if prompt is None:
         raise UsageError("class images need --class-prompt (the prompt their images show)")
     emit = on_event if on_event is not None else (lambda kind, **data: None)
-    folder, resolution = _folder(config)
+    folder, resolution = _folder(config, prompt, data)
     existing = _images(folder)
     missing = max(config.num_class_images - len(existing), 0)
     emit("class_images", have=len(existing), generating=missing, needed=config.num_class_images, folder=str(folder))
     if missing:
-        _generate(config, folder, resolution, existing, missing, emit)
+        _generate(config, prompt, folder, resolution, existing, missing, emit)
         existing = _images(folder)
-    return [Example(path=p.resolve(), caption=config.class_prompt) for p in existing[: config.num_class_images]]
+    return [Example(path=p.resolve(), caption=prompt) for p in existing[: config.num_class_images]]
 
 
-def _folder(config: TrainConfig) -> tuple[Path, int]:
+def _folder(config: TrainConfig, prompt: str, data: Path | None) -> tuple[Path, int]:
     """The class-image folder and the image side: `--class-data`, else a cache folder
     named by what decides the images (model and weights, class prompt, resolution)."""
     from sdlite.filecache import cache_dir, model_hashes
     from sdlite.models.loading import resolve_model
 
-    if config.class_data is not None and config.class_data.exists() and not config.class_data.is_dir():
-        raise UsageError(f"--class-data {config.class_data} is a file; it must be a folder (of class images)")
+    if data is not None and data.exists() and not data.is_dir():
+        raise UsageError(f"--class-data {data} is a file; it must be a folder (of class images)")
     model = resolve_model(config.model, config.offline, config.allow_pickle, config.tokenizer, config.ema_weights)
     resolution = config.resolution or model.native_size()
-    if config.class_data is not None:
-        return Path(config.class_data), resolution
+    if data is not None:
+        return Path(data), resolution
     local = Path(config.model).expanduser().exists()
     source = str(Path(config.model).expanduser().resolve()) if local else config.model  # as sampling records it
     weights_hash, _ = model_hashes(model.path, model.weight_files)  # cached by size and mtime after the first
     ema = bool(model.single_file is not None and model.use_ema and model.single_file.has_ema)
-    key = json.dumps([source, weights_hash, ema, config.class_prompt, resolution])
+    key = json.dumps([source, weights_hash, ema, prompt, resolution])
     return cache_dir() / "class-images" / hashlib.sha256(key.encode()).hexdigest()[:16], resolution
 
 
@@ -90,7 +95,7 @@ def _images(folder: Path) -> list[Path]:
 
 
 def _generate(
-    config: TrainConfig, folder: Path, resolution: int, existing: list[Path], missing: int, emit: EmitFn
+    config: TrainConfig, prompt: str, folder: Path, resolution: int, existing: list[Path], missing: int, emit: EmitFn
 ) -> None:
     """Make `missing` class images in `folder` with the base model, at the model's recommended sampler settings."""
     from sdlite.sampling.config import Generation, SampleConfig
@@ -101,10 +106,7 @@ def _generate(
     used = [int(m.group(1)) for p in existing if (m := _GENERATED.match(p.name))]
     start = max([base + len(existing)] + [seed + 1 for seed in used if seed >= base])
     sampler = {k: v for k, v in model_defaults(config.model).items() if k in _SAMPLER_KEYS}
-    assert config.class_prompt is not None
-    generation = Generation(
-        config.class_prompt, **sampler, seed=start, num_images=missing, height=resolution, width=resolution
-    )
+    generation = Generation(prompt, **sampler, seed=start, num_images=missing, height=resolution, width=resolution)
     sample_config = SampleConfig(
         model=config.model,
         generations=(generation,),

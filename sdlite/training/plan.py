@@ -90,6 +90,14 @@ def _several(config: TrainConfig) -> Any:
     return Dataset(tuple(examples), "datasets", tuple(skipped), tuple(notes))
 
 
+def _class_sets(config: TrainConfig) -> int:
+    """How many sets of class images prior preservation trains with: the run's, or one per [[datasets]] table that
+    has a class prompt (its own or the run's)."""
+    if not config.datasets:
+        return int(config.class_prompt is not None)
+    return sum(1 for spec in config.datasets if (spec.class_prompt or config.class_prompt) is not None)
+
+
 def dataset_shares(config: TrainConfig, dataset: Any) -> list[dict[str, Any]]:
     """Each [[datasets]] table's images, repeats and share of the training examples (so of the steps)."""
     counts = [0] * len(config.datasets)
@@ -225,7 +233,7 @@ def make_plan(config: TrainConfig, num_processes: int = 1) -> tuple[TrainPlan, A
         data_warnings=data_warnings,
         buckets=layout.histogram(),
         bucket_note=layout.note,
-        class_images=config.num_class_images if config.class_prompt else 0,
+        class_images=config.num_class_images * _class_sets(config),
         memory_gib=fit.estimate.total / memory.GIB,
         largest_batch=fit.largest_batch,
         memory_limit=f"{memory.size_text(fit.limit.bytes)} ({fit.limit.source})" if fit.limit else "",

@@ -207,14 +207,29 @@ def _plan(config: TrainConfig, accelerator: Any, emit: Emitter, torch: Any) -> t
 
 
 def _class_set(run: _Run) -> ClassSet | None:
-    """Prior preservation's class images; missing ones are generated first, once, by the main process."""
-    if run.config.class_prompt is None:
-        return None
+    """Prior preservation's class images (the run's, or each [[datasets]] table's own); missing ones are generated
+    first, once, by the main process."""
     from sdlite.training.dreambooth import class_images
 
+    config = run.config
+    sources = {  # dataset -> (class prompt, class-data folder): its own, else the run's
+        number: (spec.class_prompt, spec.class_data) if spec.class_prompt else (config.class_prompt, config.class_data)
+        for number, spec in enumerate(config.datasets)
+    }
+    if not any(prompt for prompt, _ in sources.values()) and config.class_prompt is None:
+        return None
     with run.accelerator.main_process_first():
-        main = run.accelerator.is_main_process
-        return ClassSet(tuple(class_images(run.config, run.emit if main else None)))
+        emit = run.emit if run.accelerator.is_main_process else None
+        if not config.datasets:
+            return ClassSet(tuple(class_images(config, emit)))
+        examples: list[Any] = []
+        groups: dict[int, tuple[int, ...]] = {}
+        for number, (prompt, data) in sources.items():
+            if prompt is not None:
+                found = class_images(config, emit, (prompt, data))
+                groups[number] = tuple(range(len(examples), len(examples) + len(found)))
+                examples += found
+        return ClassSet(tuple(examples), groups)
 
 
 def _build(run: _Run) -> None:
@@ -646,16 +661,25 @@ class ClassSet:
     its global position in the run from a permutation per pass over the class images."""
 
     examples: tuple[Any, ...]
+    # [[datasets]] with class images: dataset -> its class images' indices in `examples` (a dataset without any
+    # trains no class image beside its own); empty: every example draws from all of them
+    groups: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
-    def pick(self, batch: MicroBatch, seed: int) -> list[int]:
+    def pick(self, batch: MicroBatch, seed: int, datasets: list[int]) -> list[int | None]:
+        """The class image (index into `examples`) beside each instance example of `batch`, None for none."""
         import torch
 
-        picked = []
-        for position in batch.positions:
+        picked: list[int | None] = []
+        for position, dataset in zip(batch.positions, datasets, strict=True):
             n = batch.step * batch.effective_batch + position  # the instance example's number in the whole run
-            cycle, index = divmod(n, len(self.examples))
-            order = torch.randperm(len(self.examples), generator=torch.Generator().manual_seed(mix(seed, cycle, 7)))
-            picked.append(int(order[index]))
+            group = self.groups.get(dataset, ()) if self.groups else range(len(self.examples))
+            if not group:
+                picked.append(None)
+                continue
+            cycle, index = divmod(n, len(group))
+            salt = (seed, cycle, 7) if not self.groups else (seed, cycle, 7, dataset)
+            order = torch.randperm(len(group), generator=torch.Generator().manual_seed(mix(*salt)))
+            picked.append(group[int(order[index])])
         return picked
 
 
@@ -686,10 +710,15 @@ def _draw_micro(run: _Run, m: int) -> tuple[_Inputs, _Inputs | None]:
         inputs = _draw(run, examples, batch.indices, batch.size, batch.generators(config.seed), batch, augment=True)
         if class_set is None:
             return inputs, None
-        chosen = class_set.pick(batch, config.seed)
+        picked = class_set.pick(batch, config.seed, [e.dataset for e in examples])
+        kept = [k for k, i in enumerate(picked) if i is not None]
+        if not kept:
+            return inputs, None
+        chosen = [picked[k] for k in kept]
         class_examples = [class_set.examples[i] for i in chosen]
         square = (batch.resolution, batch.resolution)
         gens = batch.generators(config.seed, 1)
+        gens = [gens[k] for k in kept]
         return inputs, _draw(run, class_examples, chosen, square, gens, batch, augment=False)
 
 

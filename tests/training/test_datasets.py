@@ -113,3 +113,34 @@ def test_a_dataset_trains_at_its_own_resolution(tiny_model: Path, tmp_path: Path
     assert "images x3 (75% of the steps) at 32" in result.output
     with pytest.raises(UsageError, match=r"\[\[datasets\]\] 2 resolution"):
         make_plan(config_for(tiny_model, tmp_path, two, "resolution = 33\n"))
+
+
+def test_class_images_per_dataset(tiny_model: Path, tmp_path: Path, two: tuple[Path, Path]) -> None:
+    """A table's own class prompt and class images (prior preservation for that dataset only): its examples train
+    beside its class images, the other dataset's beside none."""
+    import shutil
+    from types import SimpleNamespace
+
+    from sdlite.training.unet import ClassSet, train
+
+    classes = tmp_path / "dogs"
+    classes.mkdir()
+    for n, image in enumerate(sorted(two[0].glob("*.png"))[:3]):
+        shutil.copy(image, classes / f"dog-{n}.png")  # given images: nothing to generate
+    config_for(tiny_model, tmp_path, two, f'class-prompt = "a photo of a dog"\nclass-data = "{classes}"\n')
+    config = build_train_config({"num_class_images": 3}, tmp_path / "train.toml")
+    plan, _, _, _ = make_plan(config)
+    assert plan.class_images == 3
+    events: list[dict[str, Any]] = []
+    train(config, on_event=events.append)
+    sets = [e for e in events if e["event"] == "class_images"]
+    assert [(e["have"], e["generating"], e["folder"]) for e in sets] == [(3, 0, str(classes))]
+    # Each instance example draws from its own dataset's class images, or none.
+    class_set = ClassSet(("d0", "d1", "d2", "x"), {1: (0, 1, 2)})
+    batch = SimpleNamespace(step=0, effective_batch=4, positions=[0, 1, 2, 3])
+    picked = class_set.pick(batch, 0, [0, 1, 1, 0])
+    assert picked[0] is None and picked[3] is None and {picked[1], picked[2]} <= {0, 1, 2}
+    with pytest.raises(UsageError, match=r"\[\[datasets\]\] 3: class-data needs class-prompt"):
+        config_for(tiny_model, tmp_path, two, f'[[datasets]]\npath = "{two[0]}"\nclass-data = "{classes}"\n')
+    with pytest.raises(UsageError, match=r"\[\[datasets\]\] 3: a class prompt .* needs an instance-prompt"):
+        config_for(tiny_model, tmp_path, two, f'[[datasets]]\npath = "{two[0]}"\nclass-prompt = "a dog"\n')
