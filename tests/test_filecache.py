@@ -94,4 +94,4 @@ def test_ctrl_c_during_the_check_stops_it_without_checking_the_rest(
     monkeypatch.setattr(images, "_checked_size", interrupted_at_the_third)
     with pytest.raises(KeyboardInterrupt):
         check_images(dataset, False)
-    assert len(checked) < 50  # not all 200 before the interrupt surfaces
+    assert len(checked) <= 3 + 2 * images.CHECK_THREADS  # a bounded few past it, however slow the waiting thread

@@ -10,9 +10,10 @@ import os
 import random
 import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sdlite.data.examples import Dataset, Example, read_error
 from sdlite.errors import DataError, UsageError
@@ -111,8 +112,9 @@ def check_images(dataset: Dataset, skip_bad_images: bool) -> Dataset:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(CHECK_THREADS, os.cpu_count() or 1)) as pool:
-        checked = list(pool.map(_checked_size, dataset.examples))
+    threads = min(CHECK_THREADS, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        checked = list(_in_order(pool, _checked_size, dataset.examples, 2 * threads))
     good: list[Example] = []
     bad: list[str] = []
     for example, size in zip(dataset.examples, checked, strict=True):
@@ -129,6 +131,27 @@ def check_images(dataset: Dataset, skip_bad_images: bool) -> Dataset:
 
 
 CHECK_THREADS = 8
+
+
+def _in_order(pool: Any, fn: Any, items: Any, ahead: int) -> Iterator[Any]:
+    """`fn` of each item on `pool`, in order, with at most `ahead` submitted beyond the one awaited: an interrupt or
+    an error stops the check after a bounded few more images, however slow the waiting thread is."""
+    from collections import deque
+
+    pending: deque[Any] = deque()
+    source = iter(items)
+    try:
+        for item in source:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
 _SIZES = "image-size-v1"  # filecache kind: (width, height) upright of an image that decoded
 
 
