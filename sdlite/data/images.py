@@ -34,10 +34,7 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Inde
 
 def load_example(example: Example) -> Image.Image:
     """The example's image as 8-bit RGB, upright (see load_image); DataError naming it when unreadable."""
-    if example.row is None:
-        return load_image(example.path)
-    value = _row_image(example)
-    return decode_image(value if isinstance(value, Path) else io.BytesIO(value), str(example))
+    return decode_image(image_source(example), str(example))
 
 
 def image_source(example: Example) -> Path | BinaryIO:

@@ -1,15 +1,16 @@
-"""LoRA variants (DoRA, LoHa, LoKr) in the LyCORIS names A1111 and ComfyUI read, from peft's state dicts.
+"""LoRA variants (DoRA, LoHa, LoKr) in the LyCORIS names A1111 and ComfyUI read, from peft's state dicts and back.
 
 peft names a module's tensors `<module>.lora_A.weight` / `.lora_B.weight` / `.lora_magnitude_vector` (DoRA),
 `.hada_w1_a` ... `.hada_w2_b` (LoHa) and `.lokr_w1` / `.lokr_w1_a` / `.lokr_w1_b` / `.lokr_w2` / `.lokr_w2_a` /
 `.lokr_w2_b` (LoKr). LyCORIS, and the loaders of A1111 and ComfyUI, name them `<kohya module>.lora_down.weight`,
-`.lora_up.weight`, `.dora_scale`, `.hada_w1_a` ... and `.lokr_w1` ..., with one `.alpha` per module. The rules
-that differ between the two (checked against ComfyUI's weight adapters and A1111's network modules):
-- DoRA: peft's magnitude has one value per output row (the norm of W + scale x BA taken over each row); LyCORIS
-  files carry it as `dora_scale` of shape (out, 1) (conv: (out, 1, 1, 1)), which ComfyUI reads as that axis.
-- LoHa: delta = (w1_a @ w1_b) * (w2_a @ w2_b) x alpha / rank in both, rank = w1_b's first dimension.
-- LoKr: delta = kron(w1, w2) x alpha / rank in peft; the LyCORIS readers take the rank from a decomposed matrix
-  and use a scale of 1 when neither w1 nor w2 is decomposed, so the export folds alpha / rank into w1 then.
+`.lora_up.weight`, `.dora_scale`, `.hada_w1_a` ... and `.lokr_w1` ..., with one `.alpha` per module. Where the
+readers' rules differ from peft's (measured by running their code on sdlite's files; ../shared/reference.md):
+- DoRA: peft scales each output row of W + delta to its magnitude, dividing by that row's norm; ComfyUI reads a
+  `dora_scale` of shape (out, 1) as the same axis but divides by the row norms of the unpatched W, so the export
+  writes magnitude x |W| / |W + delta| (which needs the base weights) and the reader undoes it.
+- LoHa: delta = (w1_a @ w1_b) * (w2_a @ w2_b) x alpha / rank in all of them, rank = w1_b's first dimension.
+- LoKr: delta = kron(w1, w2) x alpha / rank in peft and, with a decomposed matrix, in the readers; with neither
+  decomposed they disagree on the alpha, so the export folds alpha / rank into w1 and writes no alpha.
 """
 
 from __future__ import annotations
@@ -72,10 +73,8 @@ def variant_to_kohya(name: str, roles: Mapping[str, Any], config: Mapping[str, A
         raise ValueError(f"{module}: a LoKr with a Tucker core (effective conv2d) has no export here")
     alpha, rank = module_alpha_rank(config, module, 1)
     out = {f"{name}.{p}": roles[p].contiguous() for p in LOKR_PARAMS if p in roles}
-    decomposed = "lokr_w1_a" in roles or "lokr_w2_a" in roles
-    if decomposed:  # the readers divide alpha by the decomposed matrix's rank, which is peft's rank
-        inner = roles["lokr_w2_b"].shape[0] if "lokr_w2_b" in roles else roles["lokr_w1_b"].shape[0]
-        out[f"{name}.alpha"] = torch.tensor(float(alpha) / rank * inner)
+    if "lokr_w1_a" in roles or "lokr_w2_a" in roles:  # the readers divide alpha by the decomposed matrix's rank,
+        out[f"{name}.alpha"] = torch.tensor(float(alpha))  # which is peft's rank
     else:  # peft's scale goes into w1, and no alpha: every reader then applies kron(w1, w2) at scale 1 (with an
         # alpha, ComfyUI's newest LoKr divides it by w2's rows over w1's; its older code and A1111 ignore it)
         out[f"{name}.lokr_w1"] = (roles["lokr_w1"] * (alpha / rank)).contiguous()

@@ -48,7 +48,7 @@ def _load_one_lora(pipe: Any, source: str, name: str, warnings: list[str], famil
     file = lora_format.find_lora_file(source)
     shapes, _ = lora_format.read_shapes(file)  # refuses pickles and damaged files before diffusers reads it
     keys = list(shapes)
-    if not any("lora" in key for key in keys) and not lycoris.needs_peft(keys) and lora_format.layout(keys) is None:
+    if not any("lora" in key for key in keys) and lora_format.layout(keys) is None:  # LoHa/LoKr keys have no "lora"
         raise ModelError(f"{file} is not a LoRA adapter (none of its weights is a LoRA weight; a model's file?)")
     mismatch = lora_format.family_mismatch(shapes, family.name, pipe.unet.config.cross_attention_dim)
     if mismatch:
@@ -92,7 +92,8 @@ def _inject(pipe: Any, file: Path, name: str) -> None:
 
     components = _adaptable(pipe)
     tensors = load_file(file)
-    if lora_format.layout(tensors) == "kohya":
+    kohya = lora_format.layout(tensors) == "kohya"
+    if kohya:
         modules = {
             lora_format.kohya_name(component, path, "text_encoder_2" in components): (component, path)
             for component, module in components.items()
@@ -115,7 +116,7 @@ def _inject(pipe: Any, file: Path, name: str) -> None:
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             raise ValueError(f"{len(unexpected)} of its {component} tensors fit no layer here (e.g. {unexpected[0]})")
-        if lora_format.layout(tensors) == "kohya":
+        if kohya:
             _comfy_dora_to_peft(module, name)
         module._hf_peft_config_loaded = True  # diffusers' set_adapters and unloading treat it as its own
 

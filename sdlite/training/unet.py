@@ -216,7 +216,7 @@ def _class_set(run: _Run) -> ClassSet | None:
         number: (spec.class_prompt, spec.class_data) if spec.class_prompt else (config.class_prompt, config.class_data)
         for number, spec in enumerate(config.datasets)
     }
-    if not any(prompt for prompt, _ in sources.values()) and config.class_prompt is None:
+    if not any(prompt for prompt, _ in sources.values()) if config.datasets else config.class_prompt is None:
         return None
     with run.accelerator.main_process_first():
         emit = run.emit if run.accelerator.is_main_process else None
