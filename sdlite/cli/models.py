@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from sdlite.cli.failures import one_line_errors
-from sdlite.cli.options import JsonOut, build_config, config_options, config_values
+from sdlite.cli.options import JsonOut, build_config, config_options, config_values, model_values
 from sdlite.cli.output import quiet_libraries
 from sdlite.models.config import ExportConfig, InfoConfig, InitConfig
 
@@ -29,10 +29,7 @@ def info(json_out: JsonOut = False, **options: Any) -> None:
     """Show a model's components, parameter counts, dtypes, scheduler and the tensor shapes of its flow; or a LoRA's
     layout, rank, alpha and which tools (A1111, Forge, ComfyUI, diffusers) load it."""
     with one_line_errors():
-        from sdlite.models.source import resolve_model_source
-
-        values = config_values(InfoConfig, options)
-        config = build_config(InfoConfig, {**values, "model": resolve_model_source(values["model"])})
+        config = build_config(InfoConfig, model_values(InfoConfig, options))
         quiet_libraries(config.offline)
         from sdlite.models.info import describe, format_info
 

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from sdlite.cli.failures import one_line_errors
-from sdlite.cli.options import JsonOut, build_config, config_options, config_values
+from sdlite.cli.options import JsonOut, build_config, config_options, model_values
 from sdlite.cli.output import quiet_libraries
 from sdlite.sampling.config import NoiseConfig
 
@@ -23,10 +23,7 @@ def noise(json_out: JsonOut = False, **options: Any) -> None:
     (signal^2 + noise^2 = 1). Only the VAE is loaded. Prints one line per frame, then the strip's path.
     """
     with one_line_errors():
-        from sdlite.models.source import resolve_model_source
-
-        values = config_values(NoiseConfig, options)
-        config = build_config(NoiseConfig, {**values, "model": resolve_model_source(values["model"])})
+        config = build_config(NoiseConfig, model_values(NoiseConfig, options))
         quiet_libraries(config.offline)
         from sdlite.sampling.noising import noise_strip
 

@@ -98,6 +98,15 @@ def build_config(config: type[T], values: dict[str, Any]) -> T:
     return config(**{k: v for k, v in values.items() if v is not None})
 
 
+def model_values(config: type, options: dict[str, Any]) -> dict[str, Any]:
+    """`config_values` for a command that names a model: its MODEL (or $SDLITE_MODEL, else the built-in model)
+    resolved as every command resolves it."""
+    from sdlite.models.source import resolve_model_source
+
+    values = config_values(config, options)
+    return {**values, "model": resolve_model_source(values["model"])}
+
+
 def _declared(config: type) -> list[tuple[dataclasses.Field[Any], Any]]:
     hints = typing.get_type_hints(config, include_extras=True)
     return [(f, hints[f.name]) for f in dataclasses.fields(config) if "help" in f.metadata]

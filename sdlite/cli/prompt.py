@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from sdlite.cli.failures import one_line_errors
-from sdlite.cli.options import JsonOut, build_config, config_options, config_values
+from sdlite.cli.options import JsonOut, build_config, config_options, model_values
 from sdlite.cli.output import quiet_libraries
 from sdlite.prompts.config import PromptConfig
 
@@ -22,10 +22,7 @@ def prompt(json_out: JsonOut = False, **options: Any) -> None:
     Example: sdlite prompt "a (red:1.3) [cat:dog:0.5], BREAK detailed" --steps 20 --save-conditioning cond.safetensors
     """
     with one_line_errors():
-        from sdlite.models.source import resolve_model_source
-
-        values = config_values(PromptConfig, options)
-        config = build_config(PromptConfig, {**values, "model": resolve_model_source(values["model"])})
+        config = build_config(PromptConfig, model_values(PromptConfig, options))
         quiet_libraries(config.offline)
         from sdlite.prompts.reading import read_prompt
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers.references import plain_pipeline as pipeline
 from helpers.references import random_lora_of_every_target
 from PIL import Image
 from safetensors import safe_open
@@ -60,14 +61,6 @@ def unet_lora(tiny_model: Path, shapes: Path, tmp_path_factory: pytest.TempPathF
 def both_lora(tiny_model: Path, shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """UNet + text-encoder LoRA (--lora --train-text-encoder), rank 4 alpha 16."""
     return _train(tiny_model, shapes, tmp_path_factory.mktemp("lora") / "both", train_text_encoder=True)
-
-
-def pipeline(model: Path) -> Any:
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def render(pipe: Any, seed: int = 0, steps: int = 4) -> Any:

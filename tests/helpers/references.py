@@ -45,6 +45,15 @@ def diffusers_reference(
     return (images * 255).round().astype(np.uint8)
 
 
+def plain_pipeline(model: Path) -> Any:
+    """Plain diffusers' SD pipeline of a model folder (no safety checker, no progress bar): LoRA parity baselines."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def random_lora_of_every_target(pipe: Any, alpha: float) -> dict[str, Any]:
     """A diffusers-layout rank-2 LoRA (random weights) on every layer sdlite's training targets."""
     import torch

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers.references import plain_pipeline
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -64,14 +65,6 @@ def _sample(model: Path, source: Path | str, out: Path) -> np.ndarray:
     return np.asarray(Image.open(json.loads(result.stdout)["path"]).convert("RGB")).astype(int)
 
 
-def _plain_pipeline(model: Path) -> Any:
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def _render(pipe: Any) -> np.ndarray:
     import torch
 
@@ -105,8 +98,8 @@ def test_variant_loads_in_plain_peft_with_sdlites_pixels(
     out = trained[kind]
     assert not (out / lora.LORA_FILE).exists()  # diffusers' LoRA loader would not apply it as trained
     ours = _sample(sd1_tiny_model, out, tmp_path / "ours")
-    assert np.array_equal(ours, _render(_with_plain_peft(_plain_pipeline(sd1_tiny_model), out / lora.PEFT_FILE)))
-    assert np.abs(ours - _render(_plain_pipeline(sd1_tiny_model))).max() > 3  # the adapter matters
+    assert np.array_equal(ours, _render(_with_plain_peft(plain_pipeline(sd1_tiny_model), out / lora.PEFT_FILE)))
+    assert np.abs(ours - _render(plain_pipeline(sd1_tiny_model))).max() > 3  # the adapter matters
     # The A1111/ComfyUI copy, read back by sdlite (modules found by kohya name), gives the same pixels (DoRA: its
     # magnitudes go through ComfyUI's rule and back, a float32 rounding apart).
     copy = _sample(sd1_tiny_model, out / f"{kind}.safetensors", tmp_path / "kohya")
@@ -115,7 +108,7 @@ def test_variant_loads_in_plain_peft_with_sdlites_pixels(
 
 def test_locon_loads_in_plain_diffusers(trained: dict[str, Path], sd1_tiny_model: Path, tmp_path: Path) -> None:
     out = trained["locon"]
-    pipe = _plain_pipeline(sd1_tiny_model)
+    pipe = plain_pipeline(sd1_tiny_model)
     pipe.load_lora_weights(out, adapter_name="x")
     config = pipe.unet.peft_config["x"]
     assert (config.r, config.lora_alpha, config.rank_pattern["conv1"], config.alpha_pattern["conv1"]) == (4, 8, 2, 1)
@@ -159,7 +152,7 @@ def test_lycoris_export_gives_the_readers_the_trained_weights(
 
     out = trained[kind]
     file = out / lora.PEFT_FILE if kind != "locon" else out / lora.LORA_FILE
-    pipe = _plain_pipeline(sd1_tiny_model)
+    pipe = plain_pipeline(sd1_tiny_model)
     if kind == "locon":
         pipe.load_lora_weights(out, adapter_name="x")
     else:
@@ -200,21 +193,17 @@ def test_input_axis_dora_scale_is_refused_with_one_line(
     trained: dict[str, Path], sd1_tiny_model: Path, tmp_path: Path
 ) -> None:
     """LyCORIS's older DoRA normalises each input column; peft's (which sdlite applies) each output row."""
+    import torch
+
     tensors = load_file(trained["dora"] / "dora.safetensors")
     for key in [k for k in tensors if k.endswith(".dora_scale") and tensors[k].dim() == 2]:
         in_width = tensors[key.replace("dora_scale", "lora_down.weight")].shape[1]
-        tensors[key] = torch_ones(1, in_width)
+        tensors[key] = torch.ones(1, in_width)
     save_file(tensors, tmp_path / "old.safetensors")
     result = runner.invoke(app, ["sample", PROMPT, "--model", str(sd1_tiny_model), "--lora",
                                  str(tmp_path / "old.safetensors"), "--out", str(tmp_path / "o")])  # fmt: skip
     assert result.exit_code == 4
     assert "normalises each input column" in result.output and len(result.output.strip().splitlines()) == 1
-
-
-def torch_ones(*shape: int) -> Any:
-    import torch
-
-    return torch.ones(*shape)
 
 
 @pytest.mark.parametrize(
@@ -263,8 +252,8 @@ def test_merged_loha_samples_as_the_adapter(trained: dict[str, Path], sd1_tiny_m
     result = runner.invoke(app, ["lora", "merge", str(sd1_tiny_model), str(trained["loha"]), "--out", str(merged)])
     assert result.exit_code == 0, result.output
     ours = _sample(sd1_tiny_model, trained["loha"], tmp_path / "a")
-    plain = _render(_plain_pipeline(merged))
-    assert np.abs(ours - plain).max() <= 1 and np.abs(ours - _render(_plain_pipeline(sd1_tiny_model))).max() > 3
+    plain = _render(plain_pipeline(merged))
+    assert np.abs(ours - plain).max() <= 1 and np.abs(ours - _render(plain_pipeline(sd1_tiny_model))).max() > 3
 
 
 def test_a_dora_alone_is_not_exported_without_its_base(trained: dict[str, Path], tmp_path: Path) -> None:
